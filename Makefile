@@ -1,0 +1,61 @@
+# packetcore: `make test` sets up everything from scratch (venv, build, install) and
+# runs the suite; `make demo` runs a server and a fetch into output.json.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+PYTEST_ARGS ?=
+
+.PHONY: all venv install compile debug test test-py bench soak demo lint typecheck clean
+
+all: install
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "setuptools>=68" "Cython>=3.0,<4" "numpy>=1.25" wheel
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Build the engine and install the package (with its test extras) into the venv.
+# A compile error stops here: there is no silent fallback to pure Python.
+install: venv
+	$(PIP) install --no-build-isolation ".[test]"
+
+# Build the extension in place, for working on the engine.
+compile: venv
+	$(PY) setup.py build_ext --inplace
+
+# Line tracing, assertions and annotated HTML beside each .pyx.
+debug: venv
+	PACKETCORE_DEBUG=1 $(PY) setup.py build_ext --inplace --force
+
+test: install
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The whole suite on a package built without the extension, as a no-compiler machine has it.
+test-py: venv
+	PACKETCORE_NO_EXTENSIONS=1 $(PIP) install --no-build-isolation --force-reinstall --no-deps .
+	PACKETCORE_NO_EXTENSIONS=1 $(PY) -m pytest tests -m "not slow and not c_extension" $(PYTEST_ARGS)
+	$(PIP) install --no-build-isolation --force-reinstall --no-deps .
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=group \
+		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name $(PYTEST_ARGS)
+
+soak: install
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m packetcore demo
+
+lint: venv
+	$(PIP) install ruff mypy
+	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m ruff format --check python tests benchmarks
+	$(PY) -m mypy
+
+clean:
+	rm -rf build dist *.egg-info python/*.egg-info src/packetcore/*.c src/packetcore/*.html
+	find python -name '*.so' -delete

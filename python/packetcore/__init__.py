@@ -1,0 +1,36 @@
+"""packetcore: fetch a sequenced exchange feed over TCP, repair its gaps, write JSON."""
+
+from __future__ import annotations
+
+from .engine import (
+    MAX_SEQUENCE,
+    PACKET_SIZE,
+    Decoder,
+    GapTracker,
+    PacketStore,
+    decode,
+    encode,
+    implementation,
+    to_json,
+)
+from .errors import PacketcoreError, ProtocolError
+from .packets import Packet, Packets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_SEQUENCE",
+    "PACKET_SIZE",
+    "Decoder",
+    "GapTracker",
+    "Packet",
+    "PacketStore",
+    "PacketcoreError",
+    "Packets",
+    "ProtocolError",
+    "__version__",
+    "decode",
+    "encode",
+    "implementation",
+    "to_json",
+]

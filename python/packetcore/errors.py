@@ -1,0 +1,25 @@
+"""Exceptions raised by packetcore."""
+
+from __future__ import annotations
+
+__all__ = ["PacketcoreError", "ProtocolError"]
+
+
+class PacketcoreError(Exception):
+    """Base class of every error packetcore raises on purpose."""
+
+
+class ProtocolError(PacketcoreError, ValueError):
+    """Bytes that break the wire protocol: raised by strict decoding.
+
+    ``offset`` is the byte offset of the offending packet in the decoded input and
+    ``field`` the JSON key of the first field found invalid.
+    """
+
+    def __init__(self, message: str, offset: int = -1, field: str = "") -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.field = field
+
+    def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, int, str]]:
+        return (type(self), (str(self), self.offset, self.field))

@@ -1,0 +1,215 @@
+"""Packets: a columnar batch of exchange packets backed by numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, overload
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["COLUMNS", "JSON_KEYS", "Packet", "Packets"]
+
+#: Column name -> numpy dtype, in wire order.  Symbols are 4 bytes on the wire,
+#: right-padded with NUL bytes; numpy's ``S4`` strips that padding on read.
+COLUMNS: dict[str, np.dtype[Any]] = {
+    "symbol": np.dtype("S4"),
+    "buysellindicator": np.dtype("S1"),
+    "quantity": np.dtype(np.int32),
+    "price": np.dtype(np.int32),
+    "sequence": np.dtype(np.int32),
+}
+
+#: The keys of one packet in ``output.json``, in output order.
+JSON_KEYS = ("symbol", "buysellindicator", "quantity", "price", "packetSequence")
+
+_EMPTY_OFFSETS = np.zeros(0, dtype=np.int64)
+_EMPTY_OFFSETS.flags.writeable = False
+
+
+class Packet(NamedTuple):
+    """One packet, its fields named by their ``output.json`` keys."""
+
+    symbol: str
+    buysellindicator: str
+    quantity: int
+    price: int
+    packetSequence: int  # noqa: N815 - the JSON key is the contract
+
+    def to_record(self) -> dict[str, str | int]:
+        """Return the packet as an ``output.json`` object."""
+        return dict(zip(JSON_KEYS, self, strict=True))
+
+
+def _text(raw: bytes) -> str:
+    # latin-1 maps every byte to one code point, so no symbol byte is ever lost.
+    return raw.decode("latin-1")
+
+
+class Packets:
+    """A batch of packets held as five numpy columns of equal length.
+
+    ``invalid`` holds the byte offsets, in the input they were decoded from, of
+    packets that decoding rejected (see :func:`packetcore.decode`); it is empty for
+    batches built any other way and plays no part in equality.
+    """
+
+    __slots__ = ("buysellindicator", "invalid", "price", "quantity", "sequence", "symbol")
+
+    symbol: npt.NDArray[np.bytes_]
+    buysellindicator: npt.NDArray[np.bytes_]
+    quantity: npt.NDArray[np.int32]
+    price: npt.NDArray[np.int32]
+    sequence: npt.NDArray[np.int32]
+    invalid: npt.NDArray[np.int64]
+
+    def __init__(
+        self,
+        symbol: npt.ArrayLike = (),
+        buysellindicator: npt.ArrayLike = (),
+        quantity: npt.ArrayLike = (),
+        price: npt.ArrayLike = (),
+        sequence: npt.ArrayLike = (),
+        *,
+        invalid: npt.ArrayLike | None = None,
+    ) -> None:
+        columns = (symbol, buysellindicator, quantity, price, sequence)
+        arrays = []
+        for (name, dtype), values in zip(COLUMNS.items(), columns, strict=True):
+            array = np.ascontiguousarray(values, dtype=dtype)
+            if array.ndim != 1:
+                raise ValueError(f"column {name!r} must be one-dimensional")
+            arrays.append(array)
+        lengths = {len(a) for a in arrays}
+        if len(lengths) > 1:
+            raise ValueError(f"columns differ in length: {sorted(lengths)}")
+        (self.symbol, self.buysellindicator, self.quantity, self.price, self.sequence) = arrays
+        self.invalid = (
+            _EMPTY_OFFSETS if invalid is None else np.ascontiguousarray(invalid, dtype=np.int64)
+        )
+
+    @classmethod
+    def _from_columns(
+        cls,
+        symbol: npt.NDArray[np.bytes_],
+        buysellindicator: npt.NDArray[np.bytes_],
+        quantity: npt.NDArray[np.int32],
+        price: npt.NDArray[np.int32],
+        sequence: npt.NDArray[np.int32],
+        invalid: npt.NDArray[np.int64] | None = None,
+    ) -> Packets:
+        # Trusted constructor for the engines: the columns are already contiguous
+        # arrays of the right dtypes and one length, so nothing is checked or copied.
+        self = cls.__new__(cls)
+        self.symbol = symbol
+        self.buysellindicator = buysellindicator
+        self.quantity = quantity
+        self.price = price
+        self.sequence = sequence
+        self.invalid = _EMPTY_OFFSETS if invalid is None else invalid
+        return self
+
+    @classmethod
+    def empty(cls) -> Packets:
+        """Return a batch with no packets."""
+        return cls()
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> Packets:
+        """Build a batch from ``output.json`` objects (the inverse of :meth:`to_records`)."""
+        rows = list(records)
+        try:
+            return cls(
+                [_field_bytes(r["symbol"], 4) for r in rows],
+                [_field_bytes(r["buysellindicator"], 1) for r in rows],
+                [r["quantity"] for r in rows],
+                [r["price"] for r in rows],
+                [r["packetSequence"] for r in rows],
+            )
+        except KeyError as exc:
+            raise ValueError(f"record lacks the key {exc.args[0]!r}") from None
+
+    @classmethod
+    def concat(cls, batches: Iterable[Packets]) -> Packets:
+        """Return the batches one after another as one batch."""
+        parts = list(batches)
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls._from_columns(
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in COLUMNS),
+            invalid=np.concatenate([p.invalid for p in parts]),
+        )
+
+    def __add__(self, other: object) -> Packets:
+        if not isinstance(other, Packets):
+            return NotImplemented
+        return Packets.concat((self, other))
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    @overload
+    def __getitem__(self, index: int) -> Packet: ...
+    @overload
+    def __getitem__(self, index: slice | Sequence[int] | npt.NDArray[Any]) -> Packets: ...
+    def __getitem__(self, index: Any) -> Packet | Packets:
+        if isinstance(index, (int, np.integer)):
+            i = int(index)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"packet index {i} out of range for {len(self)} packets")
+            return Packet(
+                _text(self.symbol[i]),
+                _text(self.buysellindicator[i]),
+                int(self.quantity[i]),
+                int(self.price[i]),
+                int(self.sequence[i]),
+            )
+        return Packets._from_columns(
+            *(np.ascontiguousarray(getattr(self, name)[index]) for name in COLUMNS)
+        )
+
+    def __iter__(self) -> Iterator[Packet]:
+        columns = (
+            map(_text, self.symbol.tolist()),
+            map(_text, self.buysellindicator.tolist()),
+            self.quantity.tolist(),
+            self.price.tolist(),
+            self.sequence.tolist(),
+        )
+        return map(Packet._make, zip(*columns, strict=True))
+
+    def to_records(self) -> list[dict[str, str | int]]:
+        """Return the packets as a list of ``output.json`` objects."""
+        return [packet.to_record() for packet in self]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Packets):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in COLUMNS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays: unhashable
+
+    def __repr__(self) -> str:
+        if len(self) == 0:
+            return "Packets([])"
+        head = ", ".join(repr(tuple(p)) for p in self[:3])
+        more = f", ... {len(self) - 3} more" if len(self) > 3 else ""
+        return f"Packets([{head}{more}])"
+
+
+def _field_bytes(value: Any, width: int) -> bytes:
+    # The inverse of _text; refuses what numpy would silently truncate.
+    if isinstance(value, str):
+        try:
+            raw = value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError(f"{value!r} holds a character outside one byte") from None
+    elif isinstance(value, bytes):
+        raw = value
+    else:
+        raise TypeError(f"expected str or bytes, got {type(value).__name__}")
+    if len(raw) > width:
+        raise ValueError(f"{value!r} is longer than {width} byte(s)")
+    return raw

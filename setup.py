@@ -1,0 +1,56 @@
+"""Build packetcore: the Cython engine ``packetcore._engine`` inside the Python package.
+
+Environment switches (read at build time):
+
+* ``PACKETCORE_NO_EXTENSIONS=1`` builds the pure-Python package on purpose: no compiler
+  is needed and ``packetcore._pure`` is the only engine.  Without it a failed compile
+  fails the build; there is no silent fallback.
+* ``PACKETCORE_DEBUG=1`` compiles with line tracing, assertions and an annotated HTML
+  report beside each ``.pyx`` (for coverage and profiling, never for benchmarks).
+"""
+
+import os
+
+from setuptools import setup
+
+NO_EXTENSIONS = os.environ.get("PACKETCORE_NO_EXTENSIONS", "") not in ("", "0")
+DEBUG = os.environ.get("PACKETCORE_DEBUG", "") not in ("", "0")
+
+
+def engine_extensions():
+    """Return the Cython engine's extension modules, cythonized."""
+    import numpy
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    compile_args = ["-O3"]
+    directives = {
+        "language_level": "3",
+        "boundscheck": False,
+        "wraparound": False,
+        "cdivision": True,
+        "initializedcheck": False,
+        "embedsignature": True,
+    }
+    if DEBUG:
+        macros += [("CYTHON_TRACE_NOGIL", "1"), ("DEBUG", "1")]
+        compile_args = ["-O0", "-g", "-UNDEBUG"]
+        directives.update(linetrace=True, boundscheck=True, wraparound=True)
+
+    engine = Extension(
+        "packetcore._engine",
+        ["src/packetcore/_engine.pyx"],
+        include_dirs=[numpy.get_include(), "src/packetcore"],
+        define_macros=macros,
+        extra_compile_args=compile_args,
+    )
+    return cythonize(
+        [engine],
+        include_path=["src"],
+        compiler_directives=directives,
+        annotate=DEBUG,
+    )
+
+
+setup(ext_modules=[] if NO_EXTENSIONS else engine_extensions())
