@@ -16,7 +16,7 @@ ENGINES = [
 ]
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(scope="session", params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> ModuleType:
     """Each implementation of the hot paths: the compiled engine and its twin."""
     return importlib.import_module(request.param)

@@ -1,0 +1,395 @@
+"""The engine's hot paths, run against both implementations (fixture ``engine``)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from packetcore import Packets, ProtocolError
+
+DATA = Path(__file__).parent / "data"
+MAX_SEQ = 2**31 - 1
+INT32 = st.integers(-(2**31), 2**31 - 1)
+WIRE = struct.Struct(">4s1siii")
+
+
+def reference_book() -> Packets:
+    text = resources.files("packetcore").joinpath("data/orderbook.json").read_text()
+    return Packets.from_records(json.loads(text))
+
+
+def wire(*rows: tuple[bytes, bytes, int, int, int]) -> bytes:
+    return b"".join(WIRE.pack(*row) for row in rows)
+
+
+printable_symbol = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=4
+).map(str.encode)
+valid_packet = st.tuples(
+    printable_symbol,
+    st.sampled_from([b"B", b"S"]),
+    INT32,
+    INT32,
+    st.integers(1, MAX_SEQ),
+)
+any_packet = st.tuples(
+    st.binary(min_size=0, max_size=4),
+    st.binary(min_size=0, max_size=1),
+    INT32,
+    INT32,
+    INT32,
+)
+
+
+def batch(rows: list[tuple[bytes, bytes, int, int, int]]) -> Packets:
+    columns = list(zip(*rows, strict=True)) if rows else [[], [], [], [], []]
+    return Packets(*columns)
+
+
+def stdlib_document(packets: Packets) -> bytes:
+    lines = [json.dumps(record) for record in packets.to_records()]
+    return ("[\n" + ",\n".join(lines) + "\n]\n").encode() if lines else b"[]\n"
+
+
+# ---- decode / encode -------------------------------------------------------------
+
+
+def test_decode_reference_capture(engine: ModuleType) -> None:
+    raw = (DATA / "orderbook.bin").read_bytes()
+    packets = engine.decode(raw)
+    assert packets == reference_book()
+    assert len(packets.invalid) == 0
+    assert packets[0].to_record() == {
+        "symbol": "AAPL",
+        "buysellindicator": "B",
+        "quantity": 50,
+        "price": 100,
+        "packetSequence": 1,
+    }
+    assert engine.encode(packets) == raw
+
+
+@pytest.mark.parametrize("size", [1, 16, 18, 35])
+def test_decode_rejects_partial_packets(engine: ModuleType, size: int) -> None:
+    with pytest.raises(ValueError, match=f"{size} bytes"):
+        engine.decode(bytes(size))
+
+
+def test_decode_empty(engine: ModuleType) -> None:
+    packets = engine.decode(b"")
+    assert len(packets) == 0
+    assert packets.sequence.dtype == np.int32
+    assert engine.encode(packets) == b""
+
+
+def test_decode_accepts_any_buffer(engine: ModuleType) -> None:
+    raw = (DATA / "orderbook.bin").read_bytes()
+    expected = engine.decode(raw)
+    assert engine.decode(bytearray(raw)) == expected
+    assert engine.decode(memoryview(raw)) == expected
+    assert engine.decode(memoryview(b"x" + raw)[1:]) == expected
+
+
+def test_column_dtypes(engine: ModuleType) -> None:
+    packets = engine.decode((DATA / "orderbook.bin").read_bytes())
+    assert packets.symbol.dtype == np.dtype("S4")
+    assert packets.buysellindicator.dtype == np.dtype("S1")
+    for name in ("quantity", "price", "sequence"):
+        column = getattr(packets, name)
+        assert column.dtype == np.int32
+        assert column.dtype.isnative
+
+
+@pytest.mark.parametrize("sequence", [1, MAX_SEQ])
+def test_sequence_extremes(engine: ModuleType, sequence: int) -> None:
+    raw = wire((b"ZZZZ", b"S", -(2**31), 2**31 - 1, sequence))
+    packets = engine.decode(raw)
+    assert list(packets) == [("ZZZZ", "S", -(2**31), 2**31 - 1, sequence)]
+    assert engine.encode(packets) == raw
+
+
+def test_short_symbols_are_nul_padded(engine: ModuleType) -> None:
+    raw = wire((b"AB", b"B", 1, 2, 3))
+    assert raw[:4] == b"AB\0\0"
+    assert engine.decode(raw)[0].symbol == "AB"
+
+
+INVALID_CASES = [
+    ((b"\0\0\0\0", b"B", 1, 1, 1), "symbol"),
+    ((b"A\x01", b"B", 1, 1, 1), "symbol"),
+    ((b"\x7f", b"B", 1, 1, 1), "symbol"),
+    ((b"\0ABC", b"B", 1, 1, 1), "symbol"),
+    ((b"AAPL", b"X", 1, 1, 1), "buysellindicator"),
+    ((b"AAPL", b"b", 1, 1, 1), "buysellindicator"),
+    ((b"AAPL", b"B", 1, 1, 0), "packetSequence"),
+    ((b"AAPL", b"B", 1, 1, -5), "packetSequence"),
+]
+
+
+@pytest.mark.parametrize(("row", "field"), INVALID_CASES)
+def test_invalid_packets_are_reported_not_lost(
+    engine: ModuleType, row: tuple[bytes, bytes, int, int, int], field: str
+) -> None:
+    good = (b"MSFT", b"S", 7, 8, 9)
+    raw = wire(good, row, good)
+    packets = engine.decode(raw)
+    assert len(packets) == 2
+    assert packets.invalid.tolist() == [17]
+    with pytest.raises(ProtocolError) as info:
+        engine.decode(raw, strict=True)
+    assert (info.value.offset, info.value.field) == (17, field)
+    assert "17" in str(info.value)
+    assert field in str(info.value)
+
+
+@given(st.lists(valid_packet, max_size=40))
+def test_round_trip(engine: ModuleType, rows: list[tuple[bytes, bytes, int, int, int]]) -> None:
+    raw = wire(*rows)
+    packets = engine.decode(raw)
+    assert packets == batch(rows)
+    assert engine.encode(packets) == raw
+    assert Packets.from_records(packets.to_records()) == packets
+
+
+@given(st.lists(any_packet, max_size=30))
+def test_arbitrary_packets_match_model(
+    engine: ModuleType, rows: list[tuple[bytes, bytes, int, int, int]]
+) -> None:
+    raw = wire(*rows)
+    decoded = engine.decode(raw)
+
+    def ok(row: tuple[bytes, bytes, int, int, int]) -> bool:
+        name = row[0].rstrip(b"\0")
+        printable = bool(name) and all(0x20 <= b < 0x7F for b in name)
+        return printable and row[1] in (b"B", b"S") and row[4] >= 1
+
+    assert decoded == batch([r for r in rows if ok(r)])
+    assert decoded.invalid.tolist() == [17 * i for i, r in enumerate(rows) if not ok(r)]
+
+
+@given(st.lists(valid_packet, min_size=1, max_size=12), st.data())
+def test_any_split_decodes_identically(
+    engine: ModuleType, rows: list[tuple[bytes, bytes, int, int, int]], data: st.DataObject
+) -> None:
+    raw = wire(*rows)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=10)))
+    decoder = engine.Decoder()
+    parts = []
+    for start, end in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+        parts.append(decoder.feed(raw[start:end]))
+        assert decoder.pending == end % 17
+    assert Packets.concat(parts) == batch(rows)
+    assert decoder.offset == len(raw)
+
+
+def test_decoder_every_byte_alone(engine: ModuleType) -> None:
+    raw = (DATA / "orderbook.bin").read_bytes()
+    decoder = engine.Decoder()
+    out = [decoder.feed(raw[i : i + 1]) for i in range(len(raw))]
+    assert [len(p) for p in out] == [1 if (i + 1) % 17 == 0 else 0 for i in range(len(raw))]
+    assert Packets.concat(out) == reference_book()
+
+
+def test_decoder_reports_stream_offsets(engine: ModuleType) -> None:
+    good = (b"META", b"B", 1, 1, 1)
+    raw = wire(good, good, (b"META", b"Q", 1, 1, 3), good)
+    decoder = engine.Decoder()
+    first = decoder.feed(raw[:20])
+    second = decoder.feed(raw[20:])
+    assert (len(first), len(second)) == (1, 2)
+    assert second.invalid.tolist() == [34]
+    assert decoder.invalid_count == 1
+
+
+def test_strict_decoder_failure_consumes_nothing(engine: ModuleType) -> None:
+    good = (b"META", b"B", 1, 1, 1)
+    raw = wire(good, (b"META", b"Q", 1, 1, 3))
+    decoder = engine.Decoder(strict=True)
+    assert len(decoder.feed(raw[:5])) == 0
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(raw[5:])
+    assert (info.value.offset, info.value.field) == (17, "buysellindicator")
+    assert (decoder.pending, decoder.offset) == (5, 0)
+
+
+def test_decoder_pending_detects_truncated_stream(engine: ModuleType) -> None:
+    decoder = engine.Decoder()
+    assert len(decoder.feed(bytes(1))) == 0
+    assert decoder.pending == 1
+    decoder.feed(bytes(15))
+    assert decoder.pending == 16
+
+
+# ---- GapTracker ------------------------------------------------------------------
+
+
+def test_tracker_basics(engine: ModuleType) -> None:
+    tracker = engine.GapTracker()
+    assert (tracker.last, tracker.last_known, tracker.complete) == (None, False, False)
+    assert tracker.missing().tolist() == []
+    assert tracker.add(np.array([1, 2, 5, 5, 9], dtype=np.int32)) == 4
+    assert (tracker.received, tracker.duplicates, tracker.out_of_range) == (4, 1, 0)
+    assert (tracker.last, tracker.highest) == (9, 9)
+    assert tracker.missing().tolist() == [3, 4, 6, 7, 8]
+    assert tracker.missing_ranges().tolist() == [[3, 2], [6, 3]]
+    assert tracker.missing_count() == 5
+    assert 5 in tracker and 6 not in tracker and 0 not in tracker
+    tracker.last = 10
+    assert tracker.last_known
+    assert tracker.missing_ranges().tolist() == [[3, 2], [6, 3], [10, 1]]
+    assert tracker.add([11, 0, -3]) == 0
+    assert tracker.out_of_range == 3
+    assert tracker.add(range(1, 11)) == 6
+    assert tracker.complete
+    assert tracker.missing_ranges().shape == (0, 2)
+
+
+def test_tracker_all_missing_and_all_duplicate(engine: ModuleType) -> None:
+    tracker = engine.GapTracker(first=5, last=1004)
+    assert tracker.missing_ranges().tolist() == [[5, 1000]]
+    assert len(tracker.missing()) == 1000
+    assert tracker.add(np.arange(5, 1005)) == 1000
+    assert tracker.add(np.arange(5, 1005)) == 0
+    assert (tracker.duplicates, tracker.received) == (1000, 1000)
+    assert tracker.complete
+
+
+def test_tracker_rejects_bad_bounds(engine: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        engine.GapTracker(first=0)
+    tracker = engine.GapTracker()
+    tracker.add([50])
+    with pytest.raises(ValueError, match="50"):
+        tracker.last = 49
+    with pytest.raises(ValueError):
+        tracker.last = MAX_SEQ + 1
+
+
+def test_tracker_at_the_top_of_the_sequence_space(engine: ModuleType) -> None:
+    tracker = engine.GapTracker(first=MAX_SEQ - 70)
+    assert tracker.add([MAX_SEQ, MAX_SEQ - 70]) == 2
+    assert tracker.missing_ranges().tolist() == [[MAX_SEQ - 69, 69]]
+    assert tracker.add([MAX_SEQ + 1]) == 0
+    assert tracker.out_of_range == 1
+
+
+@settings(max_examples=60)
+@given(
+    st.integers(1, 40),
+    st.one_of(st.none(), st.integers(0, 300)),
+    st.lists(st.lists(st.integers(-5, 400), max_size=60), max_size=5),
+)
+def test_tracker_matches_set_model(
+    engine: ModuleType, first: int, span: int | None, batches: list[list[int]]
+) -> None:
+    last = None if span is None else first + span
+    tracker = engine.GapTracker(first, last)
+    seen: set[int] = set()
+    for numbers in batches:
+        fresh = {n for n in numbers if n >= first and (last is None or n <= last)} - seen
+        assert tracker.add(np.array(numbers, dtype=np.int64)) == len(fresh)
+        seen |= fresh
+    top = last if last is not None else max(seen, default=None)
+    expected = [] if top is None else [n for n in range(first, top + 1) if n not in seen]
+    assert tracker.missing().tolist() == expected
+    assert tracker.received == len(seen)
+    runs = tracker.missing_ranges().tolist()
+    assert [n for s, c in runs for n in range(s, s + c)] == expected
+    assert all(s + c not in expected for s, c in runs)
+
+
+# ---- PacketStore -----------------------------------------------------------------
+
+
+def test_store_orders_without_sorting(engine: ModuleType) -> None:
+    book = reference_book()
+    store = engine.PacketStore()
+    order = np.random.default_rng(1).permutation(len(book))
+    assert store.add(book[order[:7]]) == 7
+    assert store.add(book[order[7:]]) == 7
+    assert store.to_packets() == book
+    assert store.tracker.complete is False
+    store.last = 14
+    assert store.tracker.complete
+    assert (store.duplicates, store.conflicts, len(store)) == (0, 0, 14)
+
+
+def test_store_first_arrival_wins_and_conflicts_are_kept(engine: ModuleType) -> None:
+    book = reference_book()
+    store = engine.PacketStore(first=1, last=14)
+    store.add(book)
+    twin = book[3:5]
+    changed = Packets(twin.symbol, twin.buysellindicator, twin.quantity + 1, twin.price, twin.sequence)
+    assert store.add(twin) == 0
+    assert store.add(changed) == 0
+    assert (store.duplicates, store.conflicts) == (2, 2)
+    assert store.conflicting() == changed
+    assert store.to_packets() == book
+    assert store.add(Packets([b"X"], [b"B"], [1], [1], [15])) == 0
+    assert store.out_of_range == 1
+
+
+@settings(max_examples=60)
+@given(st.lists(st.lists(valid_packet.map(lambda r: (*r[:4], r[4] % 60 + 1)), max_size=40), max_size=4))
+def test_store_matches_dict_model(
+    engine: ModuleType, batches: list[list[tuple[bytes, bytes, int, int, int]]]
+) -> None:
+    store = engine.PacketStore()
+    model: dict[int, tuple[bytes, bytes, int, int]] = {}
+    conflicts = []
+    for rows in batches:
+        new = 0
+        for row in rows:
+            if row[4] not in model:
+                model[row[4]] = row[:4]
+                new += 1
+            elif model[row[4]] != row[:4]:
+                conflicts.append(row)
+        assert store.add(batch(rows)) == new
+    expected = batch([(*model[s], s) for s in sorted(model)])
+    assert store.to_packets() == expected
+    assert store.conflicting() == batch(conflicts)
+    assert store.conflicts == len(conflicts)
+
+
+# ---- to_json ---------------------------------------------------------------------
+
+
+def test_to_json_reference_book(engine: ModuleType) -> None:
+    book = reference_book()
+    document = engine.to_json(book)
+    assert json.loads(document) == book.to_records()
+    assert document == stdlib_document(book)
+    assert engine.to_json(Packets.empty()) == b"[]\n"
+
+
+def test_to_json_sorts_by_sequence(engine: ModuleType) -> None:
+    book = reference_book()
+    assert engine.to_json(book[::-1]) == engine.to_json(book)
+
+
+def test_to_json_escapes_hostile_symbols(engine: ModuleType) -> None:
+    symbols = [b'"', b"\\", b'a"\\b', b"\n\t\x00x", b"\x7f\x80\xff", b"\x1f\x01"]
+    packets = Packets(symbols, [b'"'] * 6, [0] * 6, [-1] * 6, list(range(1, 7)))
+    document = engine.to_json(packets)
+    assert document == stdlib_document(packets)
+    assert json.loads(document) == packets.to_records()
+
+
+@given(st.lists(any_packet, max_size=30))
+def test_to_json_agrees_with_stdlib(
+    engine: ModuleType, rows: list[tuple[bytes, bytes, int, int, int]]
+) -> None:
+    packets = batch(rows)
+    document = engine.to_json(packets)
+    order = np.argsort(packets.sequence, kind="stable")
+    assert json.loads(document) == packets[order].to_records()
+    assert document == stdlib_document(packets[order])

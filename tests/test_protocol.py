@@ -1,0 +1,87 @@
+"""Request and info-frame layouts, and per-connection request framing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from packetcore import ProtocolError
+from packetcore.protocol import (
+    HELLO,
+    RESEND,
+    RESEND_RANGE,
+    STREAM_ALL,
+    FeedInfo,
+    Request,
+    RequestFramer,
+    decode_info,
+    encode_info,
+    hello_request,
+    range_request,
+    resend_request,
+    stream_all_request,
+)
+
+
+def test_request_bytes() -> None:
+    assert stream_all_request() == b"\x01\x00"
+    assert resend_request(200) == b"\x02\xc8"
+    assert hello_request() == b"\x03\x00"
+    assert range_request(0x01020304, 5) == b"\x04\x00\x01\x02\x03\x04\x00\x00\x00\x05"
+    with pytest.raises(ValueError, match="256"):
+        resend_request(256)
+    with pytest.raises(ValueError):
+        range_request(-1, 1)
+
+
+def test_info_frame() -> None:
+    frame = encode_info(FeedInfo(1, 14))
+    assert frame == b"PKCI\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x0e"
+    assert decode_info(frame) == FeedInfo(1, 14, 1)
+    with pytest.raises(ProtocolError, match="magic"):
+        decode_info(b"XXXX" + frame[4:])
+    with pytest.raises(ProtocolError, match="16 bytes"):
+        decode_info(frame[:15])
+    with pytest.raises(ProtocolError, match="implausible"):
+        decode_info(encode_info(FeedInfo(5, 4)))
+
+
+STREAM = (
+    stream_all_request()
+    + resend_request(3)
+    + hello_request()
+    + range_request(7, 9)
+    + resend_request(255)
+)
+EXPECTED = [
+    Request(STREAM_ALL),
+    Request(RESEND, 3, 1),
+    Request(HELLO),
+    Request(RESEND_RANGE, 7, 9),
+    Request(RESEND, 255, 1),
+]
+
+
+@given(st.lists(st.integers(0, len(STREAM)), max_size=8))
+def test_framing_survives_any_split(cuts: list[int]) -> None:
+    framer = RequestFramer()
+    got: list[Request] = []
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        got += framer.feed(STREAM[start:end])
+    assert got == EXPECTED
+    assert framer.pending == 0
+
+
+def test_unknown_call_type_ends_framing() -> None:
+    framer = RequestFramer()
+    assert framer.feed(b"\x02\x01\x09\x00\x01\x00") == [Request(RESEND, 1, 1), Request(9)]
+    assert framer.pending == 0
+
+
+def test_pending_is_bounded() -> None:
+    framer = RequestFramer()
+    assert framer.feed(b"\x04\x00\x00\x00\x00\x00\x00\x00\x00") == []
+    assert framer.pending == 9
+    assert framer.feed(b"\x02") == [Request(RESEND_RANGE, 0, 2)]
