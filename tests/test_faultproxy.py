@@ -1,0 +1,451 @@
+"""Tests of the fault-injecting proxy itself, against a tiny packet server started here."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from faultproxy import ConnStats, DownstreamShaper, FaultProxy, Faults, RequestTracker
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.timeout(30)
+
+N_PACKETS = 40
+PACKET = 17
+
+
+def packet(seq: int) -> bytes:
+    """One 17-byte response packet for a sequence."""
+    return struct.pack(">4sciii", b"MSFT", b"B" if seq % 2 else b"S", 100 + seq, 5000 + seq, seq)
+
+
+PACKETS = [packet(seq) for seq in range(1, N_PACKETS + 1)]
+BOOK = b"".join(PACKETS)
+INFO = b"PKCI" + struct.pack(">III", 1, 1, N_PACKETS)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    """Answers the feed protocol on one connection."""
+
+    def handle(self) -> None:
+        """Frame requests and answer them, recording what was received."""
+        feed: FeedServer = self.server.feed  # type: ignore[attr-defined]
+        sock: socket.socket = self.request
+        sock.settimeout(5.0)
+        received = bytearray()
+        feed.received.append(received)
+        buf = bytearray()
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            received += data
+            buf += data
+            while buf:
+                size = 10 if buf[0] == 4 else 2
+                if len(buf) < size:
+                    break
+                request = bytes(buf[:size])
+                del buf[:size]
+                if request[0] == 1:
+                    sock.sendall(feed.stream)
+                    return
+                if request[0] == 2 and 1 <= request[1] <= N_PACKETS:
+                    sock.sendall(PACKETS[request[1] - 1])
+                elif request[0] == 3 and feed.hello:
+                    sock.sendall(INFO)
+                elif request[0] == 4:
+                    start, count = struct.unpack(">II", request[2:])
+                    sock.sendall(b"".join(PACKETS[max(start, 1) - 1 : start + count - 1]))
+
+
+class FeedServer:
+    """A threaded loopback packet server: stream-all, resend, hello and resend-range."""
+
+    def __init__(self, stream: bytes = BOOK, hello: bool = True) -> None:
+        """Serve stream on callType 1; answer hellos only if hello is set."""
+        self.stream = stream
+        self.hello = hello
+        self.received: list[bytearray] = []
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.feed = self  # type: ignore[attr-defined]
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the listening socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)
+
+
+@pytest.fixture
+def server() -> Iterator[FeedServer]:
+    """A packet server whose hello is answered by an info frame."""
+    feed = FeedServer()
+    yield feed
+    feed.close()
+
+
+def connect(port: int, timeout: float = 5.0) -> socket.socket:
+    """A client socket connected to the proxy."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Read until the peer closes."""
+    chunks = []
+    while data := sock.recv(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def read_exact(sock: socket.socket, n: int) -> bytes:
+    """Read exactly n bytes."""
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        assert data, f"EOF after {len(buf)} of {n} bytes"
+        buf += data
+    return bytes(buf)
+
+
+def fetch(port: int, request: bytes = b"\x01\x00") -> bytes:
+    """Send requests and read the answer until EOF."""
+    with connect(port) as sock:
+        sock.sendall(request)
+        return read_to_eof(sock)
+
+
+def only(proxy: FaultProxy) -> ConnStats:
+    """The stats of the proxy's one connection, once it has finished."""
+    assert proxy.wait_idle()
+    (stats,) = proxy.stats
+    return stats
+
+
+def test_pass_through_is_byte_exact_both_ways() -> None:
+    """Without faults every byte passes unchanged, whatever its framing."""
+    payload = os.urandom(300_001)
+    feed = FeedServer(stream=payload)
+    try:
+        with FaultProxy("127.0.0.1", feed.port) as proxy:
+            assert fetch(proxy.port) == payload
+            with connect(proxy.port) as sock:
+                requests = b"\x02\x03\x02\x07" + b"\x04\x00" + struct.pack(">II", 10, 3)
+                sock.sendall(requests)
+                assert read_exact(sock, 5 * 17) == PACKETS[2] + PACKETS[6] + b"".join(PACKETS[9:12])
+            assert proxy.wait_idle()
+            first, second = proxy.stats
+        assert bytes(feed.received[1]) == requests
+        assert (first.bytes_to_client, first.bytes_from_server) == (len(payload), len(payload))
+        assert (second.bytes_up, second.requests) == (14, {2: 2, 4: 1})
+        assert first.applied == second.applied == []
+        assert first.outcome == "eof"
+    finally:
+        feed.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, 17 * 3 + 5, len(BOOK) - 1])
+def test_close_after_n_bytes_closes_exactly_there(server: FeedServer, n: int) -> None:
+    """The client gets exactly N bytes, then a clean EOF (no reset)."""
+    with FaultProxy("127.0.0.1", server.port, [Faults(close_after=n)]) as proxy:
+        assert fetch(proxy.port) == BOOK[:n]
+        stats = only(proxy)
+    assert (stats.outcome, stats.bytes_to_client, stats.applied) == ("close", n, ["close_after"])
+
+
+@pytest.mark.parametrize("n", [0, 30])
+def test_reset_after_n_bytes_resets_the_client(server: FeedServer, n: int) -> None:
+    """The client reads exactly N bytes, then gets ConnectionResetError."""
+    with FaultProxy("127.0.0.1", server.port, [Faults(reset_after=n)]) as proxy:
+        got = bytearray()
+        with pytest.raises(ConnectionResetError), connect(proxy.port) as sock:  # N=0: maybe here
+            sock.sendall(b"\x01\x00")
+            while data := sock.recv(65536):
+                got += data
+        stats = only(proxy)
+    assert bytes(got) == BOOK[:n]  # the proxy lets its send queue empty before the RST
+    assert (stats.outcome, stats.bytes_to_client) == ("reset", n)
+
+
+def test_throttle_slows_to_the_bandwidth() -> None:
+    """A throttled transfer takes at least about bytes/bandwidth and stays byte-exact."""
+    payload = os.urandom(20_000)
+    rate = 40_000.0
+    feed = FeedServer(stream=payload)
+    try:
+        with FaultProxy("127.0.0.1", feed.port, [Faults(bandwidth=rate)]) as proxy:
+            started = time.monotonic()
+            assert fetch(proxy.port) == payload
+            elapsed = time.monotonic() - started
+            stats = only(proxy)
+        assert elapsed >= 0.8 * len(payload) / rate
+        assert stats.applied == ["bandwidth"]
+    finally:
+        feed.close()
+
+
+def test_delay_holds_answers_without_adding_up(server: FeedServer) -> None:
+    """Each answer waits the fixed latency; a whole stream is not delayed per chunk."""
+    with FaultProxy("127.0.0.1", server.port, lambda i: Faults(delay=0.3)) as proxy:
+        with connect(proxy.port) as sock:
+            started = time.monotonic()
+            sock.sendall(b"\x02\x05")
+            assert read_exact(sock, 17) == PACKETS[4]
+            assert time.monotonic() - started >= 0.27
+        started = time.monotonic()
+        assert fetch(proxy.port) == BOOK
+        assert 0.27 <= time.monotonic() - started < 2.0
+
+
+def test_duplicate_sends_the_chosen_packets_twice(server: FeedServer) -> None:
+    """Exactly the chosen packets are repeated, right after themselves."""
+    faults = Faults(duplicate=frozenset({0, 4, N_PACKETS - 1}))
+    with FaultProxy("127.0.0.1", server.port, [faults]) as proxy:
+        got = fetch(proxy.port)
+        stats = only(proxy)
+    expected = [p for i, p in enumerate(PACKETS) for _ in range(2 if i in {0, 4, 39} else 1)]
+    assert got == b"".join(expected)
+    assert stats.duplicated == [0, 4, N_PACKETS - 1]
+
+
+def test_reorder_swaps_adjacent_pairs(server: FeedServer) -> None:
+    """Packet i goes after packet i+1; a held last packet is flushed in place at EOF."""
+    faults = Faults(reorder=frozenset({2, 3, 10, N_PACKETS - 1}))
+    with FaultProxy("127.0.0.1", server.port, [faults]) as proxy:
+        got = fetch(proxy.port)
+        stats = only(proxy)
+    order = list(range(N_PACKETS))
+    order[2], order[3] = 3, 2  # packet 3 releases the held 2, so it is not held itself
+    order[10], order[11] = 11, 10
+    assert got == b"".join(PACKETS[i] for i in order)
+    assert stats.reordered == [2, 10]
+
+
+def test_corrupt_flips_exactly_the_chosen_bytes(server: FeedServer) -> None:
+    """Only the bytes at the chosen offsets differ, by the XOR mask."""
+    offsets = (0, 17 * 3 + 13, len(BOOK) - 1)
+    with FaultProxy("127.0.0.1", server.port, [Faults(corrupt_at=offsets, corrupt_xor=0x01)]) as p:
+        got = fetch(p.port)
+        stats = only(p)
+    assert len(got) == len(BOOK)
+    assert [i for i in range(len(BOOK)) if got[i] != BOOK[i]] == list(offsets)
+    assert all(got[i] == BOOK[i] ^ 0x01 for i in offsets)
+    assert stats.corrupted == list(offsets)
+
+
+def test_info_frame_passes_untouched_and_offsets_count_it(server: FeedServer) -> None:
+    """After a hello the 16-byte info frame is not framed as a packet nor shifted."""
+    faults = Faults(duplicate=frozenset({0}), corrupt_at=(16,), close_after=16 + 17 * 3)
+    with FaultProxy("127.0.0.1", server.port, [faults]) as proxy:
+        with connect(proxy.port) as sock:
+            sock.sendall(b"\x03\x00")
+            assert read_exact(sock, 16) == INFO
+            sock.sendall(b"\x01\x00")
+            got = read_to_eof(sock)
+        stats = only(proxy)
+    bad = bytes([PACKETS[0][0] ^ 0xFF]) + PACKETS[0][1:]
+    assert got == bad + PACKETS[0] + PACKETS[1]
+    assert stats.info_frame and stats.applied == ["close_after", "duplicate", "corrupt"]
+
+
+def test_hello_to_a_base_server_frames_packets_from_the_start() -> None:
+    """If the hello gets no info frame, the first bytes are packets and are framed as such."""
+    feed = FeedServer(hello=False)
+    try:
+        with FaultProxy("127.0.0.1", feed.port, [Faults(duplicate=frozenset({0}))]) as proxy:
+            assert fetch(proxy.port, b"\x03\x00\x01\x00") == PACKETS[0] + BOOK
+            assert not only(proxy).info_frame
+    finally:
+        feed.close()
+
+
+def test_swallow_resends_drops_resend_answers_only(server: FeedServer) -> None:
+    """Resend connections get silence (after any info frame); stream-all connections do not."""
+    with FaultProxy("127.0.0.1", server.port, lambda i: Faults(swallow_resends=True)) as proxy:
+        with connect(proxy.port, timeout=0.3) as sock:
+            sock.sendall(b"\x02\x03\x02\x05")
+            with pytest.raises(socket.timeout):
+                sock.recv(100)
+        with connect(proxy.port, timeout=0.3) as sock:
+            sock.sendall(b"\x03\x00")
+            assert read_exact(sock, 16) == INFO
+            sock.sendall(b"\x04\x00" + struct.pack(">II", 1, 5))
+            with pytest.raises(socket.timeout):
+                sock.recv(100)
+        assert fetch(proxy.port, b"\x03\x00\x01\x00") == INFO + BOOK
+        assert proxy.wait_idle()
+        resend, ranged, stream = proxy.stats
+    assert [bytes(r) for r in server.received[:2]] == [
+        b"\x02\x03\x02\x05",
+        b"\x03\x00\x04\x00" + struct.pack(">II", 1, 5),
+    ]
+    assert (resend.swallowed, resend.bytes_to_client) == (34, 0)
+    assert (ranged.swallowed, ranged.bytes_to_client) == (85, 16)
+    assert (stream.swallowed, stream.applied) == (0, [])
+
+
+def test_script_applies_faults_to_the_right_connection(server: FeedServer) -> None:
+    """The Nth connection gets script[N]; None entries and later connections pass through."""
+    script = [None, Faults(close_after=20), Faults(duplicate=frozenset({1}))]
+    with FaultProxy("127.0.0.1", server.port, script) as proxy:
+        got = [fetch(proxy.port) for _ in range(4)]
+        assert proxy.wait_idle()
+        outcomes = [s.outcome for s in proxy.stats]
+    assert got == [BOOK, BOOK[:20], PACKETS[0] + PACKETS[1] + BOOK[17:], BOOK]
+    assert outcomes == ["eof", "close", "eof", "eof"]
+
+
+def test_script_may_be_a_callable_of_the_index(server: FeedServer) -> None:
+    """A callable script chooses faults from the connection index."""
+    with FaultProxy(
+        "127.0.0.1", server.port, lambda i: Faults(close_after=17) if i % 2 else None
+    ) as proxy:
+        got = [fetch(proxy.port) for _ in range(4)]
+    assert got == [BOOK, PACKETS[0], BOOK, PACKETS[0]]
+
+
+def test_faults_compose(server: FeedServer) -> None:
+    """Delay, throttle, duplicate, corrupt and close act together on one connection."""
+    faults = Faults(
+        delay=0.05, bandwidth=5_000, duplicate=frozenset({0}), corrupt_at=(1,), close_after=40
+    )
+    with FaultProxy("127.0.0.1", server.port, [faults]) as proxy:
+        got = fetch(proxy.port)
+        stats = only(proxy)
+    bad = PACKETS[0][:1] + bytes([PACKETS[0][1] ^ 0xFF]) + PACKETS[0][2:]
+    assert got == (bad + PACKETS[0] + PACKETS[1])[:40]
+    assert stats.applied == ["close_after", "delay", "bandwidth", "duplicate", "corrupt"]
+
+
+def test_hang_never_answers_nor_connects_upstream(server: FeedServer) -> None:
+    """A hung connection swallows the requests, answers nothing and never reaches the server."""
+    with FaultProxy("127.0.0.1", server.port, [Faults(hang=True)]) as proxy:
+        with connect(proxy.port, timeout=0.3) as sock:
+            sock.sendall(b"\x01\x00")
+            with pytest.raises(socket.timeout):
+                sock.recv(100)
+        stats = only(proxy)
+    assert server.received == []
+    assert (stats.outcome, stats.bytes_up, stats.requests) == ("hang", 2, {1: 1})
+
+
+def test_upstream_down_closes_the_client() -> None:
+    """If the upstream refuses, the client is dropped rather than left waiting."""
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        dead_port = spare.getsockname()[1]
+    with FaultProxy("127.0.0.1", dead_port) as proxy, connect(proxy.port) as sock:
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
+        assert only(proxy).outcome == "upstream_error"
+
+
+def _open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_shutdown_is_prompt_and_leaks_nothing(server: FeedServer) -> None:
+    """Leaving the block with open connections mid-fault is quick, frees the port and the fds."""
+    baseline = _open_fds()
+    script = [Faults(hang=True), Faults(bandwidth=100.0), Faults(swallow_resends=True)]
+    clients = []
+    with FaultProxy("127.0.0.1", server.port, script) as proxy:
+        port = proxy.port
+        for request in (b"\x01\x00", b"\x01\x00", b"\x02\x01"):
+            sock = connect(port)
+            sock.sendall(request)
+            clients.append(sock)
+        deadline = time.monotonic() + 5
+        while len(proxy.stats) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        started = time.monotonic()
+    assert time.monotonic() - started < 3.0
+    assert [s.outcome for s in proxy.stats] == ["shutdown"] * 3
+    assert not any(t.name == "faultproxy" for t in threading.enumerate())
+    for sock in clients:
+        sock.settimeout(2.0)
+        with contextlib.suppress(ConnectionResetError):
+            read_to_eof(sock)
+        sock.close()
+    with pytest.raises(ConnectionRefusedError):
+        connect(port).close()
+    deadline = time.monotonic() + 5
+    while _open_fds() > baseline and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _open_fds() <= baseline
+
+
+def test_faults_reject_impossible_values() -> None:
+    """Negative counts, offsets and rates are refused when the script is written."""
+    for bad in (
+        {"close_after": -1},
+        {"delay": -0.1},
+        {"bandwidth": 0.0},
+        {"corrupt_xor": 0},
+        {"duplicate": frozenset({-1})},
+    ):
+        with pytest.raises(ValueError):
+            Faults(**bad)
+
+
+def _shape(faults: Faults, requests: bytes, chunks: list[bytes]) -> tuple[bytes, ConnStats]:
+    """Run the pure downstream shaper over server chunks after the given requests."""
+    stats = ConnStats(index=0, faults=faults)
+    tracker = RequestTracker(stats)
+    tracker.feed(requests)
+    shaper = DownstreamShaper(faults, tracker, stats)
+    out = b"".join(shaper.feed(chunk) for chunk in chunks) + shaper.finish()
+    return out, stats
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 16 + len(BOOK)), max_size=12),
+    duplicate=st.frozensets(st.integers(0, N_PACKETS - 1), max_size=5),
+    reorder=st.frozensets(st.integers(0, N_PACKETS - 1), max_size=5),
+    corrupt=st.lists(st.integers(0, 16 + len(BOOK)), max_size=3),
+    limit=st.none() | st.integers(1, 16 + len(BOOK) + 100),
+)
+def test_shaping_does_not_depend_on_how_the_stream_is_split(
+    cuts: list[int],
+    duplicate: frozenset[int],
+    reorder: frozenset[int],
+    corrupt: list[int],
+    limit: int | None,
+) -> None:
+    """Packet faults give the same bytes whatever the TCP segmentation of the answer."""
+    faults = Faults(
+        duplicate=duplicate, reorder=reorder, corrupt_at=tuple(corrupt), close_after=limit
+    )
+    stream = INFO + BOOK
+    bounds = [0, *sorted(cuts), len(stream)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    whole, _ = _shape(faults, b"\x03\x00\x01\x00", [stream])
+    split, stats = _shape(faults, b"\x03\x00\x01\x00", chunks)
+    assert split == whole
+    assert stats.info_frame
+    full = 16 + len(BOOK) + PACKET * len(duplicate)
+    assert len(split) == (full if limit is None else min(limit, full))
+    if not any(k < 16 for k in corrupt):
+        assert split[:16] == INFO[: len(split)]
