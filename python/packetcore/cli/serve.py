@@ -1,0 +1,174 @@
+"""``packetcore-serve``: run the exchange until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from ..feeds import load_feed
+from ..protocol import DEFAULT_PORT
+from ..server import Server
+from . import UserError, add_verbosity, log, run
+
+__all__ = ["build_parser", "main"]
+
+PROGRAM = "packetcore-serve"
+
+DESCRIPTION = """\
+Serve a sequenced exchange feed over TCP.  Every client of the reference exchange
+works unchanged (callType 1 streams the feed with simulated loss and closes, callType
+2 resends one packet); packetcore clients also get the extension (hello, resend
+range).  The defaults reproduce the reference: port 3000, the 14-packet order book,
+a 0.25 chance of dropping each streamed packet, resends never dropped.  SIGINT or
+SIGTERM stops the server and prints a one-line summary."""
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text} is not a port in 0..65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a duration of 0 seconds or more")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; a seed is 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``packetcore-serve``."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--host", default="localhost",
+        help="address to listen on (default: localhost, which binds both 127.0.0.1 and ::1; "
+        "0.0.0.0 or :: exposes the server to the network on purpose)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT,
+        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free port and logs it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--feed", default="book", metavar="FEED",
+        help="what to serve: 'book' (default, the reference's 14-packet order book), "
+        "'synthetic:N' (N random packets, sequences 1..N, drawn from --seed) or the path "
+        "of an output.json file (validated before the port opens)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=_seed, default=None,
+        help="seed of the synthetic feed and of every drop pattern: the Nth stream-all "
+        "of a run drops the same packets each time (default: random)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drop", type=_probability, default=0.25, metavar="P",
+        help="chance that stream-all (callType 1) drops each packet, the last included "
+        "unless --keep-last (default: 0.25, as the reference)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drop-resends", type=_probability, default=0.0, metavar="P",
+        help="chance that a resent packet (callType 2, or within a callType 4 range) is "
+        "dropped (default: 0, as the reference: resends are never dropped)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-last", action="store_true",
+        help="never drop the final packet of a stream-all, so one stream tells a client "
+        "the last sequence",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+        help="close a connection that sends no request, or reads none of its answer, "
+        "for this long (default: 30; 0 never closes it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-connections", type=_count, default=1024, metavar="N",
+        help="connections served at once; more are closed on arrival (default: 1024)",
+    )  # fmt: skip
+    add_verbosity(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``packetcore-serve`` and return its exit code."""
+    return run(PROGRAM, build_parser(), _serve, argv)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # The feed is loaded and checked before any port opens.
+    feed = load_feed(args.feed, args.seed)
+    server = Server(
+        feed,
+        host=args.host,
+        port=args.port,
+        drop=args.drop,
+        drop_resends=args.drop_resends,
+        keep_last=args.keep_last,
+        seed=args.seed,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+    )
+    asyncio.run(_run(server))
+    if args.verbosity >= 0:
+        print(f"{PROGRAM}: stopped: {server.stats.summary()}", file=sys.stderr)
+    return 0
+
+
+async def _run(server: Server) -> None:
+    try:
+        await server.start_async()
+    except OSError as exc:
+        raise UserError(str(exc.strerror or exc)) from None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+            loop.add_signal_handler(signum, stop.set)
+    log.info("listening on port %d; SIGINT or SIGTERM stops the server", server.port)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop_async()

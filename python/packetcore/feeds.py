@@ -1,0 +1,202 @@
+"""Feeds a server can serve: the reference book, synthetic feeds, ``output.json`` files.
+
+A feed is a :class:`~packetcore.Packets` batch whose sequences run contiguously from
+its first packet.  :func:`load_feed` turns the ``--feed`` option into one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine import MAX_SEQUENCE
+from .errors import PacketcoreError
+from .packets import JSON_KEYS, Packets
+
+__all__ = ["SYMBOLS", "FeedError", "book", "load_feed", "parse_records", "synthetic"]
+
+_INT32_MIN = -(2**31)
+_INT32_MAX = 2**31 - 1
+_KEY_SET = frozenset(JSON_KEYS)
+_SIDES = ("B", "S")
+
+#: The symbols a synthetic feed draws from.
+SYMBOLS = (
+    "AAPL", "MSFT", "AMZN", "GOOG", "META", "NVDA", "TSLA", "IBM",
+    "KO", "T", "F", "GE", "JPM", "XOM", "INTC", "ORCL",
+)  # fmt: skip
+
+
+class FeedError(PacketcoreError, ValueError):
+    """A feed that cannot be served: a bad spec, or a feed file that fails validation.
+
+    ``index`` is the offending record's position in the file (-1 if no one record is
+    at fault) and ``field`` its JSON key ("" if no one field is).
+    """
+
+    def __init__(self, message: str, index: int = -1, field: str = "") -> None:
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+    def __reduce__(self) -> tuple[type[FeedError], tuple[str, int, str]]:
+        return (type(self), (str(self), self.index, self.field))
+
+
+def book() -> Packets:
+    """Return the 14-packet order book the reference exchange serves."""
+    text = resources.files("packetcore").joinpath("data", "orderbook.json").read_bytes()
+    return parse_records(json.loads(text), "the packaged order book")
+
+
+def synthetic(count: int, seed: int | None = None) -> Packets:
+    """Return ``count`` random packets with sequences 1..count, drawn from ``seed``."""
+    if not 0 <= count <= MAX_SEQUENCE:
+        raise FeedError(f"a synthetic feed holds 0..{MAX_SEQUENCE} packets, not {count}")
+    rng = np.random.default_rng(seed)
+    symbols = np.array(SYMBOLS, dtype="S4")
+    sides = np.array(_SIDES, dtype="S1")
+    # Whole columns at once: ten million packets take well under a second.
+    return Packets._from_columns(
+        symbols[rng.integers(0, len(symbols), count, dtype=np.uint8)],
+        sides[rng.integers(0, 2, count, dtype=np.int8)],
+        rng.integers(1, 10_000, count, dtype=np.int32, endpoint=True),
+        rng.integers(1, 1_000_000, count, dtype=np.int32, endpoint=True),
+        np.arange(1, count + 1, dtype=np.int32),
+    )
+
+
+def load_feed(spec: str, seed: int | None = None) -> Packets:
+    """Return the feed ``spec`` names: ``book``, ``synthetic:N`` or an ``output.json`` path."""
+    if spec == "book":
+        return book()
+    if spec.startswith("synthetic:"):
+        text = spec.partition(":")[2]
+        try:
+            count = int(text)
+        except ValueError:
+            raise FeedError(f"feed {spec!r}: {text!r} is not a packet count") from None
+        if count < 1:
+            raise FeedError(f"feed {spec!r}: a synthetic feed needs at least 1 packet")
+        return synthetic(count, seed)
+    path = Path(spec)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FeedError(
+            f"feed {spec!r}: no such file (a feed is 'book', 'synthetic:N' or an output.json path)"
+        ) from None
+    except OSError as exc:
+        raise FeedError(f"feed {spec!r}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        records = _loads(raw)
+    except ValueError as exc:
+        raise FeedError(f"feed file {os.fspath(path)!r} is not valid JSON: {exc}") from None
+    return parse_records(records, f"feed file {os.fspath(path)!r}")
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(raw)
+    return orjson.loads(raw)
+
+
+def parse_records(records: Any, source: str = "feed") -> Packets:
+    """Validate ``output.json`` records and return them as a feed; raise :class:`FeedError`."""
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise FeedError(f"{source}: expected a JSON array of packets, got {type(records).__name__}")
+    if not records:
+        raise FeedError(f"{source}: holds no packets")
+    count = len(records)
+    symbols: list[bytes] = [b""] * count
+    sides: list[bytes] = [b""] * count
+    quantities: list[int] = [0] * count
+    prices: list[int] = [0] * count
+    first = 0
+    for i, record in enumerate(records):
+        if type(record) is not dict:
+            raise FeedError(f"{source}: record {i} is a {type(record).__name__}, not an object", i)
+        if record.keys() != _KEY_SET:
+            _bad_keys(source, i, record)
+        symbol = record["symbol"]
+        if not _good_symbol(symbol):
+            raise FeedError(
+                f"{source}: record {i}, field 'symbol': expected 1-4 printable ASCII "
+                f"characters, got {symbol!r}",
+                i,
+                "symbol",
+            )
+        side = record["buysellindicator"]
+        if side not in _SIDES or type(side) is not str:
+            raise FeedError(
+                f"{source}: record {i}, field 'buysellindicator': expected 'B' or 'S', "
+                f"got {side!r}",
+                i,
+                "buysellindicator",
+            )
+        quantity = record["quantity"]
+        price = record["price"]
+        sequence = record["packetSequence"]
+        _check_int(source, i, "quantity", quantity, _INT32_MIN)
+        _check_int(source, i, "price", price, _INT32_MIN)
+        _check_int(source, i, "packetSequence", sequence, 1)
+        if i == 0:
+            first = sequence
+        elif sequence != first + i:
+            raise FeedError(
+                f"{source}: record {i}, field 'packetSequence': expected {first + i} "
+                f"(sequences run contiguously from {first}), got {sequence}",
+                i,
+                "packetSequence",
+            )
+        symbols[i] = symbol.encode("ascii")
+        sides[i] = side.encode("ascii")
+        quantities[i] = quantity
+        prices[i] = price
+    return Packets._from_columns(
+        np.array(symbols, dtype="S4"),
+        np.array(sides, dtype="S1"),
+        np.array(quantities, dtype=np.int32),
+        np.array(prices, dtype=np.int32),
+        np.arange(first, first + count, dtype=np.int32),
+    )
+
+
+def _bad_keys(source: str, index: int, record: dict[str, Any]) -> None:
+    missing = [key for key in JSON_KEYS if key not in record]
+    if missing:
+        raise FeedError(
+            f"{source}: record {index}, field {missing[0]!r}: missing", index, missing[0]
+        )
+    extra = sorted(str(key) for key in record.keys() - _KEY_SET)
+    raise FeedError(
+        f"{source}: record {index}, field {extra[0]!r}: not a packet field "
+        f"(expected {', '.join(JSON_KEYS)})",
+        index,
+        extra[0],
+    )
+
+
+def _good_symbol(symbol: object) -> bool:
+    return (
+        type(symbol) is str and 1 <= len(symbol) <= 4 and all(" " <= char <= "~" for char in symbol)
+    )
+
+
+def _check_int(source: str, index: int, field: str, value: object, low: int) -> None:
+    # bool is an int subclass, and 3.0 is not an integer on the wire: both refused.
+    if type(value) is not int or not low <= value <= _INT32_MAX:
+        raise FeedError(
+            f"{source}: record {index}, field {field!r}: expected an integer in "
+            f"{low}..{_INT32_MAX}, got {value!r}",
+            index,
+            field,
+        )

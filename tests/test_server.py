@@ -1,0 +1,561 @@
+"""The exchange server over real loopback sockets: protocol, bad input, loss, lifecycle, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from packetcore.feeds import book, synthetic
+from packetcore.protocol import (
+    FeedInfo,
+    decode_info,
+    hello_request,
+    range_request,
+    resend_request,
+    stream_all_request,
+)
+from packetcore.server import STREAM_CHUNK, Server
+from serverutil import (
+    PACKET,
+    connect,
+    exchange,
+    packets_of,
+    recv_all,
+    recv_exact,
+    reference_bytes,
+    wait_until,
+)
+
+import packetcore
+from packetcore import Packets, decode, encode
+
+STREAM_ALL = stream_all_request()
+HELLO = hello_request()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """The book with nothing dropped, on a free loopback port."""
+    with Server(host="127.0.0.1", port=0, drop=0.0) as running:
+        yield running
+
+
+@pytest.fixture
+def lossy() -> Iterator[Server]:
+    """The book with the reference's loss, seeded."""
+    with Server(host="127.0.0.1", port=0, seed=11) as running:
+        yield running
+
+
+# -- base protocol, byte-exact -----------------------------------------------------------
+
+
+def test_stream_all_is_the_reference_capture_and_closes(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(STREAM_ALL)
+        # No half-close: end of stream must come from the server.
+        assert recv_all(sock) == reference_bytes()
+    assert server.stats.packets_sent == 14
+
+
+def test_resend_answers_one_packet_and_keeps_the_connection(server: Server) -> None:
+    wire = reference_bytes()
+    with connect(server) as sock:
+        for sequence in (5, 1, 14):
+            sock.sendall(resend_request(sequence))
+            assert recv_exact(sock, PACKET) == packets_of(wire, sequence)
+        sock.sendall(HELLO)  # still open: it answers more
+        assert len(recv_exact(sock, 16)) == 16
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b""
+    assert server.stats.packets_resent == 3
+
+
+def test_pipelined_resends_answer_in_request_order(server: Server) -> None:
+    wire = reference_bytes()
+    sequences = [(i * 5) % 14 + 1 for i in range(3000)]
+    request = b"".join(resend_request(s) for s in sequences)
+    assert exchange(server, request) == packets_of(wire, *sequences)
+
+
+def test_every_resend_of_the_book_rebuilds_the_capture(server: Server) -> None:
+    request = b"".join(resend_request(s) for s in range(1, 15))
+    assert exchange(server, request) == reference_bytes()
+
+
+def test_resends_then_stream_all_on_one_connection(server: Server) -> None:
+    wire = reference_bytes()
+    answer = exchange(server, resend_request(3) + resend_request(9) + STREAM_ALL + HELLO)
+    # What follows stream-all is never answered: the server closes after the stream.
+    assert answer == packets_of(wire, 3, 9) + wire
+
+
+def test_localhost_binds_both_loopbacks_on_one_port() -> None:
+    with Server(host="localhost", port=0, drop=0.0) as running:
+        families = {address[0] for address in running.addresses}
+        assert "127.0.0.1" in families
+        assert exchange(running, STREAM_ALL, "127.0.0.1") == reference_bytes()
+        if "::1" not in families:
+            pytest.skip("this host cannot bind ::1")
+        assert exchange(running, STREAM_ALL, "::1") == reference_bytes()
+
+
+def test_default_feed_is_the_book() -> None:
+    with Server(host="127.0.0.1", port=0) as running:
+        assert running.feed == book()
+        assert running.info == FeedInfo(1, 14)
+
+
+# -- framing ------------------------------------------------------------------------------
+
+
+def test_split_requests_are_framed(server: Server) -> None:
+    wire = reference_bytes()
+    request = resend_request(2) + range_request(12, 2) + HELLO + resend_request(7)
+    with connect(server) as sock:
+        for byte in request:
+            sock.sendall(bytes((byte,)))
+        sock.shutdown(socket.SHUT_WR)
+        answer = recv_all(sock)
+    info = encode_info_for(server)
+    assert answer == packets_of(wire, 2, 12, 13) + info + packets_of(wire, 7)
+
+
+def test_requests_split_between_answers(server: Server) -> None:
+    wire = reference_bytes()
+    with connect(server) as sock:
+        sock.sendall(resend_request(4) + range_request(1, 2)[:3])
+        assert recv_exact(sock, PACKET) == packets_of(wire, 4)
+        sock.sendall(range_request(1, 2)[3:] + b"\x02")
+        assert recv_exact(sock, 2 * PACKET) == packets_of(wire, 1, 2)
+        sock.sendall(b"\x0e")
+        assert recv_exact(sock, PACKET) == packets_of(wire, 14)
+
+
+def test_coalesced_mixed_requests(server: Server) -> None:
+    wire = reference_bytes()
+    request = HELLO + resend_request(1) + range_request(13, 5) + resend_request(6) + STREAM_ALL
+    answer = exchange(server, request)
+    assert answer == encode_info_for(server) + packets_of(wire, 1, 13, 14, 6) + wire
+
+
+def test_two_clients_interleaving_keep_their_own_framing(server: Server) -> None:
+    wire = reference_bytes()
+    with connect(server) as first, connect(server) as second:
+        first.sendall(b"\x02")  # half a request: held for this connection only
+        second.sendall(b"\x02")
+        second.sendall(b"\x07")
+        assert recv_exact(second, PACKET) == packets_of(wire, 7)
+        first.sendall(b"\x03" + b"\x04\x00\x00\x00")
+        assert recv_exact(first, PACKET) == packets_of(wire, 3)
+        second.sendall(b"\x02\x0a")
+        first.sendall(b"\x00\x0b\x00\x00\x00\x02")
+        assert recv_exact(second, PACKET) == packets_of(wire, 10)
+        assert recv_exact(first, 2 * PACKET) == packets_of(wire, 11, 12)
+
+
+def encode_info_for(server: Server) -> bytes:
+    from packetcore.protocol import encode_info
+
+    return encode_info(server.info)
+
+
+# -- extension ----------------------------------------------------------------------------
+
+
+def test_hello_answers_the_info_frame(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(HELLO)
+        frame = recv_exact(sock, 16)
+    assert frame[:4] == b"PKCI"
+    assert decode_info(frame) == FeedInfo(1, 14, 1)
+
+
+@pytest.mark.parametrize(
+    ("start", "count", "expected"),
+    [
+        (1, 14, range(1, 15)),
+        (3, 1, [3]),
+        (0, 5, range(1, 5)),
+        (10, 100, range(10, 15)),
+        (5, 0, []),
+        (15, 3, []),
+        (2**32 - 1, 2**32 - 1, []),
+        (0, 2**32 - 1, range(1, 15)),
+    ],
+)
+def test_range_is_clamped_to_the_feed(
+    server: Server, start: int, count: int, expected: range | list[int]
+) -> None:
+    answer = exchange(server, range_request(start, count) + resend_request(1))
+    assert answer == packets_of(reference_bytes(), *expected, 1)
+
+
+def test_large_range_and_stream_span_many_chunks() -> None:
+    feed = synthetic(3 * STREAM_CHUNK + 5, seed=3)
+    wire = encode(feed)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.0) as running:
+        assert (
+            exchange(running, range_request(7, 2 * STREAM_CHUNK))
+            == wire[6 * PACKET : (6 + 2 * STREAM_CHUNK) * PACKET]
+        )
+        assert exchange(running, STREAM_ALL) == wire
+
+
+def test_unsorted_feed_with_gaps_is_served_in_sequence_order() -> None:
+    feed = Packets([b"C", b"A", b"B"], [b"S", b"B", b"B"], [3, 1, 2], [30, 10, 20], [30, 10, 20])
+    ordered = encode(feed[np.array([1, 2, 0])])
+    with Server(feed, host="127.0.0.1", port=0, drop=0.0) as running:
+        assert running.info == FeedInfo(10, 30)
+        assert exchange(running, STREAM_ALL) == ordered
+        answer = exchange(running, resend_request(20) + resend_request(15) + range_request(11, 19))
+    assert answer == ordered[PACKET : 2 * PACKET] * 2
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_resend_of_a_missing_sequence_writes_nothing(server: Server) -> None:
+    wire = reference_bytes()
+    request = resend_request(0) + resend_request(15) + resend_request(255) + resend_request(2)
+    assert exchange(server, request) == packets_of(wire, 2)
+    assert server.stats.bad_requests == 3
+    assert exchange(server, STREAM_ALL) == wire
+
+
+def test_resend_seq_is_read_unsigned() -> None:
+    feed = synthetic(300, seed=1)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.0) as running:
+        answer = exchange(running, resend_request(200) + resend_request(255))
+    assert decode(answer).sequence.tolist() == [200, 255]
+
+
+@pytest.mark.parametrize("call_type", [0, 5, 9, 255])
+def test_unknown_call_type_closes_that_connection_only(server: Server, call_type: int) -> None:
+    wire = reference_bytes()
+    with connect(server) as other:
+        other.sendall(resend_request(1))
+        assert recv_exact(other, PACKET) == packets_of(wire, 1)
+        with connect(server) as sock:
+            # Answers before it are written; the connection then closes without a FIN
+            # from the client.
+            sock.sendall(resend_request(4) + bytes((call_type, 0)) + resend_request(5))
+            assert recv_all(sock) == packets_of(wire, 4)
+        other.sendall(resend_request(2))
+        assert recv_exact(other, PACKET) == packets_of(wire, 2)
+    assert server.stats.bad_requests == 1
+
+
+def test_incomplete_request_before_half_close_is_ignored(server: Server) -> None:
+    assert exchange(server, resend_request(1) + range_request(1, 14)[:7]) == packets_of(
+        reference_bytes(), 1
+    )
+
+
+def test_idle_client_is_closed() -> None:
+    with Server(host="127.0.0.1", port=0, idle_timeout=0.2) as running, connect(running) as sock:
+        sock.sendall(resend_request(1))
+        assert len(recv_exact(sock, PACKET)) == PACKET
+        assert recv_all(sock) == b""  # the server closed it
+        wait_until(lambda: running.stats.active == 0)
+        assert running.stats.timeouts == 1
+
+
+def test_stalled_reader_is_not_buffered_whole_and_is_closed() -> None:
+    feed = synthetic(1_000_000, seed=2)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.0, idle_timeout=0.5) as running:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
+            sock.connect(("127.0.0.1", running.port))
+            sock.sendall(STREAM_ALL)
+            # Read nothing: the server must stall on drain(), not buffer 17 MB, and give
+            # up after idle_timeout.
+            wait_until(lambda: running.stats.timeouts == 1)
+            assert 0 < running.stats.packets_sent < len(feed) // 2
+        assert running.stats.active == 0
+
+
+def test_max_connections_refuses_the_extra_client() -> None:
+    with Server(host="127.0.0.1", port=0, drop=0.0, max_connections=2) as running:
+        first, second = connect(running), connect(running)
+        for sock in (first, second):  # both are being served
+            sock.sendall(HELLO)
+            recv_exact(sock, 16)
+        with connect(running) as third:
+            third.sendall(STREAM_ALL)
+            with contextlib.suppress(ConnectionResetError):  # closed unread: may be a RST
+                assert recv_all(third) == b""
+        assert running.stats.refused == 1
+        first.close()
+        wait_until(lambda: running.stats.active == 1)
+        assert exchange(running, STREAM_ALL) == reference_bytes()
+        second.close()
+
+
+def test_client_reset_mid_stream_does_not_disturb_the_server() -> None:
+    feed = synthetic(400_000, seed=4)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.0) as running:
+        sock = connect(running)
+        sock.sendall(STREAM_ALL)
+        recv_exact(sock, 1000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST
+        wait_until(lambda: running.stats.active == 0)
+        assert decode(exchange(running, range_request(1, 3))).sequence.tolist() == [1, 2, 3]
+
+
+# -- loss -----------------------------------------------------------------------------------
+
+
+def test_drop_zero_gives_every_packet(server: Server) -> None:
+    for _ in range(3):
+        assert exchange(server, STREAM_ALL) == reference_bytes()
+
+
+def stream_sequences(running: Server) -> list[int]:
+    sequences: list[int] = decode(exchange(running, STREAM_ALL)).sequence.tolist()
+    return sequences
+
+
+def test_seeded_loss_is_reproducible() -> None:
+    feed = synthetic(200_000, seed=5)
+
+    def three_streams(seed: int) -> list[list[int]]:
+        with Server(feed, host="127.0.0.1", port=0, drop=0.25, seed=seed) as running:
+            exchange(running, HELLO)  # connections without stream-all do not count
+            return [stream_sequences(running) for _ in range(3)]
+
+    runs = three_streams(42)
+    assert runs == three_streams(42)
+    assert runs[0] != runs[1] != runs[2]
+    assert runs != three_streams(43)
+    for sequences in runs:
+        assert sequences == sorted(set(sequences))
+        assert abs(len(sequences) / len(feed) - 0.75) < 0.01
+
+
+def test_book_loss_drops_the_last_packet_sometimes(lossy: Server) -> None:
+    streams = [stream_sequences(lossy) for _ in range(40)]
+    assert any(14 not in s for s in streams)
+    assert all(set(s) <= set(range(1, 15)) for s in streams)
+    assert lossy.stats.packets_sent + lossy.stats.packets_dropped == 40 * 14
+
+
+def test_drop_all_and_keep_last() -> None:
+    with Server(host="127.0.0.1", port=0, drop=1.0) as running:
+        assert exchange(running, STREAM_ALL) == b""
+    with Server(host="127.0.0.1", port=0, drop=1.0, keep_last=True) as running:
+        assert exchange(running, STREAM_ALL) == packets_of(reference_bytes(), 14)
+
+
+def test_drop_resends() -> None:
+    request = b"".join(resend_request(s) for s in range(1, 15)) + range_request(1, 14)
+    with Server(host="127.0.0.1", port=0, drop_resends=1.0) as running:
+        assert exchange(running, request) == b""
+        assert running.stats.packets_dropped == 28
+    answers = []
+    for _ in range(2):
+        with Server(host="127.0.0.1", port=0, drop_resends=0.5, seed=9) as running:
+            answers.append(exchange(running, request * 20))
+    assert answers[0] == answers[1]
+    assert 0 < len(answers[0]) < 20 * 28 * PACKET
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+def test_graceful_shutdown_closes_connections_and_the_port() -> None:
+    running = Server(host="127.0.0.1", port=0).start()
+    port = running.port
+    sock = connect(running)
+    sock.sendall(HELLO)
+    recv_exact(sock, 16)
+    running.stop()
+    try:
+        assert sock.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    running.stop()  # idempotent
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert running.stats.active == 0
+
+
+def test_stop_mid_stream_of_a_large_feed() -> None:
+    feed = synthetic(500_000, seed=6)
+    running = Server(feed, host="127.0.0.1", port=0).start()
+    sock = connect(running)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
+    sock.sendall(STREAM_ALL)
+    recv_exact(sock, PACKET)
+    running.stop()
+    with sock:
+        try:
+            data = recv_all(sock)
+        except ConnectionResetError:
+            data = b""
+    assert len(data) < len(feed) * PACKET
+
+
+def test_port_in_use_raises_oserror(server: Server) -> None:
+    with pytest.raises(OSError) as info:
+        Server(host="127.0.0.1", port=server.port).start()
+    assert info.value.errno == errno.EADDRINUSE
+    assert "cannot listen" in str(info.value)
+
+
+def test_async_context_manager() -> None:
+    async def fetch() -> tuple[bytes, bytes]:
+        async with Server(host="127.0.0.1", port=0, drop=0.0) as running:
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(HELLO + resend_request(3))
+            writer.write_eof()
+            answer = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(STREAM_ALL)
+            stream = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return answer, stream
+
+    answer, stream = asyncio.run(fetch())
+    assert answer[16:] == packets_of(reference_bytes(), 3)
+    assert decode_info(answer[:16]) == FeedInfo(1, 14)
+    assert stream == reference_bytes()
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="drop"):
+        Server(drop=1.5)
+    with pytest.raises(ValueError, match="empty"):
+        Server(Packets.empty())
+    with pytest.raises(ValueError, match="max_connections"):
+        Server(max_connections=0)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+SRC = str(Path(packetcore.__file__).resolve().parents[1])
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-m", "packetcore", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    process = cli(*args)
+    stdout, stderr = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_cli_help_explains_every_option() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in (
+        "--host", "--port", "--feed", "--seed", "--drop", "--drop-resends", "--keep-last",
+        "--idle-timeout", "--max-connections", "--quiet", "--verbose",
+    ):  # fmt: skip
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--drop", "2"], "not a probability"),
+        (["--drop-resends", "x"], "not a number"),
+        (["--port", "70000"], "not a port"),
+        (["--max-connections", "0"], "not 1 or more"),
+        (["--idle-timeout", "-1"], "0 seconds or more"),
+        (["--seed", "-3"], "negative"),
+    ],
+)
+def test_cli_bad_option_is_one_line(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_feed_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "feed.json"
+    path.write_text('[{"symbol": "AAPL", "buysellindicator": "X", "quantity": 1, '
+                    '"price": 1, "packetSequence": 1}]')  # fmt: skip
+    cases = [
+        (str(path), "record 0, field 'buysellindicator'"),
+        ("nowhere.json", "no such file"),
+        ("synthetic:zero", "packet count"),
+    ]
+    for feed, message in cases:
+        result = run_cli("--feed", feed, "--port", "0")
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("packetcore-serve: error:")
+        assert message in lines[0]
+
+
+def test_cli_port_in_use_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_cli("--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot listen on 127.0.0.1 port" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_and_stops_on_signal(signum: int) -> None:
+    process = cli("--port", "0", "--drop", "0", "--seed", "1")
+    assert process.stderr is not None
+    try:
+        port = 0
+        for line in process.stderr:
+            found = re.search(r"listening on port (\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "the server never said it was listening"
+        for host in ("127.0.0.1", "::1") if socket.has_ipv6 else ("127.0.0.1",):
+            try:
+                sock = socket.create_connection((host, port), timeout=10)
+            except OSError:
+                continue  # no IPv6 loopback here
+            with sock:
+                sock.sendall(STREAM_ALL)
+                assert recv_all(sock) == reference_bytes()
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    summary = [line for line in stderr.splitlines() if line.startswith("packetcore-serve:")]
+    assert len(summary) == 1
+    assert "stopped:" in summary[0]
+    assert "14 packets sent" in summary[0] or "28 packets sent" in summary[0]
