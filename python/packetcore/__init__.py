@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .client import FetchError, FetchResult, fetch, fetch_async
 from .engine import (
     MAX_SEQUENCE,
     PACKET_SIZE,
@@ -22,6 +23,8 @@ __all__ = [
     "MAX_SEQUENCE",
     "PACKET_SIZE",
     "Decoder",
+    "FetchError",
+    "FetchResult",
     "GapTracker",
     "Packet",
     "PacketStore",
@@ -31,6 +34,8 @@ __all__ = [
     "__version__",
     "decode",
     "encode",
+    "fetch",
+    "fetch_async",
     "implementation",
     "to_json",
 ]

@@ -1,0 +1,109 @@
+"""Atomic output: output.json is the old file or the new one, never half of either."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from packetcore.feeds import book
+from packetcore.output import (
+    check_writable,
+    partial_path,
+    write_atomic,
+    write_packets,
+)
+
+from packetcore import to_json
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_write_packets_writes_the_output_document(tmp_path: Path) -> None:
+    target = tmp_path / "output.json"
+    write_packets(target, book())
+    assert target.read_bytes() == to_json(book())
+    assert json.loads(target.read_bytes()) == book().to_records()
+    assert _listing(tmp_path) == ["output.json"]
+
+
+def test_write_atomic_replaces_and_keeps_the_mode(tmp_path: Path) -> None:
+    target = tmp_path / "output.json"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_new_file_gets_the_umask_mode(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.json", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "output.json"
+    target.write_bytes(b"old")
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(target, b"new" * 1000)
+    assert target.read_bytes() == b"old"
+    assert _listing(tmp_path) == ["output.json"]
+
+
+def test_an_interrupted_write_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "output.json"
+    target.write_bytes(b"old")
+
+    def interrupt(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert _listing(tmp_path) == ["output.json"]
+
+
+def test_stdout(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    write_packets("-", book())
+    assert capsysbinary.readouterr().out == to_json(book())
+
+
+def test_partial_path() -> None:
+    assert partial_path("out/output.json") == Path("out/output.json.partial")
+
+
+def test_check_writable(tmp_path: Path) -> None:
+    check_writable(tmp_path / "output.json")
+    check_writable("-")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_writable(tmp_path / "nowhere" / "output.json")
+    with pytest.raises(IsADirectoryError):
+        check_writable(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_check_writable_refuses_a_read_only_directory(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError):
+            check_writable(tmp_path / "output.json")
+    finally:
+        tmp_path.chmod(0o700)
