@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,3 +75,84 @@ def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
         if time.monotonic() > deadline:
             pytest.fail("timed out waiting for the server")
         time.sleep(0.005)
+
+
+class ServeProcess:
+    """``packetcore-serve`` in a subprocess on a free loopback port, its memory readable.
+
+    A thread drains the server's log so it never blocks on a full pipe; the port is
+    read from the log line that announces it.
+    """
+
+    def __init__(self, *args: str, startup: float = 60.0) -> None:
+        self.args = args
+        self.startup = startup
+        self.port = 0
+        self.log: list[str] = []
+        self._ready = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
+        self._drainer: threading.Thread | None = None
+
+    def __enter__(self) -> ServeProcess:
+        env = dict(os.environ, PYTHONPATH=_package_root())
+        command = [sys.executable, "-m", "packetcore", "serve", "--host", "127.0.0.1"]
+        self._proc = subprocess.Popen(
+            [*command, "--port", "0", *self.args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+        if not self._ready.wait(self.startup) or not self.port:
+            self.__exit__(None, None, None)
+            pytest.fail("packetcore-serve did not start:\n" + "".join(self.log[-20:]))
+        return self
+
+    def _drain(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for line in self._proc.stderr:
+            if len(self.log) < 10_000:
+                self.log.append(line)
+            if not self.port and (match := re.search(r"listening on port (\d+)", line)):
+                self.port = int(match.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def pid(self) -> int:
+        """Return the server's process id."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    def memory(self, key: str = "VmRSS") -> int:
+        """Return the server's ``VmRSS`` (or ``VmHWM``, the peak) in bytes, from /proc."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE)
+        assert match is not None, f"no {key} in /proc/{self.pid}/status"
+        return int(match.group(1)) * 1024
+
+    def alive(self) -> bool:
+        """Return whether the server process still runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._drainer is not None:
+            self._drainer.join(TIMEOUT)
+
+
+def _package_root() -> str:
+    import packetcore
+
+    return str(Path(packetcore.__file__).resolve().parent.parent)

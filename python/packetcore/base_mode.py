@@ -103,6 +103,10 @@ async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
             log.info("pass %d: the server %s", outcome.passes, why)
             if failures > options.retries:
                 outcome.reason = f"the server {why} on {failures} passes in a row"
+                if session.received == 0:
+                    # Nothing at all came: a failure to fetch (as documented by fetch),
+                    # not an incomplete feed with no gap to name.
+                    raise FetchError(f"{options.host}:{options.port}: {outcome.reason}")
                 return outcome
             await asyncio.sleep(backoff_delay(failures, options.backoff))
         link = None

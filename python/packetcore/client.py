@@ -21,7 +21,14 @@ import numpy.typing as npt
 
 from .base_mode import recover_base
 from .packets import Packets
-from .protocol import RANGE_REQUEST_SIZE, RESEND_RANGE, hello_request, stream_all_request
+from .protocol import (
+    BASE_RESEND_MAX,
+    RANGE_REQUEST_SIZE,
+    RESEND_RANGE,
+    hello_request,
+    resend_request,
+    stream_all_request,
+)
 from .recovery import (
     FetchError,
     FetchOptions,
@@ -202,13 +209,18 @@ async def _fetch(session: Session, started: float) -> FetchResult:
     if session.info is not None:
         assert link is not None
         passes, rounds, reason = await _recover_extended(session, link)
-        return _result(session, started, "extended", passes, rounds, reason)
+        settled = await _settle(session, "extended")
+        return _result(session, started, "extended", passes, rounds, reason, settled=settled)
     outcome = await recover_base(session, link)
     if outcome.switched:
         # The server answered the hello late: it is an extended server after all.
         log.info("the server answered the hello late: switching to the extension")
         _, rounds, reason = await _recover_extended(session, None)
-        return _result(session, started, "extended", outcome.passes, rounds, reason)
+        settled = await _settle(session, "extended")
+        return _result(
+            session, started, "extended", outcome.passes, rounds, reason, settled=settled
+        )
+    settled = await _settle(session, "base")
     return _result(
         session,
         started,
@@ -217,7 +229,122 @@ async def _fetch(session: Session, started: float) -> FetchResult:
         outcome.resend_rounds,
         outcome.reason,
         chance=outcome.chance,
+        settled=settled,
     )
+
+
+# One packet's payload, as the store keeps it: symbol, side, quantity, price.
+_Row = tuple[bytes, bytes, int, int]
+
+
+@dataclass
+class _Settled:
+    """Packets in doubt, asked for again: the payload copies agreed on, and the rest."""
+
+    rows: dict[int, _Row] = field(default_factory=dict)
+    unsettled: list[int] = field(default_factory=list)
+
+
+def _rows(packets: Packets) -> list[tuple[int, _Row]]:
+    """Return ``(sequence, payload)`` for each packet."""
+    payloads = zip(
+        packets.symbol.tolist(),
+        packets.buysellindicator.tolist(),
+        packets.quantity.tolist(),
+        packets.price.tolist(),
+        strict=True,
+    )
+    return list(zip(packets.sequence.tolist(), payloads, strict=True))
+
+
+def _agreed(votes: dict[_Row, int]) -> _Row | None:
+    """Return the payload at least two copies agree on, more than on any other."""
+    ranked = sorted(votes.values(), reverse=True)
+    if ranked[0] < 2 or (len(ranked) > 1 and ranked[1] == ranked[0]):
+        return None
+    return max(votes, key=votes.__getitem__)
+
+
+async def _settle(session: Session, mode: Mode) -> _Settled:
+    """Ask again for every held packet in doubt; keep the payload two copies agree on.
+
+    A packet is in doubt when two copies of its sequence differed (a conflict) or it
+    came out of order (see ``Link._check_order``): one copy may carry a corrupted byte,
+    and the first arrival is not more likely right than a later one.  Copies are
+    fetched on fresh connections until ``retries + 1`` attempts in a row bring none (or
+    ``max_passes`` attempts were made); sequences still undecided are left out of the
+    output and reported missing.
+    """
+    store = session.store
+    conflicting = store.conflicting()
+    doubts = {s for s in session.doubts | set(conflicting.sequence.tolist()) if s in store.tracker}
+    if not doubts:
+        return _Settled()
+    held = store.to_packets()
+    index = np.searchsorted(held.sequence, np.fromiter(sorted(doubts), dtype=np.int64))
+    votes: dict[int, dict[_Row, int]] = {}
+    for sequence, row in _rows(held[index]) + _rows(conflicting):
+        tally = votes.setdefault(sequence, {})
+        tally[row] = tally.get(row, 0) + 1
+    settled = _Settled()
+    options = session.options
+    fruitless = 0
+    for _ in range(options.max_passes):
+        wanted = sorted(s for s, tally in votes.items() if _agreed(tally) is None)
+        if not wanted or fruitless > options.retries:
+            break
+        if fruitless:
+            await asyncio.sleep(backoff_delay(fruitless, options.backoff))
+        log.info("asking again for %d packet(s) in doubt", len(wanted))
+        copies = await _copies(session, mode, wanted)
+        fruitless = 0 if copies else fruitless + 1
+        for sequence, row in copies:
+            votes[sequence][row] = votes[sequence].get(row, 0) + 1
+    for sequence, tally in sorted(votes.items()):
+        agreed = _agreed(tally)
+        if agreed is None:
+            settled.unsettled.append(sequence)
+            log.warning("packet %d: copies differ and none is confirmed; left out", sequence)
+        else:
+            settled.rows[sequence] = agreed
+    return settled
+
+
+async def _copies(session: Session, mode: Mode, wanted: list[int]) -> list[tuple[int, _Row]]:
+    """Return fresh copies of the packets ``wanted``, each request on a new connection."""
+    batches: list[Packets] = []
+    named = wanted if mode == "extended" else [s for s in wanted if s <= BASE_RESEND_MAX]
+    if named:
+        if mode == "extended":
+            requests = np.zeros(len(named), dtype=_RANGE_DTYPE)
+            requests["call"] = RESEND_RANGE
+            requests["start"] = named
+            requests["count"] = 1
+            request = requests.tobytes()
+        else:
+            request = b"".join(resend_request(sequence) for sequence in named)
+        await _ask(session, batches, request, len(named))
+    if len(named) < len(wanted):
+        # A base server cannot be asked for a sequence above 127: a stream-all pass
+        # brings each of them unless its loss simulation drops it.
+        await _ask(session, batches, stream_all_request(), None)
+    wanted_set = set(wanted)
+    return [(s, row) for batch in batches for s, row in _rows(batch) if s in wanted_set]
+
+
+async def _ask(session: Session, batches: list[Packets], request: bytes, due: int | None) -> None:
+    """Send ``request`` on a new connection; collect ``due`` packets or, if None, all."""
+    try:
+        link = await session.open_link(sink=batches.append)
+    except FetchError as exc:
+        log.info("cannot ask again: %s", exc)
+        return
+    link.send(request)
+    if due is None:
+        await link.wait_closed(session.options.timeout)
+    else:
+        await link.wait(lambda: link.packets >= due, session.options.timeout)
+    link.close()
 
 
 async def _probe(session: Session) -> Link | None:
@@ -287,6 +414,7 @@ async def _recover_extended(session: Session, link: Link | None) -> tuple[int, i
         link.expect_info += 1
         due = len(link.infos) + 1
         current = link
+        current.last_sequence = 0  # a new round starts again from low sequences
         current.send(requests.tobytes() + hello_request())
         rounds += 1
         state = await current.wait(_infos_reach(current, due), options.timeout)
@@ -317,6 +445,38 @@ async def _recover_extended(session: Session, link: Link | None) -> tuple[int, i
     if link is not None:
         link.close()
     return passes, rounds, "" if tracker.complete else reason
+
+
+def _apply(
+    packets: Packets, missing: npt.NDArray[np.int64], settled: _Settled
+) -> tuple[Packets, npt.NDArray[np.int64]]:
+    """Put the agreed payloads in ``packets``; drop the unsettled, adding them to ``missing``."""
+    sequence = packets.sequence
+    symbol, side = packets.symbol.copy(), packets.buysellindicator.copy()
+    quantity, price = packets.quantity.copy(), packets.price.copy()
+    for number, (symbol_at, side_at, quantity_at, price_at) in settled.rows.items():
+        at = int(np.searchsorted(sequence, number))
+        symbol[at], side[at], quantity[at], price[at] = symbol_at, side_at, quantity_at, price_at
+    keep = ~np.isin(sequence, settled.unsettled)
+    fixed = Packets._from_columns(
+        symbol[keep], side[keep], quantity[keep], price[keep], sequence[keep].copy()
+    )
+    if settled.unsettled:
+        extra = np.array([(s, 1) for s in settled.unsettled], dtype=np.int64).reshape(-1, 2)
+        missing = _merge_ranges(np.concatenate((missing.reshape(-1, 2), extra)))
+    return fixed, missing
+
+
+def _merge_ranges(ranges: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Sort ``(start, count)`` ranges and merge those that touch."""
+    merged: list[list[int]] = []
+    for start, count in sorted(ranges.tolist()):
+        if merged and start <= merged[-1][0] + merged[-1][1]:
+            end = max(merged[-1][0] + merged[-1][1], start + count)
+            merged[-1][1] = end - merged[-1][0]
+        else:
+            merged.append([start, count])
+    return np.array(merged, dtype=np.int64).reshape(-1, 2)
 
 
 def _infos_reach(link: Link, count: int) -> Callable[[], bool]:
@@ -361,19 +521,27 @@ def _result(
     reason: str,
     *,
     chance: float | None = None,
+    settled: _Settled | None = None,
 ) -> FetchResult:
     store = session.store
     tracker = store.tracker
-    complete = tracker.complete
+    packets = store.to_packets()
+    missing_ranges = tracker.missing_ranges()
+    if settled is not None and (settled.rows or settled.unsettled):
+        packets, missing_ranges = _apply(packets, missing_ranges, settled)
+        if settled.unsettled and not reason:
+            reason = (
+                f"{len(settled.unsettled)} packet(s) arrived in copies that differ, and "
+                f"asking again did not confirm one"
+            )
+    complete = tracker.complete and len(missing_ranges) == 0
     missing: tuple[tuple[int, int], ...] = ()
     if not complete:
-        missing = tuple(
-            (start, start + count - 1) for start, count in tracker.missing_ranges().tolist()
-        )
+        missing = tuple((start, start + count - 1) for start, count in missing_ranges.tolist())
         if not reason:
             reason = "stopped short"
     return FetchResult(
-        packets=store.to_packets(),
+        packets=packets,
         complete=complete,
         mode=mode,
         first=tracker.first,

@@ -98,10 +98,21 @@ class Link(asyncio.Protocol):
     unanswered in time: its first bytes may still be that answer.
     """
 
-    def __init__(self, session: Session, number: int, *, recovering: bool) -> None:
+    def __init__(
+        self,
+        session: Session,
+        number: int,
+        *,
+        recovering: bool,
+        sink: Callable[[Packets], None] | None = None,
+    ) -> None:
         self.session = session
         self.number = number
         self.recovering = recovering
+        #: Where decoded batches go instead of the session's store (checking copies).
+        self.sink = sink
+        #: The sequence of the last packet decoded: answers come in ascending order.
+        self.last_sequence = 0
         self.decoder = Decoder()
         #: How many packets of a batch were asked for though already held (re-asked on
         #: purpose: later passes, coalesced ranges); ``None``: none were.
@@ -154,8 +165,27 @@ class Link(asyncio.Protocol):
         if len(batch.invalid):
             self.session.note_invalid(self.number, batch.invalid + self._skipped)
         if len(batch):
+            self._check_order(batch.sequence)
             self.packets += len(batch)
-            self.session.add(batch, self)
+            if self.sink is not None:
+                self.sink(batch)
+            else:
+                self.session.add(batch, self)
+
+    def _check_order(self, sequences: npt.NDArray[np.int32]) -> None:
+        # Every answer on one connection comes in ascending sequence order: a stream-all,
+        # the ranges of a round (asked in order), pipelined resends (asked in order).  A
+        # packet at or below its predecessor was duplicated or reordered on the way, or
+        # one of the two has a corrupted sequence field: both are asked for again before
+        # the fetch trusts them (Session.doubts).
+        previous = np.empty_like(sequences)
+        previous[0] = self.last_sequence
+        previous[1:] = sequences[:-1]
+        broken = sequences <= previous
+        if broken.any():
+            self.session.doubt(sequences[broken])
+            self.session.doubt(previous[broken][previous[broken] > 0])
+        self.last_sequence = int(sequences[-1])
 
     def _late_info(self, data: bytes) -> None:
         # The only place a late answer to the probe hello can be is the very start.
@@ -287,6 +317,8 @@ class Session:
         self.invalid_offsets: list[tuple[int, int]] = []
         self.connections = 0
         self.links: list[Link] = []
+        #: Sequences whose held packet may be wrong (see Link._check_order).
+        self.doubts: set[int] = set()
 
     @property
     def expected(self) -> int | None:
@@ -322,6 +354,10 @@ class Session:
         if self.progress is not None and new:
             self.progress(len(self.store), self.expected)
 
+    def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
+        """Mark ``sequences`` to be asked for again before their packets are trusted."""
+        self.doubts.update(sequences.tolist())
+
     def note_invalid(self, connection: int, offsets: npt.NDArray[np.int64]) -> None:
         """Record packets the decoder rejected, by connection and byte offset."""
         listed = [(connection, int(offset)) for offset in offsets.tolist()]
@@ -333,8 +369,13 @@ class Session:
             connection, len(listed), shown, more,
         )  # fmt: skip
 
-    async def open_link(self, *, recovering: bool = False) -> Link:
-        """Connect to the server, retrying with exponential backoff; raise FetchError."""
+    async def open_link(
+        self, *, recovering: bool = False, sink: Callable[[Packets], None] | None = None
+    ) -> Link:
+        """Connect to the server, retrying with exponential backoff; raise FetchError.
+
+        ``sink`` receives the decoded batches instead of the session's store.
+        """
         options = self.options
         loop = asyncio.get_running_loop()
         failures = 0
@@ -343,7 +384,7 @@ class Session:
             number = self.connections
 
             def factory(number: int = number) -> Link:
-                return Link(self, number, recovering=recovering)
+                return Link(self, number, recovering=recovering, sink=sink)
 
             try:
                 _, link = await asyncio.wait_for(
