@@ -29,8 +29,9 @@ def test_compiled_engine_loads_by_default() -> None:
 
 @pytest.mark.c_extension
 def test_compiled_engine_is_what_the_package_exports() -> None:
-    import packetcore
     import packetcore._engine as compiled
+
+    import packetcore
 
     if os.environ.get("PACKETCORE_NO_EXTENSIONS"):
         pytest.fail("c_extension tests must be deselected when the twin is forced")

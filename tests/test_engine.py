@@ -327,7 +327,9 @@ def test_store_first_arrival_wins_and_conflicts_are_kept(engine: ModuleType) -> 
     store = engine.PacketStore(first=1, last=14)
     store.add(book)
     twin = book[3:5]
-    changed = Packets(twin.symbol, twin.buysellindicator, twin.quantity + 1, twin.price, twin.sequence)
+    changed = Packets(
+        twin.symbol, twin.buysellindicator, twin.quantity + 1, twin.price, twin.sequence
+    )
     assert store.add(twin) == 0
     assert store.add(changed) == 0
     assert (store.duplicates, store.conflicts) == (2, 2)
@@ -338,7 +340,9 @@ def test_store_first_arrival_wins_and_conflicts_are_kept(engine: ModuleType) -> 
 
 
 @settings(max_examples=60)
-@given(st.lists(st.lists(valid_packet.map(lambda r: (*r[:4], r[4] % 60 + 1)), max_size=40), max_size=4))
+@given(
+    st.lists(st.lists(valid_packet.map(lambda r: (*r[:4], r[4] % 60 + 1)), max_size=40), max_size=4)
+)
 def test_store_matches_dict_model(
     engine: ModuleType, batches: list[list[tuple[bytes, bytes, int, int, int]]]
 ) -> None:

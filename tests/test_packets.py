@@ -21,7 +21,7 @@ def test_records_round_trip() -> None:
     packets = Packets.from_records(records)
     assert len(packets) == 14
     assert packets.to_records() == records
-    assert list(packets)[0] == Packet("AAPL", "B", 50, 100, 1)
+    assert next(iter(packets)) == Packet("AAPL", "B", 50, 100, 1)
     assert packets[-1].packetSequence == 14
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from packetcore import ProtocolError
 from packetcore.protocol import (
     HELLO,
     RESEND,
@@ -22,6 +22,8 @@ from packetcore.protocol import (
     resend_request,
     stream_all_request,
 )
+
+from packetcore import ProtocolError
 
 
 def test_request_bytes() -> None:
@@ -68,7 +70,7 @@ def test_framing_survives_any_split(cuts: list[int]) -> None:
     framer = RequestFramer()
     got: list[Request] = []
     bounds = [0, *sorted(cuts), len(STREAM)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         got += framer.feed(STREAM[start:end])
     assert got == EXPECTED
     assert framer.pending == 0

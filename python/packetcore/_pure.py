@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -144,8 +144,9 @@ def encode(packets: Packets) -> bytes:
 
 def _as_ints(sequences: Iterable[int] | npt.ArrayLike) -> list[int]:
     if isinstance(sequences, np.ndarray):
-        return sequences.ravel().tolist()  # type: ignore[no-any-return]
-    return [int(s) for s in sequences]  # type: ignore[union-attr]
+        values: list[int] = sequences.ravel().tolist()
+        return values
+    return [int(s) for s in cast("Iterable[int]", sequences)]
 
 
 class GapTracker:
@@ -355,9 +356,7 @@ class PacketStore:
     def to_packets(self) -> Packets:
         """Return the packets held, in sequence order."""
         first = self.tracker.first
-        rows = [
-            (*row, first + slot) for slot, row in enumerate(self._rows) if row is not None
-        ]
+        rows = [(*row, first + slot) for slot, row in enumerate(self._rows) if row is not None]
         return _batch(rows, [])
 
     def conflicting(self) -> Packets:
@@ -369,9 +368,7 @@ class PacketStore:
 # byte is read as the latin-1 code point it stands for.
 _ESCAPES = {0x22: '\\"', 0x5C: "\\\\", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r"}
 _ESCAPES[0x09] = "\\t"
-_JSON_CHAR = [
-    _ESCAPES.get(b, chr(b) if 0x20 <= b < 0x7F else f"\\u{b:04x}") for b in range(256)
-]
+_JSON_CHAR = [_ESCAPES.get(b, chr(b) if 0x20 <= b < 0x7F else f"\\u{b:04x}") for b in range(256)]
 
 
 def _json_string(raw: bytes) -> str:

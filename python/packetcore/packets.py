@@ -34,7 +34,7 @@ class Packet(NamedTuple):
     buysellindicator: str
     quantity: int
     price: int
-    packetSequence: int  # noqa: N815 - the JSON key is the contract
+    packetSequence: int
 
     def to_record(self) -> dict[str, str | int]:
         """Return the packet as an ``output.json`` object."""
@@ -137,10 +137,11 @@ class Packets:
             return cls.empty()
         if len(parts) == 1:
             return parts[0]
-        return cls._from_columns(
-            *(np.concatenate([getattr(p, name) for p in parts]) for name in COLUMNS),
-            invalid=np.concatenate([p.invalid for p in parts]),
+        symbol, side, quantity, price, sequence = (
+            np.concatenate([getattr(p, name) for p in parts]) for name in COLUMNS
         )
+        invalid = np.concatenate([p.invalid for p in parts])
+        return cls._from_columns(symbol, side, quantity, price, sequence, invalid)
 
     def __add__(self, other: object) -> Packets:
         if not isinstance(other, Packets):

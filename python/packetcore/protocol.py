@@ -7,6 +7,7 @@ this module holds the small fixed layouts around them.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from .errors import ProtocolError
@@ -108,7 +109,8 @@ def decode_info(frame: bytes) -> FeedInfo:
     return FeedInfo(first, last, version)
 
 
-class Request(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Request:
     """One framed request.  ``start``/``count`` name the sequences it asks for."""
 
     call_type: int

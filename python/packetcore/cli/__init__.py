@@ -33,11 +33,20 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     """Add ``-q``/``-v`` to a parser (as ``args.verbosity``: -1, 0, 1)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
-        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        default=0,
         help="print errors only",
     )
     group.add_argument(
-        "-v", "--verbose", dest="verbosity", action="store_const", const=1,
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
         help="print debug detail, and tracebacks on failure",
     )
 
