@@ -1,0 +1,110 @@
+"""Type stub of the compiled engine ``packetcore._engine`` (the twin of ``_pure``)."""
+
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from .packets import Packets
+
+__all__ = [
+    "MAX_SEQUENCE",
+    "PACKET_SIZE",
+    "Decoder",
+    "GapTracker",
+    "PacketStore",
+    "decode",
+    "encode",
+    "to_json",
+]
+
+PACKET_SIZE: int
+MAX_SEQUENCE: int
+
+class Decoder:
+    """Decode a byte stream split into chunks at any byte."""
+
+    strict: bool
+    def __init__(self, strict: bool = False) -> None: ...
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete packet held for the next chunk."""
+    @property
+    def offset(self) -> int:
+        """Stream offset of the first byte not yet decoded (the pending tail's start)."""
+    @property
+    def invalid_count(self) -> int:
+        """Packets rejected as invalid so far."""
+    def feed(self, chunk: bytes | bytearray | memoryview) -> Packets:
+        """Decode ``chunk`` and return the packets it completed."""
+
+def decode(buf: bytes | bytearray | memoryview, strict: bool = False) -> Packets:
+    """Decode whole packets; invalid ones are skipped and listed in ``invalid``."""
+
+def encode(packets: Packets) -> bytes:
+    """Encode packets as their wire bytes (the inverse of :func:`decode`)."""
+
+class GapTracker:
+    """A bitmap of the sequences seen, one bit per sequence from ``first`` to ``last``."""
+
+    received: int
+    duplicates: int
+    out_of_range: int
+    def __init__(self, first: int = 1, last: int | None = None) -> None: ...
+    @property
+    def first(self) -> int:
+        """The lowest sequence of the feed."""
+    @property
+    def last(self) -> int | None:
+        """The last sequence: as set, else the highest seen, else ``None``."""
+    @last.setter
+    def last(self, value: int) -> None: ...
+    @property
+    def last_known(self) -> bool:
+        """Whether ``last`` was set rather than inferred from the sequences seen."""
+    @property
+    def highest(self) -> int | None:
+        """The highest sequence seen, or ``None``."""
+    @property
+    def complete(self) -> bool:
+        """Whether ``last`` is known and every sequence up to it was seen."""
+    def __contains__(self, sequence: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def add(self, sequences: Iterable[int] | npt.ArrayLike) -> int:
+        """Mark sequences seen; return how many were new."""
+    def missing(self) -> npt.NDArray[np.int64]:
+        """Return the sequences from ``first`` to ``last`` not seen, ascending."""
+    def missing_ranges(self) -> npt.NDArray[np.int64]:
+        """Return the missing runs as an ``(n, 2)`` array of ``(start, count)``."""
+    def missing_count(self) -> int:
+        """Return how many sequences from ``first`` to ``last`` were not seen."""
+
+class PacketStore:
+    """Put packets arriving in any order into sequence order, without sorting."""
+
+    conflicts: int
+    @property
+    def tracker(self) -> GapTracker:
+        """The bitmap of the sequences held."""
+    def __init__(self, first: int = 1, last: int | None = None) -> None: ...
+    @property
+    def duplicates(self) -> int:
+        """Later arrivals identical to the packet already held."""
+    @property
+    def out_of_range(self) -> int:
+        """Packets dropped for a sequence outside ``first..last``."""
+    @property
+    def last(self) -> int | None:
+        """The tracker's ``last``; setting it fixes the end of the feed."""
+    @last.setter
+    def last(self, value: int) -> None: ...
+    def __len__(self) -> int: ...
+    def add(self, packets: Packets) -> int:
+        """Store the packets; return how many sequences were new."""
+    def to_packets(self) -> Packets:
+        """Return the packets held, in sequence order."""
+    def conflicting(self) -> Packets:
+        """Return the later arrivals whose payload differed from the packet held."""
+
+def to_json(packets: Packets) -> bytes:
+    """Return the ``output.json`` document: one object per packet, in sequence order."""
