@@ -96,3 +96,16 @@ def test_to_json(
 def test_encode(benchmark: Any, impl: str, packets: Packets, wire: bytes) -> None:
     benchmark.group = "encode"
     assert run(benchmark, impl, ENGINES[impl].encode, packets) == wire
+
+
+@pytest.mark.parametrize("impl", ["c", "py", "numpy"])
+def test_gather(benchmark: Any, impl: str, wire: bytes, arrivals: np.ndarray) -> None:
+    benchmark.group = "gather"
+    keep = np.zeros(len(wire) // 17, dtype=bool)
+    keep[arrivals - 1] = True
+    if impl == "numpy":
+        rows = np.frombuffer(wire, dtype="V17")
+        out = run(benchmark, impl, lambda: np.compress(keep, rows).tobytes())
+    else:
+        out = run(benchmark, impl, ENGINES[impl].gather, wire, keep)
+    assert len(out) == 17 * len(arrivals)

@@ -397,3 +397,32 @@ def test_to_json_agrees_with_stdlib(
     order = np.argsort(packets.sequence, kind="stable")
     assert json.loads(document) == packets[order].to_records()
     assert document == stdlib_document(packets[order])
+
+
+# ---- gather ----------------------------------------------------------------------
+
+
+@given(st.lists(st.tuples(valid_packet, st.booleans()), max_size=40))
+def test_gather_keeps_flagged_packets(
+    engine: ModuleType, rows: list[tuple[tuple[bytes, bytes, int, int, int], bool]]
+) -> None:
+    raw = wire(*(row for row, _ in rows))
+    keep = np.array([flag for _, flag in rows], dtype=bool)
+    assert engine.gather(raw, keep) == wire(*(row for row, flag in rows if flag))
+    assert engine.gather(memoryview(raw), keep.astype(np.uint8)) == engine.gather(raw, keep)
+
+
+def test_gather_extremes(engine: ModuleType) -> None:
+    raw = (DATA / "orderbook.bin").read_bytes()
+    assert engine.gather(raw, np.ones(14, bool)) == raw
+    assert engine.gather(raw, np.zeros(14, bool)) == b""
+    assert engine.gather(b"", np.zeros(0, bool)) == b""
+    last_only = np.zeros(14, bool)
+    last_only[-1] = True
+    assert engine.gather(raw, last_only) == raw[-17:]
+
+
+def test_gather_wants_one_flag_per_packet(engine: ModuleType) -> None:
+    raw = (DATA / "orderbook.bin").read_bytes()
+    with pytest.raises(ValueError, match="13 flags for 238 bytes"):
+        engine.gather(raw, np.ones(13, bool))

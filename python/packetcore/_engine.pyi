@@ -15,6 +15,7 @@ __all__ = [
     "PacketStore",
     "decode",
     "encode",
+    "gather",
     "to_json",
 ]
 
@@ -43,6 +44,9 @@ def decode(buf: bytes | bytearray | memoryview, strict: bool = False) -> Packets
 
 def encode(packets: Packets) -> bytes:
     """Encode packets as their wire bytes (the inverse of :func:`decode`)."""
+
+def gather(wire: bytes | bytearray | memoryview, keep: npt.ArrayLike) -> bytes:
+    """Return the wire bytes of the packets whose ``keep`` flag is set, in order."""
 
 class GapTracker:
     """A bitmap of the sequences seen, one bit per sequence from ``first`` to ``last``."""

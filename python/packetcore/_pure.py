@@ -25,6 +25,7 @@ __all__ = [
     "PacketStore",
     "decode",
     "encode",
+    "gather",
     "to_json",
 ]
 
@@ -140,6 +141,24 @@ def encode(packets: Packets) -> bytes:
     for i, (symbol, side, quantity, price, sequence) in enumerate(columns):
         pack_into(out, i * PACKET_SIZE, symbol, side, quantity, price, sequence)
     return bytes(out)
+
+
+def gather(wire: bytes | bytearray | memoryview, keep: npt.ArrayLike) -> bytes:
+    """Return the wire bytes of the packets whose ``keep`` flag is set, in order."""
+    flags = np.asarray(keep, dtype=np.bool_)
+    view = memoryview(wire).cast("B")
+    if flags.ndim != 1 or len(flags) * PACKET_SIZE != view.nbytes:
+        raise ValueError(
+            f"keep has {len(flags)} flags for {view.nbytes} bytes: "
+            f"one flag per {PACKET_SIZE}-byte packet"
+        )
+    return b"".join(
+        [
+            view[i * PACKET_SIZE : (i + 1) * PACKET_SIZE]
+            for i, kept in enumerate(flags.tolist())
+            if kept
+        ]
+    )
 
 
 def _as_ints(sequences: Iterable[int] | npt.ArrayLike) -> list[int]:

@@ -19,6 +19,7 @@ __all__ = [
     "PacketStore",
     "decode",
     "encode",
+    "gather",
     "implementation",
     "to_json",
 ]
@@ -34,6 +35,7 @@ if TYPE_CHECKING or os.environ.get("PACKETCORE_NO_EXTENSIONS", "") not in ("", "
         PacketStore,
         decode,
         encode,
+        gather,
         to_json,
     )
 
@@ -48,6 +50,7 @@ else:
             PacketStore,
             decode,
             encode,
+            gather,
             to_json,
         )
 
@@ -63,6 +66,7 @@ else:
             PacketStore,
             decode,
             encode,
+            gather,
             to_json,
         )
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .engine import PACKET_SIZE, encode
+from .engine import PACKET_SIZE, encode, gather
 from .packets import Packets
 from .protocol import (
     DEFAULT_PORT,
@@ -494,8 +494,8 @@ class Server:
         keep = draws >= threshold if threshold < 65536 else np.zeros(size, dtype=bool)
         if keep_last:
             keep[-1] = True
-        kept = np.compress(keep, self._rows[lo:hi])  # a little faster than rows[keep]
-        return kept.view(np.uint8).data, len(kept)
+        kept = gather(self._wire_view[lo * PACKET_SIZE : hi * PACKET_SIZE], keep)
+        return memoryview(kept), len(kept) // PACKET_SIZE
 
     def _resend(self, conn: _Connection, sequence: int, out: bytearray) -> None:
         lo, hi = self._locate(sequence, sequence + 1)

@@ -4,7 +4,7 @@
 Hot loops run over raw pointers into numpy columns and the caller's buffers, with no
 Python object per packet.  The code is split by concern, asyncpg-style:
 
-* ``_wire.pxi``: decode, Decoder, encode (the 17-byte response packet);
+* ``_wire.pxi``: decode, Decoder, encode, gather (the 17-byte response packet);
 * ``_gaps.pxi``: GapTracker (one bit per sequence);
 * ``_store.pxi``: PacketStore (slot = sequence - first);
 * ``_json.pxi``: to_json (the ``output.json`` document).
@@ -46,6 +46,7 @@ __all__ = [
     "PacketStore",
     "decode",
     "encode",
+    "gather",
     "to_json",
 ]
 

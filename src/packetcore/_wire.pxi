@@ -292,3 +292,41 @@ def encode(packets: Packets) -> bytes:
             write_int32(p + 13, seq[i])
             p += _PACKET_SIZE
     return out
+
+
+def gather(wire, keep) -> bytes:
+    """Return the wire bytes of the packets whose ``keep`` flag is set, in order."""
+    cdef Py_buffer view
+    _acquire(wire, &view)
+    try:
+        return _gather(<const unsigned char *>view.buf, view.len, keep)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef bytes _gather(const unsigned char *src, Py_ssize_t size, object keep):
+    flags = np.ascontiguousarray(keep, dtype=np.bool_)
+    cdef Py_ssize_t n = len(flags)
+    if flags.ndim != 1 or n * _PACKET_SIZE != size:
+        raise ValueError(
+            f"keep has {n} flags for {size} bytes: one flag per {PACKET_SIZE}-byte packet"
+        )
+    cdef const uint8_t *flag = <const uint8_t *>_data(flags)
+    cdef Py_ssize_t total = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        total += flag[i]
+    total *= _PACKET_SIZE
+    out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char *dst = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t at = 0
+    with nogil:
+        # Branchless: every packet is copied to the next free slot, which advances only
+        # past kept ones (a random loss pattern defeats branch prediction).  While a kept
+        # packet remains, the slot lies wholly inside the output.
+        for i in range(n):
+            if at == total:
+                break
+            memcpy(dst + at, src + i * _PACKET_SIZE, _PACKET_SIZE)
+            at += _PACKET_SIZE * flag[i]
+    return out
