@@ -13,7 +13,7 @@ all: install
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "setuptools>=68" "Cython>=3.0,<4" "numpy>=1.25" wheel
+	$(PIP) install "setuptools>=77" "Cython>=3.0,<4" "numpy>=1.25" wheel
 	touch $@
 
 venv: $(VENV)/.deps
