@@ -426,3 +426,38 @@ def test_gather_wants_one_flag_per_packet(engine: ModuleType) -> None:
     raw = (DATA / "orderbook.bin").read_bytes()
     with pytest.raises(ValueError, match="13 flags for 238 bytes"):
         engine.gather(raw, np.ones(13, bool))
+
+
+@pytest.mark.parametrize(
+    "bad_at", [[], [0], [1023, 1024], [4095, 4096, 9999], list(range(0, 10_000, 97))]
+)
+def test_decode_many_blocks(engine: ModuleType, bad_at: list[int]) -> None:
+    # Past one block of packets (and the size where decoding drops the GIL), with
+    # invalid packets at block edges: every valid packet kept, every invalid one listed.
+    rng = np.random.default_rng(len(bad_at))
+    n = 10_000
+    packets = Packets(
+        np.array([b"AAPL", b"MSFT", b"GE"], dtype="S4")[rng.integers(0, 3, n)],
+        np.array([b"B", b"S"], dtype="S1")[rng.integers(0, 2, n)],
+        rng.integers(-(2**31), 2**31, n, dtype=np.int64).astype(np.int32),
+        rng.integers(-(2**31), 2**31, n, dtype=np.int64).astype(np.int32),
+        np.arange(1, n + 1, dtype=np.int32),
+    )
+    raw = bytearray(engine.encode(packets))
+    for i in bad_at:
+        raw[17 * i + 4] = ord("X")
+    good = np.ones(n, dtype=bool)
+    good[bad_at] = False
+    decoded = engine.decode(bytes(raw))
+    assert decoded == packets[good]
+    assert decoded.invalid.tolist() == [17 * i for i in bad_at]
+    split = engine.Decoder()
+    parts = [split.feed(bytes(raw[at : at + 70_001])) for at in range(0, len(raw), 70_001)]
+    assert Packets.concat(parts) == packets[good]
+
+
+def test_decode_non_contiguous_buffer(engine: ModuleType) -> None:
+    raw = (DATA / "orderbook.bin").read_bytes()
+    strided = np.frombuffer(raw, dtype=np.uint8).repeat(2)[::2]
+    assert not strided.flags.c_contiguous
+    assert engine.Decoder().feed(strided) == engine.decode(raw)

@@ -34,6 +34,8 @@ cdef class PacketStore:
     """
 
     def __cinit__(self):
+        # Never None, so the cdef code may use it unchecked even before __init__ runs.
+        self.tracker = GapTracker()
         self._symbol = NULL
         self._side = NULL
         self._quantity = NULL
@@ -78,11 +80,14 @@ cdef class PacketStore:
 
     cdef int _grow(self, long long slots) except -1:
         # Grow every column to at least `slots`, doubling; a failed realloc keeps the old.
-        cdef Py_ssize_t grown
+        cdef Py_ssize_t grown, old = self._slots
         cdef void *p
-        if slots <= self._slots:
+        if slots <= old:
             return 0
-        grown = max(slots, 2 * self._slots)
+        grown = max(slots, 2 * old)
+        if self.tracker._fixed >= 0:
+            # Doubling never goes past a known end of the feed.
+            grown = min(grown, max(slots, self.tracker._fixed - self.tracker._first + 1))
         p = realloc(self._symbol, grown * sizeof(uint32_t))
         if p == NULL:
             raise MemoryError()
@@ -99,6 +104,11 @@ cdef class PacketStore:
         if p == NULL:
             raise MemoryError()
         self._price = <int32_t *>p
+        # New slots start zeroed: no slot ever exposes uninitialized memory.
+        memset(self._symbol + old, 0, (grown - old) * sizeof(uint32_t))
+        memset(self._side + old, 0, grown - old)
+        memset(self._quantity + old, 0, (grown - old) * sizeof(int32_t))
+        memset(self._price + old, 0, (grown - old) * sizeof(int32_t))
         self._slots = grown
         return 0
 

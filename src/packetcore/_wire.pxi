@@ -140,8 +140,9 @@ cdef object _empty_batch():
 cdef void _acquire(object chunk, Py_buffer *view) except *:
     try:
         PyObject_GetBuffer(chunk, view, PyBUF_SIMPLE)
-    except BufferError:
-        # A non-contiguous view: copy it out in C order, as bytes(chunk) does.
+    except (BufferError, ValueError):
+        # A non-contiguous view (numpy says ValueError): copy it out in C order, as
+        # bytes(chunk) does.
         PyObject_GetBuffer(bytes(chunk), view, PyBUF_SIMPLE)
 
 
