@@ -47,6 +47,9 @@ def test_info_frame() -> None:
         decode_info(frame[:15])
     with pytest.raises(ProtocolError, match="implausible"):
         decode_info(encode_info(FeedInfo(5, 4)))
+    assert decode_info(encode_info(FeedInfo(1, 2**31 - 1))).last == 2**31 - 1
+    with pytest.raises(ProtocolError, match="implausible"):
+        decode_info(encode_info(FeedInfo(1, 2**31)))
 
 
 STREAM = (

@@ -56,6 +56,7 @@ EXTENSION_VERSION = 1
 _INFO = struct.Struct(">4sIII")
 _RANGE = struct.Struct(">BBII")
 _UINT32_MAX = 2**32 - 1
+_SEQUENCE_MAX = 2**31 - 1
 
 
 def stream_all_request() -> bytes:
@@ -102,7 +103,8 @@ def decode_info(frame: bytes) -> FeedInfo:
     magic, version, first, last = _INFO.unpack(frame)
     if magic != INFO_MAGIC:
         raise ProtocolError(f"bad info frame magic {magic!r}", 0, "magic")
-    if version < 1 or first < 1 or last < first:
+    # Sequences are int32 in a packet: an info frame naming more cannot be true.
+    if version < 1 or first < 1 or last < first or last > _SEQUENCE_MAX:
         raise ProtocolError(
             f"implausible info frame: version {version}, sequences {first}..{last}", 0, "info"
         )
