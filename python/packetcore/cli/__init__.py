@@ -79,6 +79,10 @@ def run(
     except (OSError, PacketcoreError, ValueError) as exc:
         _report(program, exc, args.verbosity)
         return EXIT_FAILURE
+    except MemoryError as exc:
+        _report(program, MemoryError(f"not enough memory ({exc or 'allocation failed'})"),
+                args.verbosity)  # fmt: skip
+        return EXIT_FAILURE
 
 
 def _report(program: str, exc: BaseException, verbosity: int) -> None:

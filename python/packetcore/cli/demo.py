@@ -18,6 +18,7 @@ from ..output import check_writable
 from ..server import Server
 from . import UserError, add_verbosity, run
 from .fetch import finish
+from .options import probability, seed
 
 __all__ = ["build_parser", "main"]
 
@@ -39,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--drop", type=float, default=0.25, metavar="P",
+        "--drop", type=probability, default=0.25, metavar="P",
         help="the server's chance of dropping each streamed packet (default: %(default)s)",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=None, help="seed of feed and drops")
+    parser.add_argument("--seed", type=seed, default=None, help="seed of feed and drops")
     parser.add_argument(
         "--protocol", choices=("auto", "base", "extended"), default="auto",
         help="protocol the fetch speaks (default: %(default)s)",

@@ -19,6 +19,16 @@ from ..output import STDOUT, check_writable, partial_path, write_packets
 from ..protocol import DEFAULT_PORT
 from ..recovery import Progress
 from . import UserError, add_verbosity, run
+from .options import integer, number
+
+_port = integer(1, 0xFFFF, what="a port in 1..65535")
+_count = integer(0, what="0 or more")
+_at_least_one = integer(1, what="1 or more")
+_positive = number(0.0, low_open=True, what="more than 0 seconds")
+_non_negative = number(0.0, what="0 seconds or more")
+_probability = number(
+    0.0, 1.0, low_open=True, high_open=True, what="a probability between 0 and 1, exclusive"
+)
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "main"]
 
@@ -192,65 +202,6 @@ def _progress_bar(verbosity: int) -> Iterator[Progress | None]:
         yield progress
     finally:
         bar.close()
-
-
-def _port(text: str) -> int:
-    value = _int(text)
-    if not 0 < value <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"a port is 1..65535, not {value}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _count(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {value:g}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value:g}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = _float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value:g}")
-    return value
 
 
 if __name__ == "__main__":

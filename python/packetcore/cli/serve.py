@@ -13,6 +13,7 @@ from ..feeds import load_feed
 from ..protocol import DEFAULT_PORT
 from ..server import Server
 from . import UserError, add_verbosity, log, run
+from .options import integer, number, probability, seed
 
 __all__ = ["build_parser", "main"]
 
@@ -27,54 +28,9 @@ a 0.25 chance of dropping each streamed packet, resends never dropped.  SIGINT o
 SIGTERM stops the server and prints a one-line summary."""
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"{text} is not a port in 0..65535")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a duration of 0 seconds or more")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative; a seed is 0 or more")
-    return value
+_port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
+_seconds = number(0.0, what="a duration of 0 seconds or more")
+_count = integer(1, what="1 or more")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,17 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         "of an output.json file (validated before the port opens)",
     )  # fmt: skip
     parser.add_argument(
-        "--seed", type=_seed, default=None,
+        "--seed", type=seed, default=None,
         help="seed of the synthetic feed and of every drop pattern: the Nth stream-all "
         "of a run drops the same packets each time (default: random)",
     )  # fmt: skip
     parser.add_argument(
-        "--drop", type=_probability, default=0.25, metavar="P",
+        "--drop", type=probability, default=0.25, metavar="P",
         help="chance that stream-all (callType 1) drops each packet, the last included "
         "unless --keep-last (default: 0.25, as the reference)",
     )  # fmt: skip
     parser.add_argument(
-        "--drop-resends", type=_probability, default=0.0, metavar="P",
+        "--drop-resends", type=probability, default=0.0, metavar="P",
         help="chance that a resent packet (callType 2, or within a callType 4 range) is "
         "dropped (default: 0, as the reference: resends are never dropped)",
     )  # fmt: skip
