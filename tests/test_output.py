@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,25 @@ def test_check_writable_refuses_a_file_as_directory(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(OSError):
         check_writable(blocker / "output.json")
+
+
+def test_a_symlink_is_followed_and_kept(tmp_path: Path) -> None:
+    target = tmp_path / "target.json"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_packets(link, book())
+    assert link.is_symlink()
+    assert target.read_bytes() == to_json(book())
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    write_packets(fifo, book())
+    reader.join(timeout=10)
+    assert received == [to_json(book())]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -62,8 +63,18 @@ def _new_file_mode(target: Path) -> int:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once: readers see the old or the new file only."""
-    target = Path(path)
+    """Replace ``path`` with ``data`` all at once: readers see the old or the new file only.
+
+    A symbolic link is followed, so the file it names is replaced and the link kept.  A
+    target that exists and is no regular file (a FIFO, a device such as ``/dev/null``)
+    is written straight into: a rename would put a plain file in its place.
+    """
+    target = Path(os.path.realpath(path))
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(target.stat().st_mode):
+            with open(target, "wb") as stream:
+                stream.write(data)
+            return
     directory = target.parent
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
