@@ -12,6 +12,7 @@ Environment switches (read at build time):
 import os
 
 from setuptools import setup
+from setuptools.command.build_py import build_py as _build_py
 
 NO_EXTENSIONS = os.environ.get("PACKETCORE_NO_EXTENSIONS", "") not in ("", "0")
 DEBUG = os.environ.get("PACKETCORE_DEBUG", "") not in ("", "0")
@@ -53,4 +54,20 @@ def engine_extensions():
     )
 
 
-setup(ext_modules=[] if NO_EXTENSIONS else engine_extensions())
+class BuildPyWithMarker(_build_py):
+    """Record in the package whether this build has the compiled engine."""
+
+    def run(self):
+        super().run()
+        marker = os.path.join(self.build_lib, "packetcore", "_build.py")
+        with open(marker, "w", encoding="ascii") as file:
+            file.write(
+                '"""Written by setup.py: how this copy of packetcore was built."""\n\n'
+                f"COMPILED_ENGINE = {not NO_EXTENSIONS}\n"
+            )
+
+
+setup(
+    ext_modules=[] if NO_EXTENSIONS else engine_extensions(),
+    cmdclass={"build_py": BuildPyWithMarker},
+)

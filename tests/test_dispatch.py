@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,5 +47,36 @@ def test_switch_forces_the_twin(value: str) -> None:
     assert implementation(PACKETCORE_NO_EXTENSIONS=value) == "python"
 
 
+@pytest.mark.c_extension
 def test_switch_set_to_zero_is_off() -> None:
-    assert implementation(PACKETCORE_NO_EXTENSIONS="0") == implementation()
+    assert implementation(PACKETCORE_NO_EXTENSIONS="0") == "cython"
+
+
+def test_the_build_records_whether_it_compiled_the_engine() -> None:
+    from packetcore import _build  # written by setup.py into every installed build
+
+    compiled = importlib.util.find_spec("packetcore._engine") is not None
+    assert _build.COMPILED_ENGINE is compiled
+
+
+@pytest.mark.c_extension
+def test_a_missing_engine_in_a_compiled_build_is_an_error(tmp_path: Path) -> None:
+    # A copy of the installed package without its compiled module: importing it must
+    # fail loudly rather than fall back to the 500-times-slower twin.
+    import packetcore
+
+    copy = tmp_path / "packetcore"
+    shutil.copytree(
+        Path(packetcore.__file__).parent, copy, ignore=shutil.ignore_patterns("_engine*.so")
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PACKETCORE_NO_EXTENSIONS"}
+    environment["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", "import packetcore"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "built with its compiled engine" in result.stderr
