@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import resource
 import socket
+import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +19,15 @@ from fakes import FakeBaseServer, FlakyProxy
 from packetcore.base_mode import chance_unseen
 from packetcore.cli.fetch import EXIT_INCOMPLETE, EXIT_STRICT
 from packetcore.cli.fetch import main as fetch_main
-from packetcore.client import FetchError, _coalesce, fetch, fetch_async, format_ranges
+from packetcore.client import (
+    FetchError,
+    _asked_for_again,
+    _coalesce,
+    fetch,
+    fetch_async,
+    format_ranges,
+)
+from packetcore.engine import implementation
 from packetcore.feeds import book, synthetic
 from packetcore.protocol import FeedInfo, encode_info, range_request
 from packetcore.recovery import FetchOptions, Link, Session
@@ -342,3 +355,143 @@ def test_decoder_is_one_per_connection() -> None:
     decoder = Decoder()
     wire = encode(book())
     assert len(decoder.feed(wire[:20])) == 1 and decoder.pending == 3
+
+
+# -- a server announcing a feed it cannot have ----------------------------------------------
+
+
+class _BoastingServer:
+    """A tiny extended server: the book's 14 packets, but an info frame naming ``last``.
+
+    Answers the hello with ``PKCI``, version 1, first 1 and ``last`` as given (any
+    uint32, checked by nobody), stream-all with the 14 packets, range requests with
+    those of the 14 in range, and ignores resends.
+    """
+
+    def __init__(self, last: int) -> None:
+        self.info = struct.pack(">4sIII", b"PKCI", 1, 1, last)
+        self.wire = encode(book())
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)  # so the accept loop sees `stopped`
+        self.port = int(self.listener.getsockname()[1])
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> _BoastingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(None)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(4096):
+                buffer += data
+                while len(buffer) >= 2 and len(buffer) >= (10 if buffer[0] == 4 else 2):
+                    call = buffer[0]
+                    if call == 4:
+                        start, count = struct.unpack(">II", buffer[2:10])
+                        buffer = buffer[10:]
+                        lo, hi = max(start, 1) - 1, min(start + count - 1, 14)
+                        conn.sendall(self.wire[17 * lo : 17 * max(hi, lo)])
+                        continue
+                    buffer = buffer[2:]
+                    if call == 3:
+                        conn.sendall(self.info)
+                    elif call == 1:
+                        conn.sendall(self.wire)
+                        return
+
+
+def _no_asyncio_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert "Fatal error" not in caplog.text and "Traceback" not in caplog.text
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("protocol", ["auto", "extended"])
+def test_info_frame_beyond_int32_fails_cleanly(
+    protocol: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # last = 2**31 is a legal uint32 on the wire but no int32 packet sequence: the fetch
+    # stops with a clear error, not an asyncio traceback and a baffling "incomplete".
+    with _BoastingServer(2**31) as server:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="bad answer to the extension hello"):
+            fetch(port=server.port, protocol=protocol, **FAST)
+        assert time.monotonic() - started < 5
+        output = tmp_path / "output.json"
+        assert _cli(server.port, "--protocol", protocol, "-o", str(output)) == 1
+    err = capsys.readouterr().err
+    assert "packetcore-fetch: error:" in err and "extension hello" in err
+    assert "Traceback" not in err and not output.exists()
+    _no_asyncio_traceback(caplog)
+
+
+@pytest.mark.timeout(60)
+def test_huge_announced_feed_fails_cleanly_in_bounded_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A plausible but huge last with only 14 packets behind it: the range requests
+    # bring nothing, and the fetch reports the gap.  Memory must follow the gaps, not
+    # the announced length (the compiled store keeps a bitmap of it: 128 MiB at 2**30).
+    # The pure-Python twin keeps one list slot per sequence: a smaller boast there.
+    last = 2**30 if implementation == "cython" else 2**22
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    with _BoastingServer(last) as server:
+        started = time.monotonic()
+        result = fetch(port=server.port, retries=2, **FAST)
+        assert time.monotonic() - started < 30
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 1024 * 1024, f"peak RSS grew by {grown // 1024} MiB"
+    assert not result.complete and result.mode == "extended" and result.last == last
+    assert result.packets == book() and result.missing == ((15, last),)
+    assert "range requests with no packet" in result.reason
+    _no_asyncio_traceback(caplog)
+
+
+def test_any_failure_handling_data_drops_the_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whatever goes wrong while received data is handled stays out of asyncio: the
+    # connection is dropped and the error kept; here the probe's, so the fetch fails.
+    def refuse(self: Session, info: FeedInfo) -> None:
+        raise RuntimeError("cannot take this feed")
+
+    monkeypatch.setattr(Session, "note_info", refuse)
+    with (
+        Server(host="127.0.0.1", port=0, seed=1) as server,
+        pytest.raises(FetchError, match="cannot take this feed"),
+    ):
+        fetch(port=server.port, **FAST)
+    _no_asyncio_traceback(caplog)
+
+
+def test_asked_for_again_counts_from_the_ranges() -> None:
+    missing = np.array([[3, 2], [10, 1], [2**30, 5]], dtype=np.int64)
+    asked = _asked_for_again(missing, 1, 2**31 - 1)  # no array as long as the feed
+    batch = Packets.from_records(
+        [
+            {"symbol": "AAAA", "buysellindicator": "B", "quantity": 1, "price": 1,
+             "packetSequence": s}
+            for s in (1, 2, 3, 4, 5, 9, 10, 11, 2**30, 2**30 + 5)
+        ]
+    )  # fmt: skip
+    # Held when asked: 1, 2, 5, 9, 11, 2**30 + 5; missing then: 3, 4, 10, 2**30.
+    assert asked(batch) == 6
+    assert _asked_for_again(np.zeros((0, 2), dtype=np.int64), 1, 14)(batch) == 8

@@ -18,7 +18,12 @@ fewer packets have been seen (a 14-packet book at 25 % loss needs about a dozen
 passes for 1e-6; a large feed, about ``log(1e-6) / log(p)``).
 
 Resends name a sequence in one byte and the reference exchange reads it as signed and
-crashes on a sequence it does not have, so only ``1..min(127, H)`` are ever resent.
+crashes on a sequence it does not have, so only ``1..min(127, T)`` are ever resent,
+``T`` being the highest sequence held that is not in doubt (``Session.doubts``: it came
+out of order, or in copies that differ).  A doubted packet may carry a corrupted
+sequence field, so it is no evidence that it or the sequences below it exist; ``T`` is,
+as a feed has every sequence from its first to its last.  A doubted sequence above
+``T`` is never resent, only confirmed by stream-all passes (see ``client._copies``).
 Passes are made one at a time: the reference shares one request buffer among all its
 connections, so concurrent requests could corrupt each other.
 """
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 from .protocol import BASE_RESEND_MAX, resend_request, stream_all_request
 from .recovery import FetchError, Link, Session, backoff_delay
 
-__all__ = ["BaseOutcome", "chance_unseen", "recover_base"]
+__all__ = ["BaseOutcome", "chance_unseen", "recover_base", "trusted_highest"]
 
 log = logging.getLogger("packetcore.fetch")
 
@@ -112,7 +117,8 @@ async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
         link = None
         highest = store.tracker.highest or 0
         if resends_answered:
-            resendable = [s for s in _missing(session, min(BASE_RESEND_MAX, highest))]
+            # Only up to a sequence held and trusted, never up to a doubted one (see above).
+            resendable = _missing(session, min(BASE_RESEND_MAX, trusted_highest(session)))
             if resendable:
                 outcome.resend_rounds += 1
                 resends_answered = await _resend(session, resendable)
@@ -141,6 +147,28 @@ async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
                     f"(raise --max-passes)"
                 )
             return outcome
+
+
+def trusted_highest(session: Session) -> int:
+    """Return the highest sequence held and not in doubt, or 0 if there is none.
+
+    Walks the runs of held sequences from the top down, skipping doubted ones: the cost
+    follows the number of gaps and doubts, not the length of the feed.
+    """
+    tracker = session.store.tracker
+    runs: list[tuple[int, int]] = []  # held sequences (low, high), between the gaps
+    low = tracker.first
+    for start, count in tracker.missing_ranges().tolist():
+        if start > low:
+            runs.append((low, start - 1))
+        low = start + count
+    if low <= (tracker.highest or 0):
+        runs.append((low, tracker.highest or 0))
+    for low, high in reversed(runs):
+        for sequence in range(high, low - 1, -1):
+            if sequence not in session.doubts:
+                return sequence
+    return 0
 
 
 def _missing(session: Session, up_to: int) -> list[int]:

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from .base_mode import recover_base
+from .base_mode import recover_base, trusted_highest
 from .packets import Packets
 from .protocol import (
     BASE_RESEND_MAX,
@@ -304,7 +304,7 @@ async def _settle(session: Session, mode: Mode) -> _Settled:
         agreed = _agreed(tally)
         if agreed is None:
             settled.unsettled.append(sequence)
-            log.warning("packet %d: copies differ and none is confirmed; left out", sequence)
+            log.warning("packet %d: in doubt, and no two copies agree; left out", sequence)
         else:
             settled.rows[sequence] = agreed
     return settled
@@ -313,21 +313,26 @@ async def _settle(session: Session, mode: Mode) -> _Settled:
 async def _copies(session: Session, mode: Mode, wanted: list[int]) -> list[tuple[int, _Row]]:
     """Return fresh copies of the packets ``wanted``, each request on a new connection."""
     batches: list[Packets] = []
-    named = wanted if mode == "extended" else [s for s in wanted if s <= BASE_RESEND_MAX]
-    if named:
-        if mode == "extended":
-            requests = np.zeros(len(named), dtype=_RANGE_DTYPE)
-            requests["call"] = RESEND_RANGE
-            requests["start"] = named
-            requests["count"] = 1
-            request = requests.tobytes()
-        else:
+    if mode == "extended":
+        # A range request for a sequence the feed lacks just brings nothing.
+        requests = np.zeros(len(wanted), dtype=_RANGE_DTYPE)
+        requests["call"] = RESEND_RANGE
+        requests["start"] = wanted
+        requests["count"] = 1
+        await _ask(session, batches, requests.tobytes(), len(wanted))
+    else:
+        # A doubted sequence may be a corrupted one the feed lacks, and the reference
+        # exchange crashes on a resend of such: only those at or below the highest
+        # sequence held and trusted (so they exist: a feed has every sequence from its
+        # first to its last) and below 128 are resent.  A stream-all pass brings a copy
+        # of each of the others that exists, unless its loss simulation drops it.
+        bound = min(BASE_RESEND_MAX, trusted_highest(session))
+        named = [s for s in wanted if s <= bound]
+        if named:
             request = b"".join(resend_request(sequence) for sequence in named)
-        await _ask(session, batches, request, len(named))
-    if len(named) < len(wanted):
-        # A base server cannot be asked for a sequence above 127: a stream-all pass
-        # brings each of them unless its loss simulation drops it.
-        await _ask(session, batches, stream_all_request(), None)
+            await _ask(session, batches, request, len(named))
+        if len(named) < len(wanted):
+            await _ask(session, batches, stream_all_request(), None)
     wanted_set = set(wanted)
     return [(s, row) for batch in batches for s, row in _rows(batch) if s in wanted_set]
 
@@ -355,6 +360,14 @@ async def _probe(session: Session) -> Link | None:
     link.send(hello_request())
     wait = options.hello_timeout if options.protocol == "auto" else options.timeout
     state = await link.wait(lambda: bool(link.infos), wait)
+    if link.broken:
+        # The server answered the hello, but not with an info frame the fetch can use
+        # (e.g. a last sequence beyond int32): an extended server gone wrong, not a base
+        # server, so no fallback to the base protocol.
+        link.close()
+        raise FetchError(
+            f"{options.host}:{options.port}: bad answer to the extension hello: {link.error}"
+        )
     if link.infos:
         info = link.infos[0]
         log.debug("extended server: feed %d..%d", info.first, info.last)
@@ -486,16 +499,23 @@ def _infos_reach(link: Link, count: int) -> Callable[[], bool]:
 def _asked_for_again(
     missing: npt.NDArray[np.int64], first: int, last: int
 ) -> Callable[[Packets], int]:
-    """Return a counter of the packets in a batch that were held when ``missing`` was."""
-    edges = np.zeros(last - first + 2, dtype=np.int8)
-    np.add.at(edges, missing[:, 0] - first, 1)
-    np.add.at(edges, missing[:, 0] + missing[:, 1] - first, -1)
-    wanted = np.cumsum(edges[:-1], dtype=np.int8).astype(bool)
+    """Return a counter of the packets in a batch that were held when ``missing`` was.
+
+    Works from the sorted, disjoint ``(start, count)`` ranges alone: memory follows the
+    number of gaps, never the length of the feed (which a server merely announces).
+    """
+    starts = np.ascontiguousarray(missing[:, 0], dtype=np.int64)
+    stops = starts + missing[:, 1]
 
     def asked(batch: Packets) -> int:
-        slots = batch.sequence.astype(np.int64) - first
-        slots = slots[(slots >= 0) & (slots < len(wanted))]
-        return int(len(slots) - np.count_nonzero(wanted[slots]))
+        sequences = batch.sequence.astype(np.int64)
+        sequences = sequences[(sequences >= first) & (sequences <= last)]
+        if len(starts) == 0:
+            return len(sequences)
+        # The last range starting at or before each sequence; missing if it reaches it.
+        at = np.searchsorted(starts, sequences, side="right") - 1
+        gap = (at >= 0) & (sequences < stops[np.maximum(at, 0)])
+        return int(len(sequences) - np.count_nonzero(gap))
 
     return asked
 

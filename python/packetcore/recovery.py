@@ -124,6 +124,9 @@ class Link(asyncio.Protocol):
         self.late_info = False
         self.lost = False
         self.error: BaseException | None = None
+        #: Whether the fetch dropped this connection because what it sent could not be
+        #: handled (a malformed info frame, ...); ``error`` says why.
+        self.broken = False
         self._held = bytearray()
         self._skipped = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -135,6 +138,8 @@ class Link(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.broken:
+            return  # dropped already: nothing more from it is trusted
         try:
             if self.late_info:
                 self._late_info(data)
@@ -142,10 +147,18 @@ class Link(asyncio.Protocol):
                 self._frames(data)
             else:
                 self._packets(data)
-        except PacketcoreError as exc:
-            # A malformed info frame: this connection no longer frames; drop it.
-            log.warning("connection %d: %s", self.number, exc)
+        except Exception as exc:
+            # Nothing may escape into asyncio (it would only log "Fatal error:
+            # protocol.data_received() call failed" and leave the fetch waiting): a
+            # malformed info frame, an info frame the store cannot take, or any other
+            # failure drops this connection and is kept as the reason it ended.
+            if isinstance(exc, PacketcoreError):
+                log.warning("connection %d: %s", self.number, exc)
+            else:
+                log.warning("connection %d: cannot handle what arrived: %r", self.number, exc)
+                log.debug("connection %d: details", self.number, exc_info=True)
             self.error = exc
+            self.broken = True
             self.close()
         self._wake()
 
@@ -242,8 +255,9 @@ class Link(asyncio.Protocol):
                 continue
             if len(data) - at < INFO_SIZE:
                 break
-            self.infos.append(decode_info(data[at : at + INFO_SIZE]))
-            self.session.note_info(self.infos[-1])
+            info = decode_info(data[at : at + INFO_SIZE])
+            self.session.note_info(info)  # first: a frame it refuses is not counted
+            self.infos.append(info)
             at += INFO_SIZE
             self._skipped += INFO_SIZE
             self.expect_info -= 1
@@ -329,11 +343,13 @@ class Session:
         """Learn the feed's extent from an info frame (the first one counts)."""
         if self.info is not None:
             return
-        self.info = info
+        # Size the store first: if it cannot take the frame's extent (ValueError), the
+        # feed stays unknown and Link.data_received drops the connection.
         if len(self.store) == 0:
             self.store = PacketStore(info.first, info.last)
         else:
             self.store.last = info.last
+        self.info = info
 
     @property
     def duplicates(self) -> int:
@@ -397,7 +413,7 @@ class Session:
                 if failures > options.retries:
                     raise FetchError(
                         f"cannot connect to {options.host}:{options.port}: {reason} "
-                        f"(tried {failures} times)"
+                        f"({failures} attempt{'' if failures == 1 else 's'})"
                     ) from exc
                 delay = backoff_delay(failures, options.backoff)
                 log.info(
