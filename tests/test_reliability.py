@@ -630,3 +630,17 @@ def test_sigkill_never_tears_the_output(tmp_path: Path) -> None:
             assert all(name.startswith(".output.json.") for name in strays), strays
             outcomes["previous" if content == PREVIOUS else "new"] += 1
     print(f"\nSIGKILL during the fetch: {outcomes}")
+
+
+@pytest.mark.timeout(20)
+def test_hung_probe_is_not_taken_for_a_base_server(
+    lossy: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The first connection (the hello probe) hangs: silence, but no evidence of a base
+    # server.  The next connection asks for the extension again and gets it.
+    output = tmp_path / "out.json"
+    with FaultProxy("127.0.0.1", lossy.port, only(Faults(hang=True), 0)) as proxy:
+        status, err = fetch_cli(proxy.port, output, capsys)
+    assert status == 0, err
+    assert output.read_bytes() == FEED_JSON
+    assert "[extended protocol]" in err

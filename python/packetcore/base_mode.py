@@ -35,7 +35,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from .protocol import BASE_RESEND_MAX, resend_request, stream_all_request
+from .protocol import BASE_RESEND_MAX, hello_request, resend_request, stream_all_request
 from .recovery import FetchError, Link, Session, backoff_delay
 
 __all__ = ["BaseOutcome", "chance_unseen", "recover_base", "trusted_highest"]
@@ -88,6 +88,13 @@ async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
                     raise
                 outcome.reason = str(exc)
                 return outcome
+            if options.protocol == "auto" and session.received == 0:
+                # Nothing has arrived yet, so the silence that led here may have been a
+                # dead connection rather than a base server: ask for the extension again,
+                # back to back with the stream.  A base server ignores the hello; an
+                # extended one answers it first (answers come in request order).
+                link.late_info = True
+                link.send(hello_request())
         if len(store):
             link.asked = len  # a pass re-sends what is held: those repeats are no news
         link.send(stream_all_request())
