@@ -615,13 +615,27 @@ def test_sigkill_never_tears_the_output(tmp_path: Path) -> None:
         duration = time.monotonic() - started
         assert output.read_bytes() == document
         outcomes = {"previous": 0, "new": 0}
-        for _ in range(5):
+        mid_write = 0
+        for attempt in range(6):
             output.write_bytes(PREVIOUS)
+            for stray in tmp_path.glob(".output.json.*"):
+                stray.unlink()
             proc = subprocess.Popen(command, env=env)
-            try:
-                proc.wait(rng.uniform(0.5, 1.2) * duration)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
+            if attempt % 2:
+                # Aim at the write itself: kill as soon as the temporary file appears.
+                # (Another process's file: there is no event to await, so poll.)
+                deadline = time.monotonic() + 4 * duration + 5
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if any(tmp_path.glob(".output.json.*")):
+                        proc.send_signal(signal.SIGKILL)
+                        mid_write += 1
+                        break
+                    time.sleep(0.0005)
+            else:
+                try:
+                    proc.wait(rng.uniform(0.5, 1.2) * duration)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGKILL)
             proc.wait()
             content = output.read_bytes()
             assert content in (PREVIOUS, document), "output.json is torn"
@@ -629,7 +643,8 @@ def test_sigkill_never_tears_the_output(tmp_path: Path) -> None:
             strays = {p.name for p in tmp_path.iterdir()} - {output.name}
             assert all(name.startswith(".output.json.") for name in strays), strays
             outcomes["previous" if content == PREVIOUS else "new"] += 1
-    print(f"\nSIGKILL during the fetch: {outcomes}")
+    print(f"\nSIGKILL during the fetch: {outcomes}, {mid_write} while writing the output")
+    assert mid_write >= 1, "no kill landed while the output was being written"
 
 
 @pytest.mark.timeout(20)
