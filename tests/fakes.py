@@ -77,6 +77,12 @@ class _Background:
             self._server = None
         for writer in list(self._writers):
             writer.transport.abort()
+        # Let every handler finish here: one left suspended would run its cleanup only
+        # when garbage-collected, after the loop is closed.
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     def start(self) -> _Background:
         self._loop = _LoopThread()
