@@ -65,6 +65,57 @@ cdef extern from *:
         return bad;
     }
 
+    /* Copy n packets into the columns, unchecked.  Stores, not loads, bound this loop
+       (five per packet, one of them a single byte), so on little-endian hosts eight
+       packets go at a time and each column is written in 8-byte words: 17 stores per
+       8 packets instead of 40.  The columns never alias the packets (restrict). */
+    static inline void pc_copy_packets(
+            const unsigned char *restrict p, Py_ssize_t n, uint32_t *restrict symbol,
+            unsigned char *restrict side, int32_t *restrict quantity,
+            int32_t *restrict price, int32_t *restrict sequence) {
+        Py_ssize_t k = 0;
+    #if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        for (; k + 8 <= n; k += 8, p += 8 * 17) {
+            uint64_t sides = 0;
+            int j;
+            for (j = 0; j < 8; j += 2) {
+                const unsigned char *a = p + j * 17, *b = a + 17;
+                uint32_t sym_a, sym_b, seq_a, seq_b;
+                uint64_t pair_a, pair_b, word;
+                memcpy(&sym_a, a, 4);
+                memcpy(&sym_b, b, 4);
+                word = (uint64_t)sym_a | ((uint64_t)sym_b << 32);
+                memcpy(symbol + k + j, &word, 8);
+                sides |= ((uint64_t)a[4] << (8 * j)) | ((uint64_t)b[4] << (8 * j + 8));
+                /* quantity and price are adjacent: one load and one byte swap put
+                   quantity in the high half and price in the low half. */
+                memcpy(&pair_a, a + 5, 8);
+                memcpy(&pair_b, b + 5, 8);
+                pair_a = __builtin_bswap64(pair_a);
+                pair_b = __builtin_bswap64(pair_b);
+                word = (pair_a >> 32) | (pair_b & 0xffffffff00000000u);
+                memcpy(quantity + k + j, &word, 8);
+                word = (pair_a & 0xffffffffu) | (pair_b << 32);
+                memcpy(price + k + j, &word, 8);
+                seq_a = pc_load_be32(a + 13);
+                seq_b = pc_load_be32(b + 13);
+                word = (uint64_t)seq_a | ((uint64_t)seq_b << 32);
+                memcpy(sequence + k + j, &word, 8);
+            }
+            memcpy(side + k, &sides, 8);
+        }
+    #endif
+        for (; k < n; k++, p += 17) {
+            uint32_t word;
+            memcpy(&word, p, 4);
+            symbol[k] = word;
+            side[k] = p[4];
+            quantity[k] = (int32_t)pc_load_be32(p + 5);
+            price[k] = (int32_t)pc_load_be32(p + 9);
+            sequence[k] = (int32_t)pc_load_be32(p + 13);
+        }
+    }
+
     /* Index of the lowest set bit of a non-zero word. */
     static inline int pc_ctz64(uint64_t w) {
     #if defined(__GNUC__) || defined(__clang__)
@@ -90,6 +141,10 @@ cdef extern from *:
     uint32_t pc_symbol_bad(uint32_t w) noexcept nogil
     uint32_t pc_any_invalid(
         const uint32_t *symbol, const unsigned char *side, const int32_t *sequence, Py_ssize_t n
+    ) noexcept nogil
+    void pc_copy_packets(
+        const unsigned char *p, Py_ssize_t n, uint32_t *symbol, unsigned char *side,
+        int32_t *quantity, int32_t *price, int32_t *sequence
     ) noexcept nogil
     int pc_ctz64(uint64_t w) noexcept nogil
     int pc_popcount64(uint64_t w) noexcept nogil

@@ -22,6 +22,7 @@ from packetcore._cursor cimport (
     Cursor,
     cursor_init,
     cursor_read,
+    pc_copy_packets,
     pc_ctz64,
     pc_load_be32,
     pc_popcount64,

@@ -64,21 +64,10 @@ cdef inline void _copy_packets(
     const unsigned char *p, Py_ssize_t n, Py_ssize_t i, _Columns *out
 ) noexcept nogil:
     # Copy n packets into rows i.. of the columns, unchecked.
-    cdef uint32_t *symbol = <uint32_t *>out.symbol
-    cdef unsigned char *side = out.side
-    cdef int32_t *quantity = out.quantity
-    cdef int32_t *price = out.price
-    cdef int32_t *sequence = out.sequence
-    cdef uint32_t word
-    cdef Py_ssize_t k
-    for k in range(i, i + n):
-        memcpy(&word, p, 4)
-        symbol[k] = word
-        side[k] = p[4]
-        quantity[k] = read_int32(p + 5)
-        price[k] = read_int32(p + 9)
-        sequence[k] = read_int32(p + 13)
-        p += _PACKET_SIZE
+    pc_copy_packets(
+        p, n, <uint32_t *>out.symbol + i, out.side + i, out.quantity + i, out.price + i,
+        out.sequence + i,
+    )
 
 
 cdef inline uint32_t _any_invalid(_Columns *out, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
