@@ -372,6 +372,24 @@ def test_corrupt_sequence_never_resent_in_base_mode(drop: float) -> None:
 
 
 @pytest.mark.timeout(20)
+def test_corrupt_last_sequence_never_resent_in_base_mode() -> None:
+    # The last packet of the first pass reads 126 instead of 14: nothing follows it, so
+    # nothing shows it out of order.  Until a second pass ends on it, the fetch must not
+    # take it as proof that 15..125 exist (each resend of them crashes the reference).
+    faults = Faults(corrupt_at=(PACKET * 13 + 16,), corrupt_xor=14 ^ 126)
+    with Server(host="127.0.0.1", port=0, drop=0.0) as server:
+        with FaultProxy("127.0.0.1", server.port, only(faults, 0)) as proxy:
+            result = fetch(
+                port=proxy.port, protocol="base", timeout=TIMEOUT, retries=RETRIES,
+                backoff=0.02, max_passes=6,
+            )  # fmt: skip
+            assert proxy.stats[0].corrupted
+        assert server.stats.bad_requests == 0
+    # The bogus end cannot be disproved by the base protocol: the fetch stays incomplete.
+    assert not result.complete and result.reason
+
+
+@pytest.mark.timeout(20)
 def test_corrupt_payload_seen_once_is_undetectable(lossless: Server) -> None:
     # The protocol carries no checksum: a flipped quantity byte in the one copy of a
     # packet the fetch receives is a valid packet with a wrong quantity, and nothing

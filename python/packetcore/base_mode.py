@@ -101,6 +101,8 @@ async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
         state = await link.wait_closed(options.timeout)
         link.close()
         outcome.passes += 1
+        if link.packets:
+            session.pass_ends[link.last_sequence] += 1
         if session.info is not None:
             outcome.switched = True
             return outcome
@@ -160,7 +162,9 @@ def trusted_highest(session: Session) -> int:
     """Return the highest sequence held and not in doubt, or 0 if there is none.
 
     Walks the runs of held sequences from the top down, skipping doubted ones: the cost
-    follows the number of gaps and doubts, not the length of the feed.
+    follows the number of gaps and doubts, not the length of the feed.  The highest
+    sequence held counts only once two passes have ended on it: a corrupted sequence
+    in the last packet of a pass has nothing after it to show it out of order.
     """
     tracker = session.store.tracker
     runs: list[tuple[int, int]] = []  # held sequences (low, high), between the gaps
@@ -171,8 +175,11 @@ def trusted_highest(session: Session) -> int:
         low = start + count
     if low <= (tracker.highest or 0):
         runs.append((low, tracker.highest or 0))
+    top = tracker.highest or 0
     for low, high in reversed(runs):
         for sequence in range(high, low - 1, -1):
+            if sequence == top and session.pass_ends[sequence] < 2:
+                continue
             if sequence not in session.doubts:
                 return sequence
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -333,6 +334,8 @@ class Session:
         self.links: list[Link] = []
         #: Sequences whose held packet may be wrong (see Link._check_order).
         self.doubts: set[int] = set()
+        #: How many stream-all passes ended on each sequence (base protocol).
+        self.pass_ends: Counter[int] = Counter()
 
     @property
     def expected(self) -> int | None:
