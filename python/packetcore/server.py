@@ -26,7 +26,6 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from .engine import PACKET_SIZE, encode, gather
 from .packets import Packets
@@ -141,10 +140,10 @@ class Server:
         self.stats = ServerStats()
         self.feed = feed
 
-        # The feed's wire bytes, once; rows is the same memory as 17-byte records.
+        # The feed's wire bytes, encoded once; every answer is a slice or a gather of them.
         self._wire = encode(feed)
         self._wire_view = memoryview(self._wire)
-        self._rows: npt.NDArray[np.void] = np.frombuffer(self._wire, dtype=f"V{PACKET_SIZE}")
+        self._count = len(feed)
         self._sequences = feed.sequence
         self._first = int(feed.sequence[0])
         self._last = int(feed.sequence[-1])
@@ -449,7 +448,7 @@ class Server:
     def _locate(self, start: int, stop: int) -> tuple[int, int]:
         """Return the row span of the sequences ``start <= seq < stop`` the feed has."""
         if self._contiguous:
-            size = len(self._rows)
+            size = self._count
             return (
                 min(max(start - self._first, 0), size),
                 min(max(stop - self._first, 0), size),
@@ -463,7 +462,7 @@ class Server:
         number = self.stats.streams
         self.stats.streams += 1
         rng = self._rng(_STREAMS, number) if self.drop > 0 else None
-        total = len(self._rows)
+        total = self._count
         sent = 0
         for lo in range(0, total, STREAM_CHUNK):
             hi = min(lo + STREAM_CHUNK, total)
