@@ -13,11 +13,13 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from .engine import to_json
 from .packets import Packets
 
 __all__ = [
+    "AtomicFile",
     "PARTIAL_SUFFIX",
     "STDOUT",
     "check_writable",
@@ -62,33 +64,85 @@ def _new_file_mode(target: Path) -> int:
     return 0o666 & ~umask
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once: readers see the old or the new file only.
+class AtomicFile:
+    """A file that replaces ``path`` all at once when committed, and never before.
 
-    A symbolic link is followed, so the file it names is replaced and the link kept.  A
-    target that exists and is no regular file (a FIFO, a device such as ``/dev/null``)
-    is written straight into: a rename would put a plain file in its place.
+    The bytes go to a temporary file beside the target; :meth:`commit` flushes it to
+    disk and renames it over the target (or over another name in the same directory,
+    such as the ``.partial`` file), :meth:`discard` removes it.  A symbolic link is
+    followed, so the file it names is replaced and the link kept.  A target that exists
+    and is no regular file (a FIFO, a device such as ``/dev/null``) is written straight
+    into: a rename would put a plain file in its place.
     """
-    target = Path(os.path.realpath(path))
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISREG(target.stat().st_mode):
-            with open(target, "wb") as stream:
-                stream.write(data)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.target = Path(os.path.realpath(path))
+        self._temp: Path | None = None
+        special = False
+        with contextlib.suppress(FileNotFoundError):
+            special = not stat.S_ISREG(self.target.stat().st_mode)
+        if special:
+            self.stream: BinaryIO = open(self.target, "wb")  # noqa: SIM115 (closed by commit)
             return
-    directory = target.parent
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), _new_file_mode(target))
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except BaseException:
+        fd, temp = tempfile.mkstemp(
+            prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent
+        )
+        self._temp = Path(temp)
+        try:
+            os.fchmod(fd, _new_file_mode(self.target))
+            self.stream = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self._temp.unlink()
+            raise
+
+    @property
+    def temporary(self) -> Path | None:
+        """Return the temporary file's path (``None`` when writing into a special file)."""
+        return self._temp
+
+    def commit(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Make the bytes written durable and put them at ``path`` (default: the target)."""
+        stream = self.stream
+        if self._temp is None:
+            stream.close()
+            return self.target
+        destination = self.target if path is None else Path(path)
+        try:
+            stream.flush()
+            os.fsync(stream.fileno())
+            stream.close()
+            os.replace(self._temp, destination)
+        except BaseException:
+            self.discard()
+            raise
+        self._temp = None
+        _fsync_directory(destination.parent)
+        return destination
+
+    def discard(self) -> None:
+        """Drop what was written: the target stays as it was."""
         with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(directory)
+            self.stream.close()
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                self._temp.unlink()
+            self._temp = None
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` all at once: readers see the old or the new file only."""
+    with AtomicFile(path) as file:
+        file.stream.write(data)
 
 
 def _fsync_directory(directory: Path) -> None:
