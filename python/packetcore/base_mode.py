@@ -5,11 +5,11 @@ other, so the end of the feed is inferred: passes go on until the chance that a 
 packet exists but was dropped by every pass is below ``confidence``.
 
 That chance is estimated from the loss the passes themselves show.  After ``k`` clean
-passes (each read to EOF), with ``H`` the highest sequence seen and ``d`` the packets
-of ``1..H`` those passes missed out of ``n = k * H`` chances, a packet beyond ``H``
-was missed by all ``k`` passes with probability ``p ** k`` at loss rate ``p``.  ``p``
-is not taken as ``d / n`` but integrated over what the passes say of it (a uniform
-prior, so ``p ~ Beta(d + 1, n - d + 1)``)::
+passes (each read to EOF), with ``H`` the inferred end and ``d`` the packets of
+``1..H`` those passes missed out of ``n = k * H`` chances, a packet beyond ``H`` was
+missed by all ``k`` passes with probability ``p ** k`` at loss rate ``p``.  ``p`` is
+not taken as ``d / n`` but integrated over what the passes say of it (a uniform prior,
+so ``p ~ Beta(d + 1, n - d + 1)``)::
 
     P(unseen) = E[p ** k] = prod((d + 1 + j) / (n + 2 + j) for j in range(k))
 
@@ -17,15 +17,20 @@ which exceeds ``(d / n) ** k`` and so errs towards more passes, the more so the
 fewer packets have been seen (a 14-packet book at 25 % loss needs about a dozen
 passes for 1e-6; a large feed, about ``log(1e-6) / log(p)``).
 
+A single corrupted sequence must not decide the end.  ``H`` is the second highest of
+the clean passes' highest sequences: what at least two passes reached.  A packet held
+above it was shown by one pass only, while every other pass ended lower; were it real,
+each of those passes would have had to drop it and everything after it.  It is weighed
+like the end itself: once the chance that a real packet was missed by the other
+``k - 1`` passes is below ``confidence``, it is judged corrupted and left out.  Until
+then the output's prefix never passes ``H``.
+
 Resends name a sequence in one byte and the reference exchange reads it as signed and
 crashes on a sequence it does not have, so only ``1..min(127, T)`` are ever resent,
 ``T`` being the highest sequence held that is not in doubt (``Session.doubts``: it came
-out of order, or in copies that differ).  A doubted packet may carry a corrupted
-sequence field, so it is no evidence that it or the sequences below it exist; ``T`` is,
-as a feed has every sequence from its first to its last.  A doubted sequence above
-``T`` is never resent, only confirmed by stream-all passes (see ``client._copies``).
-Passes are made one at a time: the reference shares one request buffer among all its
-connections, so concurrent requests could corrupt each other.
+out of order, or in copies that differ) and, if it is the highest held, that two
+passes ended on.  Passes are made one at a time: the reference shares one request
+buffer among all its connections, so concurrent requests could corrupt each other.
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass
 
-from .protocol import BASE_RESEND_MAX, hello_request, resend_request, stream_all_request
-from .recovery import FetchError, Link, Session, backoff_delay
+from .errors import FetchError
+from .outcome import Outcome
+from .protocol import BASE_RESEND_MAX, resend_request, stream_all_request
+from .session import Link, Session, backoff_delay
 
-__all__ = ["BaseOutcome", "chance_unseen", "recover_base", "trusted_highest"]
+__all__ = ["chance_unseen", "recover_base", "trusted_highest"]
 
 log = logging.getLogger("packetcore.fetch")
 
@@ -56,27 +62,44 @@ def chance_unseen(drops: int, chances: int, passes: int) -> float:
     return math.exp(log_chance)
 
 
-@dataclass
-class BaseOutcome:
-    """How base-mode recovery ended."""
-
-    passes: int = 0
-    resend_rounds: int = 0
-    chance: float = 1.0
-    complete: bool = False
-    switched: bool = False  # a late info frame showed an extended server after all
-    reason: str = ""
+def _second_highest(values: list[int]) -> int:
+    """Return what at least two of ``values`` reach (the only one, if there is one)."""
+    if not values:
+        return 0
+    ranked = sorted(values)
+    return ranked[-2] if len(ranked) > 1 else ranked[-1]
 
 
-async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
+class _Passes:
+    """The clean passes so far: what each brought and how high it reached."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self.highs: list[int] = []
+        self.current: Link | None = None
+
+    def end(self) -> int:
+        """Return the inferred end: what two clean passes reached (see the module doc)."""
+        return _second_highest(self.highs)
+
+    def ceiling(self) -> int | None:
+        """Return how far the output's prefix may go: what two passes have reached."""
+        highs = list(self.highs)
+        if self.current is not None:
+            highs.append(self.current.highest)
+        return _second_highest(highs) if len(highs) > 1 else 0
+
+
+async def recover_base(session: Session, link: Link | None, outcome: Outcome) -> bool:
     """Make passes and resends until the feed is complete and its end is established.
 
-    ``link`` is a fresh connection to stream the first pass on, or ``None``.
+    ``link`` is a fresh connection to stream the first pass on, or ``None``.  Return
+    True if the server answered a hello late after all: it is an extended server.
     """
     options = session.options
     store = session.store
-    outcome = BaseOutcome()
-    counts: list[int] = []  # packets each clean pass brought
+    passes = _Passes()
+    session.ceiling = passes.ceiling
     failures = 0
     resends_answered = True
     while True:
@@ -87,33 +110,31 @@ async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
                 if session.received == 0:
                     raise
                 outcome.reason = str(exc)
-                return outcome
+                return False
             if options.protocol == "auto" and session.received == 0:
                 # Nothing has arrived yet, so the silence that led here may have been a
                 # dead connection rather than a base server: ask for the extension again,
                 # back to back with the stream.  A base server ignores the hello; an
                 # extended one answers it first (answers come in request order).
-                link.late_info = True
-                link.send(hello_request())
-        if len(store):
-            link.asked = len  # a pass re-sends what is held: those repeats are no news
-        link.send(stream_all_request())
+                link.hello(late=True)
+        link.ask(stream_all_request(), repeats=len if len(store) else None)
+        passes.current = link
         state = await link.wait_closed(options.timeout)
+        passes.current = None
         link.close()
         outcome.passes += 1
         if link.packets:
             session.pass_ends[link.last_sequence] += 1
         if session.info is not None:
-            outcome.switched = True
-            return outcome
-        store = session.store
+            return True
         if state == "done" and link.clean_end:
-            counts.append(link.packets)
+            passes.counts.append(link.packets)
+            passes.highs.append(link.highest)
             failures = 0
         else:
             # A pass cut short says nothing about the loss rate; its packets still count.
             failures += 1
-            why = "went silent" if state == "idle" else f"ended early ({_why(link)})"
+            why = "went silent" if state == "idle" else f"ended early ({link.why()})"
             log.info("pass %d: the server %s", outcome.passes, why)
             if failures > options.retries:
                 outcome.reason = f"the server {why} on {failures} passes in a row"
@@ -121,41 +142,76 @@ async def recover_base(session: Session, link: Link | None) -> BaseOutcome:
                     # Nothing at all came: a failure to fetch (as documented by fetch),
                     # not an incomplete feed with no gap to name.
                     raise FetchError(f"{options.host}:{options.port}: {outcome.reason}")
-                return outcome
+                return False
             await asyncio.sleep(backoff_delay(failures, options.backoff))
         link = None
-        highest = store.tracker.highest or 0
         if resends_answered:
             # Only up to a sequence held and trusted, never up to a doubted one (see above).
             resendable = _missing(session, min(BASE_RESEND_MAX, trusted_highest(session)))
             if resendable:
                 outcome.resend_rounds += 1
                 resends_answered = await _resend(session, resendable)
-        chances = len(counts) * highest
-        drops = sum(highest - min(count, highest) for count in counts)
-        outcome.chance = chance_unseen(drops, chances, len(counts))
-        gaps = store.tracker.missing_count()
-        log.debug(
-            "pass %d: highest %d, %d missing, loss %d/%d, P(later packet unseen) %.3g",
-            outcome.passes, highest, gaps, drops, chances, outcome.chance,
-        )  # fmt: skip
-        if highest and gaps == 0 and outcome.chance < options.confidence:
-            store.last = highest
-            outcome.complete = True
-            return outcome
+        if _settled(session, passes, outcome):
+            return False
+        session.advance()
         if outcome.passes >= options.max_passes:
-            if gaps:
-                outcome.reason = f"{gaps} packet(s) still missing after {outcome.passes} passes"
-            elif not highest:
-                outcome.reason = f"no packet arrived in {outcome.passes} passes"
-            else:
-                outcome.reason = (
-                    f"the end of the feed is not established: after {outcome.passes} passes "
-                    f"the chance that a packet after {highest} exists unseen is "
-                    f"{outcome.chance:.2g}, above the bound {options.confidence:g} "
-                    f"(raise --max-passes)"
-                )
-            return outcome
+            _give_up(session, passes, outcome)
+            return False
+
+
+def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
+    """Decide, after a pass, whether the feed is complete and its end established."""
+    options = session.options
+    store = session.store
+    end = passes.end()
+    stop = options.stop
+    if stop is not None and end >= stop:
+        # The slice ends before the feed does: its end is known, no inference needed.
+        outcome.chance = None
+        return store.complete
+    highest = store.highest or 0
+    suspects = highest > end  # held above what two passes reached: shown by one only
+    clean = len(passes.counts)
+    judged = clean - 1 if suspects else clean
+    chances = judged * end
+    drops = sum(end - min(count, end) for count in passes.counts[-judged:]) if judged else 0
+    outcome.chance = chance_unseen(drops, chances, judged)
+    gaps = store.missing_ranges(end + 1)[:, 1].sum() if end else 0
+    log.debug(
+        "pass %d: end %d (highest %d), %d missing, loss %d/%d, P(later packet unseen) %.3g",
+        outcome.passes, end, highest, gaps, drops, chances, outcome.chance,
+    )  # fmt: skip
+    if not (end and gaps == 0 and outcome.chance < options.confidence):
+        return False
+    if suspects:
+        before = len(store)
+        store.bound(store.first, end)
+        outcome.corrupt = before - len(store)
+        log.warning(
+            "%d packet(s) beyond the end %d were shown by one pass only, while %d "
+            "others ended lower: judged corrupted, left out",
+            outcome.corrupt, end, judged,
+        )  # fmt: skip
+    else:
+        store.bound(store.first, end)
+    return True
+
+
+def _give_up(session: Session, passes: _Passes, outcome: Outcome) -> None:
+    store = session.store
+    end = passes.end()
+    gaps = int(store.missing_ranges(end + 1)[:, 1].sum()) if end else 0
+    if gaps:
+        outcome.reason = f"{gaps} packet(s) still missing after {outcome.passes} passes"
+    elif not end:
+        outcome.reason = f"no end of the feed established in {outcome.passes} passes"
+    else:
+        outcome.reason = (
+            f"the end of the feed is not established: after {outcome.passes} passes "
+            f"the chance that a packet after {end} exists unseen is "
+            f"{outcome.chance:.2g}, above the bound {session.options.confidence:g} "
+            f"(raise --max-passes)"
+        )
 
 
 def trusted_highest(session: Session) -> int:
@@ -166,32 +222,31 @@ def trusted_highest(session: Session) -> int:
     sequence held counts only once two passes have ended on it: a corrupted sequence
     in the last packet of a pass has nothing after it to show it out of order.
     """
-    tracker = session.store.tracker
+    store = session.store
+    top = store.highest or 0
+    low = store.cursor
     runs: list[tuple[int, int]] = []  # held sequences (low, high), between the gaps
-    low = tracker.first
-    for start, count in tracker.missing_ranges().tolist():
+    for start, count in store.missing_ranges().tolist():
         if start > low:
             runs.append((low, start - 1))
         low = start + count
-    if low <= (tracker.highest or 0):
-        runs.append((low, tracker.highest or 0))
-    top = tracker.highest or 0
+    if low <= top:
+        runs.append((low, top))
     for low, high in reversed(runs):
         for sequence in range(high, low - 1, -1):
             if sequence == top and session.pass_ends[sequence] < 2:
                 continue
             if sequence not in session.doubts:
                 return sequence
-    return 0
+    # Everything already passed to the output is held and settled.
+    return store.cursor - 1 if store.cursor > store.first else 0
 
 
 def _missing(session: Session, up_to: int) -> list[int]:
     if up_to < 1:
         return []
     sequences: list[int] = []
-    for start, count in session.store.tracker.missing_ranges().tolist():
-        if start > up_to:
-            break
+    for start, count in session.store.missing_ranges(up_to + 1).tolist():
         sequences.extend(range(start, min(start + count, up_to + 1)))
     return sequences
 
@@ -204,11 +259,11 @@ async def _resend(session: Session, sequences: list[int]) -> bool:
     except FetchError as exc:
         log.info("resends skipped: %s", exc)
         return True
-    tracker = session.store.tracker
-    link.send(b"".join(resend_request(sequence) for sequence in sequences))
+    store = session.store
+    link.ask(b"".join(resend_request(sequence) for sequence in sequences))
     # Resends are answered in order and each with one packet, unless the server drops it.
     state = await link.wait(
-        lambda: link.packets >= len(sequences) or all(s in tracker for s in sequences),
+        lambda: link.packets >= len(sequences) or all(s in store for s in sequences),
         options.timeout,
     )
     link.close()
@@ -221,11 +276,3 @@ async def _resend(session: Session, sequences: list[int]) -> bool:
         log.info("the server answers no resends: missing packets are left to further passes")
         return False
     return True
-
-
-def _why(link: Link) -> str:
-    if link.error is not None:
-        return str(link.error) or type(link.error).__name__
-    if link.decoder.pending:
-        return f"{link.decoder.pending} bytes into a packet"
-    return "closed"

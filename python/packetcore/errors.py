@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PacketcoreError", "ProtocolError"]
+__all__ = ["FetchError", "PacketcoreError", "ProtocolError"]
 
 
 class PacketcoreError(Exception):
@@ -23,3 +23,7 @@ class ProtocolError(PacketcoreError, ValueError):
 
     def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, int, str]]:
         return (type(self), (str(self), self.offset, self.field))
+
+
+class FetchError(PacketcoreError):
+    """A fetch that could not get anything: no connection, or a server that is not one."""

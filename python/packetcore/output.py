@@ -1,25 +1,33 @@
-"""Write ``output.json``: atomically, so it is never half-written or clobbered by a failure.
+"""Write a fetch's output as it arrives, atomically, so it is never half-written.
 
-A document goes to a temporary file in the target's directory, is flushed to disk, and
-then renamed over the target (``os.replace`` is atomic within one file system).  An
-incomplete fetch writes ``<output>.partial`` the same way and leaves ``<output>`` alone.
+The records go to a temporary file in the target's directory as the fetch runs; at the
+end it is flushed to disk and renamed over the target (``os.replace`` is atomic within
+one file system).  An incomplete fetch renames it to ``<output>.partial`` instead and
+leaves ``<output>`` alone; a failed or interrupted one removes it.  Formatting and
+writing run on a thread of their own (:class:`Output`), beside the network.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import stat
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from .engine import to_json
+from .errors import PacketcoreError
 from .packets import Packets
 
 __all__ = [
     "AtomicFile",
+    "Output",
+    "OutputError",
     "PARTIAL_SUFFIX",
     "STDOUT",
     "check_writable",
@@ -164,3 +172,137 @@ def write_packets(path: str | os.PathLike[str], packets: Packets) -> None:
         out.flush()
         return
     write_atomic(path, document)
+
+
+class OutputError(PacketcoreError):
+    """The output could not be written (a full disk, a reader that left, ...)."""
+
+
+def _stdout() -> BinaryIO:
+    # Our own buffered writer on fd 1: nothing is left in sys.stdout's buffer for the
+    # interpreter to flush (and fail on) at exit after the reader has gone.
+    try:
+        os.fstat(1)
+    except OSError:
+        raise OutputError("cannot write to stdout: it is closed") from None
+    return open(1, "wb", closefd=False)  # noqa: SIM115 (closed by Output)
+
+
+class Output:
+    """Where a fetch's packets go, in order: formatted and written on a thread of its own.
+
+    ``path`` is a file (written atomically, see :class:`AtomicFile`) or ``-`` for
+    stdout, flushed after every batch so a reader sees records at once.  :meth:`put`
+    hands a batch over without waiting; :meth:`close` finishes the document and puts it
+    in place; :meth:`abort` drops it.  A write that fails stops the writer and is
+    reported through the callback given to :meth:`on_failure`, from the writer thread.
+    """
+
+    def __init__(self, path: str, form: str) -> None:
+        from .formats import open_writer
+
+        self.form = form
+        self._file: AtomicFile | None = None
+        if os.fspath(path) == STDOUT:
+            self.name = "stdout"
+            self._stream = _stdout()
+        else:
+            self.name = os.fspath(path)
+            self._file = AtomicFile(path)
+            self._stream = self._file.stream
+        try:
+            self._writer = open_writer(self._stream, form)
+        except BaseException:
+            self.abort()
+            raise
+        self._queue: queue.SimpleQueue[Packets | None] = queue.SimpleQueue()
+        self.queued = 0
+        self.written = 0
+        self.error: BaseException | None = None
+        self._failed: Callable[[str], None] = lambda reason: None
+        self._thread = threading.Thread(target=self._run, name="packetcore-output", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        """Return how many packets wait to be written."""
+        return self.queued - self.written
+
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` from the writer thread if a write fails."""
+        self._failed = callback
+
+    def put(self, packets: Packets) -> None:
+        """Hand a batch over to be written after the ones before it."""
+        if self.error is not None:
+            raise OutputError(self.describe(self.error))
+        self.queued += len(packets)
+        self._queue.put(packets)
+
+    def describe(self, exc: BaseException) -> str:
+        """Return a failed write as one line."""
+        if isinstance(exc, BrokenPipeError):
+            return f"{self.name}: broken pipe (the reader left before the end)"
+        if isinstance(exc, OSError):
+            return f"cannot write {self.name}: {exc.strerror or exc}"
+        return f"cannot write {self.name}: {exc}"
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            if self.error is not None:
+                continue  # failed already: drain what was handed over
+            try:
+                self._writer.write(batch)
+                if self._file is None:
+                    self._stream.flush()
+            except Exception as exc:
+                self.error = exc
+                self._failed(self.describe(exc))
+                continue
+            self.written += len(batch)
+
+    def close(self, complete: bool) -> str:
+        """Finish the document and put it in place; return where it went.
+
+        Complete: at the target, and a stale ``.partial`` beside it goes.  Incomplete:
+        at ``<target>.partial``, the target left as it was.
+        """
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            if self.error is not None:
+                raise self.error
+            self._writer.close()
+            self._stream.flush()
+        except Exception as exc:
+            self.abort()
+            raise OutputError(self.describe(exc)) from exc
+        if self._file is None:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            return "stdout"
+        partial = partial_path(self._file.target)
+        try:
+            where = self._file.commit(None if complete else partial)
+        except OSError as exc:
+            raise OutputError(self.describe(exc)) from exc
+        if complete:
+            with contextlib.suppress(OSError):
+                partial.unlink()  # superseded by the complete output
+        return os.fspath(where)
+
+    def abort(self) -> None:
+        """Drop the output: the target stays as it was, no temporary file is left."""
+        queued = getattr(self, "_queue", None)
+        if queued is not None:
+            queued.put(None)
+            # A writer blocked on a pipe nobody reads cannot be waited for.
+            self._thread.join(timeout=1.0)
+        if self._file is not None:
+            self._file.discard()
+        elif self._stream is not None:
+            with contextlib.suppress(OSError):
+                self._stream.close()

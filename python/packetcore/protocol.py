@@ -27,6 +27,7 @@ __all__ = [
     "FeedInfo",
     "Request",
     "RequestFramer",
+    "ResponseFramer",
     "decode_info",
     "encode_info",
     "hello_request",
@@ -164,3 +165,101 @@ class RequestFramer:
             at += REQUEST_SIZE
         del buffer[:at]
         return requests
+
+
+# An info frame at a packet boundary is told from a packet by its fifth byte: the
+# version's high byte is 0, which no packet's buy/sell indicator ('B'/'S') can be.
+_INFO_START = INFO_MAGIC + b"\0"
+_PACKET_SIZE = 17
+
+
+class ResponseFramer:
+    """Split one connection's response bytes into runs of packet bytes and info frames.
+
+    Packets are the engine's to decode; this framer only cuts the stream where an info
+    frame (the answer to a hello) stands at a packet boundary.  While no info frame is
+    due, every chunk passes through whole and uncopied.  ``expect()`` announces one more
+    due frame (a hello was sent); ``expect_late()`` says the connection's very first
+    bytes may be a late answer to a hello that was given up on.
+    """
+
+    def __init__(self) -> None:
+        self.due = 0
+        self._late = False
+        self._passed = 0  # packet bytes passed through, to know where boundaries are
+        self._held = bytearray()
+
+    def expect(self) -> None:
+        """Announce one more info frame due (a hello was sent)."""
+        self.due += 1
+
+    def expect_late(self) -> None:
+        """Let the connection's first bytes be a late info frame."""
+        self._late = True
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview | FeedInfo]:
+        """Return, in order, the packet byte runs and the info frames ``data`` completed.
+
+        Raise :class:`ProtocolError` for a malformed info frame.
+        """
+        held = self._held
+        if self._late:
+            held += data
+            if len(held) < len(_INFO_START) and _INFO_START.startswith(held):
+                return []
+            self._late = False
+            if held.startswith(_INFO_START):
+                self.due += 1
+            data = bytes(held)
+            held.clear()
+        elif held:
+            data = bytes(held) + data
+            held.clear()
+        if not self.due:
+            return self._pass(memoryview(data)) if len(data) else []
+        return self._frames(bytes(data))
+
+    def _pass(self, run: memoryview) -> list[memoryview | FeedInfo]:
+        self._passed += len(run)
+        return [run]
+
+    def _frames(self, data: bytes) -> list[memoryview | FeedInfo]:
+        out: list[memoryview | FeedInfo] = []
+        view = memoryview(data)
+        at = 0
+        while self.due:
+            boundary = at + (-self._passed) % _PACKET_SIZE
+            found = data.find(INFO_MAGIC, boundary)
+            while found >= 0 and (found - boundary) % _PACKET_SIZE:
+                found = data.find(INFO_MAGIC, found + 1)
+            if found < 0:
+                keep = end = len(data)
+                if boundary < end:
+                    tail = boundary + (end - boundary) // _PACKET_SIZE * _PACKET_SIZE
+                    if tail < end and _INFO_START.startswith(data[tail:end]):
+                        keep = tail  # could be the start of an info frame: wait for more
+                if keep > at:
+                    out += self._pass(view[at:keep])
+                at = keep
+                break
+            if found > at:
+                out += self._pass(view[at:found])
+            at = found
+            if len(data) - at < len(_INFO_START):
+                break
+            if data[at + len(INFO_MAGIC)] != 0:
+                step = min(_PACKET_SIZE, len(data) - at)  # a packet whose symbol is PKCI
+                out += self._pass(view[at : at + step])
+                at += step
+                continue
+            if len(data) - at < INFO_SIZE:
+                break
+            out.append(decode_info(data[at : at + INFO_SIZE]))
+            at += INFO_SIZE
+            self.due -= 1
+        if at < len(data):
+            if self.due:
+                self._held += view[at:]
+            else:
+                out += self._pass(view[at:])
+        return out

@@ -1,184 +1,244 @@
 """``packetcore-fetch``: fetch a whole feed into ``output.json``, or say exactly why not.
 
-Exit codes: 0 complete; 1 failure (no server, unwritable output, ...); 2 bad option;
-3 incomplete (missing sequences listed, packets saved to ``<output>.partial``);
-4 ``--strict`` and the server sent conflicting or invalid packets.
+Exit codes: 0 complete; 1 failure (no server, unwritable output, a reader that left,
+...); 2 bad option; 3 incomplete (missing sequences listed, packets saved to
+``<output>.partial``); 4 ``--strict`` and the server sent conflicting or invalid
+packets; 130 / 143 interrupted by SIGINT / SIGTERM (the output left as it was).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
+import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..client import FetchError, FetchResult, fetch, format_ranges
-from ..output import STDOUT, check_writable, partial_path, write_packets
-from ..protocol import DEFAULT_PORT
-from ..recovery import Progress
+from ..client import FetchResult, format_ranges, run_fetch
+from ..errors import FetchError
+from ..output import STDOUT, Output, OutputError
+from ..session import MAX_BACKOFF, MAX_CONFIDENCE, FetchOptions, Progress
 from . import UserError, add_verbosity, run
 from .options import integer, number
 
-_port = integer(1, 0xFFFF, what="a port in 1..65535")
-_count = integer(0, what="0 or more")
-_at_least_one = integer(1, what="1 or more")
-_positive = number(0.0, low_open=True, what="more than 0 seconds")
-_non_negative = number(0.0, what="0 seconds or more")
-_probability = number(
-    0.0, 1.0, low_open=True, high_open=True, what="a probability between 0 and 1, exclusive"
-)
-
-__all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "main"]
+__all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
 
 EXIT_INCOMPLETE = 3
 EXIT_STRICT = 4
 PROGRAM = "packetcore-fetch"
+FORMATS = ("json", "ndjson", "csv", "parquet", "bin")
+# Packets waiting for the writer before the fetch stops taking more from the store.
+_BACKLOG = 1 << 22
+
+_DEFAULTS = FetchOptions()
+_port = integer(1, 0xFFFF, what="a port in 1..65535")
+_count = integer(0, what="0 or more")
+_at_least_one = integer(1, what="1 or more")
+_sequence = integer(1, 2**31 - 1, what="a sequence in 1..2147483647")
+_positive = number(0.0, 1e9, low_open=True, what="more than 0 seconds")
+_backoff = number(0.0, MAX_BACKOFF, what=f"0 to {MAX_BACKOFF:g} seconds")
+_confidence = number(
+    0.0, MAX_CONFIDENCE, low_open=True,
+    what=f"a probability above 0 and at most {MAX_CONFIDENCE:g}",
+)  # fmt: skip
 
 log = logging.getLogger("packetcore.fetch")
 
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
-    """Return the parser of the fetch options."""
+    """Return the parser of the fetch options (defaults from :class:`FetchOptions`)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
             "Fetch every packet of a feed from an exchange server (the reference "
             "exchange, packetcore-serve, or any server of the base protocol), recover the "
-            "dropped ones, and write them in sequence order as JSON.  Exit status: 0 "
-            "complete, 1 failure, 2 bad option, 3 incomplete (missing sequences listed, "
-            "packets saved to OUTPUT.partial), 4 --strict and bad data."
+            "dropped ones, and write them in sequence order as they arrive.  Exit status: "
+            "0 complete, 1 failure, 2 bad option, 3 incomplete (missing sequences listed, "
+            "packets saved to OUTPUT.partial), 4 --strict and bad data, 130/143 "
+            "interrupted."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    parser.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help="server port (default: %(default)s)"
-    )
-    parser.add_argument(
-        "-o", "--output", default="output.json",
-        help="file to write, atomically; '-' writes to stdout (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--protocol", choices=("auto", "base", "extended"), default="auto",
+    add = parser.add_argument
+    add("--host", default=_DEFAULTS.host, help="server address (default: %(default)s)")
+    add("--port", type=_port, default=_DEFAULTS.port, help="server port (default: %(default)s)")
+    add("-o", "--output", default="output.json",
+        help="file to write, atomically; '-' streams to stdout (default: %(default)s)")
+    add("--format", choices=FORMATS, default=None,
+        help="json (the default), ndjson, csv, parquet (needs the 'parquet' extra) or bin "
+        "(raw 17-byte packets); default: from the output's extension")
+    add("--from", dest="start", type=_sequence, default=None, metavar="N",
+        help="fetch only sequences from N on")
+    add("--to", dest="stop", type=_sequence, default=None, metavar="M",
+        help="fetch only sequences up to M (inclusive)")
+    add("--protocol", choices=("auto", "base", "extended"), default=_DEFAULTS.protocol,
         help="auto: probe for the packetcore extension, fall back to the base protocol "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--hello-timeout", type=_positive, default=0.2, metavar="SECONDS",
-        help="how long auto waits for the extension's answer (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--timeout", type=_positive, default=5.0, metavar="SECONDS",
-        help="how long a connection may stay silent while an answer is due "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--retries", type=_count, default=5, metavar="N",
+        "(default: %(default)s)")
+    add("--hello-timeout", type=_positive, default=_DEFAULTS.hello_timeout, metavar="SECONDS",
+        help="how long auto waits for the extension's answer (default: %(default)s)")
+    add("--timeout", type=_positive, default=_DEFAULTS.timeout, metavar="SECONDS",
+        help="how long connecting may take, and a connection may stay silent while an "
+        "answer is due (default: %(default)s)")
+    add("--deadline", type=_positive, default=_DEFAULTS.deadline, metavar="SECONDS",
+        help="stop the whole fetch after this long, saving what arrived (default: none)")
+    add("--retries", type=_count, default=_DEFAULTS.retries, metavar="N",
         help="retries of a refused or lost connection or an unanswered request, with "
-        "exponential backoff (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--backoff", type=_non_negative, default=0.1, metavar="SECONDS",
-        help="first pause before a retry, doubled each time up to 5 s (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--confidence", type=_probability, default=1e-6, metavar="P",
+        "exponential backoff (default: %(default)s)")
+    add("--backoff", type=_backoff, default=_DEFAULTS.backoff, metavar="SECONDS",
+        help=f"first pause before a retry, doubled each time up to {MAX_BACKOFF:g} s "
+        "(default: %(default)s)")
+    add("--confidence", type=_confidence, default=_DEFAULTS.confidence, metavar="P",
         help="base protocol: make stream-all passes until the chance that a packet after "
-        "the highest seen exists unseen is below P (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-passes", type=_at_least_one, default=100, metavar="N",
-        help="base protocol: give up after N stream-all passes (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--strict", action="store_true",
+        "the highest seen exists unseen (a truncated output) is below P; at most "
+        f"{MAX_CONFIDENCE:g} (default: %(default)s)")
+    add("--max-passes", type=_at_least_one, default=_DEFAULTS.max_passes, metavar="N",
+        help="base protocol: give up after N stream-all passes (default: %(default)s)")
+    add("--strict", action="store_true",
         help="fail (exit 4, nothing written) if the server sent conflicting duplicates "
-        "or invalid packets",
-    )  # fmt: skip
+        "or invalid packets")
     add_verbosity(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``packetcore-fetch``; return the exit status."""
-    return run(PROGRAM, build_parser(), _fetch, argv)
+    started = time.perf_counter()  # the summary quotes the wall time the user waited
+    return run(PROGRAM, build_parser(), lambda args: _fetch(args, started), argv)
 
 
-def _fetch(args: argparse.Namespace) -> int:
-    output: str = args.output
+def _fetch(args: argparse.Namespace, started: float) -> int:
     try:
-        check_writable(output)
+        options = FetchOptions(
+            host=args.host, port=args.port, protocol=args.protocol,
+            hello_timeout=args.hello_timeout, timeout=args.timeout, retries=args.retries,
+            backoff=args.backoff, confidence=args.confidence, max_passes=args.max_passes,
+            deadline=args.deadline, start=args.start, stop=args.stop,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc), 2) from exc
+    return fetch_into(options, args.output, args.format, strict=args.strict,
+                      verbosity=args.verbosity, started=started)  # fmt: skip
+
+
+def fetch_into(
+    options: FetchOptions,
+    output: str,
+    form: str | None = None,
+    *,
+    strict: bool = False,
+    verbosity: int = 0,
+    started: float | None = None,
+) -> int:
+    """Fetch into ``output``, print the summary; return the exit status (or raise UserError)."""
+    from ..formats import format_for
+
+    if started is None:
+        started = time.perf_counter()
+    try:
+        form = format_for(output, form)
+        out = Output(output, form)  # checks what can be checked before fetching
     except OSError as exc:
-        raise UserError(f"cannot write the output: {exc}") from exc
-    with _progress_bar(args.verbosity) as progress:
-        try:
-            result = fetch(
-                args.host,
-                args.port,
-                protocol=args.protocol,
-                hello_timeout=args.hello_timeout,
-                timeout=args.timeout,
-                retries=args.retries,
-                backoff=args.backoff,
-                confidence=args.confidence,
-                max_passes=args.max_passes,
-                progress=progress,
-            )
-        except FetchError as exc:
-            raise UserError(str(exc)) from exc
-    return finish(result, output, strict=args.strict, quiet=args.verbosity < 0)
+        raise UserError(f"cannot write the output {output}: {exc.strerror or exc}") from exc
+    except (OutputError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        with _progress_bar(verbosity) as progress:
+            result = asyncio.run(_run(options, out, progress))
+            if strict and (result.conflicts or result.invalid):
+                raise UserError(
+                    f"--strict: the server sent {result.conflicts} conflicting and "
+                    f"{result.invalid} invalid packet(s); nothing written",
+                    EXIT_STRICT,
+                )
+            _warn_conflicts(result)
+            where = out.close(result.complete)
+    except _Interrupted as exc:
+        out.abort()
+        name = signal.Signals(exc.signum).name
+        raise UserError(f"interrupted by {name}; {output} left as it was", 128 + exc.signum) from None
+    except BaseException:
+        out.abort()
+        raise
+    if verbosity >= 0:
+        shown = where if result.complete else None
+        print(result.summary(shown, time.perf_counter() - started), file=sys.stderr)
+    if not result.complete:
+        _incomplete(result, output, where)
+    return 0
 
 
-def finish(result: FetchResult, output: str, *, strict: bool = False, quiet: bool = False) -> int:
-    """Write what a fetch got where it belongs, print the summary; return the exit status."""
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+async def _run(options: FetchOptions, out: Output, progress: Progress | None) -> FetchResult:
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[str] = loop.create_future()
+
+    def failed(reason: str) -> None:
+        if not stopped.done():
+            stopped.set_result(reason)
+
+    out.on_failure(lambda reason: loop.call_soon_threadsafe(failed, reason))
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, interrupt, signum)
+            installed.append(signum)
+    try:
+        result = await run_fetch(
+            options, out.put, progress, stopped=stopped,
+            flowing=lambda: out.backlog < _BACKLOG,
+        )  # fmt: skip
+    except asyncio.CancelledError:
+        if received:
+            raise _Interrupted(received[0]) from None
+        raise
+    except FetchError as exc:
+        raise UserError(str(exc)) from exc
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    if stopped.done():
+        raise UserError(stopped.result())
+    return result
+
+
+def _warn_conflicts(result: FetchResult) -> None:
     if result.conflicts:
         sequences = sorted(set(result.conflicting.sequence.tolist()))
         shown = ", ".join(map(str, sequences[:20])) + (" ..." if len(sequences) > 20 else "")
         log.warning(
-            "%d duplicate(s) differ from the packet first received (first kept): %s",
+            "%d duplicate(s) differ from the packet first received (settled by vote): %s",
             result.conflicts, shown,
         )  # fmt: skip
-    if strict and (result.conflicts or result.invalid):
-        raise UserError(
-            f"--strict: the server sent {result.conflicts} conflicting and {result.invalid} "
-            f"invalid packet(s); nothing written",
-            EXIT_STRICT,
-        )
-    if not result.complete:
-        return _incomplete(result, output, quiet=quiet)
-    try:
-        write_packets(output, result.packets)
-    except OSError as exc:
-        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from exc
-    if output != STDOUT:
-        with contextlib.suppress(FileNotFoundError):
-            partial_path(output).unlink()  # superseded by the complete output
-    if not quiet:
-        print(result.summary(output if output != STDOUT else "stdout"), file=sys.stderr)
-    return 0
 
 
-def _incomplete(result: FetchResult, output: str, *, quiet: bool) -> int:
+def _incomplete(result: FetchResult, output: str, where: str) -> None:
     if result.missing:
         log.debug("missing sequences: %s", format_ranges(result.missing))
         missing = f"{result.missing_count} packet(s) missing: {format_ranges(result.missing, 20)}"
     else:
         missing = "no known gap"
-    saved = "nothing saved (output is stdout)"
-    if output != STDOUT:
-        partial = partial_path(output)
-        try:
-            write_packets(partial, result.packets)
-        except OSError as exc:
-            saved = f"could not save them to {partial}: {exc.strerror or exc}"
-        else:
-            saved = f"saved to {partial}"
-    if not quiet:
-        print(result.summary(), file=sys.stderr)
+    if output == STDOUT:
+        saved = "written to stdout as they are"
+    else:
+        saved = f"saved to {where}; {output} left untouched"
     raise UserError(
-        f"incomplete: {result.reason}; {missing}; {len(result.packets)} packet(s) received, "
-        f"{saved}; {output} left untouched",
+        f"incomplete: {result.reason}; {missing}; {result.count} packet(s) received, {saved}",
         EXIT_INCOMPLETE,
     )
 
@@ -193,10 +253,10 @@ def _progress_bar(verbosity: int) -> Iterator[Progress | None]:
 
     bar: Any = tqdm(total=None, unit="pkt", unit_scale=True, leave=False, file=sys.stderr)
 
-    def progress(held: int, expected: int | None) -> None:
+    def progress(written: int, expected: int | None) -> None:
         if expected is not None and bar.total != expected:
             bar.total = expected
-        bar.update(held - bar.n)
+        bar.update(written - bar.n)
 
     try:
         yield progress

@@ -1,0 +1,520 @@
+"""The machinery of a fetch: its options, its connections, and the store they fill.
+
+Data flows one way: each connection is a :class:`Link`, an asyncio protocol whose
+:class:`~packetcore.protocol.ResponseFramer` cuts info frames out of the byte stream
+and whose own :class:`~packetcore.Decoder` turns the rest into packets on arrival;
+they go straight into the :class:`Session`'s :class:`~packetcore.PacketStore`, and the
+complete prefix leaves the store for the output as soon as it is settled
+(:meth:`Session.advance`).  Nothing is buffered beyond one incomplete packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import MAX_SEQUENCE, Decoder, PacketStore
+from .errors import FetchError, PacketcoreError
+from .packets import Packets
+from .protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
+
+__all__ = [
+    "MAX_BACKOFF",
+    "FetchOptions",
+    "Link",
+    "Progress",
+    "Protocol",
+    "Session",
+    "Wait",
+    "backoff_delay",
+]
+
+log = logging.getLogger("packetcore.fetch")
+
+Protocol = Literal["auto", "base", "extended"]
+#: How a wait ended: what was awaited happened, the connection ended, or it went silent.
+Wait = Literal["done", "lost", "idle"]
+#: Called as packets reach the output with (packets written, packets expected or None).
+Progress = Callable[[int, "int | None"], None]
+#: Where the settled prefix goes, batch after batch in sequence order.
+Sink = Callable[[Packets], None]
+
+#: The longest pause between retries, whatever ``backoff`` says.
+MAX_BACKOFF = 5.0
+#: The loosest base-protocol confidence accepted: above it, truncated fetches are common.
+MAX_CONFIDENCE = 0.01
+# The settled prefix leaves the store in batches of at most this many packets, and at
+# least this often while packets arrive (so that `-o -` readers see records early).
+_BATCH = 1 << 18
+_ADVANCE_EVERY = 0.02
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How a fetch talks to its server; every default lives here.
+
+    ``protocol`` is ``auto`` (probe for the extension, waiting ``hello_timeout``
+    seconds), ``base`` or ``extended``.  ``timeout`` is how long a connection may stay
+    silent while an answer is due; connecting and unanswered requests are retried
+    ``retries`` times, pausing ``backoff`` seconds doubled each time (at most 5 s).
+    Against a base server, passes go on until the chance that a later packet exists
+    unseen is below ``confidence`` (at most 0.01), or ``max_passes`` were made.
+    ``deadline`` bounds the whole fetch in seconds (``None``: no bound).  ``start`` and
+    ``stop`` fetch only the sequences ``start..stop`` (inclusive; ``None``: the feed's
+    own first and last).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    protocol: Protocol = "auto"
+    hello_timeout: float = 0.2
+    timeout: float = 5.0
+    retries: int = 5
+    backoff: float = 0.1
+    confidence: float = 1e-6
+    max_passes: int = 100
+    deadline: float | None = None
+    start: int | None = None
+    stop: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("auto", "base", "extended"):
+            raise ValueError(f"protocol must be auto, base or extended, not {self.protocol!r}")
+        if not 0 <= self.port <= 0xFFFF:
+            raise ValueError(f"port must be in 0..65535, not {self.port}")
+        for name in ("hello_timeout", "timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+        if not 0 <= self.backoff <= MAX_BACKOFF:
+            raise ValueError(f"backoff must be in 0..{MAX_BACKOFF:g} seconds, not {self.backoff}")
+        if self.retries < 0:
+            raise ValueError(f"retries must not be negative, not {self.retries}")
+        if not 0 < self.confidence <= MAX_CONFIDENCE:
+            raise ValueError(
+                f"confidence must be above 0 and at most {MAX_CONFIDENCE:g} (the chance of "
+                f"a truncated base-protocol fetch), not {self.confidence}"
+            )
+        if self.max_passes < 1:
+            raise ValueError(f"max_passes must be at least 1, not {self.max_passes}")
+        if self.deadline is not None and not (self.deadline > 0 and math.isfinite(self.deadline)):
+            raise ValueError(f"deadline must be a positive number of seconds, not {self.deadline}")
+        for name in ("start", "stop"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_SEQUENCE:
+                raise ValueError(f"{name} must be a sequence in 1..{MAX_SEQUENCE}, not {value}")
+        if self.start is not None and self.stop is not None and self.stop < self.start:
+            raise ValueError(f"the slice {self.start}..{self.stop} is empty")
+
+    @property
+    def sliced(self) -> bool:
+        """Whether only part of the feed is asked for."""
+        return self.start is not None or self.stop is not None
+
+
+def backoff_delay(failures: int, base: float) -> float:
+    """Return the pause before retry number ``failures`` (1, 2, ...): doubling, capped."""
+    return float(min(base * 2.0 ** min(max(failures - 1, 0), 32), MAX_BACKOFF))
+
+
+class Link(asyncio.Protocol):
+    """One connection to the server: bytes in, packets into the session's store.
+
+    The strategies talk to it through its methods only: :meth:`hello`, :meth:`ask`
+    (requests, with what their answers may repeat), :meth:`wait` and friends.
+    """
+
+    def __init__(self, session: Session, number: int, *, recovering: bool,
+                 sink: Callable[[Packets], None] | None = None) -> None:  # fmt: skip
+        self.session = session
+        self.number = number
+        self.recovering = recovering
+        #: Where decoded batches go instead of the session's store (checking copies).
+        self._sink = sink
+        self.framer = ResponseFramer()
+        self.decoder = Decoder()
+        #: The sequence of the last packet decoded: answers come in ascending order.
+        self.last_sequence = 0
+        #: Packets decoded on this connection, the new ones among them, the highest
+        #: sequence among them, and the info frames received.
+        self.packets = 0
+        self.new = 0
+        self.highest = 0
+        self.infos: list[FeedInfo] = []
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.error: BaseException | None = None
+        #: Whether the fetch dropped this connection because what it sent could not be
+        #: handled (a malformed info frame, ...); ``error`` says why.
+        self.broken = False
+        self._asked: Callable[[Packets], int] | None = None
+        self._skipped = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.broken:
+            return  # dropped already: nothing more from it is trusted
+        try:
+            for item in self.framer.feed(data):
+                if isinstance(item, FeedInfo):
+                    self.session.note_info(item)  # first: a frame it refuses is not counted
+                    self.infos.append(item)
+                    self._skipped += 16
+                else:
+                    self._packets(item)
+        except Exception as exc:
+            # Nothing may escape into asyncio (it would only log "Fatal error:
+            # protocol.data_received() call failed" and leave the fetch waiting): a
+            # malformed info frame, an info frame the store cannot take, or any other
+            # failure drops this connection and is kept as the reason it ended.
+            if isinstance(exc, PacketcoreError):
+                log.warning("connection %d: %s", self.number, exc)
+            else:
+                log.warning("connection %d: cannot handle what arrived: %r", self.number, exc)
+                log.debug("connection %d: details", self.number, exc_info=True)
+            self.error = exc
+            self.broken = True
+            self.close()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: stream-all ends with the server's EOF
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+
+    # the stream
+
+    def _packets(self, chunk: memoryview) -> None:
+        batch = self.decoder.feed(chunk)
+        if len(batch.invalid):
+            self.session.note_invalid(self.number, batch.invalid + self._skipped)
+        if len(batch):
+            self._check_order(batch.sequence)
+            self.packets += len(batch)
+            self.highest = max(self.highest, int(batch.sequence.max()))
+            if self._sink is not None:
+                self._sink(batch)
+            else:
+                asked = self._asked(batch) if self._asked is not None else 0
+                self.new += self.session.add(batch, recovered=self.recovering, asked=asked)
+
+    def _check_order(self, sequences: npt.NDArray[np.int32]) -> None:
+        # Every answer on one connection comes in ascending sequence order: a stream-all,
+        # the ranges of a round (asked in order), pipelined resends (asked in order).  A
+        # packet at or below its predecessor was duplicated or reordered on the way, or
+        # one of the two has a corrupted sequence field: both are asked for again before
+        # the fetch trusts them (Session.doubt).
+        previous = np.empty_like(sequences)
+        previous[0] = self.last_sequence
+        previous[1:] = sequences[:-1]
+        broken = sequences <= previous
+        if broken.any():
+            self.session.doubt(sequences[broken])
+            self.session.doubt(previous[broken][previous[broken] > 0])
+        self.last_sequence = int(sequences[-1])
+
+    # control
+
+    def hello(self, *, late: bool = False) -> None:
+        """Send a hello; ``late``: a base server may ignore it, an answer may come first."""
+        if late:
+            self.framer.expect_late()
+        else:
+            self.framer.expect()
+        self.send(hello_request())
+
+    def ask(self, request: bytes, *, repeats: Callable[[Packets], int] | None = None,
+            restart: bool = False) -> None:  # fmt: skip
+        """Send requests; ``repeats`` counts what their answers bring that was asked again.
+
+        ``restart``: the answers start again from low sequences (a new round of ranges).
+        """
+        self._asked = repeats
+        if restart:
+            self.last_sequence = 0
+        self.send(request)
+
+    def send(self, request: bytes) -> None:
+        """Queue request bytes for the server (asyncio writes them as the socket allows)."""
+        if self.transport is not None and not self.lost:
+            self.transport.write(request)
+
+    def close(self) -> None:
+        """Close the connection; what already arrived stays decoded."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once, unsent requests and all."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, done: Callable[[], bool], idle: float) -> Wait:
+        """Wait until ``done()``, the connection ends, or ``idle`` seconds pass with no byte."""
+        loop = asyncio.get_running_loop()
+        while not done():
+            if self.lost:
+                return "done" if done() else "lost"
+            waiter = self._waiter = loop.create_future()
+            # A timer, not asyncio.wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that lands as the awaited future completes (a lost Ctrl-C).
+            timer = loop.call_later(idle, _set_if_pending, waiter, False)
+            try:
+                woken = await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if woken is False:
+                return "done" if done() else "idle"
+        return "done"
+
+    async def wait_closed(self, idle: float) -> Wait:
+        """Wait for the server to close the connection (the end of a stream-all)."""
+        state = await self.wait(lambda: self.lost, idle)
+        if state == "done" and self.error is not None:
+            return "lost"  # reset, not a clean end of stream
+        return state
+
+    async def wait_info(self, count: int, idle: float) -> Wait:
+        """Wait until ``count`` info frames in all arrived on this connection."""
+        return await self.wait(lambda: len(self.infos) >= count, idle)
+
+    @property
+    def clean_end(self) -> bool:
+        """Whether the connection ended with EOF on a packet boundary, no error."""
+        return self.lost and self.error is None and self.decoder.pending == 0
+
+    def why(self) -> str:
+        """Return why the connection ended, in a few words."""
+        if self.error is not None:
+            return str(self.error) or type(self.error).__name__
+        if self.decoder.pending:
+            return f"{self.decoder.pending} bytes into a packet"
+        return "closed"
+
+
+def _set_if_pending(future: asyncio.Future[bool | None], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class Session:
+    """What one fetch has gathered so far, how it opens connections, where output goes.
+
+    ``sink`` receives the settled prefix of the feed, batch after batch in sequence
+    order, as it grows (see :meth:`advance`).
+    """
+
+    def __init__(self, options: FetchOptions, sink: Sink,
+                 progress: Progress | None = None) -> None:  # fmt: skip
+        self.options = options
+        self.progress = progress
+        self._sink = sink
+        self.store = PacketStore(options.start or 1, options.stop)
+        self.info: FeedInfo | None = None
+        self.received = 0
+        self.recovered = 0
+        self.asked_repeats = 0
+        self.written = 0
+        self.invalid_offsets: list[tuple[int, int]] = []
+        self.connections = 0
+        self.links: list[Link] = []
+        #: Sequences whose held packet may be wrong (see Link._check_order).
+        self.doubts: set[int] = set()
+        #: How many stream-all passes ended on each sequence (base protocol).
+        self.pass_ends: Counter[int] = Counter()
+        #: Set whenever packets arrive: what the repair of gaps waits on.
+        self.arrived = asyncio.Event()
+        self._advanced = 0.0
+        #: While False, the prefix is held back (the output is behind).
+        self.flowing: Callable[[], bool] = lambda: True
+        #: The highest sequence the prefix may reach before the end is settled (base
+        #: protocol: what two passes have shown), or None for no bound.
+        self.ceiling: Callable[[], int | None] = lambda: None
+
+    @property
+    def expected(self) -> int | None:
+        """How many packets the output will hold, once the server has said."""
+        store = self.store
+        if not store.last_known or store.last is None:
+            return None
+        return store.last - store.first + 1
+
+    def note_info(self, info: FeedInfo) -> None:
+        """Learn the feed's extent from an info frame (the first one counts)."""
+        if self.info is not None:
+            return
+        options = self.options
+        first = max(info.first, options.start or info.first)
+        last = min(info.last, options.stop or info.last)
+        if last < first:
+            raise FetchError(
+                f"the slice {options.start or 1}..{options.stop or 'end'} lies outside "
+                f"the feed {info.first}..{info.last}"
+            )
+        # First: if the store cannot take the extent (ValueError), the feed stays unknown
+        # and Link.data_received drops the connection.
+        self.store.bound(first, last)
+        self.info = info
+
+    @property
+    def duplicates(self) -> int:
+        """Identical packets received again that the fetch did not ask for again."""
+        return max(self.store.duplicates - self.asked_repeats, 0)
+
+    def add(self, batch: Packets, *, recovered: bool, asked: int = 0) -> int:
+        """Store a batch decoded on a connection, count it, pass the prefix on.
+
+        Return how many of its sequences were new.
+        """
+        store = self.store
+        duplicates = store.duplicates
+        new = store.add(batch)
+        self.received += len(batch)
+        if recovered:
+            self.recovered += new
+        repeats = store.duplicates - duplicates
+        if repeats and asked:
+            self.asked_repeats += min(repeats, asked)
+        if new:
+            self.arrived.set()
+            now = time.monotonic()
+            if now - self._advanced >= _ADVANCE_EVERY or store.contiguous() - store.cursor >= _BATCH:
+                self._advanced = now
+                self.advance()
+        return new
+
+    def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
+        """Mark ``sequences`` to be asked for again before their packets are trusted."""
+        self.doubts.update(sequences.tolist())
+
+    def advance(self, stop: int | None = None) -> None:
+        """Pass the settled prefix of the feed on to the output, up to ``stop`` at most.
+
+        The prefix ends at the first sequence not held or in doubt.  With ``stop``, every
+        packet held below it goes, gaps or not (the end of an incomplete fetch).
+        """
+        store = self.store
+        if stop is None:
+            if not self.flowing():
+                return
+            stop = store.contiguous()
+            cursor = store.cursor
+            doubted = [s for s in self.doubts if s >= cursor]
+            if doubted:
+                stop = min(stop, min(doubted))
+            ceiling = self.ceiling()
+            if ceiling is not None:
+                stop = min(stop, ceiling + 1)
+        while store.cursor < stop:
+            batch = store.take(min(stop, store.cursor + _BATCH))
+            if len(batch):
+                self._sink(batch)
+                self.written += len(batch)
+                if self.progress is not None:
+                    self.progress(self.written, self.expected)
+
+    def note_invalid(self, connection: int, offsets: npt.NDArray[np.int64]) -> None:
+        """Record packets the decoder rejected, by connection and byte offset."""
+        listed = [(connection, int(offset)) for offset in offsets.tolist()]
+        self.invalid_offsets.extend(listed[: 10_000 - len(self.invalid_offsets)])
+        shown = ", ".join(str(offset) for _, offset in listed[:10])
+        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
+        log.warning(
+            "connection %d: %d invalid packet(s) at byte offset(s) %s%s; not kept",
+            connection, len(listed), shown, more,
+        )  # fmt: skip
+
+    async def open_link(
+        self, *, recovering: bool = False, sink: Callable[[Packets], None] | None = None
+    ) -> Link:
+        """Connect to the server, retrying with exponential backoff; raise FetchError.
+
+        ``sink`` receives the decoded batches instead of the session's store.
+        """
+        options = self.options
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            self.connections += 1
+            number = self.connections
+
+            def factory(number: int = number) -> Link:
+                return Link(self, number, recovering=recovering, sink=sink)
+
+            connecting = asyncio.ensure_future(
+                loop.create_connection(factory, options.host, options.port)
+            )
+            try:
+                # asyncio.wait, not wait_for: it never swallows a cancellation.
+                done, _ = await asyncio.wait({connecting}, timeout=options.timeout)
+            except asyncio.CancelledError:
+                connecting.cancel()
+                raise
+            reason = "timed out"
+            if connecting in done and connecting.exception() is None:
+                _, link = connecting.result()
+                self.links.append(link)
+                log.debug("connection %d open to %s:%d", number, options.host, options.port)
+                return link
+            if connecting in done:
+                exc = connecting.exception()
+                assert exc is not None
+                if not isinstance(exc, OSError):
+                    raise exc
+                reason = _describe(exc)
+            else:
+                connecting.cancel()
+            failures += 1
+            if failures > options.retries:
+                raise FetchError(
+                    f"cannot connect to {options.host}:{options.port}: {reason} "
+                    f"({failures} attempt{'' if failures == 1 else 's'})"
+                )
+            delay = backoff_delay(failures, options.backoff)
+            log.info(
+                "connecting to %s:%d: %s; retrying in %.2f s",
+                options.host, options.port, reason, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+
+    def close_all(self) -> None:
+        """Abort every connection still open (on the way out of a fetch)."""
+        for link in self.links:
+            if not link.lost:
+                with contextlib.suppress(Exception):
+                    link.abort()
+        self.links.clear()
+
+
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc) or type(exc).__name__

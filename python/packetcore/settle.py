@@ -1,0 +1,105 @@
+"""Packets in doubt: asked for again until two copies agree, or left out.
+
+A packet is in doubt when two copies of its sequence differed (a conflict) or it came
+out of order on its connection (``Link._check_order``): one copy may carry a corrupted
+byte, and the first arrival is not more likely right than a later one.  The protocol
+has no checksum, so a vote decides: the payload at least two copies agree on, more
+than on any other, is kept (:meth:`PacketStore.replace`); a sequence no two copies
+agree on is left out (:meth:`PacketStore.discard`) and reported missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from .packets import Packets
+from .session import Session, backoff_delay
+
+__all__ = ["Copies", "settle"]
+
+log = logging.getLogger("packetcore.fetch")
+
+# One packet's payload: symbol, side, quantity, price.
+_Row = tuple[bytes, bytes, int, int]
+#: Fetch fresh copies of the sequences named (each on a new connection).
+Copies = Callable[[list[int]], Awaitable[list[Packets]]]
+
+
+def _rows(packets: Packets) -> list[tuple[int, _Row]]:
+    """Return ``(sequence, payload)`` for each packet."""
+    payloads = zip(
+        packets.symbol.tolist(),
+        packets.buysellindicator.tolist(),
+        packets.quantity.tolist(),
+        packets.price.tolist(),
+        strict=True,
+    )
+    return list(zip(packets.sequence.tolist(), payloads, strict=True))
+
+
+def _agreed(votes: dict[_Row, int]) -> _Row | None:
+    """Return the payload at least two copies agree on, more than on any other."""
+    ranked = sorted(votes.values(), reverse=True)
+    if not ranked or ranked[0] < 2 or (len(ranked) > 1 and ranked[1] == ranked[0]):
+        return None
+    return max(votes, key=votes.__getitem__)
+
+
+async def settle(session: Session, copies: Copies) -> list[int]:
+    """Settle every held packet in doubt; return the sequences left out, ascending.
+
+    Copies are fetched until ``retries + 1`` attempts in a row bring none, or
+    ``max_passes`` attempts were made.
+    """
+    store = session.store
+    cursor = store.cursor
+    conflicting = store.conflicting()
+    conflicting = conflicting[conflicting.sequence >= cursor]
+    doubts = sorted(
+        s for s in session.doubts | set(conflicting.sequence.tolist()) if s >= cursor and s in store
+    )
+    session.doubts.difference_update(doubts)
+    if not doubts:
+        return []
+    votes: dict[int, dict[_Row, int]] = {s: {} for s in doubts}
+    held = store.peek(np.array(doubts, dtype=np.int64))
+    for sequence, row in _rows(held) + _rows(conflicting):
+        if sequence in votes:
+            votes[sequence][row] = votes[sequence].get(row, 0) + 1
+    options = session.options
+    fruitless = 0
+    for _ in range(options.max_passes):
+        wanted = [s for s, tally in votes.items() if _agreed(tally) is None]
+        if not wanted or fruitless > options.retries:
+            break
+        if fruitless:
+            await asyncio.sleep(backoff_delay(fruitless, options.backoff))
+        log.info("asking again for %d packet(s) in doubt", len(wanted))
+        batches = await copies(wanted)
+        got = 0
+        for batch in batches:
+            for sequence, row in _rows(batch):
+                tally = votes.get(sequence)
+                if tally is not None and _agreed(tally) is None:
+                    tally[row] = tally.get(row, 0) + 1
+                    got += 1
+        fruitless = 0 if got else fruitless + 1
+    agreed: list[tuple[int, _Row]] = []
+    unsettled: list[int] = []
+    for sequence, tally in votes.items():
+        row = _agreed(tally)
+        if row is None:
+            unsettled.append(sequence)
+            log.warning("packet %d: in doubt, and no two copies agree; left out", sequence)
+        else:
+            agreed.append((sequence, row))
+    if agreed:
+        columns = list(zip(*((*row, s) for s, row in agreed), strict=True))
+        store.replace(Packets(*columns))
+    if unsettled:
+        store.discard(np.array(unsettled, dtype=np.int64))
+    return unsettled

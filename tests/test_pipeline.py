@@ -1,0 +1,365 @@
+"""The fetch as a streaming pipeline, against servers that are broken or hostile.
+
+Each test names the failure it guards against.  The command runs in a subprocess
+wherever signals, pipes, stdout or memory are what is tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from packetcore.client import fetch
+from packetcore.engine import implementation
+from packetcore.errors import FetchError
+from packetcore.feeds import book, synthetic
+from packetcore.protocol import FeedInfo, encode_info
+from packetcore.server import Server
+from serverutil import _package_root
+
+from packetcore import Packets, encode, to_json
+
+FAST = ("--timeout", "0.5", "--backoff", "0.02")
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=_package_root())
+
+
+def _command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "packetcore", "fetch", "--port", str(port), *args]
+
+
+def _run(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _command(port, *args), capture_output=True, text=True, env=_env(), timeout=timeout
+    )
+
+
+def _one_line_error(err: str) -> None:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "packetcore-fetch: error:" in line]
+    assert len(lines) == 1, err
+
+
+class _RawServer:
+    """A loopback server whose every connection is handled by ``serve(conn)`` in a thread."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.serve = serve
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = int(self.listener.getsockname()[1])
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> _RawServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(None)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.serve(conn)
+
+
+def _endless(conn: socket.socket) -> None:
+    # Valid, increasing packets, and the connection is never closed.
+    conn.recv(64)
+    sequence = 1
+    while True:
+        batch = b"".join(
+            struct.pack(">4s1siii", b"ENDL", b"B", 1, 2, s) for s in range(sequence, sequence + 1000)
+        )
+        conn.sendall(batch)
+        sequence += 1000
+        if sequence > 2**31 - 2000:
+            sequence = 1
+
+
+def _random_bytes(conn: socket.socket) -> None:
+    # Garbage: some 17-byte chunks decode as packets with random, huge sequences.
+    conn.recv(64)
+    rng = random.Random(7)
+    for _ in range(300):
+        conn.sendall(rng.randbytes(1 << 16))
+
+
+def _run_measured(port: int, *args: str, timeout: float = 90) -> tuple[int, str, int]:
+    """Run the fetch; return (exit status, stderr, its own peak RSS in bytes)."""
+    with open(os.devnull, "wb") as null, __import__("tempfile").TemporaryFile() as err:
+        proc = subprocess.Popen(_command(port, *args), stdout=null, stderr=err, env=_env())
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read().decode(), usage.ru_maxrss * 1024
+
+
+# The compiled engine holds packets in 13-byte columns; the pure twin, being Python, in
+# far more: each is held to a bound of its own.
+RSS_BOUND = (300 if implementation == "cython" else 700) << 20
+
+
+@pytest.fixture(scope="module")
+def big() -> Iterator[Server]:
+    feed = synthetic(300_000, seed=5)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.25, seed=3) as server:
+        yield server
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_stdout_streams_before_the_fetch_ends() -> None:
+    # An extended server that streams the first half of its feed, then stalls for good:
+    # the first records reach stdout while the fetch still runs.
+    feed = synthetic(2000, seed=1)
+    wire = encode(feed)
+    release = threading.Event()
+
+    def stall(conn: socket.socket) -> None:
+        request = conn.recv(2)
+        if request[:1] == b"\x03":
+            conn.sendall(encode_info(FeedInfo(1, len(feed))))
+            request = conn.recv(2)
+        if request[:1] == b"\x01":
+            conn.sendall(wire[: 17 * 1000])
+        release.wait(30)
+
+    with _RawServer(stall) as server:
+        proc = subprocess.Popen(
+            _command(server.port, "-o", "-", "--timeout", "20", "--format", "ndjson"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+        )  # fmt: skip
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert proc.poll() is None, "the fetch had ended before its first record was read"
+        assert json.loads(first) == feed[:1].to_records()[0]
+        release.set()
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_that_leaves_early_is_a_clean_failure(big: Server) -> None:
+    proc = subprocess.Popen(
+        _command(big.port, "-o", "-"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env(), text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(1000)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(30) == 1
+    _one_line_error(err)
+    assert "broken pipe" in err
+    assert "300000 packets" not in err  # no success summary
+
+
+@pytest.mark.timeout(60)
+def test_closed_stdout_is_one_line(big: Server) -> None:
+    command = " ".join(_command(big.port, "-o", "-"))
+    proc = subprocess.run(
+        ["bash", "-c", f"exec >&-; {command}"], capture_output=False, stderr=subprocess.PIPE,
+        text=True, env=_env(), timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    _one_line_error(proc.stderr)
+    assert "stdout" in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_full_disk_stops_the_fetch_at_once(big: Server) -> None:
+    started = time.monotonic()
+    proc = _run(big.port, "-o", "/dev/full")
+    assert proc.returncode == 1
+    _one_line_error(proc.stderr)
+    assert "No space left on device" in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("where", ["proc", "dangling", "parent-is-file"])
+def test_unwritable_outputs_fail_before_fetching(where: str, tmp_path: Path) -> None:
+    # No server runs on the port: the output's error must come first, before connecting.
+    if where == "proc":
+        output = "/proc/packetcore-output.json"
+    elif where == "dangling":
+        link = tmp_path / "link.json"
+        link.symlink_to(tmp_path / "no" / "such" / "dir" / "out.json")
+        output = str(link)
+    else:
+        (tmp_path / "file").write_text("x")
+        output = str(tmp_path / "file" / "out.json")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = _run(port, "-o", output, "--retries", "0")
+    assert proc.returncode == 1
+    _one_line_error(proc.stderr)
+    assert "cannot write the output" in proc.stderr
+    assert "connect" not in proc.stderr
+
+
+# -- interrupts --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_one_signal_stops_the_fetch(signum: int, tmp_path: Path) -> None:
+    # A server that never ends its stream: only the signal can stop the fetch.
+    output = tmp_path / "output.json"
+    output.write_bytes(b"previous\n")
+    with _RawServer(_endless) as server:
+        proc = subprocess.Popen(
+            _command(server.port, "-o", str(output), "--protocol", "base"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=10)
+        assert time.monotonic() - sent < 1.5
+    assert proc.returncode == 128 + signum
+    _one_line_error(err)
+    assert "interrupted" in err
+    assert output.read_bytes() == b"previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
+
+
+# -- endless and hostile servers ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_deadline_ends_an_endless_stream_in_bounded_memory(tmp_path: Path) -> None:
+    output = tmp_path / "output.json"
+    with _RawServer(_endless) as server:
+        started = time.monotonic()
+        proc = _run(server.port, "-o", str(output), "--protocol", "base", "--deadline", "3")
+        took = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    assert took < 10
+    assert "deadline" in proc.stderr
+    saved = json.loads((tmp_path / "output.json.partial").read_bytes())
+    assert saved and [r["packetSequence"] for r in saved[:3]] == [1, 2, 3]
+    assert not output.exists()
+
+
+@pytest.mark.timeout(120)
+def test_huge_sequences_in_base_mode_keep_memory_small(tmp_path: Path) -> None:
+    # A legal feed of two packets at the very top of the sequence space, at 50 % loss:
+    # memory follows the packets held, not the span of sequences.
+    feed = Packets([b"HUGE"] * 2, [b"B"] * 2, [1, 2], [3, 4], [2**31 - 2, 2**31 - 1])
+    with Server(feed, host="127.0.0.1", port=0, drop=0.5, seed=2) as server:
+        code, err, peak = _run_measured(server.port, "-o", str(tmp_path / "o.json"),
+                                        "--protocol", "base", "--max-passes", "8", *FAST)  # fmt: skip
+    assert code == 3, err
+    _one_line_error(err)
+    assert peak < RSS_BOUND, f"peak RSS {peak >> 20} MiB"
+
+
+@pytest.mark.timeout(120)
+def test_a_random_bytes_server_keeps_memory_small(tmp_path: Path) -> None:
+    with _RawServer(_random_bytes) as server:
+        code, err, peak = _run_measured(server.port, "-o", str(tmp_path / "o.json"),
+                                        "--max-passes", "3", "--retries", "1", *FAST)  # fmt: skip
+    assert code in (1, 3), err
+    _one_line_error(err)
+    assert peak < RSS_BOUND, f"peak RSS {peak >> 20} MiB"
+
+
+# -- no packet, dropped resends ----------------------------------------------------------------
+
+
+def test_no_packet_at_all_is_a_fetch_error(tmp_path: Path) -> None:
+    def silent_close(conn: socket.socket) -> None:
+        conn.recv(16)
+
+    with _RawServer(silent_close) as server:
+        with pytest.raises(FetchError):
+            fetch(port=server.port, timeout=0.3, backoff=0.01, retries=1, max_passes=3)
+        proc = _run(server.port, "-o", str(tmp_path / "o.json"), "--retries", "1",
+                    "--max-passes", "3", *FAST)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    _one_line_error(proc.stderr)
+    assert not (tmp_path / "o.json.partial").exists()
+
+
+def test_extended_falls_back_to_passes_when_resends_are_all_dropped() -> None:
+    with Server(host="127.0.0.1", port=0, drop=0.25, drop_resends=1.0, seed=4) as server:
+        result = fetch(port=server.port, timeout=0.5, backoff=0.01)
+    assert result.complete and result.packets == book() and result.mode == "extended"
+    assert result.passes > 1
+
+
+# -- slices ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["extended", "base"])
+@pytest.mark.parametrize(("start", "stop"), [(1, 1), (14, 14), (3, 9), (None, 5), (10, None)])
+def test_slices(protocol: str, start: int | None, stop: int | None) -> None:
+    with Server(host="127.0.0.1", port=0, drop=0.25, seed=6) as server:
+        result = fetch(port=server.port, protocol=protocol, start=start, stop=stop,
+                       timeout=0.5, backoff=0.01)  # fmt: skip
+    low, high = start or 1, stop or 14
+    assert result.complete, result.reason
+    assert result.packets == book()[low - 1 : high]
+
+
+def test_a_slice_beyond_the_feed_fails_cleanly() -> None:
+    with Server(host="127.0.0.1", port=0, drop=0.0, seed=6) as server:
+        with pytest.raises(FetchError, match="slice"):
+            fetch(port=server.port, protocol="extended", start=20, stop=30, timeout=0.5)
+
+
+def test_a_slice_above_127_in_base_mode() -> None:
+    feed = synthetic(400, seed=2)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.3, seed=6) as server:
+        result = fetch(port=server.port, protocol="base", start=200, stop=260,
+                       timeout=0.5, backoff=0.01)  # fmt: skip
+    assert result.complete and result.packets == feed[199:260]
+
+
+# -- the streamed document ---------------------------------------------------------------------
+
+
+def test_streamed_json_is_the_document_byte_for_byte(big: Server, tmp_path: Path) -> None:
+    output = tmp_path / "output.json"
+    proc = _run(big.port, "-o", str(output))
+    assert proc.returncode == 0, proc.stderr
+    assert output.read_bytes() == to_json(synthetic(300_000, seed=5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
