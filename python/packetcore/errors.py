@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PacketcoreError", "ProtocolError"]
+__all__ = ["FeedError", "PacketcoreError", "ProtocolError"]
 
 
 class PacketcoreError(Exception):
@@ -23,3 +23,19 @@ class ProtocolError(PacketcoreError, ValueError):
 
     def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, int, str]]:
         return (type(self), (str(self), self.offset, self.field))
+
+
+class FeedError(PacketcoreError, ValueError):
+    """A feed that cannot be served or read: a bad spec, or a file that fails validation.
+
+    ``index`` is the offending record's position in the file (-1 if no one record is
+    at fault) and ``field`` its JSON key ("" if no one field is).
+    """
+
+    def __init__(self, message: str, index: int = -1, field: str = "") -> None:
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+    def __reduce__(self) -> tuple[type[FeedError], tuple[str, int, str]]:
+        return (type(self), (str(self), self.index, self.field))
