@@ -14,7 +14,8 @@ from .engine import (
     implementation,
     to_json,
 )
-from .errors import PacketcoreError, ProtocolError
+from .errors import FeedError, PacketcoreError, ProtocolError
+from .formats import FORMATS, read, write
 from .packets import Packet, Packets
 
 __version__ = "0.1.0"
@@ -22,7 +23,9 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_SEQUENCE",
     "PACKET_SIZE",
+    "FORMATS",
     "Decoder",
+    "FeedError",
     "FetchError",
     "FetchResult",
     "GapTracker",
@@ -37,5 +40,7 @@ __all__ = [
     "fetch",
     "fetch_async",
     "implementation",
+    "read",
     "to_json",
+    "write",
 ]

@@ -59,7 +59,7 @@ def text_error(
     if code == _E_SYNTAX:
         what = "unexpected end" if at_end else f"unexpected {_shown(token)!r}"
         where = f"record {index}: " if index >= 0 else ""
-        return FeedError(f"{where}not valid {form}: {what} at byte {offset}", index)
+        return FeedError(f"{where}not valid {form.upper()}: {what} at byte {offset}", index)
     if code == _E_NOT_ARRAY:
         return FeedError(f"expected a JSON array of packets, got {_shown(token)!r}...")
     if code == _E_NOT_OBJECT:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FeedError", "PacketcoreError", "ProtocolError"]
+__all__ = ["FeedError", "MissingDependencyError", "PacketcoreError", "ProtocolError"]
 
 
 class PacketcoreError(Exception):
@@ -39,3 +39,7 @@ class FeedError(PacketcoreError, ValueError):
 
     def __reduce__(self) -> tuple[type[FeedError], tuple[str, int, str]]:
         return (type(self), (str(self), self.index, self.field))
+
+
+class MissingDependencyError(PacketcoreError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra)."""
