@@ -21,9 +21,9 @@ from .packets import Packet, Packets
 __version__ = "0.1.0"
 
 __all__ = [
+    "FORMATS",
     "MAX_SEQUENCE",
     "PACKET_SIZE",
-    "FORMATS",
     "Decoder",
     "FeedError",
     "FetchError",

@@ -67,8 +67,7 @@ def text_error(
     if code == _E_UNKNOWN_KEY:
         key = _shown(token)
         return FeedError(
-            f"record {index}, field {key!r}: not a packet field "
-            f"(expected {', '.join(JSON_KEYS)})",
+            f"record {index}, field {key!r}: not a packet field (expected {', '.join(JSON_KEYS)})",
             index,
             key,
         )

@@ -68,8 +68,8 @@ def format_for(path: str | os.PathLike[str], explicit: str | None = None) -> str
 def _pyarrow() -> tuple[ModuleType, ModuleType]:
     # Imported on first use only: pyarrow is an optional extra and slow to import.
     try:
-        import pyarrow
-        import pyarrow.parquet
+        import pyarrow  # type: ignore[import-untyped,unused-ignore]
+        import pyarrow.parquet  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise MissingDependencyError(_PARQUET_EXTRA) from None
     return pyarrow, pyarrow.parquet
@@ -145,10 +145,11 @@ class _ParquetWriter(FormatWriter):
     def __init__(self, stream: BinaryIO, row_group_rows: int = ROW_GROUP_ROWS) -> None:
         super().__init__(stream)
         pa, pq = _pyarrow()
+        target: BinaryIO | _Appending = stream
         if not _seekable(stream):
             # pyarrow writes parquet front to back, but asks where it is: a pipe cannot
             # say, so the bytes written are counted here.
-            stream = _Appending(stream)
+            target = _Appending(stream)
         self._pa = pa
         self._schema = pa.schema(
             [
@@ -159,7 +160,7 @@ class _ParquetWriter(FormatWriter):
                 (JSON_KEYS[4], pa.int32()),
             ]
         )
-        self._writer = pq.ParquetWriter(stream, self._schema)  # type: ignore[arg-type,unused-ignore]
+        self._writer = pq.ParquetWriter(target, self._schema)  # type: ignore[arg-type,unused-ignore]
         self._rows = row_group_rows
         self._held: list[Packets] = []
         self._held_rows = 0
@@ -252,9 +253,7 @@ def open_writer(stream: BinaryIO, form: str) -> FormatWriter:
     return _WRITERS[format_for("", form)](stream)
 
 
-def write(
-    path: str | os.PathLike[str], packets: Packets, format: str | None = None
-) -> None:
+def write(path: str | os.PathLike[str], packets: Packets, format: str | None = None) -> None:
     """Write ``packets`` to ``path`` (``-``: stdout) in sequence order, atomically."""
     form = format_for(path, format)
     packets = _in_order(packets)
