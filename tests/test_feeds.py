@@ -165,3 +165,31 @@ def test_int32_bounds_are_accepted(tmp_path: Path) -> None:
     assert feed.quantity.tolist()[0] == -(2**31)
     assert feed.price.dtype == np.int32
     assert feed.symbol.tolist() == [b"MSFT", b"~ !A", b"T"]
+
+
+@pytest.mark.parametrize("name", ["f.json", "f.ndjson", "f.jsonl", "f.csv", "f.bin", "f.parquet"])
+def test_load_feed_reads_every_format(tmp_path: Path, name: str) -> None:
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    from packetcore import write
+
+    feed = synthetic(5000, seed=5)
+    write(tmp_path / name, feed)
+    assert load_feed(str(tmp_path / name)) == feed
+
+
+def test_load_feed_names_the_bad_csv_record(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(
+        b"symbol,buysellindicator,quantity,price,packetSequence\nA,B,1,2,1\nA,B,1,2,5\n"
+    )
+    with pytest.raises(FeedError) as info:
+        load_feed(str(path))
+    assert (info.value.index, info.value.field) == (1, "packetSequence")
+    assert str(path) in str(info.value)
+
+
+def test_feed_error_lives_in_errors() -> None:
+    from packetcore.errors import FeedError as Moved
+
+    assert Moved is FeedError

@@ -14,15 +14,18 @@ from .engine import (
     implementation,
     to_json,
 )
-from .errors import PacketcoreError, ProtocolError
+from .errors import FeedError, PacketcoreError, ProtocolError
+from .formats import FORMATS, read, write
 from .packets import Packet, Packets
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FORMATS",
     "MAX_SEQUENCE",
     "PACKET_SIZE",
     "Decoder",
+    "FeedError",
     "FetchError",
     "FetchResult",
     "GapTracker",
@@ -37,5 +40,7 @@ __all__ = [
     "fetch",
     "fetch_async",
     "implementation",
+    "read",
     "to_json",
+    "write",
 ]

@@ -13,9 +13,11 @@ __all__ = [
     "Decoder",
     "GapTracker",
     "PacketStore",
+    "TextParser",
     "decode",
     "encode",
     "gather",
+    "text_rows",
     "to_json",
 ]
 
@@ -112,3 +114,24 @@ class PacketStore:
 
 def to_json(packets: Packets) -> bytes:
     """Return the ``output.json`` document: one object per packet, in sequence order."""
+
+def text_rows(packets: Packets, form: str) -> bytes:
+    """Return the packets' records as ``form`` text, in the order given, without framing."""
+
+class TextParser:
+    """Parse a json, ndjson or csv document fed in chunks split at any byte."""
+
+    @property
+    def form(self) -> str:
+        """The form parsed: ``json``, ``ndjson`` or ``csv``."""
+    def __init__(self, form: str) -> None: ...
+    @property
+    def records(self) -> int:
+        """Records parsed so far."""
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete record held for the next chunk."""
+    def feed(self, chunk: bytes | bytearray | memoryview) -> Packets:
+        """Parse ``chunk`` and return the records it completed."""
+    def close(self) -> Packets:
+        """Parse what is held and check that the document ended; return the last records."""

@@ -14,6 +14,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from ._pure_text import TextParser, text_rows
 from .errors import ProtocolError
 from .packets import Packets
 
@@ -23,9 +24,11 @@ __all__ = [
     "Decoder",
     "GapTracker",
     "PacketStore",
+    "TextParser",
     "decode",
     "encode",
     "gather",
+    "text_rows",
     "to_json",
 ]
 

@@ -18,10 +18,12 @@ __all__ = [
     "Decoder",
     "GapTracker",
     "PacketStore",
+    "TextParser",
     "decode",
     "encode",
     "gather",
     "implementation",
+    "text_rows",
     "to_json",
 ]
 
@@ -44,9 +46,11 @@ if TYPE_CHECKING or os.environ.get("PACKETCORE_NO_EXTENSIONS", "") not in ("", "
         Decoder,
         GapTracker,
         PacketStore,
+        TextParser,
         decode,
         encode,
         gather,
+        text_rows,
         to_json,
     )
 
@@ -59,9 +63,11 @@ else:
             Decoder,
             GapTracker,
             PacketStore,
+            TextParser,
             decode,
             encode,
             gather,
+            text_rows,
             to_json,
         )
 
@@ -80,9 +86,11 @@ else:
             Decoder,
             GapTracker,
             PacketStore,
+            TextParser,
             decode,
             encode,
             gather,
+            text_rows,
             to_json,
         )
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["FetchError", "PacketcoreError", "ProtocolError"]
+__all__ = [
+    "FeedError",
+    "FetchError",
+    "MissingDependencyError",
+    "PacketcoreError",
+    "ProtocolError",
+]
 
 
 class PacketcoreError(Exception):
@@ -27,3 +33,23 @@ class ProtocolError(PacketcoreError, ValueError):
 
 class FetchError(PacketcoreError):
     """A fetch that could not get anything: no connection, or a server that is not one."""
+
+
+class FeedError(PacketcoreError, ValueError):
+    """A feed that cannot be served or read: a bad spec, or a file that fails validation.
+
+    ``index`` is the offending record's position in the file (-1 if no one record is
+    at fault) and ``field`` its JSON key ("" if no one field is).
+    """
+
+    def __init__(self, message: str, index: int = -1, field: str = "") -> None:
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+    def __reduce__(self) -> tuple[type[FeedError], tuple[str, int, str]]:
+        return (type(self), (str(self), self.index, self.field))
+
+
+class MissingDependencyError(PacketcoreError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra)."""

@@ -1,7 +1,8 @@
-"""Feeds a server can serve: the reference book, synthetic feeds, ``output.json`` files.
+"""Feeds a server can serve: the reference book, synthetic feeds, files in every format.
 
 A feed is a :class:`~packetcore.Packets` batch whose sequences run contiguously from
-its first packet.  :func:`load_feed` turns the ``--feed`` option into one.
+its first packet.  :func:`load_feed` turns the ``--feed`` option into one; a file is
+read in any format of :mod:`packetcore.formats`, streamed, never whole in memory.
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .engine import MAX_SEQUENCE
-from .errors import PacketcoreError
+from .errors import FeedError
+from .formats import FORMATS, format_for, iter_packets
 from .packets import JSON_KEYS, Packets
 
-__all__ = ["SYMBOLS", "FeedError", "book", "load_feed", "parse_records", "synthetic"]
+__all__ = [
+    "SYMBOLS",
+    "FeedError",
+    "book",
+    "check_feed",
+    "load_feed",
+    "parse_records",
+    "synthetic",
+]
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -32,22 +41,6 @@ SYMBOLS = (
     "AAPL", "MSFT", "AMZN", "GOOG", "META", "NVDA", "TSLA", "IBM",
     "KO", "T", "F", "GE", "JPM", "XOM", "INTC", "ORCL",
 )  # fmt: skip
-
-
-class FeedError(PacketcoreError, ValueError):
-    """A feed that cannot be served: a bad spec, or a feed file that fails validation.
-
-    ``index`` is the offending record's position in the file (-1 if no one record is
-    at fault) and ``field`` its JSON key ("" if no one field is).
-    """
-
-    def __init__(self, message: str, index: int = -1, field: str = "") -> None:
-        super().__init__(message)
-        self.index = index
-        self.field = field
-
-    def __reduce__(self) -> tuple[type[FeedError], tuple[str, int, str]]:
-        return (type(self), (str(self), self.index, self.field))
 
 
 def book() -> Packets:
@@ -74,7 +67,7 @@ def synthetic(count: int, seed: int | None = None) -> Packets:
 
 
 def load_feed(spec: str, seed: int | None = None) -> Packets:
-    """Return the feed ``spec`` names: ``book``, ``synthetic:N`` or an ``output.json`` path."""
+    """Return the feed ``spec`` names: ``book``, ``synthetic:N`` or a file in any format."""
     if spec == "book":
         return book()
     if spec.startswith("synthetic:"):
@@ -87,25 +80,58 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
             raise FeedError(f"feed {spec!r}: a synthetic feed needs at least 1 packet")
         return synthetic(count, seed)
     path = Path(spec)
+    source = f"feed file {os.fspath(path)!r}"
     try:
-        raw = path.read_bytes()
+        form = format_for(path)
+        feed = Packets.concat(list(iter_packets(path, form)))
     except FileNotFoundError:
         raise FeedError(
-            f"feed {spec!r}: no such file (a feed is 'book', 'synthetic:N' or an output.json path)"
+            f"feed {spec!r}: no such file (a feed is 'book', 'synthetic:N' or a file "
+            f"in one of the formats {', '.join(FORMATS)})"
         ) from None
     except OSError as exc:
         raise FeedError(f"feed {spec!r}: cannot read it: {exc.strerror or exc}") from None
-    try:
-        records = _loads(raw)
-    except ValueError as exc:
-        raise FeedError(f"feed file {os.fspath(path)!r} is not valid JSON: {exc}") from None
-    return parse_records(records, f"feed file {os.fspath(path)!r}")
+    except FeedError as exc:
+        raise FeedError(f"{source}: {exc}", exc.index, exc.field) from None
+    return check_feed(feed, source)
 
 
-def _loads(raw: bytes) -> Any:
-    # orjson parses a large feed file several times faster than the stdlib; it refuses
-    # nesting deeper than 1024 with a ValueError, where json.loads hits RecursionError.
-    return orjson.loads(raw)
+def check_feed(feed: Packets, source: str = "feed") -> Packets:
+    """Return ``feed`` if it can be served, else raise :class:`FeedError` naming the record.
+
+    A feed holds packets, its symbols are 1-4 printable ASCII characters and its
+    sequences run contiguously from the first.
+    """
+    count = len(feed)
+    if count == 0:
+        raise FeedError(f"{source}: holds no packets")
+    raw = feed.symbol.view(np.uint8).reshape(count, 4)
+    # Printable ASCII, then only NUL padding: the symbol rule of the wire protocol.
+    printable = (raw >= 0x20) & (raw <= 0x7E)
+    padding = raw == 0
+    bad = ~(printable | padding).all(axis=1) | ~printable[:, 0]
+    bad |= (padding[:, :-1] & ~padding[:, 1:]).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        symbol = feed.symbol[i].decode("latin-1")
+        raise FeedError(
+            f"{source}: record {i}, field 'symbol': expected 1-4 printable ASCII "
+            f"characters, got {symbol!r}",
+            i,
+            "symbol",
+        )
+    first = int(feed.sequence[0])
+    expected = np.arange(first, first + count, dtype=np.int64)
+    wrong = np.flatnonzero(feed.sequence != expected)
+    if len(wrong):
+        i = int(wrong[0])
+        raise FeedError(
+            f"{source}: record {i}, field 'packetSequence': expected {first + i} "
+            f"(sequences run contiguously from {first}), got {int(feed.sequence[i])}",
+            i,
+            "packetSequence",
+        )
+    return feed
 
 
 def parse_records(records: Any, source: str = "feed") -> Packets:

@@ -7,7 +7,8 @@ Python object per packet.  The code is split by concern, asyncpg-style:
 * ``_wire.pxi``: decode, Decoder, encode, gather (the 17-byte response packet);
 * ``_gaps.pxi``: GapTracker (one bit per sequence);
 * ``_store.pxi``: PacketStore (slot = sequence - first);
-* ``_json.pxi``: to_json (the ``output.json`` document).
+* ``_json.pxi``: to_json (the ``output.json`` document);
+* ``_text.pxi``: text_rows and TextParser (the json, ndjson and csv forms).
 """
 
 cimport cython
@@ -16,7 +17,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from packetcore._cursor cimport (
     Cursor,
@@ -45,9 +46,11 @@ __all__ = [
     "Decoder",
     "GapTracker",
     "PacketStore",
+    "TextParser",
     "decode",
     "encode",
     "gather",
+    "text_rows",
     "to_json",
 ]
 
@@ -80,3 +83,4 @@ include "_wire.pxi"
 include "_gaps.pxi"
 include "_store.pxi"
 include "_json.pxi"
+include "_text.pxi"

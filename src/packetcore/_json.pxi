@@ -216,8 +216,10 @@ cdef unsigned char *_put_records(
     const int32_t *sequence,
     const cnp.npy_intp *order,
     Py_ssize_t n,
+    bint lines,
 ) noexcept nogil:
-    # One line per record, each followed by ",\n" (the caller drops the last comma).
+    # One line per record, each followed by ",\n" (the caller drops the last comma), or
+    # by "\n" alone for the one-record-a-line form.
     cdef Py_ssize_t k, i
     for k in range(n):
         i = order[k] if order != NULL else k
@@ -231,7 +233,12 @@ cdef unsigned char *_put_records(
         p = _put_int(p, price[i])
         p = pc_put_sequence_key(p)
         p = _put_int(p, sequence[i])
-        p = pc_put_close(p)
+        if lines:
+            p[0] = 0x7D  # "}\n"
+            p[1] = 0x0A
+            p += 2
+        else:
+            p = pc_put_close(p)
     return p
 
 
@@ -276,7 +283,7 @@ def to_json(packets: Packets) -> bytes:
     with nogil:
         p[0] = 0x5B  # "[\n"
         p[1] = 0x0A
-        p = _put_records(p + 2, sym, sd, qty, px, seq, perm, n)
+        p = _put_records(p + 2, sym, sd, qty, px, seq, perm, n, False)
         # The last record's ",\n" becomes "\n]\n".
         p -= 2
         p[0] = 0x0A

@@ -1,0 +1,374 @@
+"""Output formats of a feed and their readers: json, ndjson, csv, parquet and bin.
+
+A format is chosen by name or by the file's extension (:func:`format_for`).  Writers
+stream: :func:`open_writer` gives one whose :meth:`FormatWriter.write` takes batches as
+they come and whose :meth:`FormatWriter.close` finishes the document.  Readers stream
+too: :func:`iter_packets` parses a file a block at a time, never all of it at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, BinaryIO, Final
+
+import numpy as np
+
+from .engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows
+from .errors import FeedError, MissingDependencyError, ProtocolError
+from .output import STDOUT, AtomicFile
+from .packets import JSON_KEYS, Packets
+
+__all__ = [
+    "BLOCK_SIZE",
+    "DEFAULT_FORMAT",
+    "FORMATS",
+    "ROW_GROUP_ROWS",
+    "FormatWriter",
+    "format_for",
+    "iter_packets",
+    "open_writer",
+    "read",
+    "write",
+]
+
+#: Every format, by the name ``--format`` takes.
+FORMATS: Final = ("json", "ndjson", "csv", "parquet", "bin")
+#: The format of a path whose extension names none.
+DEFAULT_FORMAT: Final = "json"
+#: Bytes read per step by :func:`iter_packets`.
+BLOCK_SIZE: Final = 8 << 20
+#: Rows a parquet row group holds before it is written (the last may hold fewer).
+ROW_GROUP_ROWS: Final = 1 << 20
+
+_EXTENSIONS = {
+    ".json": "json",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".bin": "bin",
+}
+_CSV_HEADER = ",".join(JSON_KEYS).encode("ascii") + b"\n"
+_PARQUET_EXTRA = 'parquet needs pyarrow: pip install "packetcore[parquet]"'
+
+
+def format_for(path: str | os.PathLike[str], explicit: str | None = None) -> str:
+    """Return the format to use for ``path``: ``explicit`` if given, else by extension."""
+    if explicit is not None:
+        if explicit not in FORMATS:
+            raise ValueError(f"unknown format {explicit!r}: choose one of {', '.join(FORMATS)}")
+        return explicit
+    return _EXTENSIONS.get(Path(path).suffix.lower(), DEFAULT_FORMAT)
+
+
+def _pyarrow() -> tuple[ModuleType, ModuleType]:
+    # Imported on first use only: pyarrow is an optional extra and slow to import.
+    try:
+        import pyarrow  # type: ignore[import-untyped,unused-ignore]
+        import pyarrow.parquet  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        raise MissingDependencyError(_PARQUET_EXTRA) from None
+    return pyarrow, pyarrow.parquet
+
+
+def _in_order(packets: Packets) -> Packets:
+    sequence = packets.sequence
+    if len(sequence) < 2 or bool(np.all(sequence[1:] >= sequence[:-1])):
+        return packets
+    return packets[np.argsort(sequence, kind="stable")]
+
+
+class FormatWriter:
+    """Write one document to a binary stream, a batch of packets at a time."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.records = 0
+        self._closed = False
+
+    def write(self, packets: Packets) -> None:
+        """Append the packets' records (in the order given) to the document."""
+        if self._closed:
+            raise ValueError("write() after close()")
+        if len(packets):
+            self._write(packets)
+            self.records += len(packets)
+
+    def close(self) -> None:
+        """Finish the document (the stream itself stays open)."""
+        if not self._closed:
+            self._closed = True
+            self._finish()
+
+    def _write(self, packets: Packets) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+
+class _JsonWriter(FormatWriter):
+    def _write(self, packets: Packets) -> None:
+        self.stream.write(b",\n" if self.records else b"[\n")
+        self.stream.write(text_rows(packets, "json"))
+
+    def _finish(self) -> None:
+        self.stream.write(b"\n]\n" if self.records else b"[]\n")
+
+
+class _NdjsonWriter(FormatWriter):
+    def _write(self, packets: Packets) -> None:
+        self.stream.write(text_rows(packets, "ndjson"))
+
+
+class _CsvWriter(FormatWriter):
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__(stream)
+        stream.write(_CSV_HEADER)
+
+    def _write(self, packets: Packets) -> None:
+        self.stream.write(text_rows(packets, "csv"))
+
+
+class _BinWriter(FormatWriter):
+    def _write(self, packets: Packets) -> None:
+        self.stream.write(encode(packets))
+
+
+class _ParquetWriter(FormatWriter):
+    """Typed columns; a row group is written each time ``ROW_GROUP_ROWS`` rows are held."""
+
+    def __init__(self, stream: BinaryIO, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        super().__init__(stream)
+        pa, pq = _pyarrow()
+        target: BinaryIO | _Appending = stream
+        if not _seekable(stream):
+            # pyarrow writes parquet front to back, but asks where it is: a pipe cannot
+            # say, so the bytes written are counted here.
+            target = _Appending(stream)
+        self._pa = pa
+        self._schema = pa.schema(
+            [
+                (JSON_KEYS[0], pa.string()),
+                (JSON_KEYS[1], pa.string()),
+                (JSON_KEYS[2], pa.int32()),
+                (JSON_KEYS[3], pa.int32()),
+                (JSON_KEYS[4], pa.int32()),
+            ]
+        )
+        self._writer = pq.ParquetWriter(target, self._schema)  # type: ignore[arg-type,unused-ignore]
+        self._rows = row_group_rows
+        self._held: list[Packets] = []
+        self._held_rows = 0
+
+    def _write(self, packets: Packets) -> None:
+        self._held.append(packets)
+        self._held_rows += len(packets)
+        while self._held_rows >= self._rows:
+            held = Packets.concat(self._held)
+            self._flush(held[: self._rows])
+            rest = held[self._rows :]
+            self._held = [rest] if len(rest) else []
+            self._held_rows = len(rest)
+
+    def _flush(self, packets: Packets) -> None:
+        pa = self._pa
+        columns = [
+            pa.array(_latin1(packets.symbol), pa.string()),
+            pa.array(_latin1(packets.buysellindicator), pa.string()),
+            pa.array(packets.quantity, pa.int32()),
+            pa.array(packets.price, pa.int32()),
+            pa.array(packets.sequence, pa.int32()),
+        ]
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self._schema))
+
+    def _finish(self) -> None:
+        if self._held_rows:
+            self._flush(Packets.concat(self._held))
+            self._held = []
+            self._held_rows = 0
+        self._writer.close()
+
+
+class _Appending:
+    """A write-only stream that knows its position: parquet onto a pipe."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._position = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        written = self._stream.write(data)
+        self._position += len(data)
+        return written
+
+    def tell(self) -> int:
+        return self._position
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        # The stream is the caller's to close; pyarrow closes its wrapper only.
+        self.closed = True
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _latin1(column: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    # Each byte is the latin-1 character it stands for, as in the JSON forms.
+    return np.char.decode(column, "latin-1")
+
+
+_WRITERS: dict[str, type[FormatWriter]] = {
+    "json": _JsonWriter,
+    "ndjson": _NdjsonWriter,
+    "csv": _CsvWriter,
+    "parquet": _ParquetWriter,
+    "bin": _BinWriter,
+}
+
+
+def open_writer(stream: BinaryIO, form: str) -> FormatWriter:
+    """Return a writer of a ``form`` document onto ``stream``."""
+    return _WRITERS[format_for("", form)](stream)
+
+
+def write(path: str | os.PathLike[str], packets: Packets, format: str | None = None) -> None:
+    """Write ``packets`` to ``path`` (``-``: stdout) in sequence order, atomically."""
+    form = format_for(path, format)
+    packets = _in_order(packets)
+    if os.fspath(path) == STDOUT:
+        out = sys.stdout.buffer
+        writer = open_writer(out, form)
+        writer.write(packets)
+        writer.close()
+        out.flush()
+        return
+    with AtomicFile(path) as file:
+        writer = open_writer(file.stream, form)
+        writer.write(packets)
+        writer.close()
+
+
+def iter_packets(
+    path: str | os.PathLike[str], form: str | None = None, block: int = BLOCK_SIZE
+) -> Iterator[Packets]:
+    """Yield the packets of the file at ``path``, parsed ``block`` bytes at a time."""
+    form = format_for(path, form)
+    if form == "parquet":
+        yield from _iter_parquet(path, block)
+        return
+    with open(path, "rb") as file:
+        if form == "bin":
+            yield from _iter_bin(file, block)
+            return
+        parser = TextParser(form)
+        while chunk := file.read(block):
+            batch = parser.feed(chunk)
+            if len(batch):
+                yield batch
+        batch = parser.close()
+        if len(batch):
+            yield batch
+
+
+def _iter_bin(file: BinaryIO, block: int) -> Iterator[Packets]:
+    decoder = Decoder(strict=True)
+    while chunk := file.read(block):
+        try:
+            batch = decoder.feed(chunk)
+        except ProtocolError as exc:
+            index = exc.offset // PACKET_SIZE
+            raise FeedError(
+                f"record {index}, field {exc.field!r}: invalid in the packet at byte "
+                f"offset {exc.offset}",
+                index,
+                exc.field,
+            ) from None
+        if len(batch):
+            yield batch
+    if decoder.pending:
+        raise FeedError(
+            f"not a whole number of {PACKET_SIZE}-byte packets: {decoder.pending} bytes "
+            f"left after record {decoder.offset // PACKET_SIZE - 1}"
+        )
+
+
+def _iter_parquet(path: str | os.PathLike[str], block: int) -> Iterator[Packets]:
+    _, pq = _pyarrow()
+    file = pq.ParquetFile(path)
+    names = file.schema_arrow.names
+    if names != list(JSON_KEYS):
+        raise FeedError(f"parquet columns are {names}, expected {list(JSON_KEYS)}")
+    start = 0
+    for batch in file.iter_batches(batch_size=max(1, block // 32)):
+        packets = _from_arrow(batch, start)
+        start += len(packets)
+        yield packets
+
+
+def _from_arrow(batch: Any, start: int) -> Packets:
+    columns = [batch.column(i) for i in range(5)]
+    for i, key in enumerate(JSON_KEYS):
+        if columns[i].null_count:
+            index = start + int(np.flatnonzero(columns[i].is_null().to_numpy(False))[0])
+            raise FeedError(f"record {index}, field {key!r}: missing", index, key)
+    texts = [np.asarray(c.to_numpy(zero_copy_only=False)).astype(str) for c in columns[:2]]
+    symbol = _encode_latin1(texts[0], 4, start, JSON_KEYS[0])
+    side = _encode_latin1(texts[1], 1, start, JSON_KEYS[1])
+    bad_side = np.flatnonzero((side != b"B") & (side != b"S"))
+    if len(bad_side):
+        _bad_value(start + int(bad_side[0]), JSON_KEYS[1], "'B' or 'S'")
+    ints = []
+    for column, key in zip(columns[2:], JSON_KEYS[2:], strict=True):
+        try:
+            ints.append(np.ascontiguousarray(column.to_numpy(False), dtype=np.int32))
+        except (TypeError, ValueError):
+            raise FeedError(f"field {key!r}: expected an int32 column", -1, key) from None
+    bad_sequence = np.flatnonzero(ints[2] < 1)
+    if len(bad_sequence):
+        _bad_value(start + int(bad_sequence[0]), JSON_KEYS[4], "an integer >= 1")
+    return Packets._from_columns(symbol, side, ints[0], ints[1], ints[2])
+
+
+def _encode_latin1(
+    texts: np.ndarray[Any, Any], width: int, start: int, key: str
+) -> np.ndarray[Any, Any]:
+    lengths = np.char.str_len(texts)
+    bad = np.flatnonzero((lengths < 1) | (lengths > width))
+    if not len(bad):
+        try:
+            return np.char.encode(texts, "latin-1").astype(f"S{width}")
+        except UnicodeEncodeError:
+            bad = np.array([i for i, text in enumerate(texts.tolist()) if max(text) > "\xff"])
+    _bad_value(start + int(bad[0]), key, f"1-{width} characters in \\u0001..\\u00ff")
+    raise AssertionError("unreachable")
+
+
+def _bad_value(index: int, key: str, expected: str) -> None:
+    raise FeedError(f"record {index}, field {key!r}: expected {expected}", index, key)
+
+
+def read(path: str | os.PathLike[str], format: str | None = None) -> Packets:
+    """Return the packets of the file at ``path``, its format named or by extension."""
+    return Packets.concat(list(iter_packets(path, format)))

@@ -1,0 +1,301 @@
+"""Formats: text_rows and TextParser on both engines, the writers and readers of formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packetcore._pure_text import CSV_HEADER
+from packetcore.errors import FeedError, MissingDependencyError
+from packetcore.feeds import book
+
+from packetcore import Packets, formats, read, to_json, write
+
+INT32 = st.integers(-(2**31), 2**31 - 1)
+TRICKY = [b'A"B', b"\\", b"a,b", b"\x01\n\r\t", b"\xe9\xff", b"X", b'""""', b" ,;"]
+
+
+def tricky() -> Packets:
+    n = len(TRICKY)
+    return Packets(
+        TRICKY,
+        [b"B", b"S"] * (n // 2),
+        np.arange(n, dtype=np.int64) - 2**31,
+        np.full(n, 2**31 - 1, dtype=np.int32),
+        np.arange(1, n + 1, dtype=np.int32),
+    )
+
+
+@st.composite
+def packet_batches(draw: st.DrawFn) -> Packets:
+    n = draw(st.integers(0, 30))
+    symbols = draw(st.lists(st.binary(min_size=1, max_size=4), min_size=n, max_size=n))
+    # NUL is the wire's padding: never a symbol's character.
+    symbols = [s.replace(b"\0", b"\x01") for s in symbols]
+    return Packets(
+        symbols,
+        draw(st.lists(st.sampled_from([b"B", b"S"]), min_size=n, max_size=n)),
+        draw(st.lists(INT32, min_size=n, max_size=n)),
+        draw(st.lists(INT32, min_size=n, max_size=n)),
+        draw(st.lists(st.integers(1, 2**31 - 1), min_size=n, max_size=n)),
+    )
+
+
+def document(engine: ModuleType, packets: Packets, form: str) -> bytes:
+    rows = engine.text_rows(packets, form)
+    if form == "json":
+        return b"[\n" + rows + b"\n]\n" if len(packets) else b"[]\n"
+    if form == "csv":
+        return CSV_HEADER + b"\n" + rows
+    return bytes(rows)
+
+
+def parse(engine: ModuleType, form: str, *chunks: bytes) -> Packets:
+    parser = engine.TextParser(form)
+    batches = [parser.feed(chunk) for chunk in chunks]
+    return Packets.concat([*batches, parser.close()])
+
+
+def test_json_rows_frame_to_the_to_json_document(engine: ModuleType) -> None:
+    feed = book()
+    assert document(engine, feed, "json") == to_json(feed)
+    assert engine.text_rows(Packets.empty(), "json") == b""
+
+
+@pytest.mark.parametrize("form", ["json", "ndjson", "csv"])
+def test_engines_write_the_same_bytes(engine: ModuleType, form: str) -> None:
+    from packetcore import _pure
+
+    assert engine.text_rows(tricky(), form) == _pure.text_rows(tricky(), form)
+
+
+def test_text_against_independent_readers(engine: ModuleType) -> None:
+    packets = tricky()
+    records = packets.to_records()
+    assert json.loads(document(engine, packets, "json")) == records
+    lines = engine.text_rows(packets, "ndjson").decode("ascii").splitlines()
+    assert [json.loads(line) for line in lines] == records
+    assert engine.text_rows(packets, "ndjson").split(b"\n")[:-1] == [
+        json.dumps(r).encode() for r in records
+    ]
+    text = document(engine, packets, "csv").decode("latin-1")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == list(records[0])
+    assert rows[1:] == [[str(v) for v in r.values()] for r in records]
+    # Quoted only where RFC 4180 needs it.
+    assert b"AAPL,B,50,100,1\n" in engine.text_rows(book(), "csv")
+
+
+@pytest.mark.parametrize("form", ["json", "ndjson", "csv"])
+@settings(max_examples=60, deadline=None)
+@given(packets=packet_batches())
+def test_round_trip_exact(engine: ModuleType, form: str, packets: Packets) -> None:
+    assert parse(engine, form, document(engine, packets, form)) == packets
+
+
+@pytest.mark.parametrize("form", ["json", "ndjson", "csv"])
+def test_split_at_every_byte(engine: ModuleType, form: str) -> None:
+    packets = tricky()[:4]
+    doc = document(engine, packets, form)
+    for k in range(len(doc) + 1):
+        assert parse(engine, form, doc[:k], doc[k:]) == packets, k
+    assert parse(engine, form, *[doc[i : i + 1] for i in range(len(doc))]) == packets
+
+
+def test_any_whitespace_key_order_and_escapes(engine: ModuleType) -> None:
+    raw = Path(__file__).parent.parent / "python" / "packetcore" / "data" / "orderbook.json"
+    assert parse(engine, "json", raw.read_bytes()) == book()
+    doc = (
+        b' [ {"price" :-7,\r\n"packetSequence":9 ,"quantity": 0,"buysellindicator":"\\u0053",'
+        b'"symbol":"\\"\\\\\\/\\u00e9"} ]\n'
+    )
+    got = parse(engine, "json", doc)
+    assert got == Packets([b'"\\/\xe9'], [b"S"], [0], [-7], [9])
+    line = b'{"symbol": "\xc3\xa9", "buysellindicator": "S", "quantity": 0, "price": -7, '
+    line += b'"packetSequence": 9} \r\n\n'
+    assert parse(engine, "ndjson", b"\n" + line) == Packets([b"\xe9"], [b"S"], [0], [-7], [9])
+
+
+GOOD = b'{"symbol": "A", "buysellindicator": "B", "quantity": 1, "price": 2, "packetSequence": %d}'
+
+
+def records(*bodies: bytes) -> bytes:
+    return b"[" + b",".join(bodies) + b"]"
+
+
+@pytest.mark.parametrize(
+    ("doc", "index", "field"),
+    [
+        (records(GOOD % 1, GOOD.replace(b'"A"', b'"ABCDE"') % 2), 1, "symbol"),
+        (records(GOOD % 1, GOOD.replace(b'"A"', b"12") % 2), 1, "symbol"),
+        (records(GOOD.replace(b'"A"', b'"\\u0100"') % 1), 0, "symbol"),
+        (records(GOOD.replace(b'"A"', b'"\\u0000"') % 1), 0, "symbol"),
+        (records(GOOD.replace(b'"B"', b'"b"') % 1), 0, "buysellindicator"),
+        (records(GOOD.replace(b": 1,", b": 1.5,") % 1), 0, "quantity"),
+        (records(GOOD.replace(b": 1,", b": true,") % 1), 0, "quantity"),
+        (records(GOOD.replace(b": 1,", b': "1",') % 1), 0, "quantity"),
+        (records(GOOD.replace(b": 2,", b": 2147483648,") % 1), 0, "price"),
+        (records(GOOD.replace(b": 2,", b": 01,") % 1), 0, "price"),
+        (records(GOOD % 0), 0, "packetSequence"),
+        (records(GOOD.replace(b'"price"', b'"venue"') % 1), 0, "venue"),
+        (records(GOOD.replace(b'"price": 2', b'"quantity": 2') % 1), 0, "quantity"),
+        (records(GOOD.replace(b', "price": 2', b"") % 1), 0, "price"),
+        (records(GOOD % 1, b"[1]"), 1, ""),
+        (records(GOOD % 1, b'{"symbol" "A"}'), 1, ""),
+        (records(GOOD % 1) + b" x", -1, ""),
+        (records(GOOD % 1)[:-1], -1, ""),
+        (records(GOOD % 1)[:-3], 0, ""),
+        (b'{"a": 1}', -1, ""),
+        (b"", -1, ""),
+        (records(GOOD % 1, b""), -1, ""),
+    ],
+)
+def test_malformed_json(engine: ModuleType, doc: bytes, index: int, field: str) -> None:
+    from packetcore import _pure
+
+    with pytest.raises(FeedError) as info:
+        parse(engine, "json", doc)
+    assert (info.value.index, info.value.field) == (index, field)
+    if index >= 0:
+        assert f"record {index}" in str(info.value)
+    with pytest.raises(FeedError) as twin:
+        parse(_pure, "json", doc[:7], doc[7:])
+    assert str(twin.value) == str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("doc", "index", "field"),
+    [
+        (b"symbol,side\nA,B,1,2,3\n", -1, ""),
+        (b"A,B,1,2,3\n", -1, ""),
+        (b"", -1, ""),
+        (CSV_HEADER + b"\nA,B,1,2,3\nA,B,1,2\n", 1, ""),
+        (CSV_HEADER + b"\nA,B,1,2,3,4\n", 0, ""),
+        (CSV_HEADER + b"\nABCDE,B,1,2,3\n", 0, "symbol"),
+        (CSV_HEADER + b'\n"A""B,S,1,2,3\n', 0, ""),
+        (CSV_HEADER + b'\nA"B,S,1,2,3\n', 0, ""),
+        (CSV_HEADER + b"\nA,X,1,2,3\n", 0, "buysellindicator"),
+        (CSV_HEADER + b"\nA,B,1.0,2,3\n", 0, "quantity"),
+        (CSV_HEADER + b"\nA,B,1,2,0\n", 0, "packetSequence"),
+    ],
+)
+def test_malformed_csv(engine: ModuleType, doc: bytes, index: int, field: str) -> None:
+    with pytest.raises(FeedError) as info:
+        parse(engine, "csv", doc)
+    assert (info.value.index, info.value.field) == (index, field)
+
+
+def test_ndjson_needs_one_record_a_line(engine: ModuleType) -> None:
+    with pytest.raises(FeedError) as info:
+        parse(engine, "ndjson", (GOOD % 1) + b" " + (GOOD % 2) + b"\n")
+    assert "not valid NDJSON" in str(info.value)
+
+
+def test_unknown_form(engine: ModuleType) -> None:
+    with pytest.raises(ValueError, match="ndjson"):
+        engine.TextParser("xml")
+    with pytest.raises(ValueError, match="ndjson"):
+        engine.text_rows(book(), "xml")
+
+
+def test_format_for() -> None:
+    assert formats.format_for("a/b.JSONL") == "ndjson"
+    assert formats.format_for("out.csv") == "csv"
+    assert formats.format_for("out.parquet") == "parquet"
+    assert formats.format_for("orderbook.bin") == "bin"
+    assert formats.format_for("out.txt") == "json"
+    assert formats.format_for("-") == "json"
+    assert formats.format_for("out.csv", "bin") == "bin"
+    with pytest.raises(ValueError, match="json, ndjson, csv, parquet, bin"):
+        formats.format_for("out.csv", "xml")
+
+
+@pytest.mark.parametrize("form", formats.FORMATS)
+def test_write_read_round_trip(tmp_path: Path, form: str) -> None:
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    packets = tricky() if form != "bin" else book()
+    path = tmp_path / f"out.{form}"
+    write(path, packets[::-1])
+    assert read(path) == packets
+    # A block smaller than one record still reads every record.
+    assert Packets.concat(list(formats.iter_packets(path, block=5))) == packets
+
+
+def test_bin_is_the_wire_bytes(tmp_path: Path) -> None:
+    from serverutil import reference_bytes
+
+    write(tmp_path / "orderbook.bin", book())
+    assert (tmp_path / "orderbook.bin").read_bytes() == reference_bytes()
+    (tmp_path / "cut.bin").write_bytes(reference_bytes()[:-3])
+    with pytest.raises(FeedError, match="whole number"):
+        read(tmp_path / "cut.bin")
+
+
+def test_empty_documents(tmp_path: Path) -> None:
+    write(tmp_path / "e.json", Packets.empty())
+    assert (tmp_path / "e.json").read_bytes() == b"[]\n"
+    write(tmp_path / "e.csv", Packets.empty())
+    assert (tmp_path / "e.csv").read_bytes() == CSV_HEADER + b"\n"
+    for name in ("e.json", "e.csv"):
+        assert len(read(tmp_path / name)) == 0
+
+
+def test_streaming_writer_matches_to_json() -> None:
+    feed = book()
+    stream = io.BytesIO()
+    writer = formats.open_writer(stream, "json")
+    for start in range(0, 14, 5):
+        writer.write(feed[start : start + 5])
+    writer.close()
+    assert stream.getvalue() == to_json(feed)
+    assert writer.records == 14
+
+
+def test_parquet_against_pyarrow(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    packets = tricky()
+    stream = io.BytesIO()
+    writer = formats._ParquetWriter(stream, row_group_rows=3)
+    writer.write(packets[:5])
+    writer.write(packets[5:])
+    writer.close()
+    table = pq.read_table(io.BytesIO(stream.getvalue()))
+    assert table.schema.names == list(packets[0]._fields)
+    assert table.schema.field("quantity").type == pa.int32()
+    assert table.schema.field("symbol").type == pa.string()
+    assert table.to_pylist() == packets.to_records()
+    assert pq.ParquetFile(io.BytesIO(stream.getvalue())).num_row_groups == 3
+
+
+def test_parquet_onto_a_pipe() -> None:
+    pytest.importorskip("pyarrow")
+    import subprocess
+
+    code = (
+        "import sys; from packetcore import formats; from packetcore.feeds import book; "
+        "w = formats.open_writer(sys.stdout.buffer, 'parquet'); w.write(book()); w.close()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    assert out.startswith(b"PAR1") and out.endswith(b"PAR1")
+
+
+def test_parquet_without_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(MissingDependencyError) as info:
+        write(tmp_path / "out.parquet", book())
+    message = str(info.value)
+    assert "\n" not in message
+    assert 'pip install "packetcore[parquet]"' in message
+    assert not (tmp_path / "out.parquet").exists()
+    assert list(tmp_path.iterdir()) == []
