@@ -363,3 +363,68 @@ def test_streamed_json_is_the_document_byte_for_byte(big: Server, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert output.read_bytes() == to_json(synthetic(300_000, seed=5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
+
+
+# -- every format, through the command ---------------------------------------------------------
+
+
+def _formats() -> list[str]:
+    from packetcore.formats import FORMATS
+
+    return list(FORMATS)
+
+
+@pytest.mark.parametrize("form", _formats())
+def test_every_format_from_its_extension(form: str, tmp_path: Path) -> None:
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    from packetcore.formats import read
+
+    suffix = {"ndjson": "jsonl"}.get(form, form)
+    output = tmp_path / f"output.{suffix}"
+    with Server(host="127.0.0.1", port=0, drop=0.25, seed=9) as server:
+        proc = _run(server.port, "-o", str(output), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert read(output) == book()
+
+
+@pytest.mark.parametrize("form", ["json", "ndjson", "csv", "bin"])
+def test_an_incomplete_fetch_saves_its_partial_in_the_chosen_format(
+    form: str, tmp_path: Path
+) -> None:
+    from packetcore.formats import read
+
+    feed = synthetic(5000, seed=4)
+    wire = encode(feed)
+
+    def half(conn: socket.socket) -> None:
+        # Extended, but the stream stops half-way and no range is ever answered.
+        request = conn.recv(2)
+        if request[:1] == b"\x03":
+            conn.sendall(encode_info(FeedInfo(1, len(feed))))
+            request = conn.recv(2)
+        if request[:1] == b"\x01":
+            conn.sendall(wire[: 17 * 2500])
+
+    output = tmp_path / "output.dat"
+    with _RawServer(half) as server:
+        proc = _run(server.port, "-o", str(output), "--format", form, "--retries", "1",
+                    "--max-passes", "2", *FAST)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "2501-5000" in proc.stderr
+    assert not output.exists()
+    assert read(tmp_path / "output.dat.partial", form) == feed[:2500]
+
+
+def test_the_fetch_command_imports_only_what_it_uses() -> None:
+    # No server code, no progress bar without a terminal, no pyarrow unless writing parquet.
+    probe = (
+        "import sys; from packetcore.cli.fetch import main; "
+        "print(' '.join(sorted(m for m in sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True
+    ).stdout.split()
+    for module in ("packetcore.server", "packetcore.feeds", "tqdm", "pyarrow", "orjson"):
+        assert module not in loaded
+    assert "packetcore.client" in loaded

@@ -97,8 +97,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     add("--max-passes", type=_at_least_one, default=_DEFAULTS.max_passes, metavar="N",
         help="base protocol: give up after N stream-all passes (default: %(default)s)")
     add("--strict", action="store_true",
-        help="fail (exit 4, nothing written) if the server sent conflicting duplicates "
-        "or invalid packets")
+        help="fail (exit 4, nothing written) if the server sent conflicting duplicates, "
+        "invalid packets or sequences judged corrupted")
     add_verbosity(parser)
     return parser
 
@@ -147,10 +147,11 @@ def fetch_into(
     try:
         with _progress_bar(verbosity) as progress:
             result = asyncio.run(_run(options, out, progress))
-            if strict and (result.conflicts or result.invalid):
+            if strict and (result.conflicts or result.invalid or result.corrupt):
                 raise UserError(
-                    f"--strict: the server sent {result.conflicts} conflicting and "
-                    f"{result.invalid} invalid packet(s); nothing written",
+                    f"--strict: the server sent {result.conflicts} conflicting, "
+                    f"{result.invalid} invalid and {result.corrupt} corrupted packet(s); "
+                    f"nothing written",
                     EXIT_STRICT,
                 )
             _warn_conflicts(result)
