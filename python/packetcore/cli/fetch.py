@@ -100,9 +100,9 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     """Run ``packetcore-fetch``; return the exit status."""
-    return run(PROGRAM, build_parser(), _fetch, argv)
+    return run(PROGRAM, build_parser(prog), _fetch, argv)
 
 
 def _fetch(args: argparse.Namespace) -> int:
