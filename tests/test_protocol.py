@@ -79,9 +79,12 @@ def test_framing_survives_any_split(cuts: list[int]) -> None:
     assert framer.pending == 0
 
 
-def test_unknown_call_type_ends_framing() -> None:
+def test_unknown_call_type_is_a_two_byte_request() -> None:
     framer = RequestFramer()
-    assert framer.feed(b"\x02\x01\x09\x00\x01\x00") == [Request(RESEND, 1, 1), Request(9)]
+    got = framer.feed(b"\x02\x01\x09\x00\x01\x00\x00\x07\xff")
+    assert got == [Request(RESEND, 1, 1), Request(9), Request(STREAM_ALL), Request(0)]
+    assert framer.pending == 1
+    assert framer.feed(b"\xff" + range_request(2, 3)) == [Request(255), Request(RESEND_RANGE, 2, 3)]
     assert framer.pending == 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
@@ -223,6 +224,30 @@ def test_unsorted_feed_with_gaps_is_served_in_sequence_order() -> None:
     assert answer == ordered[PACKET : 2 * PACKET] * 2
 
 
+def test_feed_not_starting_at_1_is_served_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    feed = synthetic(20, seed=8)[9:]  # sequences 10..20
+    with (
+        caplog.at_level(logging.WARNING, logger="packetcore.server"),
+        Server(feed, host="127.0.0.1", port=0, drop=0.0) as running,
+    ):
+        assert exchange(running, STREAM_ALL) == encode(feed)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "starts at sequence 10" in warnings[0]
+    assert "base-protocol clients" in warnings[0] and "extended" in warnings[0]
+
+
+def test_feed_starting_at_1_has_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="packetcore.server"),
+        Server(synthetic(20, seed=8)[:15], host="127.0.0.1", port=0) as running,
+    ):
+        assert running.info == FeedInfo(1, 15)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
@@ -241,20 +266,46 @@ def test_resend_seq_is_read_unsigned() -> None:
     assert decode(answer).sequence.tolist() == [200, 255]
 
 
-@pytest.mark.parametrize("call_type", [0, 5, 9, 255])
-def test_unknown_call_type_closes_that_connection_only(server: Server, call_type: int) -> None:
+@pytest.mark.parametrize("call_type", [0, 9, 200, 255])
+def test_unknown_call_type_is_ignored_and_the_connection_kept(
+    server: Server, call_type: int
+) -> None:
     wire = reference_bytes()
-    with connect(server) as other:
-        other.sendall(resend_request(1))
-        assert recv_exact(other, PACKET) == packets_of(wire, 1)
-        with connect(server) as sock:
-            # Answers before it are written; the connection then closes without a FIN
-            # from the client.
-            sock.sendall(resend_request(4) + bytes((call_type, 0)) + resend_request(5))
-            assert recv_all(sock) == packets_of(wire, 4)
-        other.sendall(resend_request(2))
-        assert recv_exact(other, PACKET) == packets_of(wire, 2)
+    with connect(server) as sock:
+        # As the reference exchange: nothing written back, the requests after it answered.
+        sock.sendall(resend_request(4) + bytes((call_type, 7)) + resend_request(5))
+        assert recv_exact(sock, 2 * PACKET) == packets_of(wire, 4, 5)
+        sock.sendall(bytes((call_type, 0)))
+        sock.sendall(HELLO)
+        assert recv_exact(sock, 16) == encode_info_for(server)
+        sock.sendall(bytes((call_type,)))  # split: still framed as 2 bytes
+        sock.sendall(b"\x00" + resend_request(14))
+        assert recv_exact(sock, PACKET) == packets_of(wire, 14)
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b""
+    assert server.stats.bad_requests == 3
+    assert server.stats.packets_resent == 3
+
+
+def test_unknown_call_type_then_stream_all_gets_the_stream(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"\x09\x00\x01\x00")
+        # No half-close: the stream and its end must come from the server.
+        assert recv_all(sock) == reference_bytes()
     assert server.stats.bad_requests == 1
+    assert server.stats.streams == 1
+
+
+def test_unknown_call_types_are_logged_at_debug_only(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="packetcore.server"):
+        assert exchange(server, b"\x09\x00" * 3 + resend_request(1)) == packets_of(
+            reference_bytes(), 1
+        )
+    ignored = [r for r in caplog.records if "unknown callType 9" in r.getMessage()]
+    assert len(ignored) == 3
+    assert all(record.levelno == logging.DEBUG for record in ignored)
 
 
 def test_incomplete_request_before_half_close_is_ignored(server: Server) -> None:
@@ -554,8 +605,8 @@ def test_cli_serves_and_stops_on_signal(signum: int) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0
+    assert process.returncode == 128 + signum  # 143 or 130, as a shell reports them
     summary = [line for line in stderr.splitlines() if line.startswith("packetcore-serve:")]
     assert len(summary) == 1
-    assert "stopped:" in summary[0]
+    assert f"stopped by {signal.Signals(signum).name}:" in summary[0]
     assert "14 packets sent" in summary[0] or "28 packets sent" in summary[0]

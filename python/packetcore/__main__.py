@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+PROG = "python -m packetcore"
 USAGE = """usage: python -m packetcore {serve,fetch,demo} [options]
 
   serve   run the exchange (same as packetcore-serve)
@@ -17,23 +18,29 @@ USAGE = """usage: python -m packetcore {serve,fetch,demo} [options]
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the command named by the first argument."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        # No command is a usage error: the usage goes where errors go.
+        print(USAGE, file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if args else 2
+        return 0
     command, rest = args[0], args[1:]
+    # Each command's usage and errors name it as it was typed.
+    prog = f"{PROG} {command}"
     if command == "serve":
         from .cli.serve import main as serve
 
-        return serve(rest)
+        return serve(rest, prog=prog)
     if command == "fetch":
         from .cli.fetch import main as fetch
 
-        return fetch(rest)
+        return fetch(rest, prog=prog)
     if command == "demo":
         from .cli.demo import main as demo
 
-        return demo(rest)
-    print(f"python -m packetcore: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return demo(rest, prog=prog)
+    print(f"{PROG}: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
 

@@ -76,8 +76,11 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
             count = int(text)
         except ValueError:
             raise FeedError(f"feed {spec!r}: {text!r} is not a packet count") from None
-        if count < 1:
-            raise FeedError(f"feed {spec!r}: a synthetic feed needs at least 1 packet")
+        if not 1 <= count <= MAX_SEQUENCE:
+            raise FeedError(
+                f"feed {spec!r}: a synthetic feed holds 1..{MAX_SEQUENCE} packets "
+                f"(at least 1 packet, at most one per positive int32 sequence)"
+            )
         return synthetic(count, seed)
     path = Path(spec)
     source = f"feed file {os.fspath(path)!r}"

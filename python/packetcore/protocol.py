@@ -124,7 +124,8 @@ class Request:
 class RequestFramer:
     """Frame requests out of one connection's byte stream, split or coalesced anyhow.
 
-    At most one incomplete request (under 10 bytes) is ever held.
+    Every callType but 4 frames as 2 bytes, unknown ones included, as the reference
+    exchange reads them; at most one incomplete request (under 10 bytes) is ever held.
     """
 
     def __init__(self) -> None:
@@ -138,8 +139,8 @@ class RequestFramer:
     def feed(self, chunk: bytes) -> list[Request]:
         """Return the requests that ``chunk`` completed, in order.
 
-        An unknown callType is returned as a request of its own (with no sequences)
-        and ends framing: what follows it cannot be framed, so it is discarded.
+        An unknown callType is returned as a 2-byte request of its own, with no
+        sequences: the server ignores it and framing carries on after it.
         """
         buffer = self._buffer
         buffer += chunk
@@ -159,9 +160,6 @@ class RequestFramer:
                 requests.append(Request(RESEND, buffer[at + 1], 1))
             else:
                 requests.append(Request(call_type))
-                if call_type not in (STREAM_ALL, HELLO):
-                    at = size
-                    break
             at += REQUEST_SIZE
         del buffer[:at]
         return requests

@@ -68,7 +68,7 @@ class ServerStats:
     packets_sent: int = 0  #: packets written by stream-all
     packets_resent: int = 0  #: packets written by resend and resend-range requests
     packets_dropped: int = 0  #: packets the loss simulation dropped
-    bad_requests: int = 0  #: unknown callTypes and resends of sequences the feed lacks
+    bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks
     timeouts: int = 0  #: connections closed for idling past idle_timeout
 
     def summary(self) -> str:
@@ -200,6 +200,14 @@ class Server:
             ", ".join(str(address[0]) for address in self._bound),
             self.drop, self.drop_resends, ", last packet kept" if self.keep_last else "",
         )  # fmt: skip
+        if self._first != 1:
+            # Served anyway: extended clients learn the first sequence from the hello.
+            log.warning(
+                "the feed starts at sequence %d, not 1: base-protocol clients expect "
+                "sequences from 1 and cannot fetch it whole; only extended (packetcore) "
+                "clients can",
+                self._first,
+            )
         return self
 
     async def stop_async(self) -> None:
@@ -416,10 +424,9 @@ class Server:
                     await self._stream_all(conn)
                     return False
                 else:
-                    await self._flush(conn, out)
+                    # The reference exchange ignores an unknown callType and reads on.
                     self.stats.bad_requests += 1
-                    log.warning("closing %s: unknown callType %d", conn.peer, kind)
-                    return False
+                    log.debug("ignored unknown callType %d from %s", kind, conn.peer)
                 if len(out) >= _FLUSH_SIZE:
                     await self._flush(conn, out)
             await self._flush(conn, out)

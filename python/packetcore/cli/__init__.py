@@ -1,22 +1,41 @@
 """Command-line plumbing shared by ``packetcore-serve`` and ``packetcore-fetch``.
 
 Every failure a user can cause ends in one line on stderr and a non-zero exit;
-``-v`` adds the traceback.
+``-v`` adds the traceback.  SIGINT and SIGTERM end a command the same way: one line,
+exit 130 or 143 (128 + the signal's number), as a shell reports them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 
 from ..errors import PacketcoreError
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "UserError", "add_verbosity", "run", "setup_logging"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "Terminated",
+    "UserError",
+    "add_verbosity",
+    "run",
+    "setup_logging",
+]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: 128 + SIGINT: what a shell reports for a command ended by Ctrl-C.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+#: 128 + SIGTERM.
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 log = logging.getLogger("packetcore")
 
@@ -27,6 +46,13 @@ class UserError(PacketcoreError):
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread while :func:`run` runs a command.
+
+    A KeyboardInterrupt, so that every cleanup written for Ctrl-C runs for SIGTERM too.
+    """
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -65,14 +91,23 @@ def run(
     body: Callable[[argparse.Namespace], int],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Parse ``argv`` and call ``body``; turn any failure into one line and an exit code."""
-    args = parser.parse_args(argv)
-    setup_logging(args.verbosity)
+    """Parse ``argv`` and call ``body``; turn any failure or signal into one line and a code."""
+    with _sigterm_raises():
+        try:
+            args = parser.parse_args(argv)
+            setup_logging(args.verbosity)
+            return _call(program, body, args)
+        except Terminated:
+            print(f"{program}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
+        except KeyboardInterrupt:
+            print(f"{program}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _call(program: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return body(args)
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted", file=sys.stderr)
-        return 130
     except UserError as exc:
         _report(program, exc, args.verbosity)
         return exc.exit_code
@@ -83,6 +118,28 @@ def run(
         _report(program, MemoryError(f"not enough memory ({exc or 'allocation failed'})"),
                 args.verbosity)  # fmt: skip
         return EXIT_FAILURE
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Make SIGTERM raise :class:`Terminated` in the main thread while the block runs."""
+    # Only where SIGTERM would kill the process outright: a handler someone installed,
+    # or SIG_IGN, stays as it is; and only the main thread may set handlers.
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def _report(program: str, exc: BaseException, verbosity: int) -> None:

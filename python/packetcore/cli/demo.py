@@ -2,7 +2,8 @@
 
 A packetcore server runs in this process on a free loopback port; the fetch is the
 same one ``packetcore-fetch`` makes, written to ``output.json`` in the working
-directory, with the same summary line and exit status.
+directory, with the same summary line and exit status.  That line is all it prints
+(``-v`` adds the server's address and the logs); a failure prints one error line.
 """
 
 from __future__ import annotations
@@ -12,23 +13,24 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..client import FetchError, fetch
 from ..feeds import load_feed
 from ..output import check_writable
 from ..server import Server
 from . import UserError, add_verbosity, run
-from .fetch import finish
+from ..session import FetchOptions
+from .fetch import fetch_into
 from .options import probability, seed
 
 __all__ = ["build_parser", "main"]
 
 PROGRAM = "packetcore demo"
+PROG = "python -m packetcore demo"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """Return the parser of the demo options."""
     parser = argparse.ArgumentParser(
-        prog="python -m packetcore demo",
+        prog=prog,
         description=(
             "Start a packetcore server on a free loopback port, fetch its feed into "
             "output.json, print the summary, stop the server."
@@ -55,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     """Run the demo; return the exit status."""
-    return run(PROGRAM, build_parser(), _demo, argv)
+    return run(PROGRAM, build_parser(prog), _demo, argv)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -72,14 +74,15 @@ def _demo(args: argparse.Namespace) -> int:
         logging.getLogger("packetcore.server").setLevel(logging.WARNING)
     feed = load_feed(args.feed, args.seed)
     with Server(feed, host="127.0.0.1", port=0, drop=args.drop, seed=args.seed) as server:
-        if args.verbosity >= 0:
+        if args.verbosity > 0:
             print(
                 f"packetcore demo: serving {len(feed)} packets on 127.0.0.1 port "
                 f"{server.port} (drop {args.drop:g}); fetching into {args.output}",
                 file=sys.stderr,
             )
-        try:
-            result = fetch("127.0.0.1", server.port, protocol=args.protocol)
-        except FetchError as exc:
-            raise UserError(str(exc)) from exc
-    return finish(result, args.output, quiet=args.verbosity < 0)
+        options = FetchOptions(host="127.0.0.1", port=server.port, protocol=args.protocol)
+        return fetch_into(options, args.output, verbosity=args.verbosity)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

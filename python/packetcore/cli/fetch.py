@@ -103,10 +103,10 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     """Run ``packetcore-fetch``; return the exit status."""
     started = time.perf_counter()  # the summary quotes the wall time the user waited
-    return run(PROGRAM, build_parser(), lambda args: _fetch(args, started), argv)
+    return run(PROGRAM, build_parser(prog), lambda args: _fetch(args, started), argv)
 
 
 def _fetch(args: argparse.Namespace, started: float) -> int:
@@ -194,11 +194,12 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
         received.append(signum)
         task.cancel()
 
-    installed = []
+    installed: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, interrupt, signum)
-            installed.append(signum)
+            installed[signum] = previous
     try:
         result = await run_fetch(
             options, out.put, progress, stopped=stopped,
@@ -211,8 +212,11 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
     except FetchError as exc:
         raise UserError(str(exc)) from exc
     finally:
-        for signum in installed:
+        for signum, previous in installed.items():
             loop.remove_signal_handler(signum)
+            # Back to what was there (cli.run's handlers), not to asyncio's defaults: a
+            # signal while the output is put in place must still clean up.
+            signal.signal(signum, previous)
     if stopped.done():
         raise UserError(stopped.result())
     return result

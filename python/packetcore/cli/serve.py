@@ -1,4 +1,8 @@
-"""``packetcore-serve``: run the exchange until SIGINT or SIGTERM."""
+"""``packetcore-serve``: run the exchange until SIGINT or SIGTERM.
+
+Exit codes: 130 after SIGINT, 143 after SIGTERM (128 + the signal's number, as a shell
+reports them); 1 failure (port in use, bad feed); 2 bad option.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ import asyncio
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from ..feeds import load_feed
 from ..protocol import DEFAULT_PORT
 from ..server import Server
-from . import UserError, add_verbosity, log, run
+from . import UserError, add_verbosity, run
 from .options import integer, number, probability, seed
 
 __all__ = ["build_parser", "main"]
@@ -24,19 +29,23 @@ Serve a sequenced exchange feed over TCP.  Every client of the reference exchang
 works unchanged (callType 1 streams the feed with simulated loss and closes, callType
 2 resends one packet); packetcore clients also get the extension (hello, resend
 range).  The defaults reproduce the reference: port 3000, the 14-packet order book,
-a 0.25 chance of dropping each streamed packet, resends never dropped.  SIGINT or
-SIGTERM stops the server and prints a one-line summary."""
+a 0.25 chance of dropping each streamed packet, resends never dropped.
+
+The line naming the port is printed even with -q.  SIGINT or SIGTERM stops the server
+at once and prints a one-line summary; the exit status is then 130 (SIGINT) or 143
+(SIGTERM), 128 + the signal's number, as a shell reports them."""
 
 
 _port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
 _seconds = number(0.0, what="a duration of 0 seconds or more")
 _count = integer(1, what="1 or more")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """Return the argument parser of ``packetcore-serve``."""
     parser = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=prog,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--port", type=_port, default=DEFAULT_PORT,
-        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free port and logs it)",
+        help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free port and prints it)",
     )  # fmt: skip
     parser.add_argument(
         "--feed", default="book", metavar="FEED",
@@ -88,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     """Run ``packetcore-serve`` and return its exit code."""
-    return run(PROGRAM, build_parser(), _serve, argv)
+    return run(PROGRAM, build_parser(prog), _serve, argv)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -107,24 +116,50 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
     )
-    asyncio.run(_run(server))
-    if args.verbosity >= 0:
-        print(f"{PROGRAM}: stopped: {server.stats.summary()}", file=sys.stderr)
-    return 0
+    # The event loop's handlers replace these while it runs, and closing it leaves
+    # SIG_DFL behind: put back what run() installed.
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    try:
+        signum = asyncio.run(_run(server))
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in previous.items():
+                if handler is not None:
+                    signal.signal(number, handler)
+    name = signal.Signals(signum).name
+    print(f"{PROGRAM}: stopped by {name}: {server.stats.summary()}", file=sys.stderr)
+    return 128 + signum
 
 
-async def _run(server: Server) -> None:
+async def _run(server: Server) -> int:
+    """Serve until SIGINT or SIGTERM; return the signal's number."""
     try:
         await server.start_async()
     except OSError as exc:
         raise UserError(str(exc.strerror or exc)) from None
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    stopped: asyncio.Future[int] = loop.create_future()
+
+    def stop(signum: int) -> None:
+        if not stopped.done():
+            stopped.set_result(signum)
+
+    for signum in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
-            loop.add_signal_handler(signum, stop.set)
-    log.info("listening on port %d; SIGINT or SIGTERM stops the server", server.port)
+            loop.add_signal_handler(signum, stop, signum)
+    where = ", ".join(str(address[0]) for address in server.addresses)
+    # Printed even with -q: with --port 0 it is the one thing the user must know.
+    print(
+        f"{PROGRAM}: listening on port {server.port} ({server.host}: {where}); "
+        f"SIGINT or SIGTERM stops the server",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
-        await stop.wait()
+        return await stopped
     finally:
         await server.stop_async()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

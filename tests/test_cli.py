@@ -1,0 +1,303 @@
+"""The command line: ``python -m packetcore``, its commands' names, signals, ``make demo``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from packetcore.__main__ import main as packetcore_main
+from packetcore.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, add_verbosity, run
+from packetcore.cli.serve import main as serve_main
+from packetcore.protocol import stream_all_request
+from serverutil import recv_all, reference_bytes
+
+import packetcore
+
+SRC = str(Path(packetcore.__file__).resolve().parents[1])
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+TIMEOUT = 30.0
+LISTENING = re.compile(r"^packetcore-serve: listening on port (\d+) \(127\.0\.0\.1: 127\.0\.0\.1\)")
+
+
+def python(*args: str) -> subprocess.Popen[str]:
+    """Start ``python *args`` with this package importable; stdout and stderr piped."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """Wait for ``process``; return its status, stdout and stderr."""
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stdout, stderr
+
+
+@pytest.fixture
+def serve() -> Iterator[list[subprocess.Popen[str]]]:
+    """Start ``python -m packetcore serve`` processes; kill any left running."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def start_serve(
+    started: list[subprocess.Popen[str]], *args: str
+) -> tuple[subprocess.Popen[str], int]:
+    """Start a quiet server on a free 127.0.0.1 port; return it and the port it prints."""
+    process = python("-m", "packetcore", "serve", "--host", "127.0.0.1", "--port", "0", *args)
+    started.append(process)
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    found = LISTENING.match(line)
+    assert found, f"expected the listening line first, got {line!r}"
+    return process, int(found.group(1))
+
+
+# -- python -m packetcore ---------------------------------------------------------------------
+
+
+def test_no_command_is_a_usage_error_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    assert packetcore_main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: python -m packetcore {serve,fetch,demo}")
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_is_usage_on_stdout(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert packetcore_main([flag]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: python -m packetcore {serve,fetch,demo}")
+    assert err == ""
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert packetcore_main(["fletch"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("python -m packetcore: error: unknown command 'fletch'")
+
+
+@pytest.mark.parametrize("command", ["serve", "fetch", "demo"])
+def test_command_usage_names_it_as_typed(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        packetcore_main([command, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m packetcore {command} [-h]")
+    with pytest.raises(SystemExit) as exited:
+        packetcore_main([command, "--no-such-option"])
+    assert exited.value.code == 2
+    assert f"python -m packetcore {command}: error: unrecognized" in capsys.readouterr().err
+
+
+def test_console_script_keeps_its_own_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        serve_main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: packetcore-serve [-h]")
+
+
+@pytest.mark.parametrize(
+    ("module", "prog"),
+    [
+        ("packetcore.cli.serve", "packetcore-serve"),
+        ("packetcore.cli.demo", "python -m packetcore demo"),
+        ("packetcore.cli.fetch", "packetcore-fetch"),
+    ],
+)
+def test_command_modules_run_as_scripts(module: str, prog: str) -> None:
+    status, stdout, _ = finish(python("-m", module, "--help"))
+    assert status == 0
+    assert stdout.startswith(f"usage: {prog} [-h]")
+    status, _, stderr = finish(python("-m", module, "--no-such-option"))
+    assert status == 2
+    assert "unrecognized arguments" in stderr
+
+
+@pytest.mark.parametrize("count", ["0", "-5", "2147483648"])
+def test_synthetic_feed_size_message_matches_the_check(
+    count: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert serve_main(["--feed", f"synthetic:{count}", "--port", "0", "-q"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"packetcore-serve: error: feed 'synthetic:{count}': a synthetic feed holds "
+        f"1..2147483647 packets (at least 1 packet, at most one per positive int32 sequence)"
+    ]
+
+
+# -- run(): signals ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probe")
+    add_verbosity(parser)
+    return parser
+
+
+def test_run_turns_sigterm_into_one_line_and_143(capsys: pytest.CaptureFixture[str]) -> None:
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this test process handles SIGTERM itself")
+    cleaned: list[str] = []
+
+    def body(args: argparse.Namespace) -> int:
+        # Without a handler SIGTERM would end the test run itself.
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "no SIGTERM handler"
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            threading.Event().wait(TIMEOUT)  # the handler's exception ends the wait
+            return 0
+        except KeyboardInterrupt as exc:
+            cleaned.append(type(exc).__name__)  # Ctrl-C cleanups run for SIGTERM too
+            raise
+
+    assert run("probe", _parser(), body, []) == EXIT_TERMINATED == 143
+    assert cleaned == ["Terminated"]
+    assert capsys.readouterr().err == "probe: terminated\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
+def test_run_turns_ctrl_c_into_one_line_and_130(capsys: pytest.CaptureFixture[str]) -> None:
+    def body(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    assert run("probe", _parser(), body, []) == EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "probe: interrupted\n"
+
+
+def test_run_leaves_a_sigterm_handler_it_did_not_install() -> None:
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    def body(args: argparse.Namespace) -> int:
+        assert signal.getsignal(signal.SIGTERM) is handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        assert run("probe", _parser(), body, []) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM]
+
+
+def test_terminated_is_a_keyboard_interrupt() -> None:
+    assert issubclass(Terminated, KeyboardInterrupt)
+
+
+# -- packetcore-serve: the port, signals ------------------------------------------------------
+
+
+def test_serve_quiet_prints_the_port_and_serves(serve: list[subprocess.Popen[str]]) -> None:
+    process, port = start_serve(serve, "-q", "--drop", "0")
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(stream_all_request())
+        assert recv_all(sock) == reference_bytes()
+    process.send_signal(signal.SIGTERM)
+    status, _, stderr = finish(process)
+    assert status == 143
+    # -q: nothing but the stop line after the listening line.
+    assert stderr.splitlines() == [
+        "packetcore-serve: stopped by SIGTERM: 1 connections (0 refused), 1 streams, "
+        "14 packets sent, 0 resent, 0 dropped, 0 bad requests"
+    ]
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_serve_stops_at_once_on_a_signal_mid_stream(
+    serve: list[subprocess.Popen[str]], signum: signal.Signals, status: int
+) -> None:
+    # A client that asked for a large stream and reads none of it holds the server in
+    # drain(); with no idle timeout only the signal can end that.
+    process, port = start_serve(
+        serve, "-q", "--feed", "synthetic:1000000", "--seed", "1", "--idle-timeout", "0"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
+        sock.sendall(stream_all_request())
+        assert sock.recv(17)  # the stream has begun
+        began = time.monotonic()
+        process.send_signal(signum)
+        try:
+            process.wait(5.0)  # a hang would last forever: --idle-timeout 0
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"packetcore-serve still runs 5 s after {signum.name}")
+        took = time.monotonic() - began
+    code, _, stderr = finish(process)
+    assert code == status
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"packetcore-serve: stopped by {signum.name}: 1 connections")
+    print(f"stopped {took:.3f} s after {signum.name}")
+
+
+# -- make demo --------------------------------------------------------------------------------
+
+
+def test_make_demo_prints_only_the_summary_line(tmp_path: Path) -> None:
+    make = shutil.which("make")
+    if make is None or not MAKEFILE.is_file():
+        pytest.skip("needs make and the source tree's Makefile")
+    # A stand-in venv whose python is this one and whose setup counts as done: the
+    # recipe runs as written, without installing anything.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    shim = venv / "bin" / "python"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    shim.chmod(0o755)
+    (venv / ".deps").touch()  # newer than pyproject.toml: no venv is made
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    env["PYTHONPATH"] = SRC
+
+    def make_demo(*demo_args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [make, "demo", f"VENV={venv}", "PYTHON=false", "PIP=true",
+             "DEMO_ARGS=" + " ".join(demo_args)],
+            cwd=MAKEFILE.parent, capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+
+    output = tmp_path / "output.json"
+    done = make_demo("--seed", "3", "-o", str(output))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert re.fullmatch(
+        rf"14 packets .* -> {re.escape(str(output))} \[extended protocol\]", lines[0]
+    )
+    assert output.is_file()
+
+    failed = make_demo("-o", str(tmp_path / "missing" / "output.json"))
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if not line.startswith("make")]
+    assert errors == [
+        f"packetcore demo: error: cannot write the output: output directory "
+        f"'{tmp_path / 'missing'}' does not exist"
+    ]
