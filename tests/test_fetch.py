@@ -20,12 +20,12 @@ from packetcore.base_mode import chance_unseen
 from packetcore.cli.fetch import EXIT_INCOMPLETE, EXIT_STRICT
 from packetcore.cli.fetch import main as fetch_main
 from packetcore.client import FetchError, fetch, fetch_async
-from packetcore.ranges import asked_for_again, coalesce, format_ranges, merge, range_requests
 from packetcore.engine import implementation
 from packetcore.feeds import book, synthetic
 from packetcore.protocol import FeedInfo, encode_info, range_request
-from packetcore.session import FetchOptions, Link, Session
+from packetcore.ranges import asked_for_again, coalesce, format_ranges, range_requests
 from packetcore.server import Server
+from packetcore.session import FetchOptions, Link, Session
 
 from packetcore import Decoder, Packets, encode, to_json
 

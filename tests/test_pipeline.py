@@ -94,7 +94,8 @@ def _endless(conn: socket.socket) -> None:
     sequence = 1
     while True:
         batch = b"".join(
-            struct.pack(">4s1siii", b"ENDL", b"B", 1, 2, s) for s in range(sequence, sequence + 1000)
+            struct.pack(">4s1siii", b"ENDL", b"B", 1, 2, s)
+            for s in range(sequence, sequence + 1000)
         )
         conn.sendall(batch)
         sequence += 1000
@@ -285,8 +286,10 @@ def test_huge_sequences_in_base_mode_keep_memory_small(tmp_path: Path) -> None:
     # memory follows the packets held, not the span of sequences.
     feed = Packets([b"HUGE"] * 2, [b"B"] * 2, [1, 2], [3, 4], [2**31 - 2, 2**31 - 1])
     with Server(feed, host="127.0.0.1", port=0, drop=0.5, seed=2) as server:
-        code, err, peak = _run_measured(server.port, "-o", str(tmp_path / "o.json"),
-                                        "--protocol", "base", "--max-passes", "8", *FAST)  # fmt: skip
+        output = str(tmp_path / "o.json")
+        code, err, peak = _run_measured(
+            server.port, "-o", output, "--protocol", "base", "--max-passes", "8", *FAST
+        )
     assert code == 3, err
     _one_line_error(err)
     assert peak < RSS_BOUND, f"peak RSS {peak >> 20} MiB"
@@ -341,9 +344,11 @@ def test_slices(protocol: str, start: int | None, stop: int | None) -> None:
 
 
 def test_a_slice_beyond_the_feed_fails_cleanly() -> None:
-    with Server(host="127.0.0.1", port=0, drop=0.0, seed=6) as server:
-        with pytest.raises(FetchError, match="slice"):
-            fetch(port=server.port, protocol="extended", start=20, stop=30, timeout=0.5)
+    with (
+        Server(host="127.0.0.1", port=0, drop=0.0, seed=6) as server,
+        pytest.raises(FetchError, match="slice"),
+    ):
+        fetch(port=server.port, protocol="extended", start=20, stop=30, timeout=0.5)
 
 
 def test_a_slice_above_127_in_base_mode() -> None:

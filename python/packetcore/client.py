@@ -292,10 +292,7 @@ def _finish(session: Session, outcome: Outcome, started: float) -> FetchResult:
     """Pass every packet still held to the output, and say what the fetch got."""
     store = session.store
     complete = store.complete and not outcome.reason
-    if outcome.mode == "extended" or store.last_known:
-        end = store.last
-    else:
-        end = store.highest
+    end = store.last if outcome.mode == "extended" or store.last_known else store.highest
     missing_ranges = store.missing_ranges()
     if not complete:
         # Everything held goes out, gaps and all; the ceiling no longer holds it back.
@@ -306,8 +303,7 @@ def _finish(session: Session, outcome: Outcome, started: float) -> FetchResult:
         session.advance(stop=(end or store.first - 1) + 1)
     if session.received == 0 and not complete:
         raise FetchError(
-            f"{session.options.host}:{session.options.port}: no packet arrived "
-            f"({outcome.reason})"
+            f"{session.options.host}:{session.options.port}: no packet arrived ({outcome.reason})"
         )
     missing = inclusive(merge(missing_ranges)) if not complete else ()
     return FetchResult(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from .errors import FetchError
 from .outcome import Outcome
@@ -73,9 +74,10 @@ async def _extra_pass(session: Session, outcome: Outcome) -> int:
 
 async def _progress(session: Session, streaming: asyncio.Future[None]) -> None:
     """Wait until more packets arrive or the stream ends."""
-    arrived = asyncio.ensure_future(session.arrived.wait())
+    arrived: asyncio.Future[Any] = asyncio.ensure_future(session.arrived.wait())
+    either: set[asyncio.Future[Any]] = {arrived, streaming}
     try:
-        await asyncio.wait({arrived, streaming}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         arrived.cancel()
 

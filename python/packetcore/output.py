@@ -25,11 +25,11 @@ from .errors import PacketcoreError
 from .packets import Packets
 
 __all__ = [
+    "PARTIAL_SUFFIX",
+    "STDOUT",
     "AtomicFile",
     "Output",
     "OutputError",
-    "PARTIAL_SUFFIX",
-    "STDOUT",
     "check_writable",
     "partial_path",
     "write_atomic",
@@ -185,7 +185,7 @@ def _stdout() -> BinaryIO:
         os.fstat(1)
     except OSError:
         raise OutputError("cannot write to stdout: it is closed") from None
-    return open(1, "wb", closefd=False)  # noqa: SIM115 (closed by Output)
+    return open(1, "wb", closefd=False)
 
 
 class Output:

@@ -404,7 +404,10 @@ class Session:
         if new:
             self.arrived.set()
             now = time.monotonic()
-            if now - self._advanced >= _ADVANCE_EVERY or store.contiguous() - store.cursor >= _BATCH:
+            if (
+                now - self._advanced >= _ADVANCE_EVERY
+                or store.contiguous() - store.cursor >= _BATCH
+            ):
                 self._advanced = now
                 self.advance()
         return new

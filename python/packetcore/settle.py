@@ -91,12 +91,12 @@ async def settle(session: Session, copies: Copies) -> list[int]:
     agreed: list[tuple[int, _Row]] = []
     unsettled: list[int] = []
     for sequence, tally in votes.items():
-        row = _agreed(tally)
-        if row is None:
+        verdict = _agreed(tally)
+        if verdict is None:
             unsettled.append(sequence)
             log.warning("packet %d: in doubt, and no two copies agree; left out", sequence)
         else:
-            agreed.append((sequence, row))
+            agreed.append((sequence, verdict))
     if agreed:
         columns = list(zip(*((*row, s) for s, row in agreed), strict=True))
         store.replace(Packets(*columns))

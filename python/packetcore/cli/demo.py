@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from ..feeds import load_feed
 from ..output import check_writable
 from ..server import Server
-from . import UserError, add_verbosity, run
 from ..session import FetchOptions
+from . import UserError, add_verbosity, run
 from .fetch import fetch_into
 from .options import probability, seed
 

@@ -65,40 +65,102 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--host", default=_DEFAULTS.host, help="server address (default: %(default)s)")
     add("--port", type=_port, default=_DEFAULTS.port, help="server port (default: %(default)s)")
-    add("-o", "--output", default="output.json",
-        help="file to write, atomically; '-' streams to stdout (default: %(default)s)")
-    add("--format", choices=FORMATS, default=None,
+    add(
+        "-o",
+        "--output",
+        default="output.json",
+        help="file to write, atomically; '-' streams to stdout (default: %(default)s)",
+    )
+    add(
+        "--format",
+        choices=FORMATS,
+        default=None,
         help="json (the default), ndjson, csv, parquet (needs the 'parquet' extra) or bin "
-        "(raw 17-byte packets); default: from the output's extension")
-    add("--from", dest="start", type=_sequence, default=None, metavar="N",
-        help="fetch only sequences from N on")
-    add("--to", dest="stop", type=_sequence, default=None, metavar="M",
-        help="fetch only sequences up to M (inclusive)")
-    add("--protocol", choices=("auto", "base", "extended"), default=_DEFAULTS.protocol,
+        "(raw 17-byte packets); default: from the output's extension",
+    )
+    add(
+        "--from",
+        dest="start",
+        type=_sequence,
+        default=None,
+        metavar="N",
+        help="fetch only sequences from N on",
+    )
+    add(
+        "--to",
+        dest="stop",
+        type=_sequence,
+        default=None,
+        metavar="M",
+        help="fetch only sequences up to M (inclusive)",
+    )
+    add(
+        "--protocol",
+        choices=("auto", "base", "extended"),
+        default=_DEFAULTS.protocol,
         help="auto: probe for the packetcore extension, fall back to the base protocol "
-        "(default: %(default)s)")
-    add("--hello-timeout", type=_positive, default=_DEFAULTS.hello_timeout, metavar="SECONDS",
-        help="how long auto waits for the extension's answer (default: %(default)s)")
-    add("--timeout", type=_positive, default=_DEFAULTS.timeout, metavar="SECONDS",
+        "(default: %(default)s)",
+    )
+    add(
+        "--hello-timeout",
+        type=_positive,
+        default=_DEFAULTS.hello_timeout,
+        metavar="SECONDS",
+        help="how long auto waits for the extension's answer (default: %(default)s)",
+    )
+    add(
+        "--timeout",
+        type=_positive,
+        default=_DEFAULTS.timeout,
+        metavar="SECONDS",
         help="how long connecting may take, and a connection may stay silent while an "
-        "answer is due (default: %(default)s)")
-    add("--deadline", type=_positive, default=_DEFAULTS.deadline, metavar="SECONDS",
-        help="stop the whole fetch after this long, saving what arrived (default: none)")
-    add("--retries", type=_count, default=_DEFAULTS.retries, metavar="N",
+        "answer is due (default: %(default)s)",
+    )
+    add(
+        "--deadline",
+        type=_positive,
+        default=_DEFAULTS.deadline,
+        metavar="SECONDS",
+        help="stop the whole fetch after this long, saving what arrived (default: none)",
+    )
+    add(
+        "--retries",
+        type=_count,
+        default=_DEFAULTS.retries,
+        metavar="N",
         help="retries of a refused or lost connection or an unanswered request, with "
-        "exponential backoff (default: %(default)s)")
-    add("--backoff", type=_backoff, default=_DEFAULTS.backoff, metavar="SECONDS",
+        "exponential backoff (default: %(default)s)",
+    )
+    add(
+        "--backoff",
+        type=_backoff,
+        default=_DEFAULTS.backoff,
+        metavar="SECONDS",
         help=f"first pause before a retry, doubled each time up to {MAX_BACKOFF:g} s "
-        "(default: %(default)s)")
-    add("--confidence", type=_confidence, default=_DEFAULTS.confidence, metavar="P",
+        "(default: %(default)s)",
+    )
+    add(
+        "--confidence",
+        type=_confidence,
+        default=_DEFAULTS.confidence,
+        metavar="P",
         help="base protocol: make stream-all passes until the chance that a packet after "
         "the highest seen exists unseen (a truncated output) is below P; at most "
-        f"{MAX_CONFIDENCE:g} (default: %(default)s)")
-    add("--max-passes", type=_at_least_one, default=_DEFAULTS.max_passes, metavar="N",
-        help="base protocol: give up after N stream-all passes (default: %(default)s)")
-    add("--strict", action="store_true",
+        f"{MAX_CONFIDENCE:g} (default: %(default)s)",
+    )
+    add(
+        "--max-passes",
+        type=_at_least_one,
+        default=_DEFAULTS.max_passes,
+        metavar="N",
+        help="base protocol: give up after N stream-all passes (default: %(default)s)",
+    )
+    add(
+        "--strict",
+        action="store_true",
         help="fail (exit 4, nothing written) if the server sent conflicting duplicates, "
-        "invalid packets or sequences judged corrupted")
+        "invalid packets or sequences judged corrupted",
+    )
     add_verbosity(parser)
     return parser
 
@@ -159,7 +221,9 @@ def fetch_into(
     except _Interrupted as exc:
         out.abort()
         name = signal.Signals(exc.signum).name
-        raise UserError(f"interrupted by {name}; {output} left as it was", 128 + exc.signum) from None
+        raise UserError(
+            f"interrupted by {name}; {output} left as it was", 128 + exc.signum
+        ) from None
     except BaseException:
         out.abort()
         raise
@@ -185,7 +249,10 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
         if not stopped.done():
             stopped.set_result(reason)
 
-    out.on_failure(lambda reason: loop.call_soon_threadsafe(failed, reason))
+    def on_failure(reason: str) -> None:
+        loop.call_soon_threadsafe(failed, reason)  # from the writer thread
+
+    out.on_failure(on_failure)
     task = asyncio.current_task()
     assert task is not None
     received: list[int] = []
@@ -212,11 +279,11 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
     except FetchError as exc:
         raise UserError(str(exc)) from exc
     finally:
-        for signum, previous in installed.items():
-            loop.remove_signal_handler(signum)
+        for number, previous in installed.items():
+            loop.remove_signal_handler(number)
             # Back to what was there (cli.run's handlers), not to asyncio's defaults: a
             # signal while the output is put in place must still clean up.
-            signal.signal(signum, previous)
+            signal.signal(number, previous)
     if stopped.done():
         raise UserError(stopped.result())
     return result
