@@ -274,7 +274,8 @@ def test_two_packets_at_the_top_stay_small(engine: ModuleType) -> None:
     assert store.missing_ranges().tolist() == [[1, 2147483645]]
     taken = store.take(MAX_SEQ + 1)
     assert taken.sequence.tolist() == [2147483646, 2147483647]
-    assert store.nbytes == 0
+    # What stays is the chunk table (at most 32768 entries), never packet space.
+    assert store.pending == 0 and store.nbytes < 1 << 19
 
 
 def test_any_int32_sequence_is_safe(engine: ModuleType) -> None:
@@ -315,7 +316,7 @@ def test_take_frees_as_it_goes(engine: ModuleType) -> None:
         peak = max(peak, store.nbytes)
     assert peak <= 4 * 14 * CHUNK
     assert taken == total == len(store)
-    assert store.complete and store.pending == 0 and store.nbytes == 0
+    assert store.complete and store.pending == 0 and store.nbytes < 1 << 19
 
 
 def test_nothing_held_under_the_largest_last_is_one_run(engine: ModuleType) -> None:
