@@ -205,7 +205,7 @@ def drive(engine: ModuleType, rng: random.Random, mode: str, steps: int) -> None
             stop = rng.choice([stop, model.end(), model.end() + rng.randint(0, 9)])
             assert rows_of(store.take(stop)) == model.take(stop)
         elif op == "discard":
-            pool = sorted(model.held)[:50] + [model.cursor - 1, 0, -4]
+            pool = [*sorted(model.held)[:50], model.cursor - 1, 0, -4]
             picks = [rng.choice(pool) for _ in range(rng.randint(0, 6))]
             expected = len({s for s in picks if s in model.held})
             for s in picks:
