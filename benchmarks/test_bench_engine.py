@@ -109,3 +109,37 @@ def test_gather(benchmark: Any, impl: str, wire: bytes, arrivals: np.ndarray) ->
     else:
         out = run(benchmark, impl, ENGINES[impl].gather, wire, keep)
     assert len(out) == 17 * len(arrivals)
+
+
+@pytest.mark.parametrize("impl", ["c", "py"])
+def test_store_add(benchmark: Any, impl: str, packets: Packets, arrivals: np.ndarray) -> None:
+    benchmark.group = "store_add"
+    engine = ENGINES[impl]
+    kept = packets[arrivals - 1]  # in order, 25% lost
+
+    def add() -> Any:
+        store = engine.PacketStore(1, len(packets))
+        store.add(kept)
+        return store
+
+    store = run(benchmark, impl, add)
+    assert store.pending == len(arrivals)
+
+
+@pytest.mark.parametrize("impl", ["c", "py"])
+def test_store_take(benchmark: Any, impl: str, packets: Packets, arrivals: np.ndarray) -> None:
+    benchmark.group = "store_take"
+    engine = ENGINES[impl]
+    kept = packets[arrivals - 1]
+
+    def setup() -> tuple[tuple[Any], dict[str, Any]]:
+        store = engine.PacketStore(1, len(packets))
+        store.add(kept)
+        return (store,), {}
+
+    def take_all(store: Any) -> Packets:
+        return store.take(len(packets) + 1)
+
+    rounds = PURE_ROUNDS if impl == "py" else 10
+    out = benchmark.pedantic(take_all, setup=setup, rounds=rounds, iterations=1)
+    assert len(out) == len(arrivals)

@@ -315,11 +315,11 @@ def test_store_orders_without_sorting(engine: ModuleType) -> None:
     order = np.random.default_rng(1).permutation(len(book))
     assert store.add(book[order[:7]]) == 7
     assert store.add(book[order[7:]]) == 7
-    assert store.to_packets() == book
-    assert store.tracker.complete is False
+    assert store.complete is False
     store.last = 14
-    assert store.tracker.complete
-    assert (store.duplicates, store.conflicts, len(store)) == (0, 0, 14)
+    assert store.complete
+    assert store.take(15) == book
+    assert (store.duplicates, store.conflicts, len(store), store.pending) == (0, 0, 14, 0)
 
 
 def test_store_first_arrival_wins_and_conflicts_are_kept(engine: ModuleType) -> None:
@@ -334,7 +334,7 @@ def test_store_first_arrival_wins_and_conflicts_are_kept(engine: ModuleType) -> 
     assert store.add(changed) == 0
     assert (store.duplicates, store.conflicts) == (2, 2)
     assert store.conflicting() == changed
-    assert store.to_packets() == book
+    assert store.take(15) == book
     assert store.add(Packets([b"X"], [b"B"], [1], [1], [15])) == 0
     assert store.out_of_range == 1
 
@@ -359,7 +359,7 @@ def test_store_matches_dict_model(
                 conflicts.append(row)
         assert store.add(batch(rows)) == new
     expected = batch([(*model[s], s) for s in sorted(model)])
-    assert store.to_packets() == expected
+    assert store.take(MAX_SEQ + 1) == expected
     assert store.conflicting() == batch(conflicts)
     assert store.conflicts == len(conflicts)
 

@@ -88,29 +88,67 @@ class GapTracker:
 class PacketStore:
     """Put packets arriving in any order into sequence order, without sorting."""
 
-    conflicts: int
-    @property
-    def tracker(self) -> GapTracker:
-        """The bitmap of the sequences held."""
     def __init__(self, first: int = 1, last: int | None = None) -> None: ...
     @property
-    def duplicates(self) -> int:
-        """Later arrivals identical to the packet already held."""
-    @property
-    def out_of_range(self) -> int:
-        """Packets dropped for a sequence outside ``first..last``."""
+    def first(self) -> int:
+        """The lowest sequence of the feed."""
     @property
     def last(self) -> int | None:
-        """The tracker's ``last``; setting it fixes the end of the feed."""
+        """The last sequence: as fixed, else the highest seen, else ``None``."""
     @last.setter
     def last(self, value: int) -> None: ...
+    @property
+    def last_known(self) -> bool:
+        """Whether ``last`` was fixed rather than inferred from the sequences seen."""
+    @property
+    def highest(self) -> int | None:
+        """The highest sequence ever held, taken ones included, or ``None``."""
+    @property
+    def cursor(self) -> int:
+        """The sequence the next :meth:`take` starts from."""
+    @property
+    def pending(self) -> int:
+        """Packets held and not yet taken."""
+    @property
+    def complete(self) -> bool:
+        """Whether ``last`` is known and every sequence up to it was held or taken."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated: dense chunks, the chunk table, the sparse table, skipped runs."""
+    @property
+    def received(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def conflicts(self) -> int: ...
+    @property
+    def out_of_range(self) -> int: ...
     def __len__(self) -> int: ...
+    def __contains__(self, sequence: object, /) -> bool: ...
+    def bound(self, first: int, last: int | None) -> None:
+        """Narrow the feed to ``first..last``; held packets outside are dropped."""
     def add(self, packets: Packets) -> int:
         """Store the packets; return how many sequences were new."""
-    def to_packets(self) -> Packets:
-        """Return the packets held, in sequence order."""
+    def contiguous(self) -> int:
+        """Return the first sequence from the cursor on that is not held."""
+    def missing_ranges(self, stop: int | None = None) -> npt.NDArray[np.int64]:
+        """Return the missing runs from the cursor on as ``(n, 2)`` ``(start, count)``."""
+    def missing_count(self) -> int:
+        """Return how many sequences from the cursor to ``last`` are not held."""
+    def take(self, stop: int) -> Packets:
+        """Return the held packets below ``stop`` from the cursor on, and forget them."""
+    def replace(self, packets: Packets) -> None:
+        """Overwrite the payload of held sequences not yet taken."""
+    def discard(self, sequences: npt.ArrayLike) -> int:
+        """Forget held sequences not yet taken, so they are missing again; count them."""
     def conflicting(self) -> Packets:
         """Return the later arrivals whose payload differed from the packet held."""
+    # Transitional, for client.py, recovery.py and base_mode.py until they use take().
+    @property
+    def tracker(self) -> PacketStore:
+        """The store itself, which answers what the old GapTracker did."""
+    def to_packets(self) -> Packets:
+        """Return the packets held, in sequence order, without taking them."""
 
 def to_json(packets: Packets) -> bytes:
     """Return the ``output.json`` document: one object per packet, in sequence order."""
