@@ -77,22 +77,44 @@ def served(request: pytest.FixtureRequest) -> Iterator[_Serve]:
         server.close()
 
 
+# A Python command that reports its own peak RSS (VmHWM) on the way out.  Not the
+# child's rusage: Linux counts in it the memory of the parent it was forked from.
+_PEAK = (
+    "import atexit, runpy, sys\n"
+    "def report():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            sys.stderr.write('peak-rss-kib ' + line.split()[1] + '\\n')\n"
+    "atexit.register(report)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "if sys.argv[0] == '-m':\n"
+    "    sys.argv = sys.argv[1:]\n"
+    "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+    "else:\n"
+    "    exec(compile(sys.argv[0], '<floor>', 'exec'))\n"
+)
+
+
 def _run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run a command; return (wall seconds, its own peak RSS in bytes)."""
+    """Run ``python ARGS``; return (wall seconds, its own peak RSS in bytes)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.Popen(
+            [sys.executable, "-c", _PEAK, *command], stdout=subprocess.DEVNULL, stderr=err,
+            env=env,
+        )  # fmt: skip
+        code = process.wait()
         took = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            err.seek(0)
-            raise RuntimeError(f"{command[:4]} failed: {err.read().decode()[-2000:]}")
-    return took, usage.ru_maxrss * 1024
+        err.seek(0)
+        text = err.read().decode()
+    if code != 0:
+        raise RuntimeError(f"{command[:3]} failed: {text[-2000:]}")
+    peaks = [int(line.split()[1]) for line in text.splitlines() if line.startswith("peak-rss")]
+    return took, peaks[-1] * 1024 if peaks else 0
 
 
 def _fetch(port: int, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "packetcore", "fetch", "--port", str(port),
-            "-o", str(output), "-q", *extra]  # fmt: skip
+    return ["-m", "packetcore", "fetch", "--port", str(port), "-o", str(output), "-q", *extra]
 
 
 _FLOOR = """
@@ -128,7 +150,7 @@ def _floor(count: int, output: Path, size: int) -> float:
     sender = threading.Thread(target=send)
     sender.start()
     port = listener.getsockname()[1]
-    took, _ = _run([sys.executable, "-c", _FLOOR, str(port), str(output), str(size)])
+    took, _ = _run([_FLOOR, str(port), str(output), str(size)])
     sender.join()
     listener.close()
     return took

@@ -378,3 +378,16 @@ def test_bound_validates_and_drops(engine: ModuleType) -> None:
         store.bound(2, 15)
     store.last = 12
     assert store.complete and store.take(13).sequence.tolist() == list(range(3, 13))
+
+
+def test_peek_reads_held_packets_without_taking(engine: ModuleType) -> None:
+    store = engine.PacketStore()
+    feed = Packets([b"A", b"B", b"C", b"D"], [b"B", b"S", b"B", b"S"], [1, 2, 3, 4],
+                   [5, 6, 7, 8], [1, 2, 3, 2**31 - 1])  # fmt: skip
+    store.add(feed)
+    # Unsorted, repeated and missing sequences; one held far away in the sparse table.
+    got = store.peek(np.array([2**31 - 1, 3, 3, 9, 2], dtype=np.int64))
+    assert got == feed[[1, 2, 3]]
+    assert store.pending == 4  # nothing was taken
+    store.take(3)
+    assert store.peek([1, 2, 3]) == feed[[2]]  # taken packets are no longer held

@@ -141,14 +141,10 @@ class PacketStore:
         """Overwrite the payload of held sequences not yet taken."""
     def discard(self, sequences: npt.ArrayLike) -> int:
         """Forget held sequences not yet taken, so they are missing again; count them."""
+    def peek(self, sequences: npt.ArrayLike) -> Packets:
+        """Return the packets held and not yet taken among ``sequences``, in order."""
     def conflicting(self) -> Packets:
         """Return the later arrivals whose payload differed from the packet held."""
-    # Transitional, for client.py, recovery.py and base_mode.py until they use take().
-    @property
-    def tracker(self) -> PacketStore:
-        """The store itself, which answers what the old GapTracker did."""
-    def to_packets(self) -> Packets:
-        """Return the packets held, in sequence order, without taking them."""
 
 def to_json(packets: Packets) -> bytes:
     """Return the ``output.json`` document: one object per packet, in sequence order."""

@@ -886,17 +886,10 @@ class PacketStore:
         """Return the later arrivals whose payload differed from the packet held."""
         return _batch(list(self._conflicting), [])
 
-    # -- transitional: for client.py, recovery.py and base_mode.py until they move to
-    # take(); remove with them.
-
-    @property
-    def tracker(self) -> PacketStore:
-        """The store itself, which answers what the old GapTracker did."""
-        return self
-
-    def to_packets(self) -> Packets:
-        """Return the packets held, in sequence order, without taking them."""
-        return self._gather(self._cursor, self._query_end(None))
+    def peek(self, sequences: npt.ArrayLike) -> Packets:
+        """Return the packets held and not yet taken among ``sequences``, in order."""
+        wanted = sorted(set(_as_ints(np.asarray(sequences).ravel())))
+        return Packets.concat([self._gather(s, s + 1) for s in wanted if s in self])
 
 
 # JSON string escapes exactly as json.dumps (ensure_ascii) writes them, per byte; a

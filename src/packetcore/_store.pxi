@@ -814,14 +814,40 @@ cdef class PacketStore:
         """Return the later arrivals whose payload differed from the packet held."""
         return _batch(self._conflicting)
 
-    # -- transitional: for client.py, recovery.py and base_mode.py until they move to
-    # take(); remove with them.
-
-    @property
-    def tracker(self) -> PacketStore:
-        """The store itself, which answers what the old GapTracker did."""
-        return self
-
-    def to_packets(self) -> Packets:
-        """Return the packets held, in sequence order, without taking them."""
-        return self._gather(self._cursor, self._query_end())
+    def peek(self, sequences) -> Packets:
+        """Return the packets held and not yet taken among ``sequences``, in order."""
+        values = np.unique(_sequences(sequences))
+        cdef const int64_t *seq = <const int64_t *>_data(values)
+        cdef Py_ssize_t k, slot, n = 0, count = len(values)
+        cdef _Chunk *chunk
+        cdef int where
+        symbol = np.empty(count, _S4)
+        side = np.empty(count, _S1)
+        quantity = np.empty(count, _INT32)
+        price = np.empty(count, _INT32)
+        sequence = np.empty(count, _INT32)
+        cdef unsigned char *sym = <unsigned char *>_data(symbol)
+        cdef unsigned char *sd = <unsigned char *>_data(side)
+        cdef int32_t *qty = <int32_t *>_data(quantity)
+        cdef int32_t *px = <int32_t *>_data(price)
+        cdef int32_t *sq = <int32_t *>_data(sequence)
+        for k in range(count):
+            where = self._locate(seq[k], &chunk, &slot)
+            if where == 1:
+                memcpy(sym + 4 * n, &chunk.symbol[slot], 4)
+                sd[n] = chunk.side[slot]
+                qty[n] = chunk.quantity[slot]
+                px[n] = chunk.price[slot]
+            elif where == 2:
+                memcpy(sym + 4 * n, &self._symbol[slot], 4)
+                sd[n] = self._side[slot]
+                qty[n] = self._quantity[slot]
+                px[n] = self._price[slot]
+            else:
+                continue
+            sq[n] = <int32_t>seq[k]
+            n += 1
+        return _from_columns(
+            symbol[:n].copy(), side[:n].copy(), quantity[:n].copy(), price[:n].copy(),
+            sequence[:n].copy(), np.empty(0, _INT64),
+        )
