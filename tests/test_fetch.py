@@ -22,8 +22,8 @@ from packetcore.cli.fetch import main as fetch_main
 from packetcore.client import FetchError, fetch, fetch_async
 from packetcore.engine import implementation
 from packetcore.feeds import book, synthetic
-from packetcore.protocol import FeedInfo, encode_info, range_request
-from packetcore.ranges import asked_for_again, coalesce, format_ranges, range_requests
+from packetcore.protocol import FeedInfo, encode_info, range_request, range_requests
+from packetcore.ranges import asked_for_again, coalesce, format_ranges, merge
 from packetcore.server import Server
 from packetcore.session import FetchOptions, Link, Session
 
@@ -236,12 +236,39 @@ def test_output_to_stdout(capfdbinary: pytest.CaptureFixture[bytes], tmp_path: P
     assert b"-> stdout" in captured.err
 
 
-def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (["--protocol", "x"], ["--confidence", "2"], ["--timeout", "0"], ["--port", "x"]):
-        with pytest.raises(SystemExit) as exc:
-            fetch_main(args)
-        assert exc.value.code == 2
-    assert "Traceback" not in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--protocol", "x"], ["--confidence", "2"], ["--timeout", "0"], ["--port", "x"],
+        # --backoff 1e308 slept for ever; --confidence 0.5 truncated base fetches.
+        ["--backoff", "1e308"], ["--backoff", "6"], ["--confidence", "0.5"],
+        ["--deadline", "0"], ["--deadline", "nan"], ["--from", "0"], ["--to", "2147483648"],
+        ["--format", "xml"],
+    ],
+)  # fmt: skip
+def test_bad_options_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        fetch_main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+
+
+def test_an_empty_slice_is_a_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fetch_main(["--from", "9", "--to", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "9..3 is empty" in err and "Traceback" not in err
+
+
+def test_a_tiny_timeout_says_timed_out(capsys: pytest.CaptureFixture[str]) -> None:
+    # On 3.11 TimeoutError is an OSError: it used to read "cannot connect ...: TimeoutError".
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # a backlog that soon fills: connecting hangs
+        port = listener.getsockname()[1]
+        assert _cli(port, "--timeout", "0.000001", "--retries", "0", "-o", "-") == 1
+    err = capsys.readouterr().err
+    assert "TimeoutError" not in err and "Traceback" not in err
 
 
 def test_unwritable_output_fails_before_fetching(
@@ -308,6 +335,12 @@ def test_coalesced_range_requests_match_the_protocol() -> None:
     # The client's framing of many ranges at once is the protocol's framing of each.
     assert range_requests(ranges) == b"".join(range_request(s, c) for s, c in ranges.tolist())
     assert format_ranges(((1, 3), (7, 7), (9, 12)), 2) == "1-3, 7, ... (1 more ranges)"
+
+
+def test_merge_sorts_and_joins_touching_ranges() -> None:
+    rows = np.array([[10, 2], [1, 3], [4, 1], [20, 5], [22, 1], [30, 1]], dtype=np.int64)
+    assert merge(rows).tolist() == [[1, 4], [10, 2], [20, 5], [30, 1]]
+    assert merge(np.zeros((0, 2), dtype=np.int64)).tolist() == []
 
 
 @pytest.mark.parametrize("step", [1, 2, 5, 16, 17, 33])

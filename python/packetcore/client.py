@@ -24,8 +24,8 @@ from .errors import FetchError
 from .extended import recover_extended
 from .outcome import Mode, Outcome
 from .packets import Packets
-from .protocol import BASE_RESEND_MAX, resend_request, stream_all_request
-from .ranges import format_ranges, inclusive, merge, range_requests
+from .protocol import BASE_RESEND_MAX, range_requests, resend_request, stream_all_request
+from .ranges import format_ranges, inclusive, merge
 from .session import FetchOptions, Link, Progress, Session
 from .settle import settle
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from .errors import FetchError
 from .outcome import Outcome
-from .protocol import stream_all_request
-from .ranges import asked_for_again, coalesce, range_requests
+from .protocol import range_requests, stream_all_request
+from .ranges import asked_for_again, coalesce
 from .session import Link, Session, backoff_delay
 
 __all__ = ["recover_extended"]

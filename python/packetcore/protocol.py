@@ -10,6 +10,9 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from .errors import ProtocolError
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "encode_info",
     "hello_request",
     "range_request",
+    "range_requests",
     "resend_request",
     "stream_all_request",
 ]
@@ -75,6 +79,23 @@ def resend_request(sequence: int) -> bytes:
 def hello_request() -> bytes:
     """Return the callType 3 request: ask an extended server for its feed info."""
     return bytes((HELLO, 0))
+
+
+# The same layout as a numpy record, so that many gaps are framed in one call.
+_RANGE_RECORD = np.dtype([("call", "u1"), ("zero", "u1"), ("start", ">u4"), ("count", ">u4")])
+assert _RANGE_RECORD.itemsize == _RANGE.size == RANGE_REQUEST_SIZE
+
+
+def range_requests(ranges: npt.ArrayLike) -> bytes:
+    """Return one range request per ``(start, count)`` row, back to back."""
+    rows = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    if len(rows) and (rows.min() < 0 or rows.max() > _UINT32_MAX):
+        raise ValueError("a range start or count does not fit uint32")
+    requests = np.zeros(len(rows), dtype=_RANGE_RECORD)
+    requests["call"] = RESEND_RANGE
+    requests["start"] = rows[:, 0]
+    requests["count"] = rows[:, 1]
+    return requests.tobytes()
 
 
 def range_request(start: int, count: int) -> bytes:

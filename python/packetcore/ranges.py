@@ -1,4 +1,4 @@
-"""Runs of sequences as ``(start, count)`` rows: merging, coalescing, range requests.
+"""Runs of sequences as ``(start, count)`` rows: merging, coalescing, counting.
 
 Gaps come out of the store as an ``(n, 2)`` int64 array of ``(start, count)`` rows,
 sorted and disjoint; everything here works on that form, so its cost follows the
@@ -13,7 +13,6 @@ import numpy as np
 import numpy.typing as npt
 
 from .packets import Packets
-from .protocol import RANGE_REQUEST_SIZE, RESEND_RANGE
 
 __all__ = [
     "asked_for_again",
@@ -21,24 +20,9 @@ __all__ = [
     "format_ranges",
     "inclusive",
     "merge",
-    "range_requests",
 ]
 
 Ranges = npt.NDArray[np.int64]
-
-# The range request [4][0][start:uint32][count:uint32] as a numpy record, so that many
-# gaps are framed at once; byte for byte what protocol.range_request frames for one.
-_RANGE_DTYPE = np.dtype([("call", "u1"), ("zero", "u1"), ("start", ">u4"), ("count", ">u4")])
-assert _RANGE_DTYPE.itemsize == RANGE_REQUEST_SIZE
-
-
-def range_requests(ranges: Ranges) -> bytes:
-    """Return one range request per ``(start, count)`` row, back to back."""
-    requests = np.zeros(len(ranges), dtype=_RANGE_DTYPE)
-    requests["call"] = RESEND_RANGE
-    requests["start"] = ranges[:, 0]
-    requests["count"] = ranges[:, 1]
-    return requests.tobytes()
 
 
 def coalesce(ranges: Ranges, gap: int) -> Ranges:
