@@ -83,10 +83,15 @@ class _Passes:
         return _second_highest(self.highs)
 
     def ceiling(self) -> int | None:
-        """Return how far the output's prefix may go: what two passes have reached."""
+        """Return how far the output's prefix may go: what two passes have reached.
+
+        So every packet written had a second pass's copy compared with it (a server
+        whose copies differ is caught before it is written), and the end of a single
+        pass, which may be a corrupted sequence, is never written on its word alone.
+        """
         highs = list(self.highs)
         if self.current is not None:
-            highs.append(self.current.highest)
+            highs.append(self.current.last_sequence)
         return _second_highest(highs) if len(highs) > 1 else 0
 
 

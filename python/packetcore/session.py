@@ -393,8 +393,10 @@ class Session:
         Return how many of its sequences were new.
         """
         store = self.store
-        duplicates = store.duplicates
+        duplicates, conflicts = store.duplicates, store.conflicts
         new = store.add(batch)
+        if store.conflicts > conflicts:
+            self._doubt_conflicts(batch)
         self.received += len(batch)
         if recovered:
             self.recovered += new
@@ -411,6 +413,22 @@ class Session:
                 self._advanced = now
                 self.advance()
         return new
+
+    def _doubt_conflicts(self, batch: Packets) -> None:
+        # Copies that differ from the packet held: neither is trusted until a vote, so
+        # the output's prefix stops before them (the rare path: a compare per packet).
+        held = self.store.peek(batch.sequence)
+        at = np.minimum(np.searchsorted(held.sequence, batch.sequence), max(len(held) - 1, 0))
+        if not len(held):
+            return
+        same = held.sequence[at] == batch.sequence
+        differ = same & (
+            (held.symbol[at] != batch.symbol)
+            | (held.buysellindicator[at] != batch.buysellindicator)
+            | (held.quantity[at] != batch.quantity)
+            | (held.price[at] != batch.price)
+        )
+        self.doubt(batch.sequence[differ])
 
     def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
         """Mark ``sequences`` to be asked for again before their packets are trusted."""
