@@ -31,8 +31,12 @@ compile: venv
 debug: venv
 	PACKETCORE_DEBUG=1 $(PY) setup.py build_ext --inplace --force
 
+# The suite on the compiled engine, again on the pure-Python twin (switched at run time,
+# as msgpack and aio-libs do), then lint and types: what CI runs.
 test: install
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	PACKETCORE_NO_EXTENSIONS=1 $(PY) -m pytest tests -m "not slow and not c_extension" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lint
 
 # The whole suite on a package built without the extension, as a no-compiler machine has it.
 test-py: venv
@@ -55,7 +59,7 @@ demo:
 	@$(PY) -m packetcore demo $(DEMO_ARGS)
 
 lint: venv
-	$(PIP) install ruff mypy
+	$(PIP) install "ruff==0.17.6" "mypy==2.4.1"
 	$(PY) -m ruff check python tests benchmarks
 	$(PY) -m ruff format --check python tests benchmarks
 	$(PY) -m mypy
