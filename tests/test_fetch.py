@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import resource
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +20,20 @@ from packetcore.cli.fetch import main as fetch_main
 from packetcore.client import FetchError, fetch, fetch_async
 from packetcore.engine import implementation
 from packetcore.feeds import book, synthetic
-from packetcore.protocol import FeedInfo, encode_info, range_request, range_requests
+from packetcore.protocol import (
+    HELLO,
+    RESEND_RANGE,
+    STREAM_ALL,
+    FeedInfo,
+    RequestFramer,
+    encode_info,
+    range_request,
+    range_requests,
+)
 from packetcore.ranges import asked_for_again, coalesce, format_ranges, merge
 from packetcore.server import Server
 from packetcore.session import FetchOptions, Link, Session
+from serverutil import RawServer
 
 from packetcore import Decoder, Packets, encode, to_json
 
@@ -396,49 +404,29 @@ class _BoastingServer:
     def __init__(self, last: int) -> None:
         self.info = struct.pack(">4sIII", b"PKCI", 1, 1, last)
         self.wire = encode(book())
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)  # so the accept loop sees `stopped`
-        self.port = int(self.listener.getsockname()[1])
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.raw = RawServer(self._serve)
+        self.port = self.raw.port
 
     def __enter__(self) -> _BoastingServer:
-        self.thread.start()
+        self.raw.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.thread.join(5)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(None)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.raw.__exit__()
 
     def _serve(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn, contextlib.suppress(OSError):
-            while data := conn.recv(4096):
-                buffer += data
-                while len(buffer) >= 2 and len(buffer) >= (10 if buffer[0] == 4 else 2):
-                    call = buffer[0]
-                    if call == 4:
-                        start, count = struct.unpack(">II", buffer[2:10])
-                        buffer = buffer[10:]
-                        lo, hi = max(start, 1) - 1, min(start + count - 1, 14)
-                        conn.sendall(self.wire[17 * lo : 17 * max(hi, lo)])
-                        continue
-                    buffer = buffer[2:]
-                    if call == 3:
-                        conn.sendall(self.info)
-                    elif call == 1:
-                        conn.sendall(self.wire)
-                        return
+        framer = RequestFramer()
+        while data := conn.recv(4096):
+            for request in framer.feed(data):
+                if request.call_type == RESEND_RANGE:
+                    lo = max(request.start, 1) - 1
+                    hi = min(request.start + request.count - 1, 14)
+                    conn.sendall(self.wire[17 * lo : 17 * max(hi, lo)])
+                elif request.call_type == HELLO:
+                    conn.sendall(self.info)
+                elif request.call_type == STREAM_ALL:
+                    conn.sendall(self.wire)
+                    return
 
 
 def _no_asyncio_traceback(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,7 +6,6 @@ wherever signals, pipes, stdout or memory are what is tested.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from packetcore.errors import FetchError
 from packetcore.feeds import book, synthetic
 from packetcore.protocol import FeedInfo, encode_info
 from packetcore.server import Server
-from serverutil import _package_root
+from serverutil import RawServer, _package_root
 
 from packetcore import Packets, encode, to_json
 
@@ -52,40 +51,6 @@ def _one_line_error(err: str) -> None:
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if "packetcore-fetch: error:" in line]
     assert len(lines) == 1, err
-
-
-class _RawServer:
-    """A loopback server whose every connection is handled by ``serve(conn)`` in a thread."""
-
-    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
-        self.serve = serve
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = int(self.listener.getsockname()[1])
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> _RawServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.thread.join(5)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(None)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            self.serve(conn)
 
 
 def _endless(conn: socket.socket) -> None:
@@ -170,7 +135,7 @@ def test_stdout_streams_before_the_fetch_ends() -> None:
             conn.sendall(wire[: 17 * 1000])
         release.wait(30)
 
-    with _RawServer(stall) as server:
+    with RawServer(stall) as server:
         proc = subprocess.Popen(
             _command(server.port, "-o", "-", "--timeout", "20", "--format", "ndjson"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
@@ -253,7 +218,7 @@ def test_one_signal_stops_the_fetch(signum: int, tmp_path: Path) -> None:
     # A server that never ends its stream: only the signal can stop the fetch.
     output = tmp_path / "output.json"
     output.write_bytes(b"previous\n")
-    with _RawServer(_endless) as server:
+    with RawServer(_endless) as server:
         proc = subprocess.Popen(
             _command(server.port, "-o", str(output), "--protocol", "base"),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
@@ -280,7 +245,7 @@ def test_one_signal_stops_the_fetch(signum: int, tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_deadline_ends_an_endless_stream_in_bounded_memory(tmp_path: Path) -> None:
     output = tmp_path / "output.json"
-    with _RawServer(_endless) as server:
+    with RawServer(_endless) as server:
         started = time.monotonic()
         code, err, peak = _run_measured(
             server.port, "-o", str(output), "--protocol", "base", "--deadline", "3"
@@ -312,7 +277,7 @@ def test_huge_sequences_in_base_mode_keep_memory_small(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_random_bytes_server_keeps_memory_small(tmp_path: Path) -> None:
-    with _RawServer(_random_bytes) as server:
+    with RawServer(_random_bytes) as server:
         code, err, peak = _run_measured(server.port, "-o", str(tmp_path / "o.json"),
                                         "--max-passes", "3", "--retries", "1", *FAST)  # fmt: skip
     assert code in (1, 3), err
@@ -327,7 +292,7 @@ def test_no_packet_at_all_is_a_fetch_error(tmp_path: Path) -> None:
     def silent_close(conn: socket.socket) -> None:
         conn.recv(16)
 
-    with _RawServer(silent_close) as server:
+    with RawServer(silent_close) as server:
         with pytest.raises(FetchError):
             fetch(port=server.port, timeout=0.3, backoff=0.01, retries=1, max_passes=3)
         proc = _run(server.port, "-o", str(tmp_path / "o.json"), "--retries", "1",
@@ -427,7 +392,7 @@ def test_an_incomplete_fetch_saves_its_partial_in_the_chosen_format(
             conn.sendall(wire[: 17 * 2500])
 
     output = tmp_path / "output.dat"
-    with _RawServer(half) as server:
+    with RawServer(half) as server:
         proc = _run(server.port, "-o", str(output), "--format", form, "--retries", "1",
                     "--max-passes", "2", *FAST)  # fmt: skip
     assert proc.returncode == 3, proc.stderr

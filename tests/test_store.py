@@ -27,16 +27,7 @@ def batch(rows: list[Row]) -> Packets:
 
 
 def rows_of(packets: Packets) -> list[Row]:
-    return list(
-        zip(
-            packets.symbol.tolist(),
-            packets.buysellindicator.tolist(),
-            packets.quantity.tolist(),
-            packets.price.tolist(),
-            packets.sequence.tolist(),
-            strict=True,
-        )
-    )
+    return list(packets.rows())
 
 
 class Model:

@@ -136,14 +136,7 @@ def encode(packets: Packets) -> bytes:
     """Encode packets as their wire bytes (the inverse of :func:`decode`)."""
     out = bytearray(PACKET_SIZE * len(packets))
     pack_into = _PACKET.pack_into
-    columns = zip(
-        packets.symbol.tolist(),
-        packets.buysellindicator.tolist(),
-        packets.quantity.tolist(),
-        packets.price.tolist(),
-        packets.sequence.tolist(),
-        strict=True,
-    )
+    columns = packets.rows()
     for i, (symbol, side, quantity, price, sequence) in enumerate(columns):
         pack_into(out, i * PACKET_SIZE, symbol, side, quantity, price, sequence)
     return bytes(out)

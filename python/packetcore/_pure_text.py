@@ -8,6 +8,7 @@ expression takes the common record (as ``text_rows`` writes it) in one match.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Final
 
 import numpy as np
@@ -107,15 +108,8 @@ def _csv_field(raw: bytes) -> str:
     return text
 
 
-def _columns(packets: Packets) -> zip[tuple[bytes, bytes, int, int, int]]:
-    return zip(
-        packets.symbol.tolist(),
-        packets.buysellindicator.tolist(),
-        packets.quantity.tolist(),
-        packets.price.tolist(),
-        packets.sequence.tolist(),
-        strict=True,
-    )
+def _columns(packets: Packets) -> Iterator[tuple[bytes, bytes, int, int, int]]:
+    return packets.rows()
 
 
 def json_lines(packets: Packets) -> list[str]:

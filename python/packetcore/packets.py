@@ -181,6 +181,17 @@ class Packets:
         )
         return map(Packet._make, zip(*columns, strict=True))
 
+    def rows(self) -> Iterator[tuple[bytes, bytes, int, int, int]]:
+        """Return the packets as raw ``(symbol, side, quantity, price, sequence)`` tuples."""
+        return zip(
+            self.symbol.tolist(),
+            self.buysellindicator.tolist(),
+            self.quantity.tolist(),
+            self.price.tolist(),
+            self.sequence.tolist(),
+            strict=True,
+        )
+
     def to_records(self) -> list[dict[str, str | int]]:
         """Return the packets as a list of ``output.json`` objects."""
         return [packet.to_record() for packet in self]

@@ -31,14 +31,7 @@ Copies = Callable[[list[int]], Awaitable[list[Packets]]]
 
 def _rows(packets: Packets) -> list[tuple[int, _Row]]:
     """Return ``(sequence, payload)`` for each packet."""
-    payloads = zip(
-        packets.symbol.tolist(),
-        packets.buysellindicator.tolist(),
-        packets.quantity.tolist(),
-        packets.price.tolist(),
-        strict=True,
-    )
-    return list(zip(packets.sequence.tolist(), payloads, strict=True))
+    return [(row[4], row[:4]) for row in packets.rows()]
 
 
 def _agreed(votes: dict[_Row, int]) -> _Row | None:
