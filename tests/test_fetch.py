@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import resource
 import socket
 import struct
@@ -508,3 +509,18 @@ def test_asked_for_again_counts_from_the_ranges() -> None:
     # Held when asked: 1, 2, 5, 9, 11, 2**30 + 5; missing then: 3, 4, 10, 2**30.
     assert asked(batch) == 6
     assert asked_for_again(np.zeros((0, 2), dtype=np.int64), 1, 14)(batch) == 8
+
+
+def test_the_chance_is_one_number_in_summary_and_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It read 3e-05 in the summary and 2.6e-05 in the error of the same run.
+    output = tmp_path / "output.json"
+    with FakeBaseServer(drop=0.0, drop_last_passes=0, pause=0.0, seed=1) as server:
+        code = _cli(server.port, "-o", str(output), "--max-passes", "2", "--timeout", "0.3")
+    assert code == EXIT_INCOMPLETE
+    err = capsys.readouterr().err
+    summary = re.search(r"P\(later packet unseen\) ([0-9.e+-]+)\]", err)
+    error = re.search(r"exists unseen is ([0-9.e+-]+),", err)
+    assert summary and error, err
+    assert summary.group(1) == error.group(1)

@@ -94,7 +94,7 @@ class FetchResult:
         if self.last_inferred and self.last is not None:
             line += f"; last sequence {self.last} inferred"
             if self.chance_unseen is not None:
-                line += f", P(later packet unseen) {self.chance_unseen:.1g}"
+                line += f", P(later packet unseen) {self.chance_unseen:.2g}"
         return line + "]"
 
 
