@@ -524,3 +524,31 @@ def test_the_chance_is_one_number_in_summary_and_error(
     error = re.search(r"exists unseen is ([0-9.e+-]+),", err)
     assert summary and error, err
     assert summary.group(1) == error.group(1)
+
+
+def test_the_prefix_waits_for_the_repair_round() -> None:
+    # The stream brought 1..10 but 4, and a corrupted copy of 5.  The repair round asks
+    # for 4..10 again (coalesced); once it delivers 4, the prefix must not run on to 5
+    # before the round's own copy of 5 has been compared: then it is a conflict.
+    from packetcore.extended import _behind
+
+    feed = synthetic(10, seed=2)
+    wire = encode(feed)
+    bad = bytearray(wire[17 * 4 : 17 * 5])
+    bad[12] ^= 0x40  # packet 5's price
+    out: list[Packets] = []
+    session = Session(FetchOptions(), out.append)
+    stream = Link(session, 1, recovering=False)
+    stream.data_received(wire[: 17 * 3] + bytes(bad) + wire[17 * 5 :])
+    session.advance()
+    assert Packets.concat(out).sequence.tolist() == [1, 2, 3]
+    repair = Link(session, 2, recovering=True)
+    repair.ask(b"", restart=True)
+    session.ceiling = _behind(repair, np.array([[4, 7]], dtype=np.int64))
+    repair.data_received(wire[17 * 3 : 17 * 4])  # packet 4 alone
+    session.advance()
+    assert Packets.concat(out).sequence.tolist() == [1, 2, 3, 4]
+    repair.data_received(wire[17 * 4 : 17 * 5])  # the true 5: a conflict, held back
+    session.advance()
+    assert 5 in session.doubts and session.store.conflicts == 1
+    assert Packets.concat(out).sequence.tolist() == [1, 2, 3, 4]

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from .errors import FetchError
 from .outcome import Outcome
@@ -108,16 +112,20 @@ async def _repair(
                 outcome.reason = str(exc)
                 break
         last = store.last if store.last is not None else store.first
+        ranges = coalesce(missing, REASK_GAP)
         link.ask(
-            range_requests(coalesce(missing, REASK_GAP)),
+            range_requests(ranges),
             repeats=asked_for_again(missing, store.first, last),
             restart=True,
         )
+        session.ceiling = _behind(link, ranges)
         due = len(link.infos) + 1
         link.hello()  # closes the round: its answer comes after every packet asked for
         before = link.new
         outcome.resend_rounds += 1
         state = await link.wait_info(due, options.timeout)
+        session.ceiling = _unbounded
+        session.advance()
         gained = link.new - before
         log.debug(
             "round %d: %d gap(s), %d packet(s) recovered, %s",
@@ -153,3 +161,28 @@ async def _repair(
         await asyncio.sleep(delay)
     if link is not None:
         link.close()
+
+
+def _unbounded() -> int | None:
+    return None
+
+
+def _behind(link: Link, ranges: npt.NDArray[np.int64]) -> Callable[[], int | None]:
+    """Return a ceiling that keeps the output's prefix behind the round on ``link``.
+
+    A coalesced round brings a second copy of the held packets among its gaps: each is
+    compared with the copy held before it is written, so a corrupted copy on either
+    side is a conflict (settled by vote) rather than written.  Outside the round's
+    ranges nothing more is coming, and the prefix is free.
+    """
+    stops = ranges[:, 0] + ranges[:, 1]
+    starts = ranges[:, 0]
+
+    def ceiling() -> int | None:
+        delivered = link.last_sequence  # the round's answers come in ascending order
+        i = int(np.searchsorted(stops, delivered + 1, side="right"))
+        if i == len(stops):
+            return None
+        return max(int(starts[i]), delivered + 1) - 1
+
+    return ceiling
