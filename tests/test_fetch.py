@@ -367,7 +367,7 @@ def test_info_frames_are_found_at_any_split(step: int) -> None:
     for at in range(0, len(stream), step):
         link.data_received(stream[at : at + step])
     assert link.infos == [FeedInfo(1, 40)] * 2 and link.framer.due == 0
-    session.advance(41)
+    asyncio.run(session.flush(41))
     assert Packets.concat(out) == feed and link.decoder.pending == 0
 
 
@@ -380,7 +380,7 @@ def test_a_packet_named_pkci_is_not_an_info_frame() -> None:
     stream = encode(packet) + encode_info(FeedInfo(1, 1))
     for byte in range(len(stream)):
         link.data_received(stream[byte : byte + 1])
-    session.advance(2)
+    asyncio.run(session.flush(2))
     assert Packets.concat(out) == packet and link.infos == [FeedInfo(1, 1)]
 
 

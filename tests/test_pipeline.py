@@ -413,3 +413,68 @@ def test_the_fetch_command_imports_only_what_it_uses() -> None:
     for module in ("packetcore.server", "packetcore.feeds", "tqdm", "pyarrow", "orjson"):
         assert module not in loaded
     assert "packetcore.client" in loaded
+
+
+def test_a_base_slice_past_the_feeds_end_says_the_end_was_inferred() -> None:
+    with Server(host="127.0.0.1", port=0, drop=0.25, seed=6) as server:
+        inferred = fetch(port=server.port, protocol="base", start=10, stop=500, timeout=0.5,
+                         backoff=0.01)  # fmt: skip
+        known = fetch(port=server.port, protocol="base", start=2, stop=9, timeout=0.5,
+                      backoff=0.01)  # fmt: skip
+    assert inferred.complete and inferred.packets == book()[9:]
+    assert inferred.last_inferred and "inferred" in inferred.summary()
+    assert known.complete and not known.last_inferred and "inferred" not in known.summary()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("deadline", [None, "2"])
+def test_a_reader_that_stops_reading_cannot_hold_the_fetch(
+    deadline: str | None, big: Server
+) -> None:
+    # stdout is a pipe nobody reads: the writer blocks on it for good.  SIGTERM must
+    # still end the fetch at once (it used to flush into the full pipe for ever).
+    extra = ("--deadline", deadline) if deadline else ()
+    proc = subprocess.Popen(
+        _command(big.port, "-o", "-", *extra), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    time.sleep(3)
+    assert proc.poll() is None  # still waiting on the reader: that is allowed
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    assert time.monotonic() - sent < 2
+    assert proc.returncode == 143
+    assert proc.stderr is not None
+    _one_line_error(proc.stderr.read().decode())
+
+
+def _scattered(conn: socket.socket) -> None:
+    # An extended server announcing the whole sequence space, then sending valid packets
+    # with random sequences across it, for ever.
+    rng = random.Random(3)
+    conn.recv(2)
+    conn.sendall(encode_info(FeedInfo(1, 2**31 - 1)))
+    while True:
+        conn.sendall(b"".join(
+            struct.pack(">4s1siii", b"SCAT", b"S", 1, 1, rng.randrange(1, 2**31))
+            for _ in range(2000)
+        ))  # fmt: skip
+        time.sleep(0.002)
+
+
+@pytest.mark.timeout(60)
+def test_a_deadline_over_scattered_sequences_is_kept(tmp_path: Path) -> None:
+    # Saving what arrived walks the whole sequence space: in few steps, not 8192.
+    with RawServer(_scattered) as server:
+        started = time.monotonic()
+        code, err, peak = _run_measured(
+            server.port, "-o", str(tmp_path / "o.json"), "--deadline", "1.5"
+        )
+        took = time.monotonic() - started
+    assert code == 3, err
+    assert took < 1.5 + 8
+    assert peak < RSS_BOUND, f"peak RSS {peak >> 20} MiB"
+    saved = json.loads((tmp_path / "o.json.partial").read_bytes())
+    sequences = [r["packetSequence"] for r in saved]
+    assert len(saved) > 1000 and sequences == sorted(set(sequences))

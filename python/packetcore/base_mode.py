@@ -173,6 +173,7 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     if stop is not None and end >= stop:
         # The slice ends before the feed does: its end is known, no inference needed.
         outcome.chance = None
+        outcome.end_inferred = False
         return store.complete
     highest = store.highest or 0
     suspects = highest > end  # held above what two passes reached: shown by one only

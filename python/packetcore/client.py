@@ -171,7 +171,7 @@ async def run_fetch(
                 outcome.reason = stopped.result()
             else:
                 outcome.reason = f"the deadline of {options.deadline:g} s passed"
-            log.info("stopping: %s", outcome.reason)
+            log.debug("stopping: %s", outcome.reason)
             if session.received == 0 and stopped not in done:
                 raise FetchError(
                     f"{options.host}:{options.port}: {outcome.reason} before any packet came"
@@ -180,7 +180,7 @@ async def run_fetch(
         if not recovery.done():
             recovery.cancel()
         session.close_all()
-    return _finish(session, outcome, started)
+    return await _finish(session, outcome, started)
 
 
 async def _recover(session: Session, outcome: Outcome) -> None:
@@ -288,7 +288,7 @@ async def _ask(session: Session, batches: list[Packets], request: bytes, due: in
     link.close()
 
 
-def _finish(session: Session, outcome: Outcome, started: float) -> FetchResult:
+async def _finish(session: Session, outcome: Outcome, started: float) -> FetchResult:
     """Pass every packet still held to the output, and say what the fetch got."""
     store = session.store
     complete = store.complete and not outcome.reason
@@ -296,11 +296,11 @@ def _finish(session: Session, outcome: Outcome, started: float) -> FetchResult:
     missing_ranges = store.missing_ranges()
     if not complete:
         # Everything held goes out, gaps and all; the ceiling no longer holds it back.
-        session.advance(stop=(store.highest or store.first - 1) + 1)
+        await session.flush((store.highest or store.first - 1) + 1)
         if not outcome.reason:
             outcome.reason = "stopped short"
     else:
-        session.advance(stop=(end or store.first - 1) + 1)
+        await session.flush((end or store.first - 1) + 1)
     if session.received == 0 and not complete:
         raise FetchError(
             f"{session.options.host}:{session.options.port}: no packet arrived ({outcome.reason})"
@@ -313,7 +313,7 @@ def _finish(session: Session, outcome: Outcome, started: float) -> FetchResult:
         mode=outcome.mode,
         first=store.first,
         last=end,
-        last_inferred=outcome.mode == "base" and not (store.last_known and session.options.stop),
+        last_inferred=outcome.mode == "base" and outcome.end_inferred,
         received=session.received,
         recovered=session.recovered,
         duplicates=session.duplicates,

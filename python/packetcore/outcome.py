@@ -19,6 +19,8 @@ class Outcome:
     resend_rounds: int = 0
     #: Base protocol: the chance that a packet after the inferred end exists unseen.
     chance: float | None = None
+    #: Base protocol: whether the end was inferred (not the end of a --to slice reached).
+    end_inferred: bool = True
     #: Base protocol: packets beyond the inferred end judged corrupted, left out.
     corrupt: int = 0
     reason: str = ""

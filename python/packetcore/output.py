@@ -92,8 +92,9 @@ class AtomicFile:
         if special:
             self.stream: BinaryIO = open(self.target, "wb")  # noqa: SIM115 (closed by commit)
             return
+        # The name's head only: a temporary beside a 255-byte name must still fit.
         fd, temp = tempfile.mkstemp(
-            prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent
+            prefix=f".{self.target.name[:200]}.", suffix=".tmp", dir=self.target.parent
         )
         self._temp = Path(temp)
         try:
@@ -188,6 +189,17 @@ def _stdout() -> BinaryIO:
     return open(1, "wb", closefd=False)
 
 
+def _check_target(path: str) -> None:
+    # What would only fail at the end, after the whole fetch: fail now instead.
+    if not path:
+        raise OutputError("the output path is empty")
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise OutputError(f"the output {path} names a directory, not a file")
+    partial = partial_path(os.path.realpath(path))
+    if partial.is_dir():
+        raise OutputError(f"{partial}, where an incomplete fetch is saved, is a directory")
+
+
 class Output:
     """Where a fetch's packets go, in order: formatted and written on a thread of its own.
 
@@ -208,6 +220,7 @@ class Output:
             self._stream = _stdout()
         else:
             self.name = os.fspath(path)
+            _check_target(self.name)
             self._file = AtomicFile(path)
             self._stream = self._file.stream
         try:
@@ -219,6 +232,7 @@ class Output:
         self.queued = 0
         self.written = 0
         self.error: BaseException | None = None
+        self._aborted = False
         self._failed: Callable[[str], None] = lambda reason: None
         self._thread = threading.Thread(target=self._run, name="packetcore-output", daemon=True)
         self._thread.start()
@@ -252,15 +266,16 @@ class Output:
             batch = self._queue.get()
             if batch is None:
                 return
-            if self.error is not None:
-                continue  # failed already: drain what was handed over
+            if self.error is not None or self._aborted:
+                continue  # failed or dropped already: drain what was handed over
             try:
                 self._writer.write(batch)
-                if self._file is None:
-                    self._stream.flush()
             except Exception as exc:
+                if self._aborted:
+                    continue  # the file went away under it on purpose
                 self.error = exc
-                self._failed(self.describe(exc))
+                with contextlib.suppress(Exception):  # the fetch may be gone already
+                    self._failed(self.describe(exc))
                 continue
             self.written += len(batch)
 
@@ -295,14 +310,14 @@ class Output:
         return os.fspath(where)
 
     def abort(self) -> None:
-        """Drop the output: the target stays as it was, no temporary file is left."""
+        """Drop the output: the target stays as it was, no temporary file is left.
+
+        Never waits for the writer thread: it may be blocked on a pipe nobody reads.
+        Whatever it still writes goes to a file already removed, or to stdout.
+        """
+        self._aborted = True
         queued = getattr(self, "_queue", None)
         if queued is not None:
             queued.put(None)
-            # A writer blocked on a pipe nobody reads cannot be waited for.
-            self._thread.join(timeout=1.0)
         if self._file is not None:
             self._file.discard()
-        elif self._stream is not None:
-            with contextlib.suppress(OSError):
-                self._stream.close()

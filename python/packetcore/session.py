@@ -434,31 +434,52 @@ class Session:
         """Mark ``sequences`` to be asked for again before their packets are trusted."""
         self.doubts.update(sequences.tolist())
 
-    def advance(self, stop: int | None = None) -> None:
-        """Pass the settled prefix of the feed on to the output, up to ``stop`` at most.
+    def advance(self) -> None:
+        """Pass the settled prefix of the feed on to the output.
 
-        The prefix ends at the first sequence not held or in doubt.  With ``stop``, every
-        packet held below it goes, gaps or not (the end of an incomplete fetch).
+        The prefix ends at the first sequence not held, in doubt, or above the ceiling.
+        """
+        if not self.flowing():
+            return
+        store = self.store
+        stop = store.contiguous()
+        cursor = store.cursor
+        doubted = [s for s in self.doubts if s >= cursor]
+        if doubted:
+            stop = min(stop, min(doubted))
+        ceiling = self.ceiling()
+        if ceiling is not None:
+            stop = min(stop, ceiling + 1)
+        while store.cursor < stop:
+            self._pass_on(store.take(min(stop, store.cursor + _BATCH)))
+
+    async def flush(self, stop: int) -> None:
+        """Pass every packet held below ``stop`` to the output, gaps and all.
+
+        The end of a fetch.  It yields to the event loop between batches (a signal is
+        acted on at once) and waits while the output is behind; across sparse stretches
+        (a few packets spread over a wide span) each step widens, so that even the
+        protocol's whole sequence space takes a few dozen steps.
         """
         store = self.store
-        if stop is None:
-            if not self.flowing():
-                return
-            stop = store.contiguous()
-            cursor = store.cursor
-            doubted = [s for s in self.doubts if s >= cursor]
-            if doubted:
-                stop = min(stop, min(doubted))
-            ceiling = self.ceiling()
-            if ceiling is not None:
-                stop = min(stop, ceiling + 1)
+        span = _BATCH
         while store.cursor < stop:
-            batch = store.take(min(stop, store.cursor + _BATCH))
-            if len(batch):
-                self._sink(batch)
-                self.written += len(batch)
-                if self.progress is not None:
-                    self.progress(self.written, self.expected)
+            while not self.flowing():
+                await asyncio.sleep(0.005)
+            batch = store.take(min(stop, store.cursor + span))
+            self._pass_on(batch)
+            if len(batch) < _BATCH // 2:
+                span = min(span * 2, 1 << 31)
+            elif len(batch) > 2 * _BATCH:
+                span = max(span // 2, _BATCH)
+            await asyncio.sleep(0)
+
+    def _pass_on(self, batch: Packets) -> None:
+        if len(batch):
+            self._sink(batch)
+            self.written += len(batch)
+            if self.progress is not None:
+                self.progress(self.written, self.expected)
 
     def note_invalid(self, connection: int, offsets: npt.NDArray[np.int64]) -> None:
         """Record packets the decoder rejected, by connection and byte offset."""

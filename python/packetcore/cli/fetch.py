@@ -22,7 +22,7 @@ from ..client import FetchResult, format_ranges, run_fetch
 from ..errors import FetchError
 from ..output import STDOUT, Output, OutputError
 from ..session import MAX_BACKOFF, MAX_CONFIDENCE, FetchOptions, Progress
-from . import UserError, add_verbosity, run
+from . import Terminated, UserError, add_verbosity, run
 from .options import integer, number
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
@@ -32,7 +32,7 @@ EXIT_STRICT = 4
 PROGRAM = "packetcore-fetch"
 FORMATS = ("json", "ndjson", "csv", "parquet", "bin")
 # Packets waiting for the writer before the fetch stops taking more from the store.
-_BACKLOG = 1 << 22
+_BACKLOG = 1 << 20
 
 _DEFAULTS = FetchOptions()
 _port = integer(1, 0xFFFF, what="a port in 1..65535")
@@ -218,12 +218,12 @@ def fetch_into(
                 )
             _warn_conflicts(result)
             where = out.close(result.complete)
-    except _Interrupted as exc:
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        # From the event loop's handlers (_Interrupted), or from cli.run's outside it.
         out.abort()
-        name = signal.Signals(exc.signum).name
-        raise UserError(
-            f"interrupted by {name}; {output} left as it was", 128 + exc.signum
-        ) from None
+        signum = getattr(exc, "signum", signal.SIGTERM if isinstance(exc, Terminated) else 2)
+        name = signal.Signals(signum).name
+        raise UserError(f"interrupted by {name}; {output} left as it was", 128 + signum) from None
     except BaseException:
         out.abort()
         raise
