@@ -232,7 +232,7 @@ class Output:
         self.queued = 0
         self.written = 0
         self.error: BaseException | None = None
-        self._aborted = False
+        self._aborted = threading.Event()
         self._failed: Callable[[str], None] = lambda reason: None
         self._thread = threading.Thread(target=self._run, name="packetcore-output", daemon=True)
         self._thread.start()
@@ -266,12 +266,12 @@ class Output:
             batch = self._queue.get()
             if batch is None:
                 return
-            if self.error is not None or self._aborted:
+            if self.error is not None or self._aborted.is_set():
                 continue  # failed or dropped already: drain what was handed over
             try:
                 self._writer.write(batch)
             except Exception as exc:
-                if self._aborted:
+                if self._aborted.is_set():
                     continue  # the file went away under it on purpose
                 self.error = exc
                 with contextlib.suppress(Exception):  # the fetch may be gone already
@@ -315,7 +315,7 @@ class Output:
         Never waits for the writer thread: it may be blocked on a pipe nobody reads.
         Whatever it still writes goes to a file already removed, or to stdout.
         """
-        self._aborted = True
+        self._aborted.set()
         queued = getattr(self, "_queue", None)
         if queued is not None:
             queued.put(None)
