@@ -127,3 +127,12 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path: Path) -> None:
     reader.join(timeout=10)
     assert received == [to_json(book())]
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_a_format_that_cannot_start_leaves_nothing_behind(tmp_path: Path) -> None:
+    # open_writer refuses the format: the temporary file goes, nothing is left.
+    from packetcore.output import Output
+
+    with pytest.raises(ValueError):
+        Output(str(tmp_path / "out.json"), "no-such-format")
+    assert list(tmp_path.iterdir()) == []

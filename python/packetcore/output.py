@@ -215,6 +215,7 @@ class Output:
 
         self.form = form
         self._file: AtomicFile | None = None
+        self._aborted = threading.Event()
         if os.fspath(path) == STDOUT:
             self.name = "stdout"
             self._stream = _stdout()
@@ -232,7 +233,6 @@ class Output:
         self.queued = 0
         self.written = 0
         self.error: BaseException | None = None
-        self._aborted = threading.Event()
         self._failed: Callable[[str], None] = lambda reason: None
         self._thread = threading.Thread(target=self._run, name="packetcore-output", daemon=True)
         self._thread.start()
