@@ -299,3 +299,58 @@ def test_parquet_without_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert 'pip install "packetcore[parquet]"' in message
     assert not (tmp_path / "out.parquet").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_values_outside_int32_are_refused_not_cast(tmp_path: Path) -> None:
+    # int64 2**40 used to be read as 0, a float 2.9 as 2.
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from packetcore.errors import FeedError
+    from packetcore.formats import read
+
+    def table(quantity: object) -> object:
+        return pa.table({
+            "symbol": ["AAPL", "MSFT"], "buysellindicator": ["B", "S"],
+            "quantity": quantity, "price": pa.array([1, 2], pa.int32()),
+            "packetSequence": pa.array([1, 2], pa.int32()),
+        })  # fmt: skip
+
+    for bad, expected in [
+        (pa.array([1, 2**40], pa.int64()), "int32"),
+        (pa.array([1.0, 2.9], pa.float64()), "integer column"),
+    ]:
+        path = tmp_path / "bad.parquet"
+        pq.write_table(table(bad), path)
+        with pytest.raises(FeedError, match=expected):
+            read(path)
+    path = tmp_path / "fine.parquet"
+    pq.write_table(table(pa.array([5, -7], pa.int64())), path)
+    assert read(path).quantity.tolist() == [5, -7]
+
+
+def test_a_broken_parquet_file_is_a_feed_error_naming_it(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    from packetcore.errors import FeedError
+    from packetcore.formats import read
+
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 this is not parquet PAR1")
+    with pytest.raises(FeedError, match="broken.parquet"):
+        read(path)
+
+
+def test_the_partial_file_keeps_its_format(tmp_path: Path) -> None:
+    from packetcore.formats import format_for
+
+    assert format_for("out.csv.partial") == "csv"
+    assert format_for("out.bin.partial") == "bin"
+    assert format_for("out.partial") == "json"
+
+
+def test_write_refuses_a_sequence_twice(tmp_path: Path) -> None:
+    from packetcore.formats import write
+
+    twice = Packets([b"A", b"B"], [b"B", b"S"], [1, 2], [3, 4], [7, 7])
+    with pytest.raises(ValueError, match="7 appears twice"):
+        write(tmp_path / "out.json", twice)
+    assert not (tmp_path / "out.json").exists()

@@ -19,7 +19,7 @@ import numpy as np
 
 from .engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows
 from .errors import FeedError, MissingDependencyError, ProtocolError
-from .output import STDOUT, AtomicFile
+from .output import PARTIAL_SUFFIX, STDOUT, AtomicFile
 from .packets import JSON_KEYS, Packets
 
 __all__ = [
@@ -53,6 +53,7 @@ _EXTENSIONS = {
     ".bin": "bin",
 }
 _CSV_HEADER = ",".join(JSON_KEYS).encode("ascii") + b"\n"
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _PARQUET_EXTRA = 'parquet needs pyarrow: pip install "packetcore[parquet]"'
 
 
@@ -62,7 +63,10 @@ def format_for(path: str | os.PathLike[str], explicit: str | None = None) -> str
         if explicit not in FORMATS:
             raise ValueError(f"unknown format {explicit!r}: choose one of {', '.join(FORMATS)}")
         return explicit
-    return _EXTENSIONS.get(Path(path).suffix.lower(), DEFAULT_FORMAT)
+    name = Path(path)
+    if name.suffix == PARTIAL_SUFFIX:
+        name = name.with_suffix("")  # out.csv.partial is what a fetch into out.csv saved
+    return _EXTENSIONS.get(name.suffix.lower(), DEFAULT_FORMAT)
 
 
 def _pyarrow() -> tuple[ModuleType, ModuleType]:
@@ -257,6 +261,9 @@ def write(path: str | os.PathLike[str], packets: Packets, format: str | None = N
     """Write ``packets`` to ``path`` (``-``: stdout) in sequence order, atomically."""
     form = format_for(path, format)
     packets = _in_order(packets)
+    repeated = np.flatnonzero(np.diff(packets.sequence) == 0)
+    if len(repeated):
+        raise ValueError(f"packet sequence {packets.sequence[repeated[0]]} appears twice")
     if os.fspath(path) == STDOUT:
         out = sys.stdout.buffer
         writer = open_writer(out, form)
@@ -315,13 +322,23 @@ def _iter_bin(file: BinaryIO, block: int) -> Iterator[Packets]:
 
 
 def _iter_parquet(path: str | os.PathLike[str], block: int) -> Iterator[Packets]:
-    _, pq = _pyarrow()
-    file = pq.ParquetFile(path)
+    pa, pq = _pyarrow()
+    try:
+        file = pq.ParquetFile(path)
+    except pa.ArrowException as exc:
+        raise FeedError(f"{os.fspath(path)}: not a readable parquet file ({exc})") from None
     names = file.schema_arrow.names
     if names != list(JSON_KEYS):
         raise FeedError(f"parquet columns are {names}, expected {list(JSON_KEYS)}")
     start = 0
-    for batch in file.iter_batches(batch_size=max(1, block // 32)):
+    batches = file.iter_batches(batch_size=max(1, block // 32))
+    while True:
+        try:
+            batch = next(batches, None)
+        except pa.ArrowException as exc:
+            raise FeedError(f"{os.fspath(path)}: a broken parquet file ({exc})") from None
+        if batch is None:
+            return
         packets = _from_arrow(batch, start)
         start += len(packets)
         yield packets
@@ -341,10 +358,16 @@ def _from_arrow(batch: Any, start: int) -> Packets:
         _bad_value(start + int(bad_side[0]), JSON_KEYS[1], "'B' or 'S'")
     ints = []
     for column, key in zip(columns[2:], JSON_KEYS[2:], strict=True):
-        try:
-            ints.append(np.ascontiguousarray(column.to_numpy(False), dtype=np.int32))
-        except (TypeError, ValueError):
-            raise FeedError(f"field {key!r}: expected an int32 column", -1, key) from None
+        values = np.asarray(column.to_numpy(False))
+        # Whole numbers only, each within int32: never a silent cast (2**40 read as 0).
+        if values.dtype.kind not in "iu":
+            raise FeedError(
+                f"field {key!r}: expected an integer column, got {column.type}", -1, key
+            )
+        outside = np.flatnonzero((values < _INT32_MIN) | (values > _INT32_MAX))
+        if len(outside):
+            _bad_value(start + int(outside[0]), key, "an int32")
+        ints.append(np.ascontiguousarray(values, dtype=np.int32))
     bad_sequence = np.flatnonzero(ints[2] < 1)
     if len(bad_sequence):
         _bad_value(start + int(bad_sequence[0]), JSON_KEYS[4], "an integer >= 1")
