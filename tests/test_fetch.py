@@ -552,3 +552,20 @@ def test_the_prefix_waits_for_the_repair_round() -> None:
     session.advance()
     assert 5 in session.doubts and session.store.conflicts == 1
     assert Packets.concat(out).sequence.tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"port": "3000"}, {"start": 3.7}, {"start": True}, {"timeout": "1"}, {"retries": 1.5},
+     {"host": 127}],
+)  # fmt: skip
+def test_options_of_the_wrong_type_are_refused(options: dict[str, object]) -> None:
+    with pytest.raises(TypeError, match="must be"):
+        FetchOptions(**options)  # type: ignore[arg-type]
+
+
+def test_a_slice_outside_the_feed_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with Server(host="127.0.0.1", port=0, seed=1) as server:
+        assert _cli(server.port, "--from", "100", "-o", "-") == 1
+    err = capsys.readouterr().err
+    assert "lies outside the feed 1..14" in err and "bad answer" not in err

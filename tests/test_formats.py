@@ -335,7 +335,7 @@ def test_a_broken_parquet_file_is_a_feed_error_naming_it(tmp_path: Path) -> None
 
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 this is not parquet PAR1")
-    with pytest.raises(FeedError, match="broken.parquet"):
+    with pytest.raises(FeedError, match=r"broken\.parquet"):
         read(path)
 
 

@@ -207,6 +207,9 @@ async def _probe(session: Session) -> Link | None:
     link.hello()
     wait = options.hello_timeout if options.protocol == "auto" else options.timeout
     state = await link.wait_info(1, wait)
+    if link.broken and isinstance(link.error, FetchError):
+        link.close()
+        raise link.error  # the feed is fine, but not what was asked for (a slice outside)
     if link.broken:
         # The server answered the hello, but not with an info frame the fetch can use
         # (e.g. a last sequence beyond int32): an extended server gone wrong, not a base

@@ -88,6 +88,18 @@ class FetchOptions:
     stop: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("port", "retries", "max_passes", "start", "stop"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be a whole number, not {value!r}")
+        for name in ("hello_timeout", "timeout", "backoff", "confidence", "deadline"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, (int, float)) or isinstance(value, bool)
+            ):
+                raise TypeError(f"{name} must be a number, not {value!r}")
+        if not isinstance(self.host, str):
+            raise TypeError(f"host must be a string, not {self.host!r}")
         if self.protocol not in ("auto", "base", "extended"):
             raise ValueError(f"protocol must be auto, base or extended, not {self.protocol!r}")
         if not 0 <= self.port <= 0xFFFF:

@@ -78,8 +78,8 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(verbosity: int) -> None:
-    """Log to stderr at WARNING (-q), INFO (default) or DEBUG (-v)."""
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    """Log to stderr at ERROR (-q: errors only), INFO (default) or DEBUG (-v)."""
+    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(
         level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )

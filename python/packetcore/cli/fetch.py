@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -210,10 +211,16 @@ def fetch_into(
         with _progress_bar(verbosity) as progress:
             result = asyncio.run(_run(options, out, progress))
             if strict and (result.conflicts or result.invalid or result.corrupt):
+                # stdout got the records as they came: it cannot be taken back.
+                fate = (
+                    "what reached stdout is not to be trusted"
+                    if output == STDOUT
+                    else (f"{output} left as it was")
+                )
                 raise UserError(
                     f"--strict: the server sent {result.conflicts} conflicting, "
                     f"{result.invalid} invalid and {result.corrupt} corrupted packet(s); "
-                    f"nothing written",
+                    f"{fate}",
                     EXIT_STRICT,
                 )
             _warn_conflicts(result)
@@ -307,6 +314,8 @@ def _incomplete(result: FetchResult, output: str, where: str) -> None:
         missing = "no known gap"
     if output == STDOUT:
         saved = "written to stdout as they are"
+    elif os.path.realpath(where) == os.path.realpath(output):
+        saved = f"written into {output} as they are (no regular file: no .partial beside it)"
     else:
         saved = f"saved to {where}; {output} left untouched"
     raise UserError(
@@ -322,6 +331,7 @@ def _progress_bar(verbosity: int) -> Iterator[Progress | None]:
         yield None
         return
     from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
 
     bar: Any = tqdm(total=None, unit="pkt", unit_scale=True, leave=False, file=sys.stderr)
 
@@ -331,7 +341,8 @@ def _progress_bar(verbosity: int) -> Iterator[Progress | None]:
         bar.update(written - bar.n)
 
     try:
-        yield progress
+        with logging_redirect_tqdm():  # log lines above the bar, never across it
+            yield progress
     finally:
         bar.close()
 
