@@ -403,8 +403,10 @@ def test_an_incomplete_fetch_saves_its_partial_in_the_chosen_format(
 
 def test_the_fetch_command_imports_only_what_it_uses() -> None:
     # No server code, no progress bar without a terminal, no pyarrow unless writing parquet.
+    # A whole (failing) fetch: nothing listens on port 1.
     probe = (
         "import sys; from packetcore.cli.fetch import main; "
+        "main(['--port', '1', '--retries', '0', '-o', '-', '-q']); "
         "print(' '.join(sorted(m for m in sys.modules)))"
     )
     loaded = subprocess.run(
@@ -478,3 +480,25 @@ def test_a_deadline_over_scattered_sequences_is_kept(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "o.json.partial").read_bytes())
     sequences = [r["packetSequence"] for r in saved]
     assert len(saved) > 1000 and sequences == sorted(set(sequences))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.4])
+def test_ctrl_c_while_starting_is_one_line(delay: float) -> None:
+    # Numpy and the engine load once the command runs: a Ctrl-C then (it used to print a
+    # KeyboardInterrupt traceback of twenty lines) ends in one line like any other.
+    def silent(conn: socket.socket) -> None:
+        conn.recv(16)
+        time.sleep(30)
+
+    with RawServer(silent) as server:
+        proc = subprocess.Popen(
+            _command(server.port, "-o", "-"), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, env=_env(),
+        )  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupted" in err

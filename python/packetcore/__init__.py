@@ -1,22 +1,30 @@
-"""packetcore: fetch a sequenced exchange feed over TCP, repair its gaps, write JSON."""
+"""packetcore: fetch a sequenced exchange feed over TCP, repair its gaps, write JSON.
+
+The names below load on first use (PEP 562), so that ``import packetcore.cli.fetch``
+starts fast and loads numpy and the engine only when the command runs.
+"""
 
 from __future__ import annotations
 
-from .client import FetchError, FetchResult, fetch, fetch_async
-from .engine import (
-    MAX_SEQUENCE,
-    PACKET_SIZE,
-    Decoder,
-    GapTracker,
-    PacketStore,
-    decode,
-    encode,
-    implementation,
-    to_json,
-)
-from .errors import FeedError, PacketcoreError, ProtocolError
-from .formats import FORMATS, read, write
-from .packets import Packet, Packets
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import FetchResult, fetch, fetch_async
+    from .engine import (
+        MAX_SEQUENCE,
+        PACKET_SIZE,
+        Decoder,
+        GapTracker,
+        PacketStore,
+        decode,
+        encode,
+        implementation,
+        to_json,
+    )
+    from .errors import FeedError, FetchError, PacketcoreError, ProtocolError
+    from .formats import FORMATS, read, write
+    from .packets import Packet, Packets
 
 __version__ = "0.1.0"
 
@@ -44,3 +52,41 @@ __all__ = [
     "to_json",
     "write",
 ]
+
+# Where each name of __all__ lives.
+_WHERE = {
+    "FetchResult": ".client",
+    "fetch": ".client",
+    "fetch_async": ".client",
+    "MAX_SEQUENCE": ".engine",
+    "PACKET_SIZE": ".engine",
+    "Decoder": ".engine",
+    "GapTracker": ".engine",
+    "PacketStore": ".engine",
+    "decode": ".engine",
+    "encode": ".engine",
+    "implementation": ".engine",
+    "to_json": ".engine",
+    "FeedError": ".errors",
+    "FetchError": ".errors",
+    "PacketcoreError": ".errors",
+    "ProtocolError": ".errors",
+    "FORMATS": ".formats",
+    "read": ".formats",
+    "write": ".formats",
+    "Packet": ".packets",
+    "Packets": ".packets",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -9,7 +9,6 @@ packets; 130 / 143 interrupted by SIGINT / SIGTERM (the output left as it was).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -17,14 +16,18 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..client import FetchResult, format_ranges, run_fetch
 from ..errors import FetchError
-from ..output import STDOUT, Output, OutputError
-from ..session import MAX_BACKOFF, MAX_CONFIDENCE, FetchOptions, Progress
 from . import Terminated, UserError, add_verbosity, run
 from .options import integer, number
+
+# The fetch machinery (numpy, the engine) is imported once the command runs, so that a
+# Ctrl-C while it loads is one line like any other; the module itself imports fast.
+if TYPE_CHECKING:
+    from ..client import FetchResult
+    from ..output import Output
+    from ..session import FetchOptions, Progress
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
 
@@ -35,23 +38,25 @@ FORMATS = ("json", "ndjson", "csv", "parquet", "bin")
 # Packets waiting for the writer before the fetch stops taking more from the store.
 _BACKLOG = 1 << 20
 
-_DEFAULTS = FetchOptions()
 _port = integer(1, 0xFFFF, what="a port in 1..65535")
 _count = integer(0, what="0 or more")
 _at_least_one = integer(1, what="1 or more")
 _sequence = integer(1, 2**31 - 1, what="a sequence in 1..2147483647")
 _positive = number(0.0, 1e9, low_open=True, what="more than 0 seconds")
-_backoff = number(0.0, MAX_BACKOFF, what=f"0 to {MAX_BACKOFF:g} seconds")
-_confidence = number(
-    0.0, MAX_CONFIDENCE, low_open=True,
-    what=f"a probability above 0 and at most {MAX_CONFIDENCE:g}",
-)  # fmt: skip
 
 log = logging.getLogger("packetcore.fetch")
 
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """Return the parser of the fetch options (defaults from :class:`FetchOptions`)."""
+    from ..session import MAX_BACKOFF, MAX_CONFIDENCE, FetchOptions
+
+    defaults = FetchOptions()  # the one place defaults come from
+    backoff = number(0.0, MAX_BACKOFF, what=f"0 to {MAX_BACKOFF:g} seconds")
+    confidence = number(
+        0.0, MAX_CONFIDENCE, low_open=True,
+        what=f"a probability above 0 and at most {MAX_CONFIDENCE:g}",
+    )  # fmt: skip
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
@@ -64,8 +69,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         ),
     )
     add = parser.add_argument
-    add("--host", default=_DEFAULTS.host, help="server address (default: %(default)s)")
-    add("--port", type=_port, default=_DEFAULTS.port, help="server port (default: %(default)s)")
+    add("--host", default=defaults.host, help="server address (default: %(default)s)")
+    add("--port", type=_port, default=defaults.port, help="server port (default: %(default)s)")
     add(
         "-o",
         "--output",
@@ -98,21 +103,21 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     add(
         "--protocol",
         choices=("auto", "base", "extended"),
-        default=_DEFAULTS.protocol,
+        default=defaults.protocol,
         help="auto: probe for the packetcore extension, fall back to the base protocol "
         "(default: %(default)s)",
     )
     add(
         "--hello-timeout",
         type=_positive,
-        default=_DEFAULTS.hello_timeout,
+        default=defaults.hello_timeout,
         metavar="SECONDS",
         help="how long auto waits for the extension's answer (default: %(default)s)",
     )
     add(
         "--timeout",
         type=_positive,
-        default=_DEFAULTS.timeout,
+        default=defaults.timeout,
         metavar="SECONDS",
         help="how long connecting may take, and a connection may stay silent while an "
         "answer is due (default: %(default)s)",
@@ -120,30 +125,30 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     add(
         "--deadline",
         type=_positive,
-        default=_DEFAULTS.deadline,
+        default=defaults.deadline,
         metavar="SECONDS",
         help="stop the whole fetch after this long, saving what arrived (default: none)",
     )
     add(
         "--retries",
         type=_count,
-        default=_DEFAULTS.retries,
+        default=defaults.retries,
         metavar="N",
         help="retries of a refused or lost connection or an unanswered request, with "
         "exponential backoff (default: %(default)s)",
     )
     add(
         "--backoff",
-        type=_backoff,
-        default=_DEFAULTS.backoff,
+        type=backoff,
+        default=defaults.backoff,
         metavar="SECONDS",
         help=f"first pause before a retry, doubled each time up to {MAX_BACKOFF:g} s "
         "(default: %(default)s)",
     )
     add(
         "--confidence",
-        type=_confidence,
-        default=_DEFAULTS.confidence,
+        type=confidence,
+        default=defaults.confidence,
         metavar="P",
         help="base protocol: make stream-all passes until the chance that a packet after "
         "the highest seen exists unseen (a truncated output) is below P; at most "
@@ -152,7 +157,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     add(
         "--max-passes",
         type=_at_least_one,
-        default=_DEFAULTS.max_passes,
+        default=defaults.max_passes,
         metavar="N",
         help="base protocol: give up after N stream-all passes (default: %(default)s)",
     )
@@ -168,11 +173,30 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     """Run ``packetcore-fetch``; return the exit status."""
-    started = time.perf_counter()  # the summary quotes the wall time the user waited
-    return run(PROGRAM, build_parser(prog), lambda args: _fetch(args, started), argv)
+    started = time.perf_counter() - _age()  # the summary quotes the wall time waited
+    try:
+        parser = build_parser(prog)  # loads the fetch machinery
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        return 130
+    return run(PROGRAM, parser, lambda args: _fetch(args, started), argv)
+
+
+def _age() -> float:
+    """Return how long this process has run, as far as the platform tells (Linux)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat, open("/proc/uptime", "rb") as uptime:
+            # Field 22, after the parenthesised command name, is the start in clock ticks.
+            start = int(stat.read().rsplit(b")", 1)[1].split()[19])
+            up = float(uptime.read().split()[0])
+        return max(up - start / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _fetch(args: argparse.Namespace, started: float) -> int:
+    from ..session import FetchOptions
+
     try:
         options = FetchOptions(
             host=args.host, port=args.port, protocol=args.protocol,
@@ -197,6 +221,7 @@ def fetch_into(
 ) -> int:
     """Fetch into ``output``, print the summary; return the exit status (or raise UserError)."""
     from ..formats import format_for
+    from ..output import STDOUT, Output, OutputError
 
     if started is None:
         started = time.perf_counter()
@@ -207,6 +232,8 @@ def fetch_into(
         raise UserError(f"cannot write the output {output}: {exc.strerror or exc}") from exc
     except (OutputError, ValueError) as exc:
         raise UserError(str(exc)) from exc
+    import asyncio
+
     try:
         with _progress_bar(verbosity) as progress:
             result = asyncio.run(_run(options, out, progress))
@@ -249,6 +276,10 @@ class _Interrupted(BaseException):
 
 
 async def _run(options: FetchOptions, out: Output, progress: Progress | None) -> FetchResult:
+    import asyncio
+
+    from ..client import run_fetch
+
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[str] = loop.create_future()
 
@@ -307,6 +338,9 @@ def _warn_conflicts(result: FetchResult) -> None:
 
 
 def _incomplete(result: FetchResult, output: str, where: str) -> None:
+    from ..output import STDOUT
+    from ..ranges import format_ranges
+
     if result.missing:
         log.debug("missing sequences: %s", format_ranges(result.missing))
         missing = f"{result.missing_count} packet(s) missing: {format_ranges(result.missing, 20)}"
