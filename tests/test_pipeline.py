@@ -502,3 +502,20 @@ def test_ctrl_c_while_starting_is_one_line(delay: float) -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "interrupted" in err
+
+
+def test_a_hello_given_up_on_may_still_open_the_stream() -> None:
+    from packetcore.protocol import ResponseFramer
+
+    packets = encode(book()[:2])
+    late = ResponseFramer()
+    late.expect()
+    late.give_up()
+    items = late.feed(encode_info(FeedInfo(1, 14))[:7])
+    items += late.feed(encode_info(FeedInfo(1, 14))[7:] + packets)
+    assert items[0] == FeedInfo(1, 14) and b"".join(bytes(i) for i in items[1:]) == packets
+    never = ResponseFramer()
+    never.expect()
+    never.give_up()
+    assert b"".join(bytes(i) for i in never.feed(packets)) == packets  # a base server
+    assert never.due == 0

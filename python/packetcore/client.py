@@ -230,13 +230,15 @@ async def _probe(session: Session) -> Link | None:
             f"{options.host}:{options.port} did not answer the extension hello within "
             f"{options.timeout:g} s: a base-protocol server? (try --protocol auto or base)"
         )
-    link.close()
     if state == "lost":
         log.debug("the server hung up on the hello: base protocol")
-    else:
-        log.debug("no answer to the hello within %g s: base protocol", wait)
-    # The next connection asks again, back to back with its stream (base_mode).
-    return None
+        link.close()
+        return None
+    log.debug("no answer to the hello within %g s: base protocol", wait)
+    # Carry on on this connection (a base server ignored the hello); its first bytes
+    # may yet be a late answer.
+    link.framer.give_up()
+    return link
 
 
 async def _settle(session: Session, outcome: Outcome) -> None:

@@ -216,6 +216,16 @@ class ResponseFramer:
         """Let the connection's first bytes be a late info frame."""
         self._late = True
 
+    def give_up(self) -> None:
+        """Stop waiting for the info frame due: only the very first bytes may still be it.
+
+        Answers come in request order, so a late answer to a hello sent first can only
+        open the stream; anything else there is packets.
+        """
+        if self.due and not self._passed and not self._held:
+            self.due -= 1
+            self._late = True
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview | FeedInfo]:
         """Return, in order, the packet byte runs and the info frames ``data`` completed.
 
