@@ -136,3 +136,27 @@ def test_a_format_that_cannot_start_leaves_nothing_behind(tmp_path: Path) -> Non
     with pytest.raises(ValueError):
         Output(str(tmp_path / "out.json"), "no-such-format")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["empty", "slash", "partial-is-a-directory"])
+def test_outputs_that_would_fail_at_the_end_fail_at_once(case: str, tmp_path: Path) -> None:
+    from packetcore.output import Output, OutputError
+
+    if case == "empty":
+        path = ""
+    elif case == "slash":
+        path = str(tmp_path / "new.json") + os.sep  # a directory's name, not a file's
+    else:
+        (tmp_path / "out.json.partial").mkdir()
+        path = str(tmp_path / "out.json")
+    with pytest.raises(OutputError):
+        Output(path, "json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["out.json.partial"] if case == "partial-is-a-directory" else []
+    )
+
+
+def test_the_longest_file_name_can_be_written(tmp_path: Path) -> None:
+    target = tmp_path / ("x" * 250 + ".json")  # 255 bytes: the temporary must fit too
+    write_atomic(target, b"[]\n")
+    assert target.read_bytes() == b"[]\n"
