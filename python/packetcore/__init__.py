@@ -79,6 +79,14 @@ _WHERE = {
 }
 
 
+def _check_build() -> None:
+    # A build made with the compiled engine that lost it fails here, at import, rather
+    # than fall back to the twin; the check imports nothing heavy.
+    from ._build_check import check_build
+
+    check_build()
+
+
 def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
@@ -90,3 +98,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+_check_build()

@@ -9,8 +9,9 @@ never a silent fallback.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Literal
+
+from ._build_check import check_build, forced_twin
 
 __all__ = [
     "MAX_SEQUENCE",
@@ -30,16 +31,7 @@ __all__ = [
 implementation: Literal["cython", "python"]
 
 
-def _built_with_compiled_engine() -> bool:
-    # setup.py writes _build.py into every built package; a source tree has none.
-    try:
-        from ._build import COMPILED_ENGINE  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError:
-        return False
-    return bool(COMPILED_ENGINE)
-
-
-if TYPE_CHECKING or os.environ.get("PACKETCORE_NO_EXTENSIONS", "") not in ("", "0"):
+if TYPE_CHECKING or forced_twin():
     from ._pure import (
         MAX_SEQUENCE,
         PACKET_SIZE,
@@ -75,11 +67,7 @@ else:
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}._engine":
             raise
-        if _built_with_compiled_engine():
-            raise ImportError(
-                "packetcore was built with its compiled engine, but packetcore._engine is "
-                "missing: reinstall packetcore, or set PACKETCORE_NO_EXTENSIONS=1"
-            ) from exc
+        check_build()
         from ._pure import (
             MAX_SEQUENCE,
             PACKET_SIZE,
