@@ -324,14 +324,17 @@ def test_incomplete_base_fetch_exit_3(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_chance_unseen() -> None:
-    assert chance_unseen(0, 0, 0) == 1.0
-    # The uniform prior makes it larger than the plain estimate (d/n)^k.
-    for drops, chances, passes in [(25, 100, 1), (250, 1000, 10), (3, 14, 12)]:
-        value = chance_unseen(drops, chances, passes)
-        assert value > (drops / chances) ** passes
-        assert value == pytest.approx(
-            np.prod([(drops + 1 + j) / (chances + 2 + j) for j in range(passes)])
-        )
+    # Known values, worked by hand as fractions: with a uniform prior on the drop rate p,
+    # d drops in n chances leave p ~ Beta(d + 1, n - d + 1), and k more passes all miss a
+    # packet with chance E[p**k] = B(d + 1 + k, n - d + 1) / B(d + 1, n - d + 1).
+    assert chance_unseen(0, 0, 0) == 1.0  # no pass yet: it is certainly unseen
+    assert chance_unseen(0, 0, 1) == pytest.approx(1 / 2)  # E[p] of Uniform(0, 1)
+    assert chance_unseen(25, 100, 1) == pytest.approx(13 / 51)  # 26/102
+    assert chance_unseen(1, 2, 3) == pytest.approx(1 / 5)  # 2/4 * 3/5 * 4/6
+    # The book after 12 passes with 3 of 14 dropped: (4 * ... * 15) / (16 * ... * 27)
+    # = 15!**2 / (3! * 27!) = 7/267444, the 2.6e-05 the command prints.
+    assert chance_unseen(3, 14, 12) == pytest.approx(7 / 267444)
+    # Many chances: the prior no longer matters, the plain estimate (d/n)**k is reached.
     assert chance_unseen(500_000, 1_000_000, 20) == pytest.approx(0.5**20, rel=1e-3)
 
 
