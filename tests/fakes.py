@@ -11,36 +11,24 @@ import asyncio
 import contextlib
 import random
 import socket
-import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
 
 from packetcore.feeds import book
-from packetcore.protocol import FeedInfo, encode_info
+from packetcore.protocol import (
+    HELLO,
+    RESEND,
+    RESEND_RANGE,
+    STREAM_ALL,
+    FeedInfo,
+    RequestFramer,
+    encode_info,
+)
+from serverutil import LoopThread
 
 from packetcore import Packets, encode
 
-T = TypeVar("T")
-
 __all__ = ["FakeBaseServer", "FlakyProxy"]
-
-
-class _LoopThread:
-    """An event loop running in a daemon thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
 
 
 class _Background:
@@ -50,7 +38,7 @@ class _Background:
     port = 0
 
     def __init__(self) -> None:
-        self._loop: _LoopThread | None = None
+        self._loop: LoopThread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -85,7 +73,7 @@ class _Background:
         await asyncio.gather(*handlers, return_exceptions=True)
 
     def start(self) -> _Background:
-        self._loop = _LoopThread()
+        self._loop = LoopThread("fake-server")
         self._loop.run(self._listen())
         return self
 
@@ -182,36 +170,25 @@ class FakeBaseServer(_Background):
             await writer.drain()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
+        framer = RequestFramer()
         while data := await reader.read(4096):
-            buffer += data
-            while len(buffer) >= 2:
-                call = buffer[0]
-                if call == 4:
-                    if len(buffer) < 10:
-                        break
-                    start = int.from_bytes(buffer[2:6], "big")
-                    count = int.from_bytes(buffer[6:10], "big")
-                    del buffer[:10]
-                    self.requests.append((4, start))
+            for request in framer.feed(data):
+                call, start = request.call_type, request.start
+                self.requests.append((call, start))
+                if call == RESEND_RANGE:
                     if self.answer_hello and self.answer_ranges:
-                        for sequence in range(max(start, self.first), start + count):
-                            if sequence > self.last:
-                                break
+                        stop = min(start + request.count, self.last + 1)
+                        for sequence in range(max(start, self.first), stop):
                             await self._write(writer, self._packet(sequence))
-                    continue
-                argument = buffer[1]
-                del buffer[:2]
-                self.requests.append((call, argument))
-                if call == 1:
+                elif call == STREAM_ALL:
                     await self._stream_all(writer)
                     return
-                if call == 2:
-                    if not self.first <= argument <= self.last:
-                        self.bad_resends.append(argument)
-                    elif self.answer_resends and argument <= self.resend_max:
-                        await self._write(writer, self._packet(argument))
-                elif call == 3 and self.answer_hello:
+                elif call == RESEND:
+                    if not self.first <= start <= self.last:
+                        self.bad_resends.append(start)
+                    elif self.answer_resends and start <= self.resend_max:
+                        await self._write(writer, self._packet(start))
+                elif call == HELLO and self.answer_hello:
                     if self.hello_delay:
                         await asyncio.sleep(self.hello_delay)
                     writer.write(encode_info(FeedInfo(self.first, self.last)))

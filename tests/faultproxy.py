@@ -62,22 +62,28 @@ import contextlib
 import math
 import socket
 import struct
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
-PACKET_SIZE = 17
-INFO_SIZE = 16
-INFO_MAGIC = b"PKCI"
-HELLO = b"\x03\x00"
+from packetcore.protocol import (
+    HELLO,
+    INFO_MAGIC,
+    INFO_SIZE,
+    RESEND,
+    RESEND_RANGE,
+    STREAM_ALL,
+    RequestFramer,
+)
+from serverutil import LoopThread
+
+from packetcore import PACKET_SIZE
+
 CHUNK = 65536
 QUEUE_CHUNKS = 64
 SLICES_PER_SECOND = 50
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class RequestTracker:
     def __init__(self, stats: ConnStats) -> None:
         """Start with no requests seen."""
         self._stats = stats
-        self._buf = bytearray()
+        self._framer = RequestFramer()
         self.count = 0
         self.first_hello = False
         self.stream_seen = False
@@ -184,21 +190,15 @@ class RequestTracker:
 
     def feed(self, data: bytes) -> None:
         """Account for the complete requests in data (requests may be split or coalesced)."""
-        self._buf += data
-        while self._buf:
-            size = 10 if self._buf[0] == 4 else 2
-            if len(self._buf) < size:
-                return
-            request = bytes(self._buf[:size])
-            del self._buf[:size]
-            call = request[0]
+        for request in self._framer.feed(data):
+            call = request.call_type
             if self.count == 0:
-                self.first_hello = request == HELLO
+                self.first_hello = call == HELLO
             self.count += 1
             self._stats.requests[call] = self._stats.requests.get(call, 0) + 1
-            if call == 1:
+            if call == STREAM_ALL:
                 self.stream_seen = True
-            elif call in (2, 4) and not self.stream_seen:
+            elif call in (RESEND, RESEND_RANGE) and not self.stream_seen:
                 self.resend_mode = True
 
 
@@ -561,8 +561,7 @@ class FaultProxy:
         self._script = script
         self._stats: list[ConnStats] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop: LoopThread | None = None
         self._server: asyncio.Server | None = None
 
     def faults_for(self, index: int) -> Faults:
@@ -593,15 +592,11 @@ class FaultProxy:
 
     def __enter__(self) -> FaultProxy:
         """Start the event loop thread and the listener."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="faultproxy", daemon=True
-        )
-        self._thread.start()
+        self._loop = LoopThread("faultproxy")
         try:
-            self.port = self._call(self._start())
+            self.port = self._loop.run(self._start())
         except BaseException:
-            self._stop_loop()
+            self._loop.close()
             raise
         return self
 
@@ -612,15 +607,11 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> None:
         """Stop listening, abort open connections and join the thread."""
-        try:
-            self._call(self._stop())
-        finally:
-            self._stop_loop()
-
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        """Run a coroutine on the proxy's loop and wait for its result."""
         assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        try:
+            self._loop.run(self._stop())
+        finally:
+            self._loop.close()
 
     async def _start(self) -> int:
         """Listen on a free loopback port and return it."""
@@ -640,14 +631,6 @@ class FaultProxy:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
         await asyncio.sleep(0)  # let aborted transports run their connection_lost
-
-    def _stop_loop(self) -> None:
-        """Stop the loop, join its thread and close it."""
-        assert self._loop is not None and self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5.0)
-        if not self._thread.is_alive():
-            self._loop.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Handle one accepted connection with the faults the script gives it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -11,11 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from packetcore.server import Server
+
+T = TypeVar("T")
 
 #: The reference exchange's 238 bytes for the whole book, captured from it.
 ORDERBOOK_BIN = Path(__file__).parent / "data" / "orderbook.bin"
@@ -195,3 +199,32 @@ class RawServer:
     def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             self.serve(conn)
+
+
+class LoopThread:
+    """An asyncio event loop running in a daemon thread, for servers the tests run.
+
+    A test stays synchronous (it calls ``packetcore.fetch`` or the CLI) while the
+    fakes and the fault proxy serve from this loop; ``run`` waits for a coroutine there.
+    """
+
+    def __init__(self, name: str = "test-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = TIMEOUT) -> T:
+        """Run ``coro`` on the loop and return its result; fail after ``timeout`` seconds."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        """Stop the loop, join its thread and close the loop once the thread has ended."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(TIMEOUT)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    @property
+    def alive(self) -> bool:
+        """Return whether the loop's thread still runs."""
+        return self._thread.is_alive()

@@ -306,6 +306,26 @@ def test_tracker_matches_set_model(
     assert all(s + c not in expected for s, c in runs)
 
 
+def _rss() -> int:
+    """Return this process's resident set size in bytes, from /proc."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_tracker_memory_follows_what_is_seen_not_what_is_announced(engine: ModuleType) -> None:
+    # A hostile announcement of the whole sequence space: a bitmap of it is 256 MiB, which
+    # neither engine may fill in up front (the twin used to allocate and zero all of it).
+    before = _rss()
+    tracker = engine.GapTracker(1, MAX_SEQ)
+    assert tracker.add([1, 3, 1000]) == 3
+    assert tracker.missing_ranges().tolist() == [[2, 1], [4, 996], [1001, MAX_SEQ - 1000]]
+    assert tracker.missing_count() == MAX_SEQ - 3
+    assert 1000 in tracker and 2 not in tracker and MAX_SEQ not in tracker
+    grown = _rss() - before
+    assert grown < 32 << 20, f"a tracker of 3 sequences grew the process by {grown >> 20} MiB"
+
+
 # ---- PacketStore -----------------------------------------------------------------
 
 

@@ -16,6 +16,19 @@ import pytest
 from faultproxy import ConnStats, DownstreamShaper, FaultProxy, Faults, RequestTracker
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packetcore.protocol import (
+    HELLO,
+    RESEND,
+    RESEND_RANGE,
+    STREAM_ALL,
+    FeedInfo,
+    RequestFramer,
+    encode_info,
+    hello_request,
+    range_request,
+    resend_request,
+    stream_all_request,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,7 +43,9 @@ def packet(seq: int) -> bytes:
 
 PACKETS = [packet(seq) for seq in range(1, N_PACKETS + 1)]
 BOOK = b"".join(PACKETS)
-INFO = b"PKCI" + struct.pack(">III", 1, 1, N_PACKETS)
+INFO = encode_info(FeedInfo(1, N_PACKETS))
+STREAM_ALL_REQUEST = stream_all_request()
+HELLO_REQUEST = hello_request()
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -43,7 +58,7 @@ class _Handler(socketserver.BaseRequestHandler):
         sock.settimeout(5.0)
         received = bytearray()
         feed.received.append(received)
-        buf = bytearray()
+        framer = RequestFramer()
         while True:
             try:
                 data = sock.recv(65536)
@@ -52,23 +67,18 @@ class _Handler(socketserver.BaseRequestHandler):
             if not data:
                 return
             received += data
-            buf += data
-            while buf:
-                size = 10 if buf[0] == 4 else 2
-                if len(buf) < size:
-                    break
-                request = bytes(buf[:size])
-                del buf[:size]
-                if request[0] == 1:
+            for request in framer.feed(data):
+                call = request.call_type
+                if call == STREAM_ALL:
                     sock.sendall(feed.stream)
                     return
-                if request[0] == 2 and 1 <= request[1] <= N_PACKETS:
-                    sock.sendall(PACKETS[request[1] - 1])
-                elif request[0] == 3 and feed.hello:
+                if call == RESEND and 1 <= request.start <= N_PACKETS:
+                    sock.sendall(PACKETS[request.start - 1])
+                elif call == HELLO and feed.hello:
                     sock.sendall(INFO)
-                elif request[0] == 4:
-                    start, count = struct.unpack(">II", request[2:])
-                    sock.sendall(b"".join(PACKETS[max(start, 1) - 1 : start + count - 1]))
+                elif call == RESEND_RANGE:
+                    start, stop = max(request.start, 1) - 1, request.start + request.count - 1
+                    sock.sendall(b"".join(PACKETS[start:stop]))
 
 
 class FeedServer:
@@ -126,7 +136,7 @@ def read_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def fetch(port: int, request: bytes = b"\x01\x00") -> bytes:
+def fetch(port: int, request: bytes = STREAM_ALL_REQUEST) -> bytes:
     """Send requests and read the answer until EOF."""
     with connect(port) as sock:
         sock.sendall(request)
@@ -148,7 +158,7 @@ def test_pass_through_is_byte_exact_both_ways() -> None:
         with FaultProxy("127.0.0.1", feed.port) as proxy:
             assert fetch(proxy.port) == payload
             with connect(proxy.port) as sock:
-                requests = b"\x02\x03\x02\x07" + b"\x04\x00" + struct.pack(">II", 10, 3)
+                requests = resend_request(3) + resend_request(7) + range_request(10, 3)
                 sock.sendall(requests)
                 assert read_exact(sock, 5 * 17) == PACKETS[2] + PACKETS[6] + b"".join(PACKETS[9:12])
             assert proxy.wait_idle()
@@ -177,7 +187,7 @@ def test_reset_after_n_bytes_resets_the_client(server: FeedServer, n: int) -> No
     with FaultProxy("127.0.0.1", server.port, [Faults(reset_after=n)]) as proxy:
         got = bytearray()
         with pytest.raises(ConnectionResetError), connect(proxy.port) as sock:  # N=0: maybe here
-            sock.sendall(b"\x01\x00")
+            sock.sendall(STREAM_ALL_REQUEST)
             while data := sock.recv(65536):
                 got += data
         stats = only(proxy)
@@ -207,7 +217,7 @@ def test_delay_holds_answers_without_adding_up(server: FeedServer) -> None:
     with FaultProxy("127.0.0.1", server.port, lambda i: Faults(delay=0.3)) as proxy:
         with connect(proxy.port) as sock:
             started = time.monotonic()
-            sock.sendall(b"\x02\x05")
+            sock.sendall(resend_request(5))
             assert read_exact(sock, 17) == PACKETS[4]
             assert time.monotonic() - started >= 0.27
         started = time.monotonic()
@@ -256,9 +266,9 @@ def test_info_frame_passes_untouched_and_offsets_count_it(server: FeedServer) ->
     faults = Faults(duplicate=frozenset({0}), corrupt_at=(16,), close_after=16 + 17 * 3)
     with FaultProxy("127.0.0.1", server.port, [faults]) as proxy:
         with connect(proxy.port) as sock:
-            sock.sendall(b"\x03\x00")
+            sock.sendall(HELLO_REQUEST)
             assert read_exact(sock, 16) == INFO
-            sock.sendall(b"\x01\x00")
+            sock.sendall(STREAM_ALL_REQUEST)
             got = read_to_eof(sock)
         stats = only(proxy)
     bad = bytes([PACKETS[0][0] ^ 0xFF]) + PACKETS[0][1:]
@@ -271,7 +281,7 @@ def test_hello_to_a_base_server_frames_packets_from_the_start() -> None:
     feed = FeedServer(hello=False)
     try:
         with FaultProxy("127.0.0.1", feed.port, [Faults(duplicate=frozenset({0}))]) as proxy:
-            assert fetch(proxy.port, b"\x03\x00\x01\x00") == PACKETS[0] + BOOK
+            assert fetch(proxy.port, HELLO_REQUEST + STREAM_ALL_REQUEST) == PACKETS[0] + BOOK
             assert not only(proxy).info_frame
     finally:
         feed.close()
@@ -281,21 +291,21 @@ def test_swallow_resends_drops_resend_answers_only(server: FeedServer) -> None:
     """Resend connections get silence (after any info frame); stream-all connections do not."""
     with FaultProxy("127.0.0.1", server.port, lambda i: Faults(swallow_resends=True)) as proxy:
         with connect(proxy.port, timeout=0.3) as sock:
-            sock.sendall(b"\x02\x03\x02\x05")
+            sock.sendall(resend_request(3) + resend_request(5))
             with pytest.raises(socket.timeout):
                 sock.recv(100)
         with connect(proxy.port, timeout=0.3) as sock:
-            sock.sendall(b"\x03\x00")
+            sock.sendall(HELLO_REQUEST)
             assert read_exact(sock, 16) == INFO
-            sock.sendall(b"\x04\x00" + struct.pack(">II", 1, 5))
+            sock.sendall(range_request(1, 5))
             with pytest.raises(socket.timeout):
                 sock.recv(100)
-        assert fetch(proxy.port, b"\x03\x00\x01\x00") == INFO + BOOK
+        assert fetch(proxy.port, HELLO_REQUEST + STREAM_ALL_REQUEST) == INFO + BOOK
         assert proxy.wait_idle()
         resend, ranged, stream = proxy.stats
     assert [bytes(r) for r in server.received[:2]] == [
-        b"\x02\x03\x02\x05",
-        b"\x03\x00\x04\x00" + struct.pack(">II", 1, 5),
+        resend_request(3) + resend_request(5),
+        HELLO_REQUEST + range_request(1, 5),
     ]
     assert (resend.swallowed, resend.bytes_to_client) == (34, 0)
     assert (ranged.swallowed, ranged.bytes_to_client) == (85, 16)
@@ -339,7 +349,7 @@ def test_hang_never_answers_nor_connects_upstream(server: FeedServer) -> None:
     """A hung connection swallows the requests, answers nothing and never reaches the server."""
     with FaultProxy("127.0.0.1", server.port, [Faults(hang=True)]) as proxy:
         with connect(proxy.port, timeout=0.3) as sock:
-            sock.sendall(b"\x01\x00")
+            sock.sendall(STREAM_ALL_REQUEST)
             with pytest.raises(socket.timeout):
                 sock.recv(100)
         stats = only(proxy)
@@ -371,7 +381,7 @@ def test_shutdown_is_prompt_and_leaks_nothing(server: FeedServer) -> None:
     clients = []
     with FaultProxy("127.0.0.1", server.port, script) as proxy:
         port = proxy.port
-        for request in (b"\x01\x00", b"\x01\x00", b"\x02\x01"):
+        for request in (STREAM_ALL_REQUEST, STREAM_ALL_REQUEST, resend_request(1)):
             sock = connect(port)
             sock.sendall(request)
             clients.append(sock)
@@ -441,8 +451,8 @@ def test_shaping_does_not_depend_on_how_the_stream_is_split(
     stream = INFO + BOOK
     bounds = [0, *sorted(cuts), len(stream)]
     chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
-    whole, _ = _shape(faults, b"\x03\x00\x01\x00", [stream])
-    split, stats = _shape(faults, b"\x03\x00\x01\x00", chunks)
+    whole, _ = _shape(faults, HELLO_REQUEST + STREAM_ALL_REQUEST, [stream])
+    split, stats = _shape(faults, HELLO_REQUEST + STREAM_ALL_REQUEST, chunks)
     assert split == whole
     assert stats.info_frame
     full = 16 + len(BOOK) + PACKET * len(duplicate)

@@ -45,11 +45,15 @@ def test_info_frame() -> None:
         decode_info(b"XXXX" + frame[4:])
     with pytest.raises(ProtocolError, match="16 bytes"):
         decode_info(frame[:15])
+    # Frames written out by hand: first 5 after last 4; then last = 2**31 - 1, the top
+    # int32 sequence; then 2**31, which no packet can carry.
     with pytest.raises(ProtocolError, match="implausible"):
-        decode_info(encode_info(FeedInfo(5, 4)))
-    assert decode_info(encode_info(FeedInfo(1, 2**31 - 1))).last == 2**31 - 1
+        decode_info(b"PKCI\0\0\0\x01\0\0\0\x05\0\0\0\x04")
+    assert decode_info(b"PKCI\0\0\0\x01\0\0\0\x01\x7f\xff\xff\xff") == FeedInfo(1, 2**31 - 1, 1)
     with pytest.raises(ProtocolError, match="implausible"):
-        decode_info(encode_info(FeedInfo(1, 2**31)))
+        decode_info(b"PKCI\0\0\0\x01\0\0\0\x01\x80\0\0\0")
+    with pytest.raises(ProtocolError, match="implausible"):
+        decode_info(b"PKCI\0\0\0\0\0\0\0\x01\0\0\0\x01")  # version 0
 
 
 STREAM = (

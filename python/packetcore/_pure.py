@@ -204,8 +204,9 @@ class GapTracker:
             raise ValueError(f"last must be in {self._first}..{MAX_SEQUENCE}, got {value}")
         if self._highest is not None and value < self._highest:
             raise ValueError(f"last {value} is below sequence {self._highest}, already seen")
+        # No allocation here: bits past the bitmap read as clear, and it grows only
+        # with the sequences added, so a hostile 2**31 - 1 costs nothing until seen.
         self._fixed = value
-        self._reserve(value - self._first + 1)
 
     @property
     def last_known(self) -> bool:
@@ -272,17 +273,28 @@ class GapTracker:
         if last is None:
             return []
         bits = self._bits
+        span = last - self._first + 1
+        end = min(span, len(bits) * 8)
         runs: list[tuple[int, int]] = []
         start = -1
-        for i in range(last - self._first + 1):
-            if bits[i >> 3] & (1 << (i & 7)):
+        i = 0
+        while i < end:
+            byte = bits[i >> 3]
+            # A whole byte that neither ends nor starts a run is skipped in one step.
+            if not i & 7 and i + 8 <= end and byte == (0 if start >= 0 else 0xFF):
+                i += 8
+                continue
+            if byte & (1 << (i & 7)):
                 if start >= 0:
                     runs.append((start + self._first, i - start))
                     start = -1
             elif start < 0:
                 start = i
+            i += 1
+        if start < 0 and end < span:
+            start = end  # never allocated: nothing there was seen
         if start >= 0:
-            runs.append((start + self._first, last - self._first + 1 - start))
+            runs.append((start + self._first, span - start))
         return runs
 
     def missing(self) -> npt.NDArray[np.int64]:
