@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from ..feeds import load_feed
+from ..feeds import open_feed
 from ..protocol import DEFAULT_PORT
 from ..server import Server
 from . import UserError, add_verbosity, run
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     # The feed is loaded and checked before any port opens.
-    feed = load_feed(args.feed, args.seed)
+    feed = open_feed(args.feed, args.seed)
     server = Server(
         feed,
         host=args.host,
