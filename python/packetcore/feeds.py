@@ -137,17 +137,19 @@ class MappedFeed:
                         f"{size % PACKET_SIZE} bytes left after record {size // PACKET_SIZE - 1}"
                     )
                 self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+                try:
+                    self.first, self.last = _check_sample(
+                        file.fileno(), size // PACKET_SIZE, source
+                    )
+                except BaseException:
+                    self._map.close()
+                    raise
         except FileNotFoundError:
             raise FeedError(f"feed {self.path!r}: no such file") from None
         except OSError as exc:
             raise FeedError(f"feed {self.path!r}: cannot read it: {exc.strerror or exc}") from None
         self.wire = memoryview(self._map)
         self.count = size // PACKET_SIZE
-        try:
-            self.first, self.last = _check_sample(self.wire, self.count, source)
-        except BaseException:
-            self.close()
-            raise
 
     def __len__(self) -> int:
         return self.count
@@ -167,13 +169,14 @@ class MappedFeed:
         return f"<MappedFeed {self.path!r}, {self.count} packets>"
 
 
-def _check_sample(wire: memoryview, count: int, source: str) -> tuple[int, int]:
+def _check_sample(fd: int, count: int, source: str) -> tuple[int, int]:
     """Return the first and last sequences of a mapped feed; raise :class:`FeedError`."""
     rows = np.unique(np.linspace(0, count - 1, min(count, MAPPED_SAMPLE + 2)).astype(np.int64))
-    # Fancy indexing copies the sampled rows only; the rest of the file is not touched.
-    table = np.frombuffer(wire, dtype=np.uint8).reshape(count, PACKET_SIZE)
-    sample = table[rows].tobytes()
-    del table
+    # Read with pread, not through the mapping: a fault on a mapped page can map a whole
+    # large folio of the page cache (megabytes), and a few thousand of them map the file.
+    sample = b"".join([os.pread(fd, PACKET_SIZE, i * PACKET_SIZE) for i in rows.tolist()])
+    if len(sample) != len(rows) * PACKET_SIZE:
+        raise FeedError(f"{source}: the file shrank while it was being checked")
     try:
         packets = decode(sample, strict=True)
     except ProtocolError as exc:
