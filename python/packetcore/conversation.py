@@ -53,11 +53,6 @@ class ServerStats:
             f"{self.packets_dropped} dropped, {self.bad_requests} bad requests"
         )
 
-    def add(self, other: ServerStats) -> None:
-        """Add ``other``'s counters to these (the stats of several workers, summed)."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
 
 @dataclass
 class _Tally:
