@@ -7,7 +7,9 @@ read in any format of :mod:`packetcore.formats`, streamed, never whole in memory
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -16,17 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from .engine import MAX_SEQUENCE
-from .errors import FeedError
+from .engine import MAX_SEQUENCE, PACKET_SIZE, decode
+from .errors import FeedError, ProtocolError
 from .formats import FORMATS, format_for, iter_packets
 from .packets import JSON_KEYS, Packets
 
 __all__ = [
     "SYMBOLS",
     "FeedError",
+    "MappedFeed",
     "book",
     "check_feed",
     "load_feed",
+    "open_feed",
     "parse_records",
     "synthetic",
 ]
@@ -97,6 +101,109 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
     except FeedError as exc:
         raise FeedError(f"{source}: {exc}", exc.index, exc.field) from None
     return check_feed(feed, source)
+
+
+def open_feed(spec: str, seed: int | None = None) -> Packets | MappedFeed:
+    """Return the feed ``spec`` names, a ``.bin`` file mapped rather than read."""
+    if spec != "book" and not spec.startswith("synthetic:") and format_for(spec) == "bin":
+        return MappedFeed(spec)
+    return load_feed(spec, seed)
+
+
+#: Packets a :class:`MappedFeed` decodes and checks, spread evenly over the file.
+MAPPED_SAMPLE = 4096
+
+
+class MappedFeed:
+    """A ``.bin`` feed (raw packets in sequence order) mapped into memory, never copied.
+
+    Opening it reads a sample, not the file: the size must be whole packets, and the
+    first, the last and :data:`MAPPED_SAMPLE` packets between them must decode and
+    carry the sequences of a run contiguous from the first.  The pages of the file are
+    read as they are served, and the page cache, not the process, holds them.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        source = f"feed file {self.path!r}"
+        try:
+            with open(self.path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size == 0:
+                    raise FeedError(f"{source}: holds no packets")
+                if size % PACKET_SIZE:
+                    raise FeedError(
+                        f"{source}: not a whole number of {PACKET_SIZE}-byte packets: "
+                        f"{size % PACKET_SIZE} bytes left after record {size // PACKET_SIZE - 1}"
+                    )
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+                try:
+                    self.first, self.last = _check_sample(
+                        file.fileno(), size // PACKET_SIZE, source
+                    )
+                except BaseException:
+                    self._map.close()
+                    raise
+        except FileNotFoundError:
+            raise FeedError(f"feed {self.path!r}: no such file") from None
+        except OSError as exc:
+            raise FeedError(f"feed {self.path!r}: cannot read it: {exc.strerror or exc}") from None
+        self.wire = memoryview(self._map)
+        self.count = size // PACKET_SIZE
+
+    def __len__(self) -> int:
+        return self.count
+
+    def packets(self) -> Packets:
+        """Return the whole feed decoded (as big in memory as the file: for small feeds)."""
+        return decode(self.wire)
+
+    def close(self) -> None:
+        """Unmap the file, unless answers still being written hold views of it."""
+        # A transport may still hold a slice: the mapping then goes with the last of them.
+        with contextlib.suppress(BufferError):
+            self.wire.release()
+            self._map.close()
+
+    def __repr__(self) -> str:
+        return f"<MappedFeed {self.path!r}, {self.count} packets>"
+
+
+def _check_sample(fd: int, count: int, source: str) -> tuple[int, int]:
+    """Return the first and last sequences of a mapped feed; raise :class:`FeedError`."""
+    rows = np.unique(np.linspace(0, count - 1, min(count, MAPPED_SAMPLE + 2)).astype(np.int64))
+    # Read with pread, not through the mapping: a fault on a mapped page can map a whole
+    # large folio of the page cache (megabytes), and a few thousand of them map the file.
+    sample = b"".join([os.pread(fd, PACKET_SIZE, i * PACKET_SIZE) for i in rows.tolist()])
+    if len(sample) != len(rows) * PACKET_SIZE:
+        raise FeedError(f"{source}: the file shrank while it was being checked")
+    try:
+        packets = decode(sample, strict=True)
+    except ProtocolError as exc:
+        index = int(rows[exc.offset // PACKET_SIZE])
+        raise FeedError(
+            f"{source}: record {index}, field {exc.field!r}: invalid in the packet at byte "
+            f"offset {index * PACKET_SIZE}",
+            index,
+            exc.field,
+        ) from None
+    first = int(packets.sequence[0])
+    if first < 1:
+        raise FeedError(
+            f"{source}: record 0, field 'packetSequence': expected 1 or above, got {first}",
+            0,
+            "packetSequence",
+        )
+    wrong = np.flatnonzero(packets.sequence.astype(np.int64) != first + rows)
+    if len(wrong):
+        index = int(rows[wrong[0]])
+        raise FeedError(
+            f"{source}: record {index}, field 'packetSequence': expected {first + index} "
+            f"(sequences run contiguously from {first}), got {int(packets.sequence[wrong[0]])}",
+            index,
+            "packetSequence",
+        )
+    return first, first + count - 1
 
 
 def check_feed(feed: Packets, source: str = "feed") -> Packets:

@@ -12,12 +12,13 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ..feeds import load_feed
+from ..feeds import open_feed
 from ..protocol import DEFAULT_PORT
 from ..server import Server
 from . import UserError, add_verbosity, run
+from .logqueue import queued_stderr
 from .options import integer, number, probability, seed
 
 __all__ = ["build_parser", "main"]
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     # The feed is loaded and checked before any port opens.
-    feed = load_feed(args.feed, args.seed)
+    feed = open_feed(args.feed, args.seed)
     server = Server(
         feed,
         host=args.host,
@@ -119,19 +120,21 @@ def _serve(args: argparse.Namespace) -> int:
     # The event loop's handlers replace these while it runs, and closing it leaves
     # SIG_DFL behind: put back what run() installed.
     previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
-    try:
-        signum = asyncio.run(_run(server))
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            for number, handler in previous.items():
-                if handler is not None:
-                    signal.signal(number, handler)
-    name = signal.Signals(signum).name
-    print(f"{PROGRAM}: stopped by {name}: {server.stats.summary()}", file=sys.stderr)
+    # Serving never waits on stderr: a log nobody reads must not freeze the clients.
+    with queued_stderr() as say:
+        try:
+            signum = asyncio.run(_run(server, say))
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for number, handler in previous.items():
+                    if handler is not None:
+                        signal.signal(number, handler)
+        name = signal.Signals(signum).name
+        say(f"{PROGRAM}: stopped by {name}: {server.stats.summary()}")
     return 128 + signum
 
 
-async def _run(server: Server) -> int:
+async def _run(server: Server, say: Callable[[str], None]) -> int:
     """Serve until SIGINT or SIGTERM; return the signal's number."""
     try:
         await server.start_async()
@@ -149,11 +152,9 @@ async def _run(server: Server) -> int:
             loop.add_signal_handler(signum, stop, signum)
     where = ", ".join(str(address[0]) for address in server.addresses)
     # Printed even with -q: with --port 0 it is the one thing the user must know.
-    print(
+    say(
         f"{PROGRAM}: listening on port {server.port} ({server.host}: {where}); "
-        f"SIGINT or SIGTERM stops the server",
-        file=sys.stderr,
-        flush=True,
+        f"SIGINT or SIGTERM stops the server"
     )
     try:
         return await stopped

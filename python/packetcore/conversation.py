@@ -1,0 +1,291 @@
+"""One connection's conversation: frame its requests, answer them in order, count it all.
+
+A conversation awaits ``drain()`` after every chunk, so a slow reader holds at most a
+chunk of the stream in memory, and a client that sends nothing, or reads nothing of
+its answer, for ``idle_timeout`` is closed.  Every packet it sends, resends or drops is
+counted once, by :meth:`Conversation._count`, into its own tally and the server's stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from .listener import peer_name
+from .loss import LossModel
+from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, Request, RequestFramer
+from .wire_index import WireIndex
+
+__all__ = ["STREAM_CHUNK", "Conversation", "ServerStats"]
+
+log = logging.getLogger("packetcore.server")
+
+#: Packets selected and written per step of a stream: about 1.1 MB of wire bytes.
+STREAM_CHUNK = 1 << 16
+#: Request bytes read per step; with the framer's tail, all a connection buffers.
+READ_SIZE = 1 << 16
+#: Answers to small requests are gathered up to this size before one write.
+_FLUSH_SIZE = 1 << 16
+#: How many resent sequences one log line names before it summarizes.
+_LOG_EACH = 8
+
+
+@dataclass
+class ServerStats:
+    """What a server has done since it started."""
+
+    connections: int = 0  #: connections accepted and served
+    refused: int = 0  #: connections closed at once for lack of a slot (max_connections)
+    active: int = 0  #: connections open now
+    streams: int = 0  #: stream-all requests answered
+    packets_sent: int = 0  #: packets written by stream-all
+    packets_resent: int = 0  #: packets written by resend and resend-range requests
+    packets_dropped: int = 0  #: packets the loss simulation dropped
+    bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks
+    timeouts: int = 0  #: connections closed for idling past idle_timeout
+
+    def summary(self) -> str:
+        """Return the counters as one line."""
+        return (
+            f"{self.connections} connections ({self.refused} refused), {self.streams} streams, "
+            f"{self.packets_sent} packets sent, {self.packets_resent} resent, "
+            f"{self.packets_dropped} dropped, {self.bad_requests} bad requests"
+        )
+
+
+@dataclass
+class _Tally:
+    """What one connection was sent, resent and denied."""
+
+    sent: int = 0
+    resent: int = 0
+    dropped: int = 0
+    resent_log: list[int] = field(default_factory=list)
+
+
+class Conversation:
+    """Answer one connection's requests in order, counting what it sends and drops."""
+
+    def __init__(
+        self,
+        number: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        index: WireIndex,
+        loss: LossModel,
+        stats: ServerStats,
+        idle_timeout: float,
+    ) -> None:
+        self.number = number
+        self.peer = peer_name(writer)
+        self.timed_out = False
+        self._reader = reader
+        self._writer = writer
+        self._index = index
+        self._loss = loss
+        self._stats = stats
+        self._idle_timeout = idle_timeout
+        self._loop = asyncio.get_running_loop()
+        self._tally = _Tally()
+        self._resend_rng = loss.resend_rng(number)
+
+    async def run(self) -> None:
+        """Converse until the client is done or gone, then close; never raise."""
+        stats = self._stats
+        stats.connections += 1
+        stats.active += 1
+        log.info("client connected: %s", self.peer)
+        try:
+            await self._converse()
+            await self._close()
+        except asyncio.CancelledError:
+            # stop() cancelled it.  Not re-raised: Python 3.11's streams log a cancelled
+            # handler task as an error, and stop() only waits for the task to end.
+            self._writer.transport.abort()
+        except ConnectionError as exc:
+            if not self.timed_out:
+                log.info("connection to %s lost: %s", self.peer, exc)
+            self._writer.transport.abort()
+        except Exception:
+            # A bug must cost one connection, never the server.
+            log.exception("internal error serving %s", self.peer)
+            self._writer.transport.abort()
+        finally:
+            stats.active -= 1
+            if self.timed_out:
+                stats.timeouts += 1
+                log.warning("closed %s: idle for %gs", self.peer, self._idle_timeout)
+            tally = self._tally
+            log.info(
+                "client disconnected: %s (%d packets sent, %d resent, %d dropped)",
+                self.peer, tally.sent, tally.resent, tally.dropped,
+            )  # fmt: skip
+
+    def _count(self, *, sent: int = 0, resent: int = 0, dropped: int = 0) -> None:
+        tally, stats = self._tally, self._stats
+        tally.sent += sent
+        tally.resent += resent
+        tally.dropped += dropped
+        stats.packets_sent += sent
+        stats.packets_resent += resent
+        stats.packets_dropped += dropped
+
+    # -- waiting on the client, with the idle timer ------------------------------------------
+
+    def _watch(self) -> asyncio.TimerHandle | None:
+        """Arm the idle timer around one wait for the client; the caller cancels it."""
+        # A timer that aborts the transport, not asyncio.wait_for: on Python 3.11,
+        # wait_for can swallow a cancellation (stop() would then hang on the connection).
+        if self._idle_timeout <= 0:
+            return None
+        return self._loop.call_later(self._idle_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self._writer.transport.abort()
+
+    async def _converse(self) -> None:
+        framer = RequestFramer()
+        while True:
+            timer = self._watch()
+            try:
+                data = await self._reader.read(READ_SIZE)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if not data:
+                # Half-close: everything received has been answered; close our side.
+                if framer.pending and not self.timed_out:
+                    log.info("%s closed with an incomplete request pending", self.peer)
+                return
+            if not await self._answer(framer.feed(data)):
+                return
+
+    async def _close(self) -> None:
+        if self.timed_out:
+            return
+        self._writer.close()
+        timer = self._watch()
+        try:
+            await self._writer.wait_closed()
+        except ConnectionError:
+            pass
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._writer.write(data)
+        # A reader that takes nothing for idle_timeout would hold its task forever.
+        timer = self._watch()
+        try:
+            await self._writer.drain()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _flush(self, out: bytearray) -> None:
+        if out:
+            data = bytes(out)
+            out.clear()
+            await self._write(data)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def _answer(self, requests: list[Request]) -> bool:
+        """Answer ``requests`` in order; return False when the connection must close."""
+        out = bytearray()
+        try:
+            for request in requests:
+                kind = request.call_type
+                if kind == RESEND:
+                    self._resend(request.start, out)
+                elif kind == RESEND_RANGE:
+                    await self._resend_range(request.start, request.count, out)
+                elif kind == HELLO:
+                    out += self._index.info_frame
+                    log.debug("hello from %s", self.peer)
+                elif kind == STREAM_ALL:
+                    await self._flush(out)
+                    await self._stream_all()
+                    return False
+                else:
+                    # The reference exchange ignores an unknown callType and reads on.
+                    self._stats.bad_requests += 1
+                    log.debug("ignored unknown callType %d from %s", kind, self.peer)
+                if len(out) >= _FLUSH_SIZE:
+                    await self._flush(out)
+            await self._flush(out)
+            return True
+        finally:
+            self._log_resends()
+
+    def _log_resends(self) -> None:
+        sequences = self._tally.resent_log
+        if not sequences:
+            return
+        if len(sequences) <= _LOG_EACH:
+            for sequence in sequences:
+                log.info("packet resent: %d to %s", sequence, self.peer)
+        else:
+            log.info(
+                "packets resent: %d (%d..%d) to %s",
+                len(sequences), min(sequences), max(sequences), self.peer,
+            )  # fmt: skip
+        sequences.clear()
+
+    async def _stream_all(self) -> None:
+        loss, index = self._loss, self._index
+        rng = loss.stream_rng(self._stats.streams)
+        self._stats.streams += 1
+        total = index.count
+        sent = 0
+        for lo in range(0, total, STREAM_CHUNK):
+            hi = min(lo + STREAM_CHUNK, total)
+            chunk, kept = loss.select(
+                index.rows(lo, hi), rng, loss.drop, loss.keep_last and hi == total
+            )
+            if kept:
+                await self._write(chunk)
+            sent += kept
+            self._count(sent=kept, dropped=hi - lo - kept)
+        log.info("packets sent: %d of %d to %s (%d dropped)", sent, total, self.peer, total - sent)
+
+    def _resend(self, sequence: int, out: bytearray) -> None:
+        index = self._index
+        lo, hi = index.locate(sequence, sequence + 1)
+        if lo == hi:
+            self._stats.bad_requests += 1
+            log.warning(
+                "%s asked for packet %d, which the feed (%d..%d) lacks: nothing sent",
+                self.peer, sequence, index.first, index.last,
+            )  # fmt: skip
+            return
+        rng = self._resend_rng
+        if rng is not None and rng.random() < self._loss.drop_resends:
+            self._count(dropped=1)
+            log.debug("resend of packet %d to %s dropped", sequence, self.peer)
+            return
+        out += index.rows(lo, hi)
+        self._count(resent=1)
+        self._tally.resent_log.append(sequence)
+
+    async def _resend_range(self, start: int, count: int, out: bytearray) -> None:
+        loss, index = self._loss, self._index
+        lo, hi = index.locate(start, start + count)
+        sent = 0
+        for at in range(lo, hi, STREAM_CHUNK):
+            end = min(at + STREAM_CHUNK, hi)
+            chunk, kept = loss.select(index.rows(at, end), self._resend_rng, loss.drop_resends)
+            if len(out) + chunk.nbytes <= _FLUSH_SIZE:
+                out += chunk
+            else:
+                await self._flush(out)
+                await self._write(chunk)
+            sent += kept
+            self._count(resent=kept, dropped=end - at - kept)
+        log.info(
+            "packets resent: %d of range %d+%d to %s (%d in the feed)",
+            sent, start, count, self.peer, hi - lo,
+        )  # fmt: skip

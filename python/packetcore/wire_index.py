@@ -1,0 +1,87 @@
+"""The wire bytes of a served feed and the index from sequences to their rows.
+
+Every answer of the server is a slice of these bytes or a selection from them.  A feed
+of :class:`~packetcore.Packets` is encoded once; a :class:`~packetcore.feeds.MappedFeed`
+is the file itself, mapped, and is never copied.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import PACKET_SIZE, decode, encode
+from .feeds import MappedFeed
+from .packets import Packets
+from .protocol import FeedInfo, encode_info
+
+__all__ = ["WireIndex"]
+
+
+class WireIndex:
+    """Hold a feed's wire bytes in sequence order and find the rows of sequence spans."""
+
+    def __init__(self, feed: Packets | MappedFeed) -> None:
+        self._packets: Packets | None = None
+        self._mapped: MappedFeed | None = None
+        # The sequences of a feed with gaps; None when they run contiguously, as every
+        # mapped feed's do, so that a span is located by arithmetic alone.
+        self._sequences: npt.NDArray[np.int32] | None = None
+        if isinstance(feed, MappedFeed):
+            self._mapped = feed
+            self.wire = feed.wire
+            self.count = len(feed)
+            self.first, self.last = feed.first, feed.last
+            return
+        if len(feed) == 0:
+            raise ValueError("cannot serve an empty feed")
+        order = np.argsort(feed.sequence, kind="stable")
+        if not np.array_equal(order, np.arange(len(feed))):
+            feed = feed[order]
+        if int(feed.sequence[0]) < 1:
+            raise ValueError(f"feed sequences start at 1 or above, not {int(feed.sequence[0])}")
+        self._packets = feed
+        self.wire = memoryview(encode(feed))
+        self.count = len(feed)
+        self.first, self.last = int(feed.sequence[0]), int(feed.sequence[-1])
+        if not np.all(np.diff(feed.sequence) == 1):
+            self._sequences = feed.sequence
+
+    @property
+    def info(self) -> FeedInfo:
+        """Return what a hello is answered with."""
+        return FeedInfo(self.first, self.last)
+
+    @cached_property
+    def info_frame(self) -> bytes:
+        """Return the hello's answer on the wire."""
+        return encode_info(self.info)
+
+    @property
+    def packets(self) -> Packets:
+        """Return the feed as packets (a mapped feed is decoded whole: small feeds only)."""
+        if self._packets is None:
+            self._packets = decode(self.wire)
+        return self._packets
+
+    @property
+    def mapped(self) -> bool:
+        """Return whether the bytes are a mapped file rather than encoded packets."""
+        return self._mapped is not None
+
+    def locate(self, start: int, stop: int) -> tuple[int, int]:
+        """Return the row span of the sequences ``start <= seq < stop`` the feed has."""
+        if self._sequences is None:
+            size = self.count
+            return (
+                min(max(start - self.first, 0), size),
+                min(max(stop - self.first, 0), size),
+            )
+        lo, hi = np.searchsorted(self._sequences, (start, stop), side="left")
+        return int(lo), int(hi)
+
+    def rows(self, lo: int, hi: int) -> memoryview:
+        """Return the wire bytes of rows ``lo:hi``, without copying."""
+        return self.wire[lo * PACKET_SIZE : hi * PACKET_SIZE]
