@@ -46,7 +46,8 @@ async def recover_extended(session: Session, stream: Link | None, outcome: Outco
         stream.close()  # a slice is fetched by range requests only
     elif stream is not None:
         stream.ask(stream_all_request())
-        streaming = asyncio.ensure_future(_pass(session, stream, outcome))
+        outcome.passes += 1
+        streaming = asyncio.ensure_future(_pass(session, stream))
     try:
         await _repair(session, stream if streaming is not None else None, streaming, outcome)
     finally:
@@ -55,10 +56,9 @@ async def recover_extended(session: Session, stream: Link | None, outcome: Outco
             await asyncio.wait({streaming})
 
 
-async def _pass(session: Session, link: Link, outcome: Outcome) -> None:
+async def _pass(session: Session, link: Link) -> None:
     """Read one stream-all pass on ``link`` to its end."""
     state = await link.wait_closed(session.options.timeout)
-    outcome.passes += 1
     link.close()
     if state != "done":
         log.info("the stream-all pass ended early (%s); recovering the rest", link.why())
@@ -72,7 +72,8 @@ async def _extra_pass(session: Session, outcome: Outcome) -> int:
         log.info("no further pass: %s", exc)
         return 0
     link.ask(stream_all_request(), repeats=len)
-    await _pass(session, link, outcome)
+    outcome.passes += 1
+    await _pass(session, link)
     return link.new
 
 

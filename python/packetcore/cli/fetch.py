@@ -262,7 +262,10 @@ def fetch_into(
         out.abort()
         raise
     if verbosity >= 0:
-        shown = where if result.complete else None
+        # The path as the user gave it; through a link, where the file really went.
+        shown = (where if os.path.islink(output) else output) if result.complete else None
+        if shown == "-":
+            shown = "stdout"
         print(result.summary(shown, time.perf_counter() - started), file=sys.stderr)
     if not result.complete:
         _incomplete(result, output, where)
@@ -351,7 +354,8 @@ def _incomplete(result: FetchResult, output: str, where: str) -> None:
     elif os.path.realpath(where) == os.path.realpath(output):
         saved = f"written into {output} as they are (no regular file: no .partial beside it)"
     else:
-        saved = f"saved to {where}; {output} left untouched"
+        partial = where if os.path.islink(output) else output + ".partial"
+        saved = f"saved to {partial}; {output} left untouched"
     raise UserError(
         f"incomplete: {result.reason}; {missing}; {result.count} packet(s) received, {saved}",
         EXIT_INCOMPLETE,
