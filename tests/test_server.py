@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from packetcore.protocol import (
 from packetcore.server import STREAM_CHUNK, Server
 from serverutil import (
     PACKET,
+    TIMEOUT,
     connect,
     exchange,
     packets_of,
@@ -460,10 +462,17 @@ def test_stop_mid_stream_of_a_large_feed() -> None:
     sock.connect(("127.0.0.1", running.port))
     sock.sendall(STREAM_ALL)
     data = recv_exact(sock, PACKET)
-    running.stop()
+    # Stopped in a thread, so that a stop() waiting for the stream to end cannot hang
+    # the test: it fails below, having read the whole stream.
+    stopper = threading.Thread(target=running.stop)
+    stopper.start()
+    stopper.join(TIMEOUT)
+    stopped_unread = not stopper.is_alive()
     with sock:
         with contextlib.suppress(ConnectionResetError):  # an aborted transport may RST
             data += recv_all(sock)
+    stopper.join()
+    assert stopped_unread, "stop() waited for a stream that nobody reads"
     assert data == wire[: len(data)]
     assert len(data) < len(wire) // 4
 
