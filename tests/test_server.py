@@ -46,7 +46,7 @@ STREAM_ALL = stream_all_request()
 HELLO = hello_request()
 #: The hello's answer for the book, as PROTOCOL.md lays it out: magic, version 1, first 1,
 #: last 14.
-BOOK_INFO = b"PKCI" b"\x00\x00\x00\x01" b"\x00\x00\x00\x01" b"\x00\x00\x00\x0e"
+BOOK_INFO = b"PKCI\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x0e"
 #: One response packet as PROTOCOL.md lays it out: symbol, side, quantity, price, sequence.
 RECORD = struct.Struct(">4s1siii")
 
@@ -54,7 +54,9 @@ RECORD = struct.Struct(">4s1siii")
 def wire_of(feed: Packets) -> bytes:
     """Return ``feed`` as the server must send it, packed here without the engine."""
     columns = (feed.symbol, feed.buysellindicator, feed.quantity, feed.price, feed.sequence)
-    return b"".join(RECORD.pack(*record) for record in zip(*(c.tolist() for c in columns)))
+    return b"".join(
+        RECORD.pack(*record) for record in zip(*(c.tolist() for c in columns), strict=True)
+    )
 
 
 @pytest.fixture
@@ -468,9 +470,8 @@ def test_stop_mid_stream_of_a_large_feed() -> None:
     stopper.start()
     stopper.join(TIMEOUT)
     stopped_unread = not stopper.is_alive()
-    with sock:
-        with contextlib.suppress(ConnectionResetError):  # an aborted transport may RST
-            data += recv_all(sock)
+    with sock, contextlib.suppress(ConnectionResetError):  # an aborted transport may RST
+        data += recv_all(sock)
     stopper.join()
     assert stopped_unread, "stop() waited for a stream that nobody reads"
     assert data == wire[: len(data)]
