@@ -301,3 +301,53 @@ def test_make_demo_prints_only_the_summary_line(tmp_path: Path) -> None:
         f"packetcore demo: error: cannot write the output: output directory "
         f"'{tmp_path / 'missing'}' does not exist"
     ]
+
+
+# -- one definition of each thing ---------------------------------------------------------------
+
+
+def test_errors_live_in_errors_and_keep_their_old_imports() -> None:
+    import packetcore.cli
+    import packetcore.errors
+    import packetcore.output
+
+    assert packetcore.output.OutputError is packetcore.errors.OutputError
+    assert packetcore.cli.UserError is packetcore.errors.UserError
+    assert packetcore.errors.UserError("x").exit_code == packetcore.cli.EXIT_FAILURE == 1
+    assert issubclass(packetcore.errors.OutputError, packetcore.errors.PacketcoreError)
+
+
+def _option_help(parser: argparse.ArgumentParser) -> dict[str, tuple[object, str | None]]:
+    return {
+        action.option_strings[-1]: (action.default, action.help)
+        for action in parser._actions
+        if action.option_strings and action.option_strings[-1] in ("--feed", "--drop", "--seed")
+    }
+
+
+def test_demo_declares_feed_drop_and_seed_as_serve_will() -> None:
+    from packetcore.cli.demo import build_parser
+    from packetcore.cli.options import add_feed_options
+
+    shared = argparse.ArgumentParser()
+    add_feed_options(shared)
+    declared = _option_help(shared)
+    assert set(declared) == {"--feed", "--drop", "--seed"}
+    assert declared["--drop"][0] == 0.25  # the reference's loss, Server's default
+    assert declared["--seed"][0] is None
+    assert declared["--feed"][0] == "book"
+    assert _option_help(build_parser()) == declared
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [(["--drop", "1.5"], "not a probability"), (["--seed", "-1"], "negative")]
+)
+def test_demo_shared_options_refuse_bad_values(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from packetcore.cli.demo import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

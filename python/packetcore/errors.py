@@ -6,8 +6,10 @@ __all__ = [
     "FeedError",
     "FetchError",
     "MissingDependencyError",
+    "OutputError",
     "PacketcoreError",
     "ProtocolError",
+    "UserError",
 ]
 
 
@@ -53,3 +55,18 @@ class FeedError(PacketcoreError, ValueError):
 
 class MissingDependencyError(PacketcoreError, ImportError):
     """An optional dependency a feature needs is not installed (the message names the extra)."""
+
+
+class OutputError(PacketcoreError):
+    """The output could not be written (a full disk, a reader that left, ...)."""
+
+
+class UserError(PacketcoreError):
+    """A failure the user caused or can fix; ``exit_code`` is what the process returns.
+
+    The default, 1, is the command line's ``EXIT_FAILURE``; 2 is a usage error.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

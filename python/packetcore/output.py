@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .engine import to_json
-from .errors import PacketcoreError
+from .errors import OutputError  # defined there, re-exported here as before
 from .packets import Packets
 
 __all__ = [
@@ -173,10 +173,6 @@ def write_packets(path: str | os.PathLike[str], packets: Packets) -> None:
         out.flush()
         return
     write_atomic(path, document)
-
-
-class OutputError(PacketcoreError):
-    """The output could not be written (a full disk, a reader that left, ...)."""
 
 
 def _stdout() -> BinaryIO:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
-from ..errors import PacketcoreError
+from ..errors import PacketcoreError, UserError
 
 __all__ = [
     "EXIT_FAILURE",
@@ -30,6 +30,7 @@ __all__ = [
     "setup_logging",
 ]
 
+#: What a :class:`UserError` returns unless it says otherwise.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 #: 128 + SIGINT: what a shell reports for a command ended by Ctrl-C.
@@ -38,14 +39,6 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 log = logging.getLogger("packetcore")
-
-
-class UserError(PacketcoreError):
-    """A failure the user caused or can fix; ``exit_code`` is what the process returns."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Terminated(KeyboardInterrupt):

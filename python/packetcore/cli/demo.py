@@ -19,7 +19,7 @@ from ..server import Server
 from ..session import FetchOptions
 from . import UserError, add_verbosity, run
 from .fetch import fetch_into
-from .options import probability, seed
+from .options import add_feed_options
 
 __all__ = ["build_parser", "main"]
 
@@ -36,16 +36,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             "output.json, print the summary, stop the server."
         ),
     )
-    parser.add_argument(
-        "--feed", default="book",
-        help="'book' (the reference's 14 packets), 'synthetic:N' or an output.json path "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--drop", type=probability, default=0.25, metavar="P",
-        help="the server's chance of dropping each streamed packet (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=seed, default=None, help="seed of feed and drops")
+    add_feed_options(parser)
     parser.add_argument(
         "--protocol", choices=("auto", "base", "extended"), default="auto",
         help="protocol the fetch speaks (default: %(default)s)",
