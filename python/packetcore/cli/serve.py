@@ -209,12 +209,14 @@ def _serve_workers(args: argparse.Namespace, loop: str, feed: Packets | MappedFe
         except BaseException:
             workers.terminate()
             raise
+        pids = ", ".join(str(report.pid) for report in workers.reports)
         with queued_stderr() as say:
             workers.say = say
             # Printed even with -q: with --port 0 it is the one thing the user must know.
             say(
                 f"{PROGRAM}: listening on port {port} ({args.host}: {where}) on {loop} "
-                f"with {args.workers} workers ({sharing}); SIGINT or SIGTERM stops the server"
+                f"with {args.workers} workers ({sharing}; pids {pids}); "
+                "SIGINT or SIGTERM stops the server"
             )
             try:
                 signum = asyncio.run(workers.supervise())
