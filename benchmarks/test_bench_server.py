@@ -10,10 +10,18 @@ result is the server's throughput as a ratio of the baseline's (goal: >= 0.8).
 Load: 200 concurrent clients, in their own process, each doing stream-all and then
 one pipelined resend connection for what the stream lost, against the book;
 reported as completed fetches per second.
+
+Scaling: both again against ``packetcore-serve`` processes, with 1 or 2 workers on the
+asyncio or the uvloop loop; the table printed at the end of the module (run with -s)
+puts the four side by side, each stream as a ratio of the raw socket measured in the
+same rounds.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -199,3 +207,129 @@ def test_bench_200_clients_fetching_the_book(benchmark: BenchmarkFixture) -> Non
         f"\n{CLIENTS} clients: {statistics.median(rates):.0f} fetches/s "
         f"(stream-all + resends of the book)"
     )
+
+
+# -- the same loads against packetcore-serve: workers and event loops --------------------
+
+CONFIGS = [(1, "asyncio"), (1, "uvloop"), (2, "asyncio"), (2, "uvloop")]
+IDS = [f"w{workers}-{loop}" for workers, loop in CONFIGS]
+
+
+class ServeProcess:
+    """``packetcore-serve`` in its own process, its stderr drained by a thread."""
+
+    def __init__(self, workers: int, loop: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "packetcore", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--workers", str(workers), "--loop", loop, "--seed", str(SEED),
+             "--drop", str(LOSS), "-q", *args],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()
+        found = re.search(r"listening on port (\d+)", line)
+        if found is None:
+            self.process.kill()
+            raise RuntimeError(f"packetcore-serve did not start: {line!r}")
+        self.port = int(found.group(1))
+        self.lines: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        self.lines.extend(self.process.stderr)
+
+    def stop(self) -> str:
+        """Stop the server; return its summary line."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        return next((line for line in self.lines if "stopped by" in line), "").strip()
+
+
+@pytest.fixture(scope="module")
+def scaling() -> Iterator[dict[str, dict[str, float]]]:
+    """Collect each configuration's figures; print them side by side at the end."""
+    table: dict[str, dict[str, float]] = {}
+    yield table
+    if table:
+        print("\nserver scaling (one run; stream ratio = server / raw socket, same rounds):")
+        for name in IDS:
+            row = table.get(name, {})
+            print(
+                f"  {name:<11} 200 clients {row.get('fetches_per_second', float('nan')):7.0f} "
+                f"fetches/s   stream 10M {row.get('stream_gbps', float('nan')):5.2f} GB/s, "
+                f"ratio {row.get('stream_ratio', float('nan')):.2f}"
+            )
+
+
+def _needs(loop: str) -> None:
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop is not installed (pip install 'packetcore[uvloop]')")
+
+
+@pytest.mark.parametrize(("workers", "loop"), CONFIGS, ids=IDS)
+def test_bench_200_clients_workers_and_loop(
+    benchmark: BenchmarkFixture, scaling: dict[str, dict[str, float]], workers: int, loop: str
+) -> None:
+    _needs(loop)
+    rates: list[float] = []
+    server = ServeProcess(workers, loop)
+    try:
+
+        def load() -> None:
+            result = subprocess.run(
+                [sys.executable, "-c", LOAD, str(server.port), str(CLIENTS),
+                 str(FETCHES_PER_CLIENT)],
+                capture_output=True, text=True, check=True, timeout=300,
+            )  # fmt: skip
+            fetches, seconds = result.stdout.split()
+            rates.append(int(fetches) / float(seconds))
+
+        benchmark.group = "server load: workers and loop"
+        benchmark.pedantic(load, rounds=3, iterations=1)
+    finally:
+        summary = server.stop()
+    assert "0 refused" in summary and "0 bad requests" in summary, summary
+    rate = statistics.median(rates)
+    benchmark.extra_info.update(fetches_per_second=round(rate, 1), summary=summary)
+    scaling.setdefault(f"w{workers}-{loop}", {})["fetches_per_second"] = rate
+
+
+@pytest.mark.parametrize(("workers", "loop"), CONFIGS, ids=IDS)
+def test_bench_stream_10m_workers_and_loop(
+    benchmark: BenchmarkFixture,
+    scaling: dict[str, dict[str, float]],
+    reader: Reader,
+    workers: int,
+    loop: str,
+) -> None:
+    _needs(loop)
+    # Only the kept bytes' count matters to the baseline: any bytes of that length do.
+    raw = RawSender(bytes(_kept_bytes()))
+    server = ServeProcess(workers, loop, "--feed", f"synthetic:{COUNT}", "--idle-timeout", "120")
+    raw_rates: list[float] = []
+    server_rates: list[float] = []
+    try:
+        reader.fetch(server.port)  # warm both paths once
+        reader.fetch(raw.port)
+        benchmark.group = "server stream 10M: workers and loop"
+        benchmark.pedantic(
+            lambda: server_rates.append(reader.fetch(server.port)),
+            setup=lambda: raw_rates.append(reader.fetch(raw.port)),
+            rounds=7,
+            iterations=1,
+        )
+    finally:
+        server.stop()
+        raw.listener.close()
+    ratio = statistics.median(server_rates) / statistics.median(raw_rates)
+    benchmark.extra_info.update(ratio=round(ratio, 3))
+    row = scaling.setdefault(f"w{workers}-{loop}", {})
+    row["stream_gbps"] = statistics.median(server_rates) / 1e9
+    row["stream_ratio"] = ratio
+
+
+def _kept_bytes() -> int:
+    """Return the wire bytes a seeded stream-all of the 10M feed keeps, about 3/4 of them."""
+    kept = int((np.random.default_rng(SEED).random(COUNT) >= LOSS).sum())
+    return kept * 17

@@ -1,7 +1,8 @@
-"""The server at scale: a log nobody reads, feeds larger than memory."""
+"""The server at scale: a log nobody reads, feeds larger than memory, workers, uvloop."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -20,6 +21,7 @@ from packetcore.cli.logqueue import DroppingQueueHandler, FdHandler, _Drops
 from packetcore.errors import FeedError
 from packetcore.feeds import MappedFeed, book, open_feed, synthetic
 from packetcore.loss import LossModel
+from packetcore.packets import Packets
 from packetcore.protocol import (
     FeedInfo,
     decode_info,
@@ -254,3 +256,215 @@ def test_loss_model_select_keeps_the_last_and_drops_all() -> None:
     assert (bytes(chunk), kept) == (wire, 10)
     with pytest.raises(ValueError, match="drop_resends"):
         LossModel(drop_resends=-0.1)
+
+
+# -- --workers N and the event loop ------------------------------------------------------
+
+WORKERS_LINE = re.compile(rb"listening on port (\d+) .* with 2 workers \(.*; pids (\d+), (\d+)\)")
+
+
+def start_workers(*args: str) -> tuple[subprocess.Popen[bytes], int, list[int]]:
+    """Start a 2-worker server with -q; return it, its port and its workers' pids."""
+    process = serve("--workers", "2", "-q", *args)
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    found = WORKERS_LINE.search(line)
+    if found is None:
+        process.kill()
+        process.wait()
+        pytest.fail(f"no listening line naming 2 workers: {line!r}")
+    return process, int(found.group(1)), [int(found.group(2)), int(found.group(3))]
+
+
+def fetch_book(port: int) -> bytes:
+    """Fetch the book as a base client does: stream-all, then resend what the stream lost."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(STREAM_ALL)
+        sock.shutdown(socket.SHUT_WR)
+        streamed = recv_all(sock)
+    rows = {int.from_bytes(streamed[i + 13 : i + 17], "big"): streamed[i : i + PACKET]
+            for i in range(0, len(streamed), PACKET)}  # fmt: skip
+    missing = [s for s in range(1, 15) if s not in rows]
+    if missing:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"".join(resend_request(s) for s in missing))
+            sock.shutdown(socket.SHUT_WR)
+            resent = recv_all(sock)
+        assert len(resent) == PACKET * len(missing)
+        rows.update(
+            (int.from_bytes(resent[i + 13 : i + 17], "big"), resent[i : i + PACKET])
+            for i in range(0, len(resent), PACKET)
+        )
+    return b"".join(rows[s] for s in sorted(rows))
+
+
+def summary_of(stderr: bytes) -> tuple[str, list[int]]:
+    """Return the one summary line of a stopped server and its connections per worker."""
+    lines = [line for line in stderr.decode().splitlines() if "connections per worker" in line]
+    assert len(lines) == 1, stderr
+    per_worker = re.search(r"connections per worker: ([-\d, ]+)", lines[0])
+    assert per_worker is not None
+    return lines[0], [int(n) if n != "-" else -1 for n in per_worker.group(1).split(", ")]
+
+
+def test_two_workers_serve_concurrent_fetches_spread_and_summed(
+    stopped_at_end: list[subprocess.Popen[bytes]],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    process, port, _ = start_workers("--seed", "7")
+    stopped_at_end.append(process)
+    fetches = 200
+    with ThreadPoolExecutor(50) as pool:
+        books = list(pool.map(fetch_book, [port] * fetches))
+    expected = reference_bytes()
+    assert all(book_ == expected for book_ in books)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 128 + signal.SIGTERM
+    line, per_worker = summary_of(stderr)
+    assert "stopped by SIGTERM: 2 workers: " in line
+    assert "died" not in line
+    # Every fetch is a stream-all connection and maybe a resend connection; both workers
+    # took some, and the sum is every connection made.
+    total = int(re.search(r"workers: (\d+) connections", line).group(1))  # type: ignore[union-attr]
+    assert sum(per_worker) == total
+    assert fetches <= total <= 2 * fetches
+    assert min(per_worker) > 0, line
+    assert f"{fetches} streams" in line
+
+
+def test_sigint_stops_every_worker(stopped_at_end: list[subprocess.Popen[bytes]]) -> None:
+    process, port, pids = start_workers()
+    stopped_at_end.append(process)
+    assert fetch_book(port) == reference_bytes()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 128 + signal.SIGINT
+    line, _ = summary_of(stderr)
+    assert "stopped by SIGINT" in line
+    assert "1 connections" in line or "2 connections" in line
+    for pid in pids:  # reaped by the parent: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_killed_worker_is_reported_and_the_other_serves_on(
+    stopped_at_end: list[subprocess.Popen[bytes]],
+) -> None:
+    process, port, pids = start_workers()
+    stopped_at_end.append(process)
+    assert process.stderr is not None
+    os.kill(pids[0], signal.SIGKILL)
+    line = process.stderr.readline().decode()
+    assert f"worker 0 (pid {pids[0]}) died: killed by SIGKILL; 1 worker left" in line
+    # The kernel hands every new connection to the surviving worker.
+    for _ in range(20):
+        assert fetch_book(port) == reference_bytes()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 1
+    summary, per_worker = summary_of(stderr)
+    assert summary.endswith("; 1 died")
+    assert per_worker[0] == -1 and per_worker[1] >= 20
+
+
+def test_the_parent_ends_when_every_worker_died(
+    stopped_at_end: list[subprocess.Popen[bytes]],
+) -> None:
+    process, _, pids = start_workers()
+    stopped_at_end.append(process)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 1
+    summary, _ = summary_of(stderr)
+    assert "all workers died" in summary and summary.endswith("; 2 died")
+
+
+def test_bind_workers_shares_one_port() -> None:
+    from packetcore.workers import REUSE_PORT, bind_workers
+
+    sets, port = bind_workers("127.0.0.1", 0, 3, 16)
+    try:
+        assert len(sets) == 3
+        assert {sock.getsockname()[1] for s in sets for sock in s} == {port}
+        # SO_REUSEPORT: a socket set per worker; otherwise the one set, shared.
+        assert len({id(sock) for s in sets for sock in s}) == (3 if REUSE_PORT else 1)
+    finally:
+        for sock in {sock for s in sets for sock in s}:
+            sock.close()
+
+
+def test_worker_seeds_are_seed_plus_index_and_worker_0_is_a_single_server() -> None:
+    from packetcore.workers import worker_seed
+
+    assert [worker_seed(5, w) for w in range(3)] == [5, 6, 7]
+    assert worker_seed(None, 2) is None
+    # Worker 1's Nth stream drops what a single server seeded 6 drops for its Nth.
+    one = LossModel(0.5, seed=worker_seed(5, 1))
+    single = LossModel(0.5, seed=6)
+    for number in range(3):
+        rng_a, rng_b = one.stream_rng(number), single.stream_rng(number)
+        assert rng_a is not None and rng_b is not None
+        assert np.array_equal(
+            LossModel.keep_mask(rng_a, 1000, 0.5), LossModel.keep_mask(rng_b, 1000, 0.5)
+        )
+
+
+def test_loop_uvloop_missing_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from packetcore.cli.serve import main
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now fails
+    assert main(["--loop", "uvloop", "--port", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "packetcore-serve: error: uvloop is not installed: pip install "
+        "'packetcore[uvloop]', or use --loop asyncio"
+    ]
+
+
+def test_loop_auto_falls_back_to_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    from packetcore.workers import loop_factory
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert loop_factory("auto") == ("asyncio", asyncio.new_event_loop)
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["packets", "mapped"])
+def test_uvloop_serves_byte_exact(mapped: bool, tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    from packetcore.workers import loop_factory, run_loop
+
+    assert loop_factory("auto")[0] == "uvloop"
+    feed = synthetic(50_000, seed=3)
+    wire = encode(feed)
+    if mapped:
+        path = tmp_path / "feed.bin"
+        path.write_bytes(wire)
+        served: Packets | MappedFeed = MappedFeed(path)
+    else:
+        served = feed
+
+    async def ask(port: int, request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        writer.write_eof()
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def main() -> tuple[str, bytes, bytes]:
+        async with Server(served, host="127.0.0.1", port=0, drop=0) as server:
+            streamed = await ask(server.port, STREAM_ALL)
+            ranged = await ask(server.port, range_request(100, 200))
+            return type(asyncio.get_running_loop()).__module__, streamed, ranged
+
+    module, streamed, ranged = run_loop("uvloop", main())
+    if isinstance(served, MappedFeed):
+        served.close()
+    assert module.startswith("uvloop")
+    assert streamed == wire
+    assert ranged == wire[99 * PACKET : 299 * PACKET]

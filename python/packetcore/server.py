@@ -32,11 +32,15 @@ log = logging.getLogger("packetcore.server")
 
 
 class Server:
-    """Serve one feed over the base protocol and its extension."""
+    """Serve one feed over the base protocol and its extension.
+
+    ``feed`` may be a :class:`~packetcore.wire_index.WireIndex` already built, shared
+    with other servers (the workers of one port) without encoding the feed again.
+    """
 
     def __init__(
         self,
-        feed: Packets | MappedFeed | None = None,
+        feed: Packets | MappedFeed | WireIndex | None = None,
         *,
         host: str = "localhost",
         port: int = DEFAULT_PORT,
@@ -57,7 +61,8 @@ class Server:
             raise ValueError(f"port must be in 0..65535, not {port}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        self.index = WireIndex(feed)
+        # A WireIndex is shared as it is: the workers of one port serve one encoding.
+        self.index = feed if isinstance(feed, WireIndex) else WireIndex(feed)
         self.host = host
         self.port = port
         self.drop = self.loss.drop

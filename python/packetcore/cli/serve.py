@@ -10,14 +10,27 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from ..feeds import open_feed
+from ..feeds import MappedFeed, open_feed
+from ..packets import Packets
 from ..protocol import DEFAULT_PORT
-from ..server import Server
-from . import UserError, add_verbosity, run
+from ..server import Server, ServerStats
+from ..wire_index import WireIndex
+from ..workers import (
+    LOOPS,
+    REUSE_PORT,
+    LoopUnavailable,
+    Workers,
+    bind_workers,
+    loop_factory,
+    run_loop,
+    worker_seed,
+)
+from . import EXIT_FAILURE, UserError, add_verbosity, run
 from .logqueue import queued_stderr
 from .options import integer, number, probability, seed
 
@@ -34,7 +47,13 @@ a 0.25 chance of dropping each streamed packet, resends never dropped.
 
 The line naming the port is printed even with -q.  SIGINT or SIGTERM stops the server
 at once and prints a one-line summary; the exit status is then 130 (SIGINT) or 143
-(SIGTERM), 128 + the signal's number, as a shell reports them."""
+(SIGTERM), 128 + the signal's number, as a shell reports them.
+
+--workers N runs N processes on one port: the feed is loaded once and shared, the
+kernel spreads connections over the workers (SO_REUSEPORT on Linux; elsewhere they
+share one listening socket), and the summary sums what all of them did.  SIGINT or
+SIGTERM to the parent stops every worker; a worker that dies is reported at once, the
+others go on serving, and the exit status is then 1."""
 
 
 _port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
@@ -68,7 +87,10 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=seed, default=None,
         help="seed of the synthetic feed and of every drop pattern: the Nth stream-all "
-        "of a run drops the same packets each time (default: random)",
+        "of a run drops the same packets each time (default: random).  With --workers, "
+        "worker W (from 0) draws as a single server seeded SEED+W: the Nth stream-all "
+        "that worker W answers drops the same packets each run; which worker a "
+        "connection reaches is the kernel's choice",
     )  # fmt: skip
     parser.add_argument(
         "--drop", type=probability, default=0.25, metavar="P",
@@ -94,6 +116,16 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "--max-connections", type=_count, default=1024, metavar="N",
         help="connections served at once; more are closed on arrival (default: 1024)",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=_count, default=1, metavar="N",
+        help="server processes sharing the port and the loaded feed (default: 1); "
+        "--max-connections applies to each",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="auto",
+        help="event loop: uvloop (pip install 'packetcore[uvloop]'), asyncio, or auto, "
+        "uvloop when it is installed (default: auto)",
+    )  # fmt: skip
     add_verbosity(parser)
     return parser
 
@@ -104,40 +136,116 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    try:
+        loop, _ = loop_factory(args.loop)
+    except LoopUnavailable as exc:
+        raise UserError(str(exc)) from None
     # The feed is loaded and checked before any port opens.
     feed = open_feed(args.feed, args.seed)
-    server = Server(
+    if args.workers > 1:
+        return _serve_workers(args, loop, feed)
+    server = _server(args, feed, args.seed)
+    # The event loop's handlers replace these while it runs, and closing it leaves
+    # SIG_DFL behind: put back what run() installed.
+    with _signals_kept(), queued_stderr() as say:
+        # Serving never waits on stderr: a log nobody reads must not freeze the clients.
+        signum = run_loop(loop, _run(server, say, loop))
+        name = signal.Signals(signum).name
+        say(f"{PROGRAM}: stopped by {name}: {server.stats.summary()}")
+    return 128 + signum
+
+
+def _server(
+    args: argparse.Namespace, feed: Packets | MappedFeed | WireIndex, seed: int | None
+) -> Server:
+    return Server(
         feed,
         host=args.host,
         port=args.port,
         drop=args.drop,
         drop_resends=args.drop_resends,
         keep_last=args.keep_last,
-        seed=args.seed,
+        seed=seed,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
     )
-    # The event loop's handlers replace these while it runs, and closing it leaves
-    # SIG_DFL behind: put back what run() installed.
+
+
+@contextlib.contextmanager
+def _signals_kept() -> Iterator[None]:
+    """Put back the stop signals' handlers that an event loop replaced or reset."""
     previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
-    # Serving never waits on stderr: a log nobody reads must not freeze the clients.
-    with queued_stderr() as say:
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, handler in previous.items():
+                if handler is not None:
+                    signal.signal(number, handler)
+
+
+def _serve_workers(args: argparse.Namespace, loop: str, feed: Packets | MappedFeed) -> int:
+    # Encoded (or mapped) once, before the fork: the workers share it copy-on-write.
+    index = WireIndex(feed)
+    try:
+        sets, port = bind_workers(
+            args.host, args.port, args.workers, max(128, args.max_connections)
+        )
+    except OSError as exc:
+        raise UserError(str(exc.strerror or exc)) from None
+
+    def serve(number: int, sockets: list[socket.socket]) -> ServerStats:
+        server = _server(args, index, worker_seed(args.seed, number))
+        with _signals_kept(), queued_stderr() as say:
+            run_loop(loop, _run(server, say, loop, sockets))
+        return server.stats
+
+    where = ", ".join(str(sock.getsockname()[0]) for sock in sets[0])
+    sharing = "SO_REUSEPORT" if REUSE_PORT else "one shared socket"
+    workers = Workers(sets, serve, program=PROGRAM)
+    with _signals_kept():
         try:
-            signum = asyncio.run(_run(server, say))
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                for number, handler in previous.items():
-                    if handler is not None:
-                        signal.signal(number, handler)
-        name = signal.Signals(signum).name
-        say(f"{PROGRAM}: stopped by {name}: {server.stats.summary()}")
+            workers.start()
+        except BaseException:
+            workers.terminate()
+            raise
+        pids = ", ".join(str(report.pid) for report in workers.reports)
+        with queued_stderr() as say:
+            workers.say = say
+            # Printed even with -q: with --port 0 it is the one thing the user must know.
+            say(
+                f"{PROGRAM}: listening on port {port} ({args.host}: {where}) on {loop} "
+                f"with {args.workers} workers ({sharing}; pids {pids}); "
+                "SIGINT or SIGTERM stops the server"
+            )
+            try:
+                signum = asyncio.run(workers.supervise())
+            except BaseException:
+                workers.terminate()
+                raise
+            how = (
+                "all workers died"
+                if signum is None
+                else f"stopped by {signal.Signals(signum).name}"
+            )
+            say(f"{PROGRAM}: {how}: {workers.summary()}")
+    if workers.died or signum is None:
+        return EXIT_FAILURE
     return 128 + signum
 
 
-async def _run(server: Server, say: Callable[[str], None]) -> int:
-    """Serve until SIGINT or SIGTERM; return the signal's number."""
+async def _run(
+    server: Server,
+    say: Callable[[str], None],
+    loop_name: str,
+    sockets: list[socket.socket] | None = None,
+) -> int:
+    """Serve until SIGINT or SIGTERM; return the signal's number.
+
+    ``sockets`` are a worker's: it serves on them and leaves the announcement to the parent.
+    """
     try:
-        await server.start_async()
+        await server.start_async(sockets)
     except OSError as exc:
         raise UserError(str(exc.strerror or exc)) from None
     loop = asyncio.get_running_loop()
@@ -150,12 +258,13 @@ async def _run(server: Server, say: Callable[[str], None]) -> int:
     for signum in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
             loop.add_signal_handler(signum, stop, signum)
-    where = ", ".join(str(address[0]) for address in server.addresses)
-    # Printed even with -q: with --port 0 it is the one thing the user must know.
-    say(
-        f"{PROGRAM}: listening on port {server.port} ({server.host}: {where}); "
-        f"SIGINT or SIGTERM stops the server"
-    )
+    if sockets is None:
+        where = ", ".join(str(address[0]) for address in server.addresses)
+        # Printed even with -q: with --port 0 it is the one thing the user must know.
+        say(
+            f"{PROGRAM}: listening on port {server.port} ({server.host}: {where}) on "
+            f"{loop_name}; SIGINT or SIGTERM stops the server"
+        )
     try:
         return await stopped
     finally:
