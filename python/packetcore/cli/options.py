@@ -82,16 +82,18 @@ def add_feed(parser: argparse.ArgumentParser) -> None:
         "--feed", default="book", metavar="FEED",
         help="what to serve: 'book' (default, the reference's 14-packet order book), "
         "'synthetic:N' (N random packets, sequences 1..N, drawn from --seed) or the path "
-        "of an output.json file (validated before the server starts)",
+        "of a feed file, in any format packetcore-fetch writes (json, ndjson, csv, "
+        "parquet, or bin, served from a memory mapping), validated before the server "
+        "starts",
     )  # fmt: skip
 
 
-def add_seed(parser: argparse.ArgumentParser) -> None:
-    """Add ``--seed`` (``args.seed``, None when not given) to ``parser``."""
+def add_seed(parser: argparse.ArgumentParser, more: str = "") -> None:
+    """Add ``--seed`` (``args.seed``, None when not given) to ``parser``; ``more`` adds help."""
     parser.add_argument(
         "--seed", type=seed, default=_server_default("seed"),
         help="seed of the synthetic feed and of every drop pattern: the Nth stream-all "
-        "of a run drops the same packets each time (default: random)",
+        "of a run drops the same packets each time (default: random)" + more,
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from ..workers import (
 )
 from . import EXIT_FAILURE, UserError, add_verbosity, run
 from .logqueue import queued_stderr
-from .options import integer, number, probability, seed
+from .options import add_drop, add_feed, add_seed, integer, number, probability
 
 __all__ = ["build_parser", "main"]
 
@@ -78,25 +78,14 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "--port", type=_port, default=DEFAULT_PORT,
         help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free port and prints it)",
     )  # fmt: skip
-    parser.add_argument(
-        "--feed", default="book", metavar="FEED",
-        help="what to serve: 'book' (default, the reference's 14-packet order book), "
-        "'synthetic:N' (N random packets, sequences 1..N, drawn from --seed) or the path "
-        "of an output.json file (validated before the port opens)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--seed", type=seed, default=None,
-        help="seed of the synthetic feed and of every drop pattern: the Nth stream-all "
-        "of a run drops the same packets each time (default: random).  With --workers, "
-        "worker W (from 0) draws as a single server seeded SEED+W: the Nth stream-all "
-        "that worker W answers drops the same packets each run; which worker a "
-        "connection reaches is the kernel's choice",
-    )  # fmt: skip
-    parser.add_argument(
-        "--drop", type=probability, default=0.25, metavar="P",
-        help="chance that stream-all (callType 1) drops each packet, the last included "
-        "unless --keep-last (default: 0.25, as the reference)",
-    )  # fmt: skip
+    add_feed(parser)
+    add_seed(
+        parser,
+        ".  With --workers, worker W (from 0) draws as a single server seeded SEED+W: "
+        "the Nth stream-all that worker W answers drops the same packets each run; which "
+        "worker a connection reaches is the kernel's choice",
+    )
+    add_drop(parser)
     parser.add_argument(
         "--drop-resends", type=probability, default=0.0, metavar="P",
         help="chance that a resent packet (callType 2, or within a callType 4 range) is "
@@ -122,9 +111,10 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "--max-connections applies to each",
     )  # fmt: skip
     parser.add_argument(
-        "--loop", choices=LOOPS, default="auto",
-        help="event loop: uvloop (pip install 'packetcore[uvloop]'), asyncio, or auto, "
-        "uvloop when it is installed (default: auto)",
+        "--loop", choices=LOOPS, default="asyncio",
+        help="event loop: asyncio, uvloop (pip install 'packetcore[uvloop]'; measured "
+        "slower here, see docs/scaling.md), or auto, uvloop when it is installed "
+        "(default: asyncio)",
     )  # fmt: skip
     add_verbosity(parser)
     return parser
