@@ -499,7 +499,9 @@ def test_ctrl_c_while_starting_is_one_line(delay: float) -> None:
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 130, err
+    # 130, or death by SIGINT itself (Python ends so when the interrupt lands while it
+    # winds down): a shell reports 130 for both.
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "interrupted" in err
 
