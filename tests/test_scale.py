@@ -468,3 +468,35 @@ def test_uvloop_serves_byte_exact(mapped: bool, tmp_path: Path) -> None:
     assert module.startswith("uvloop")
     assert streamed == wire
     assert ranged == wire[99 * PACKET : 299 * PACKET]
+
+
+def test_a_full_log_queue_on_an_unread_pipe_never_holds_the_exit() -> None:
+    # The queue fills and the writer blocks on the pipe: leaving gives up on it, and the
+    # process's own last writes to stderr (error lines, the final flush) must not block.
+    script = (
+        "import logging, os, sys\n"
+        "from packetcore.cli.logqueue import queued_stderr\n"
+        "os.set_blocking(2, False)\n"  # fill the pipe to the brim first
+        "try:\n"
+        "    while True:\n"
+        "        os.write(2, b'x' * 4096)\n"
+        "except BlockingIOError:\n"
+        "    os.set_blocking(2, True)\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "with queued_stderr(size=8):\n"
+        "    for i in range(20000):\n"
+        "        logging.getLogger('t').info('line %d %s', i, 'x' * 200)\n"
+        "print('after the queue, straight to stderr', file=sys.stderr, flush=True)\n"
+        "sys.exit(7)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,  # never read
+        env=dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", "")),
+    )
+    try:
+        assert process.wait(timeout=30) == 7
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

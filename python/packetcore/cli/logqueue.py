@@ -136,6 +136,21 @@ def queued_stderr(size: int = QUEUE_RECORDS) -> Iterator[Callable[[str], None]]:
         if listener.stop_within(DRAIN_SECONDS):
             root.removeHandler(queued)
             root.addHandler(handler)
+        else:
+            _detach(fd)
+
+
+def _detach(fd: int) -> None:
+    """Point ``fd`` at /dev/null: the log was not read, and nothing may wait on it now.
+
+    The writer thread stays blocked in its write to the old pipe (a daemon, abandoned
+    at exit); every later write to stderr (an error line, the interpreter's last flush)
+    goes nowhere instead of blocking the exit for ever.
+    """
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
 
 
 class _Listener(logging.handlers.QueueListener):
