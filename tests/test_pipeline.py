@@ -521,3 +521,53 @@ def test_a_hello_given_up_on_may_still_open_the_stream() -> None:
     never.give_up()
     assert b"".join(bytes(i) for i in never.feed(packets)) == packets  # a base server
     assert never.due == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_server_far_out_of_order_is_no_feed(tmp_path: Path) -> None:
+    # Base mode against scattered sequences: every other packet is out of order and in
+    # doubt.  Past a bound the connection is dropped as no feed: memory stays bounded.
+    def scattered_base(conn: socket.socket) -> None:
+        rng = random.Random(5)
+        conn.recv(16)
+        for _ in range(300):
+            conn.sendall(b"".join(
+                struct.pack(">4s1siii", b"SCAT", b"B", 1, 1, rng.randrange(1, 2**31))
+                for _ in range(2000)
+            ))  # fmt: skip
+
+    with RawServer(scattered_base) as server:
+        code, err, peak = _run_measured(
+            server.port, "-o", str(tmp_path / "o.json"), "--protocol", "base",
+            "--max-passes", "3", "--retries", "1", *FAST,
+        )  # fmt: skip
+    assert code == 3, err
+    _one_line_error(err)
+    assert peak < RSS_BOUND, f"peak RSS {peak >> 20} MiB"
+
+
+def test_write_takes_packets_only(tmp_path: Path) -> None:
+    from packetcore.formats import write
+
+    with pytest.raises(TypeError, match="Packets"):
+        write(tmp_path / "x.json", [1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_a_deadline_holds_against_a_reader_that_stops_reading(big: Server) -> None:
+    # stdout is a pipe nobody reads, nobody closes: past the deadline, saving what
+    # arrived may wait on it, but only for a while.
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        _command(big.port, "-o", "-", "--deadline", "1"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    try:
+        code = proc.wait(timeout=1 + 5 + 10)
+    finally:
+        proc.kill()
+    assert code == 1 and time.monotonic() - started < 16
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    _one_line_error(err)
+    assert "took nothing" in err and "past the deadline" in err

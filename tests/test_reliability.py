@@ -344,14 +344,11 @@ def test_corrupt_detectable(
         status, err = fetch_cli(proxy.port, output, capsys, *extra)
         assert proxy.stats[0].corrupted
     # Lenient: every doubt is settled by asking again, and the right packet is written.
-    # Strict: a packet that was invalid, conflicting or judged corrupt refuses the fetch.
-    # The one exception, in extended mode: a sequence beyond the announced last is out of
-    # range, dropped as no packet of the feed and not counted against it.  (In base mode
-    # no last is announced: one pass ending on 65290 while every other ended on 3000 is
-    # weighed as a corruption, left out, and so refused by --strict.)
+    # Strict: a packet that was invalid, conflicting or judged corrupt refuses the fetch:
+    # in extended mode a sequence beyond the announced last (65290) is one; in base mode
+    # no last is announced, but one pass ending on 65290 while every other ended on 3000
+    # is weighed as a corruption, left out, and so refused too.
     expected = EXIT_STRICT if strict else 0
-    if strict and protocol == "auto" and where == 15:
-        expected = 0
     assert_outcome(status, err, output, expected)
     if protocol == "base":
         # The reference exchange crashes on a resend of a sequence it lacks: a corrupted

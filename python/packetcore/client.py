@@ -33,6 +33,10 @@ __all__ = ["FetchError", "FetchOptions", "FetchResult", "fetch", "fetch_async", 
 
 log = logging.getLogger("packetcore.fetch")
 
+#: How long past the deadline the output may take nothing before the fetch gives up
+#: saving (stdout into a reader that stopped reading).
+DEADLINE_GRACE = 5.0
+
 
 @dataclass(frozen=True)
 class FetchResult:
@@ -149,6 +153,10 @@ async def run_fetch(
     prefix stays in the store (the output is behind).
     """
     started = time.perf_counter()
+
+    def elapsed() -> float:
+        return time.perf_counter() - started
+
     session = Session(options, sink, progress)
     if flowing is not None:
         session.flowing = flowing
@@ -180,7 +188,11 @@ async def run_fetch(
         if not recovery.done():
             recovery.cancel()
         session.close_all()
-    return await _finish(session, outcome, started)
+    # With a deadline, saving what arrived may wait on the output, but not for ever.
+    give_up_at = None
+    if options.deadline is not None:
+        give_up_at = time.monotonic() + max(options.deadline - elapsed(), 0.0) + DEADLINE_GRACE
+    return await _finish(session, outcome, started, give_up_at)
 
 
 async def _recover(session: Session, outcome: Outcome) -> None:
@@ -293,7 +305,9 @@ async def _ask(session: Session, batches: list[Packets], request: bytes, due: in
     link.close()
 
 
-async def _finish(session: Session, outcome: Outcome, started: float) -> FetchResult:
+async def _finish(
+    session: Session, outcome: Outcome, started: float, give_up_at: float | None = None
+) -> FetchResult:
     """Pass every packet still held to the output, and say what the fetch got."""
     store = session.store
     complete = store.complete and not outcome.reason
@@ -301,11 +315,11 @@ async def _finish(session: Session, outcome: Outcome, started: float) -> FetchRe
     missing_ranges = store.missing_ranges()
     if not complete:
         # Everything held goes out, gaps and all; the ceiling no longer holds it back.
-        await session.flush((store.highest or store.first - 1) + 1)
+        await session.flush((store.highest or store.first - 1) + 1, give_up_at)
         if not outcome.reason:
             outcome.reason = "stopped short"
     else:
-        await session.flush((end or store.first - 1) + 1)
+        await session.flush((end or store.first - 1) + 1, give_up_at)
     if session.received == 0 and not complete:
         raise FetchError(
             f"{session.options.host}:{session.options.port}: no packet arrived ({outcome.reason})"

@@ -108,6 +108,10 @@ class FormatWriter:
             self._closed = True
             self._finish()
 
+    def abandon(self) -> None:
+        """Give the document up: nothing more is written, not even at garbage collection."""
+        self._closed = True
+
     def _write(self, packets: Packets) -> None:
         raise NotImplementedError
 
@@ -168,6 +172,11 @@ class _ParquetWriter(FormatWriter):
         self._rows = row_group_rows
         self._held: list[Packets] = []
         self._held_rows = 0
+
+    def abandon(self) -> None:
+        super().abandon()
+        # pyarrow's writer would write its footer from __del__, into a closed file.
+        self._writer.is_open = False
 
     def _write(self, packets: Packets) -> None:
         self._held.append(packets)
@@ -259,6 +268,8 @@ def open_writer(stream: BinaryIO, form: str) -> FormatWriter:
 
 def write(path: str | os.PathLike[str], packets: Packets, format: str | None = None) -> None:
     """Write ``packets`` to ``path`` (``-``: stdout) in sequence order, atomically."""
+    if not isinstance(packets, Packets):
+        raise TypeError(f"write() takes Packets, not {type(packets).__name__}")
     form = format_for(path, format)
     packets = _in_order(packets)
     repeated = np.flatnonzero(np.diff(packets.sequence) == 0)

@@ -192,8 +192,9 @@ def _check_target(path: str) -> None:
     if path.endswith(os.sep) or os.path.isdir(path):
         raise OutputError(f"the output {path} names a directory, not a file")
     partial = partial_path(os.path.realpath(path))
-    if partial.is_dir():
-        raise OutputError(f"{partial}, where an incomplete fetch is saved, is a directory")
+    with contextlib.suppress(OSError):  # a name too long for ".partial" fails only if used
+        if partial.is_dir():
+            raise OutputError(f"{partial}, where an incomplete fetch is saved, is a directory")
 
 
 class Output:
@@ -235,8 +236,8 @@ class Output:
 
     @property
     def backlog(self) -> int:
-        """Return how many packets wait to be written."""
-        return self.queued - self.written
+        """Return how many packets wait to be written (none once the output failed)."""
+        return 0 if self.error is not None else self.queued - self.written
 
     def on_failure(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` from the writer thread if a write fails."""
@@ -275,14 +276,21 @@ class Output:
                 continue
             self.written += len(batch)
 
-    def close(self, complete: bool) -> str:
+    def close(self, complete: bool, timeout: float | None = None) -> str:
         """Finish the document and put it in place; return where it went.
 
         Complete: at the target, and a stale ``.partial`` beside it goes.  Incomplete:
-        at ``<target>.partial``, the target left as it was.
+        at ``<target>.partial``, the target left as it was.  ``timeout`` bounds the wait
+        for the writer (a reader that stopped reading); past it, OutputError.
         """
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.abort()
+            raise OutputError(
+                f"{self.name} took nothing for long past the deadline (a reader that "
+                f"stopped reading?); gave up"
+            )
         try:
             if self.error is not None:
                 raise self.error
@@ -312,6 +320,9 @@ class Output:
         Whatever it still writes goes to a file already removed, or to stdout.
         """
         self._aborted.set()
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.abandon()
         queued = getattr(self, "_queue", None)
         if queued is not None:
             queued.put(None)

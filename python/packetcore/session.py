@@ -24,12 +24,14 @@ import numpy as np
 import numpy.typing as npt
 
 from .engine import MAX_SEQUENCE, Decoder, PacketStore
-from .errors import FetchError, PacketcoreError
+from .errors import FetchError, OutputError, PacketcoreError
 from .packets import Packets
 from .protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
 
 __all__ = [
     "MAX_BACKOFF",
+    "MAX_CONFIDENCE",
+    "MAX_DOUBTS",
     "FetchOptions",
     "Link",
     "Progress",
@@ -53,6 +55,9 @@ Sink = Callable[[Packets], None]
 MAX_BACKOFF = 5.0
 #: The loosest base-protocol confidence accepted: above it, truncated fetches are common.
 MAX_CONFIDENCE = 0.01
+#: Packets in doubt (out of order, or in copies that differ) beyond which a server is
+#: taken for no feed at all: they are asked for again one by one, and held meanwhile.
+MAX_DOUBTS = 100_000
 # The settled prefix leaves the store in batches of at most this many packets, and at
 # least this often while packets arrive (so that `-o -` readers see records early).
 _BATCH = 1 << 18
@@ -358,6 +363,7 @@ class Session:
         self.links: list[Link] = []
         #: Sequences whose held packet may be wrong (see Link._check_order).
         self.doubts: set[int] = set()
+        self._first_doubt: int | None = None
         #: How many stream-all passes ended on each sequence (base protocol).
         self.pass_ends: Counter[int] = Counter()
         #: Set whenever packets arrive: what the repair of gaps waits on.
@@ -443,8 +449,30 @@ class Session:
         self.doubt(batch.sequence[differ])
 
     def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
-        """Mark ``sequences`` to be asked for again before their packets are trusted."""
+        """Mark ``sequences`` to be asked for again before their packets are trusted.
+
+        Raise :class:`FetchError` past :data:`MAX_DOUBTS`: a stream that far out of
+        order is no feed (random bytes, scattered sequences), and the connection goes.
+        """
         self.doubts.update(sequences.tolist())
+        self._first_doubt = None
+        if len(self.doubts) > MAX_DOUBTS:
+            raise FetchError(
+                f"more than {MAX_DOUBTS} packets came out of sequence order: the server "
+                f"does not send a feed in order"
+            )
+
+    def trust(self, sequences: list[int]) -> None:
+        """Take ``sequences`` out of doubt (they were settled)."""
+        self.doubts.difference_update(sequences)
+        self._first_doubt = None
+
+    def _lowest_doubt(self) -> int | None:
+        # Cached: recomputed only after the doubts changed, not at every advance.
+        if self._first_doubt is None or 0 < self._first_doubt < self.store.cursor:
+            cursor = self.store.cursor
+            self._first_doubt = min((s for s in self.doubts if s >= cursor), default=0)
+        return self._first_doubt or None
 
     def advance(self) -> None:
         """Pass the settled prefix of the feed on to the output.
@@ -455,21 +483,21 @@ class Session:
             return
         store = self.store
         stop = store.contiguous()
-        cursor = store.cursor
-        doubted = [s for s in self.doubts if s >= cursor]
-        if doubted:
-            stop = min(stop, min(doubted))
+        doubted = self._lowest_doubt()
+        if doubted is not None:
+            stop = min(stop, doubted)
         ceiling = self.ceiling()
         if ceiling is not None:
             stop = min(stop, ceiling + 1)
         while store.cursor < stop:
             self._pass_on(store.take(min(stop, store.cursor + _BATCH)))
 
-    async def flush(self, stop: int) -> None:
+    async def flush(self, stop: int, give_up_at: float | None = None) -> None:
         """Pass every packet held below ``stop`` to the output, gaps and all.
 
         The end of a fetch.  It yields to the event loop between batches (a signal is
-        acted on at once) and waits while the output is behind; across sparse stretches
+        acted on at once) and waits while the output is behind, but not past
+        ``give_up_at`` (a monotonic time: the deadline and some grace); across sparse stretches
         (a few packets spread over a wide span) each step widens, so that even the
         protocol's whole sequence space takes a few dozen steps.
         """
@@ -477,6 +505,11 @@ class Session:
         span = _BATCH
         while store.cursor < stop:
             while not self.flowing():
+                if give_up_at is not None and time.monotonic() > give_up_at:
+                    raise OutputError(
+                        "the output took nothing for long past the deadline (a reader "
+                        "that stopped reading?); gave up"
+                    )
                 await asyncio.sleep(0.005)
             batch = store.take(min(stop, store.cursor + span))
             self._pass_on(batch)

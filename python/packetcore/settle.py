@@ -55,7 +55,7 @@ async def settle(session: Session, copies: Copies) -> list[int]:
     doubts = sorted(
         s for s in session.doubts | set(conflicting.sequence.tolist()) if s >= cursor and s in store
     )
-    session.doubts.difference_update(doubts)
+    session.trust(doubts)
     if not doubts:
         return []
     votes: dict[int, dict[_Row, int]] = {s: {} for s in doubts}

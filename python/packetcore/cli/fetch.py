@@ -237,7 +237,10 @@ def fetch_into(
     try:
         with _progress_bar(verbosity) as progress:
             result = asyncio.run(_run(options, out, progress))
-            if strict and (result.conflicts or result.invalid or result.corrupt):
+            # In extended mode the server announced the feed's extent: a packet outside it
+            # is a corrupted sequence, not a packet of another slice.
+            strange = result.out_of_range if result.mode == "extended" else 0
+            if strict and (result.conflicts or result.invalid or result.corrupt or strange):
                 # stdout got the records as they came: it cannot be taken back.
                 fate = (
                     "what reached stdout is not to be trusted"
@@ -246,18 +249,25 @@ def fetch_into(
                 )
                 raise UserError(
                     f"--strict: the server sent {result.conflicts} conflicting, "
-                    f"{result.invalid} invalid and {result.corrupt} corrupted packet(s); "
-                    f"{fate}",
+                    f"{result.invalid} invalid and {result.corrupt + strange} corrupted "
+                    f"packet(s); {fate}",
                     EXIT_STRICT,
                 )
             _warn_conflicts(result)
-            where = out.close(result.complete)
+            wait = None
+            if options.deadline is not None:  # the deadline and some grace, no more
+                from ..client import DEADLINE_GRACE
+
+                end = started + options.deadline + DEADLINE_GRACE
+                wait = max(end - time.perf_counter(), 0.1)
+            where = out.close(result.complete, wait)
     except (_Interrupted, KeyboardInterrupt) as exc:
         # From the event loop's handlers (_Interrupted), or from cli.run's outside it.
         out.abort()
         signum = getattr(exc, "signum", signal.SIGTERM if isinstance(exc, Terminated) else 2)
         name = signal.Signals(signum).name
-        raise UserError(f"interrupted by {name}; {output} left as it was", 128 + signum) from None
+        fate = "stdout has what was written" if output == "-" else f"{output} left as it was"
+        raise UserError(f"interrupted by {name}; {fate}", 128 + signum) from None
     except BaseException:
         out.abort()
         raise
