@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -500,3 +501,32 @@ def test_a_full_log_queue_on_an_unread_pipe_never_holds_the_exit() -> None:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def test_a_mapped_feed_truncated_while_served_costs_connections_not_the_server(
+    tmp_path: Path, stopped_at_end: list[subprocess.Popen[bytes]]
+) -> None:
+    # Reading a mapped page that a truncation took away kills a process (SIGBUS): the
+    # server checks the file's size before each read and drops that answer instead.
+    from packetcore.feeds import synthetic
+    from packetcore.formats import write
+
+    feed = tmp_path / "live.bin"
+    write(feed, synthetic(200_000, seed=1))  # 3.4 MB: pages past a truncation vanish
+    whole = feed.read_bytes()
+    # With loss, the engine reads the mapped packets itself to drop some (a syscall
+    # reading a vanished page fails; the engine's reading it is a SIGBUS).
+    process = serve("--feed", str(feed), "--drop", "0.25")
+    stopped_at_end.append(process)
+    port = listening_port(process)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(STREAM_ALL)
+        assert 0 < len(recv_all(sock)) < len(whole)
+    os.truncate(feed, 17 * 5)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(STREAM_ALL)
+        with contextlib.suppress(ConnectionError):
+            assert len(recv_all(sock)) < len(whole)
+    assert process.poll() is None, "the server died"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 128 + signal.SIGTERM

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from .errors import FeedError
 from .listener import peer_name
 from .loss import LossModel
 from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, Request, RequestFramer
@@ -106,6 +107,10 @@ class Conversation:
         except ConnectionError as exc:
             if not self.timed_out:
                 log.info("connection to %s lost: %s", self.peer, exc)
+            self._writer.transport.abort()
+        except FeedError as exc:
+            # The mapped feed file shrank under the server: this answer cannot be given.
+            log.error("cannot serve %s: %s", self.peer, exc)
             self._writer.transport.abort()
         except Exception:
             # A bug must cost one connection, never the server.

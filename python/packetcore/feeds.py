@@ -150,6 +150,15 @@ class MappedFeed:
             raise FeedError(f"feed {self.path!r}: cannot read it: {exc.strerror or exc}") from None
         self.wire = memoryview(self._map)
         self.count = size // PACKET_SIZE
+        self._size = size
+        # Kept open to watch the file's size: reading a mapped page that a truncation
+        # took away kills the process (SIGBUS), so every read is checked first.
+        self._watch = os.open(self.path, os.O_RDONLY)
+
+    def check(self) -> None:
+        """Raise :class:`FeedError` if the file shrank since it was mapped."""
+        if os.fstat(self._watch).st_size < self._size:
+            raise FeedError(f"feed file {self.path!r} shrank while being served")
 
     def __len__(self) -> int:
         return self.count
@@ -161,6 +170,8 @@ class MappedFeed:
     def close(self) -> None:
         """Unmap the file, unless answers still being written hold views of it."""
         # A transport may still hold a slice: the mapping then goes with the last of them.
+        with contextlib.suppress(OSError):
+            os.close(self._watch)
         with contextlib.suppress(BufferError):
             self.wire.release()
             self._map.close()

@@ -83,5 +83,11 @@ class WireIndex:
         return int(lo), int(hi)
 
     def rows(self, lo: int, hi: int) -> memoryview:
-        """Return the wire bytes of rows ``lo:hi``, without copying."""
+        """Return the wire bytes of rows ``lo:hi``, without copying.
+
+        A mapped file is checked first (FeedError if it shrank): reading pages a
+        truncation took away would kill the server.
+        """
+        if self._mapped is not None:
+            self._mapped.check()
         return self.wire[lo * PACKET_SIZE : hi * PACKET_SIZE]
