@@ -523,6 +523,9 @@ def test_a_hello_given_up_on_may_still_open_the_stream() -> None:
     assert never.due == 0
 
 
+# The compiled engine only: the twin's sparse store is Python, minutes at this size (its
+# behaviour on scattered sequences is covered by the store's model tests on both).
+@pytest.mark.c_extension
 @pytest.mark.timeout(60)
 def test_a_server_far_out_of_order_is_no_feed(tmp_path: Path) -> None:
     # Base mode against scattered sequences: every other packet is out of order and in
@@ -530,7 +533,7 @@ def test_a_server_far_out_of_order_is_no_feed(tmp_path: Path) -> None:
     def scattered_base(conn: socket.socket) -> None:
         rng = random.Random(5)
         conn.recv(16)
-        for _ in range(300):
+        for _ in range(120):  # 240,000 packets: past the bound of 100,000 doubts
             conn.sendall(b"".join(
                 struct.pack(">4s1siii", b"SCAT", b"B", 1, 1, rng.randrange(1, 2**31))
                 for _ in range(2000)
@@ -539,10 +542,11 @@ def test_a_server_far_out_of_order_is_no_feed(tmp_path: Path) -> None:
     with RawServer(scattered_base) as server:
         code, err, peak = _run_measured(
             server.port, "-o", str(tmp_path / "o.json"), "--protocol", "base",
-            "--max-passes", "3", "--retries", "1", *FAST,
+            "--max-passes", "1", "--retries", "0", *FAST,
         )  # fmt: skip
     assert code == 3, err
     _one_line_error(err)
+    assert "out of sequence order" in err
     assert peak < RSS_BOUND, f"peak RSS {peak >> 20} MiB"
 
 
