@@ -530,3 +530,25 @@ def test_a_mapped_feed_truncated_while_served_costs_connections_not_the_server(
     assert process.poll() is None, "the server died"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3])
+def test_sigterm_while_workers_start_stops_them_all(
+    delay: float, stopped_at_end: list[subprocess.Popen[bytes]]
+) -> None:
+    # A stop signal that arrives while the workers are being forked used to be lost:
+    # the parent and every worker kept running.  It is acted on once they have started.
+    process = serve("--workers", "8", "-q")
+    stopped_at_end.append(process)
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    # 143; or, while the interpreter itself starts (nothing forked yet), death by SIGTERM.
+    assert process.wait(timeout=30) in (128 + signal.SIGTERM, -signal.SIGTERM)
+
+
+def test_workers_are_bounded() -> None:
+    from packetcore.cli.serve import MAX_WORKERS, main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--workers", str(MAX_WORKERS + 1)])
+    assert exc.value.code == 2

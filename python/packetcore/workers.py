@@ -161,7 +161,18 @@ class Workers:
         self._stopping = False
 
     def start(self) -> None:
-        """Fork every worker, then close the parent's copies of the listening sockets."""
+        """Fork every worker, then close the parent's copies of the listening sockets.
+
+        SIGINT and SIGTERM wait while the workers are forked: one that arrives meanwhile
+        is acted on (by the parent's handler) as soon as the last has started.
+        """
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self._fork_all()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _fork_all(self) -> None:
         for index, sockets in enumerate(self._sockets):
             read_fd, write_fd = os.pipe()
             sys.stdout.flush()
@@ -184,6 +195,7 @@ class Workers:
     def _child(self, index: int, sockets: list[socket.socket], write_fd: int) -> NoReturn:
         code = 1
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by start()
             for fd in self._fds:  # the earlier workers' pipes are not this one's business
                 os.close(fd)
             keep = {id(sock) for sock in sockets}

@@ -62,6 +62,11 @@ _count = integer(1, what="1 or more")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+#: More processes than this only fight for the cores (and take long to start).
+MAX_WORKERS = 64
+_workers = integer(1, MAX_WORKERS, what=f"a number of workers in 1..{MAX_WORKERS}")
+
+
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """Return the argument parser of ``packetcore-serve``."""
     parser = argparse.ArgumentParser(
@@ -106,9 +111,9 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         help="connections served at once; more are closed on arrival (default: 1024)",
     )  # fmt: skip
     parser.add_argument(
-        "--workers", type=_count, default=1, metavar="N",
-        help="server processes sharing the port and the loaded feed (default: 1); "
-        "--max-connections applies to each",
+        "--workers", type=_workers, default=1, metavar="N",
+        help=f"server processes sharing the port and the loaded feed, 1..{MAX_WORKERS} "
+        "(default: 1); --max-connections applies to each",
     )  # fmt: skip
     parser.add_argument(
         "--loop", choices=LOOPS, default="asyncio",
@@ -196,29 +201,28 @@ def _serve_workers(args: argparse.Namespace, loop: str, feed: Packets | MappedFe
     with _signals_kept():
         try:
             workers.start()
+            return _supervise(args, workers, port, where, sharing, loop)
         except BaseException:
-            workers.terminate()
+            workers.terminate()  # a signal during start-up, or any failure: none lingers
             raise
-        pids = ", ".join(str(report.pid) for report in workers.reports)
-        with queued_stderr() as say:
-            workers.say = say
-            # Printed even with -q: with --port 0 it is the one thing the user must know.
-            say(
-                f"{PROGRAM}: listening on port {port} ({args.host}: {where}) on {loop} "
-                f"with {args.workers} workers ({sharing}; pids {pids}); "
-                "SIGINT or SIGTERM stops the server"
-            )
-            try:
-                signum = asyncio.run(workers.supervise())
-            except BaseException:
-                workers.terminate()
-                raise
-            how = (
-                "all workers died"
-                if signum is None
-                else f"stopped by {signal.Signals(signum).name}"
-            )
-            say(f"{PROGRAM}: {how}: {workers.summary()}")
+
+
+def _supervise(
+    args: argparse.Namespace, workers: Workers, port: int, where: str, sharing: str, loop: str
+) -> int:
+    """Say where the workers listen, watch them until a stop signal; return the status."""
+    pids = ", ".join(str(report.pid) for report in workers.reports)
+    with queued_stderr() as say:
+        workers.say = say
+        # Printed even with -q: with --port 0 it is the one thing the user must know.
+        say(
+            f"{PROGRAM}: listening on port {port} ({args.host}: {where}) on {loop} "
+            f"with {args.workers} workers ({sharing}; pids {pids}); "
+            "SIGINT or SIGTERM stops the server"
+        )
+        signum = asyncio.run(workers.supervise())
+        how = "all workers died" if signum is None else f"stopped by {signal.Signals(signum).name}"
+        say(f"{PROGRAM}: {how}: {workers.summary()}")
     if workers.died or signum is None:
         return EXIT_FAILURE
     return 128 + signum
