@@ -14,19 +14,18 @@ from packetcore.output import (
     check_writable,
     partial_path,
     write_atomic,
-    write_packets,
 )
 
-from packetcore import to_json
+from packetcore import to_json, write
 
 
 def _listing(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def test_write_packets_writes_the_output_document(tmp_path: Path) -> None:
+def test_write_writes_the_output_document(tmp_path: Path) -> None:
     target = tmp_path / "output.json"
-    write_packets(target, book())
+    write(target, book())
     assert target.read_bytes() == to_json(book())
     assert json.loads(target.read_bytes()) == book().to_records()
     assert _listing(tmp_path) == ["output.json"]
@@ -83,7 +82,7 @@ def test_an_interrupted_write_leaves_the_old_file(
 
 
 def test_stdout(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    write_packets("-", book())
+    write("-", book())
     assert capsysbinary.readouterr().out == to_json(book())
 
 
@@ -112,7 +111,7 @@ def test_a_symlink_is_followed_and_kept(tmp_path: Path) -> None:
     target.write_bytes(b"old")
     link = tmp_path / "link.json"
     link.symlink_to(target)
-    write_packets(link, book())
+    write(link, book())
     assert link.is_symlink()
     assert target.read_bytes() == to_json(book())
 
@@ -123,7 +122,7 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path: Path) -> None:
     received: list[bytes] = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
     reader.start()
-    write_packets(fifo, book())
+    write(fifo, book())
     reader.join(timeout=10)
     assert received == [to_json(book())]
     assert stat.S_ISFIFO(fifo.stat().st_mode)

@@ -10,17 +10,16 @@ writing run on a thread of their own (:class:`Output`), beside the network.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import queue
 import stat
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
-from .engine import to_json
 from .errors import OutputError  # defined there, re-exported here as before
 from .packets import Packets
 
@@ -33,7 +32,6 @@ __all__ = [
     "check_writable",
     "partial_path",
     "write_atomic",
-    "write_packets",
 ]
 
 #: The ``--output`` value that means standard output.
@@ -164,25 +162,38 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
-def write_packets(path: str | os.PathLike[str], packets: Packets) -> None:
-    """Write ``packets`` as an ``output.json`` document to ``path`` (``-``: stdout)."""
-    document = to_json(packets)
-    if os.fspath(path) == STDOUT:
-        out = sys.stdout.buffer
-        out.write(document)
-        out.flush()
-        return
-    write_atomic(path, document)
+class _Descriptor(io.RawIOBase):
+    """Unbuffered writes straight to a file descriptor: every byte, or an error.
+
+    For stdout: nothing ever waits in a buffer, so nothing must be flushed (and block on
+    a reader that stopped reading, or fail after it left) when a fetch is abandoned or
+    the interpreter exits, and no buffer lock is held by a writer blocked on the pipe.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        os.fstat(fd)  # OSError if it is closed
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(self._fd, view[done:])
+        return done
 
 
 def _stdout() -> BinaryIO:
-    # Our own buffered writer on fd 1: nothing is left in sys.stdout's buffer for the
-    # interpreter to flush (and fail on) at exit after the reader has gone.
     try:
-        os.fstat(1)
+        return cast(BinaryIO, _Descriptor(1))
     except OSError:
         raise OutputError("cannot write to stdout: it is closed") from None
-    return open(1, "wb", closefd=False)
 
 
 def _check_target(path: str) -> None:
