@@ -12,6 +12,7 @@ from packetcore.protocol import (
     RESEND,
     RESEND_RANGE,
     STREAM_ALL,
+    SUBSCRIBE,
     FeedInfo,
     Request,
     RequestFramer,
@@ -21,6 +22,7 @@ from packetcore.protocol import (
     range_request,
     resend_request,
     stream_all_request,
+    subscribe_request,
 )
 
 from packetcore import ProtocolError
@@ -35,6 +37,9 @@ def test_request_bytes() -> None:
         resend_request(256)
     with pytest.raises(ValueError):
         range_request(-1, 1)
+    assert subscribe_request(0x01020304) == b"\x05\x00\x01\x02\x03\x04"
+    with pytest.raises(ValueError):
+        subscribe_request(2**32)
 
 
 def test_info_frame() -> None:
@@ -45,15 +50,17 @@ def test_info_frame() -> None:
         decode_info(b"XXXX" + frame[4:])
     with pytest.raises(ProtocolError, match="16 bytes"):
         decode_info(frame[:15])
-    # Frames written out by hand: first 5 after last 4; then last = 2**31 - 1, the top
-    # int32 sequence; then 2**31, which no packet can carry.
-    with pytest.raises(ProtocolError, match="implausible"):
-        decode_info(b"PKCI\0\0\0\x01\0\0\0\x05\0\0\0\x04")
+    # Frames written out by hand: last = 2**31 - 1, the top int32 sequence; then 2**31,
+    # which no packet can carry.
     assert decode_info(b"PKCI\0\0\0\x01\0\0\0\x01\x7f\xff\xff\xff") == FeedInfo(1, 2**31 - 1, 1)
     with pytest.raises(ProtocolError, match="implausible"):
         decode_info(b"PKCI\0\0\0\x01\0\0\0\x01\x80\0\0\0")
     with pytest.raises(ProtocolError, match="implausible"):
         decode_info(b"PKCI\0\0\0\0\0\0\0\x01\0\0\0\x01")  # version 0
+    # A live server with nothing published yet: last = first - 1, and no lower.
+    assert decode_info(b"PKCI\0\0\0\x01\0\0\0\x05\0\0\0\x04") == FeedInfo(5, 4, 1)
+    with pytest.raises(ProtocolError, match="implausible"):
+        decode_info(b"PKCI\0\0\0\x01\0\0\0\x05\0\0\0\x03")
 
 
 STREAM = (
@@ -61,6 +68,7 @@ STREAM = (
     + resend_request(3)
     + hello_request()
     + range_request(7, 9)
+    + subscribe_request(70000)
     + resend_request(255)
 )
 EXPECTED = [
@@ -68,6 +76,7 @@ EXPECTED = [
     Request(RESEND, 3, 1),
     Request(HELLO),
     Request(RESEND_RANGE, 7, 9),
+    Request(SUBSCRIBE, 70000),
     Request(RESEND, 255, 1),
 ]
 

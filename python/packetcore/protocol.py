@@ -27,6 +27,8 @@ __all__ = [
     "RESEND",
     "RESEND_RANGE",
     "STREAM_ALL",
+    "SUBSCRIBE",
+    "SUBSCRIBE_REQUEST_SIZE",
     "FeedInfo",
     "Request",
     "RequestFramer",
@@ -38,6 +40,7 @@ __all__ = [
     "range_requests",
     "resend_request",
     "stream_all_request",
+    "subscribe_request",
 ]
 
 DEFAULT_PORT = 3000
@@ -54,12 +57,16 @@ BASE_RESEND_MAX = 127
 HELLO = 3
 RESEND_RANGE = 4
 RANGE_REQUEST_SIZE = 10
+# Live feeds: subscribe [5][0][from], answered by packets as they are published.
+SUBSCRIBE = 5
+SUBSCRIBE_REQUEST_SIZE = 6
 INFO_MAGIC = b"PKCI"
 INFO_SIZE = 16
 EXTENSION_VERSION = 1
 
 _INFO = struct.Struct(">4sIII")
 _RANGE = struct.Struct(">BBII")
+_SUBSCRIBE = struct.Struct(">BBI")
 _UINT32_MAX = 2**32 - 1
 _SEQUENCE_MAX = 2**31 - 1
 
@@ -105,8 +112,19 @@ def range_request(start: int, count: int) -> bytes:
     return _RANGE.pack(RESEND_RANGE, 0, start, count)
 
 
+def subscribe_request(first: int) -> bytes:
+    """Return the callType 5 request: every packet with ``seq >= first``, as published."""
+    if not 0 <= first <= _UINT32_MAX:
+        raise ValueError(f"subscribe sequence {first} does not fit uint32")
+    return _SUBSCRIBE.pack(SUBSCRIBE, 0, first)
+
+
 class FeedInfo(NamedTuple):
-    """What an extended server's info frame says of its feed."""
+    """What an extended server's info frame says of its feed.
+
+    On a live server ``last`` is the highest sequence published when it answered:
+    ``first - 1`` while nothing is published yet.
+    """
 
     first: int
     last: int
@@ -126,7 +144,8 @@ def decode_info(frame: bytes) -> FeedInfo:
     if magic != INFO_MAGIC:
         raise ProtocolError(f"bad info frame magic {magic!r}", 0, "magic")
     # Sequences are int32 in a packet: an info frame naming more cannot be true.
-    if version < 1 or first < 1 or last < first or last > _SEQUENCE_MAX:
+    # A live server that has published nothing yet says last = first - 1.
+    if version < 1 or first < 1 or last < first - 1 or last > _SEQUENCE_MAX:
         raise ProtocolError(
             f"implausible info frame: version {version}, sequences {first}..{last}", 0, "info"
         )
@@ -145,8 +164,9 @@ class Request:
 class RequestFramer:
     """Frame requests out of one connection's byte stream, split or coalesced anyhow.
 
-    Every callType but 4 frames as 2 bytes, unknown ones included, as the reference
-    exchange reads them; at most one incomplete request (under 10 bytes) is ever held.
+    callType 4 frames as 10 bytes and 5 as 6; every other callType as 2 bytes, unknown
+    ones included, as the reference exchange reads them; at most one incomplete request
+    (under 10 bytes) is ever held.
     """
 
     def __init__(self) -> None:
@@ -176,6 +196,13 @@ class RequestFramer:
                 _, _, start, count = _RANGE.unpack_from(buffer, at)
                 requests.append(Request(RESEND_RANGE, start, count))
                 at += RANGE_REQUEST_SIZE
+                continue
+            if call_type == SUBSCRIBE:
+                if size - at < SUBSCRIBE_REQUEST_SIZE:
+                    break
+                _, _, first = _SUBSCRIBE.unpack_from(buffer, at)
+                requests.append(Request(SUBSCRIBE, first))
+                at += SUBSCRIBE_REQUEST_SIZE
                 continue
             if call_type == RESEND:
                 requests.append(Request(RESEND, buffer[at + 1], 1))
