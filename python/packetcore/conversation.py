@@ -45,6 +45,7 @@ class ServerStats:
     packets_dropped: int = 0  #: packets the loss simulation dropped
     bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks
     timeouts: int = 0  #: connections closed for idling past idle_timeout
+    bytes_written: int = 0  #: bytes handed to the clients' sockets (packets and info frames)
 
     def summary(self) -> str:
         """Return the counters as one line."""
@@ -181,6 +182,7 @@ class Conversation:
                 timer.cancel()
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._stats.bytes_written += memoryview(data).nbytes
         self._writer.write(data)
         # A reader that takes nothing for idle_timeout would hold its task forever.
         timer = self._watch()

@@ -12,11 +12,21 @@ draws exactly what a single server does.  A worker stops on SIGTERM or SIGINT an
 its :class:`~packetcore.server.ServerStats` to the parent as one JSON line on a pipe;
 the parent sums them.  A worker that ends without sending them, or before the parent
 asked it to stop, is reported as died.
+
+While they serve, :meth:`Workers.current` sums the workers' stats as they are now (for
+``/metrics``): the parent writes a byte on each worker's request pipe, and the worker's
+event loop answers with a stats line on the pipe its final stats take.  Asked, not
+pushed: a scrape sees every count made before it, so counters agree exactly with what
+the clients saw, and the serving code keeps counting once, in its own ServerStats, with
+nothing between scrapes (periodic lines would be stale by their period; prometheus-client's
+multiprocess mode or a shared-memory block would count everything twice in the hot path,
+and neither has room for fault kinds not known in advance).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -27,7 +37,7 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -38,6 +48,7 @@ __all__ = [
     "LOOPS",
     "REUSE_PORT",
     "LoopUnavailable",
+    "StatsAnswer",
     "WorkerReport",
     "Workers",
     "bind_workers",
@@ -55,6 +66,9 @@ LOOPS = ("auto", "asyncio", "uvloop")
 REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 #: How long the parent waits for stopped workers before it kills them.
 STOP_SECONDS = 10.0
+#: How long :meth:`Workers.current` waits for a busy worker's answer before it uses the
+#: worker's previous one.
+ASK_SECONDS = 2.0
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -138,7 +152,54 @@ class WorkerReport:
     pid: int  #: its process id
     stats: ServerStats | None = None  #: its counters, None if it never sent them
     death: str | None = None  #: why it ended unasked ("killed by SIGKILL"), None if it did not
+    latest: ServerStats | None = None  #: its last answer to :meth:`Workers.current`
     _buffer: bytearray = field(default_factory=bytearray, repr=False)
+    _ask: int = field(default=-1, repr=False)  #: the parent's end of the request pipe
+    _waiting: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
+
+    @property
+    def known(self) -> ServerStats | None:
+        """Return its final stats, else its latest answer, else None."""
+        return self.stats if self.stats is not None else self.latest
+
+
+class StatsAnswer:
+    """A worker's end of the parent's stats requests: each byte read asks for one line."""
+
+    def __init__(self, ask_fd: int, reply_fd: int) -> None:
+        self._ask = ask_fd
+        self._reply = reply_fd
+
+    async def serving(self, stats: ServerStats, main: Awaitable[T]) -> T:
+        """Await ``main``, answering the parent's requests with ``stats`` meanwhile."""
+        loop = asyncio.get_running_loop()
+        os.set_blocking(self._ask, False)
+        # Answered between the loop's callbacks: a line never shows a count half made.
+        loop.add_reader(self._ask, self._answer, stats)
+        try:
+            return await main
+        finally:
+            loop.remove_reader(self._ask)
+
+    def _answer(self, stats: ServerStats) -> None:
+        try:
+            asked = len(os.read(self._ask, 256))
+        except BlockingIOError:
+            return
+        if not asked:  # the parent is gone: it asks nothing more
+            asyncio.get_running_loop().remove_reader(self._ask)
+            return
+        # One line per byte: the parent pairs answers with requests in order.
+        _write_all(self._reply, _stats_line(stats, final=False) * asked)
+
+
+def _stats_line(stats: ServerStats, *, final: bool) -> bytes:
+    return json.dumps({"final": final, "stats": dataclasses.asdict(stats)}).encode() + b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 class Workers:
@@ -147,11 +208,12 @@ class Workers:
     def __init__(
         self,
         sockets: Sequence[Sequence[socket.socket]],
-        serve: Callable[[int, list[socket.socket]], ServerStats],
+        serve: Callable[[int, list[socket.socket], StatsAnswer], ServerStats],
         say: Callable[[str], None] = print,
         program: str = "packetcore-serve",
     ) -> None:
-        """``serve(index, sockets)`` runs in each worker until a stop signal; returns stats."""
+        """``serve(index, sockets, answer)`` runs in each worker until a stop signal; returns
+        stats.  It should serve within ``answer.serving(stats, ...)`` for :meth:`current`."""
         self._sockets = [list(s) for s in sockets]
         self._serve = serve
         self.say = say
@@ -159,6 +221,7 @@ class Workers:
         self.reports: list[WorkerReport] = []
         self._fds: dict[int, WorkerReport] = {}
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Fork every worker, then close the parent's copies of the listening sockets.
@@ -175,14 +238,19 @@ class Workers:
     def _fork_all(self) -> None:
         for index, sockets in enumerate(self._sockets):
             read_fd, write_fd = os.pipe()
+            ask_read, ask_write = os.pipe()
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
                 os.close(read_fd)
-                self._child(index, sockets, write_fd)
+                os.close(ask_write)
+                self._child(index, sockets, write_fd, ask_read)
             os.close(write_fd)
-            report = WorkerReport(index, pid)
+            os.close(ask_read)
+            # A worker too busy to read its requests must not block the parent.
+            os.set_blocking(ask_write, False)
+            report = WorkerReport(index, pid, _ask=ask_write)
             self.reports.append(report)
             self._fds[read_fd] = report
         seen: set[int] = set()
@@ -192,25 +260,27 @@ class Workers:
                     seen.add(id(sock))
                     sock.close()
 
-    def _child(self, index: int, sockets: list[socket.socket], write_fd: int) -> NoReturn:
+    def _child(
+        self, index: int, sockets: list[socket.socket], write_fd: int, ask_fd: int
+    ) -> NoReturn:
         code = 1
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by start()
             for fd in self._fds:  # the earlier workers' pipes are not this one's business
                 os.close(fd)
+            for report in self.reports:
+                os.close(report._ask)
             keep = {id(sock) for sock in sockets}
             for others in self._sockets:
                 for sock in others:
                     if id(sock) not in keep:
                         sock.close()
             try:
-                stats = self._serve(index, sockets)
+                stats = self._serve(index, sockets, StatsAnswer(ask_fd, write_fd))
             except KeyboardInterrupt:
                 # Stopped before its loop took over the signals: it served nothing.
                 stats = ServerStats()
-            line = json.dumps(dataclasses.asdict(stats)).encode() + b"\n"
-            while line:
-                line = line[os.write(write_fd, line) :]
+            _write_all(write_fd, _stats_line(stats, final=True))
             code = 0
         except BaseException:
             with contextlib.suppress(Exception):
@@ -227,6 +297,7 @@ class Workers:
         Return the stop signal's number, or None if the workers all ended unasked.
         """
         loop = asyncio.get_running_loop()
+        self._loop = loop
         stopped: asyncio.Future[int | None] = loop.create_future()
         ended: list[asyncio.Future[None]] = []
 
@@ -284,15 +355,71 @@ class Workers:
             data = b""
         if data:
             report._buffer += data
+            self._take_lines(report)
             return
         loop = asyncio.get_running_loop()
         loop.remove_reader(fd)
         os.close(fd)
-        if report._buffer.endswith(b"\n"):
-            with contextlib.suppress(ValueError, TypeError):
-                report.stats = ServerStats(**json.loads(report._buffer))
+        os.close(report._ask)
+        report._ask = -1
+        for waiter in report._waiting:  # it answers nothing more
+            if not waiter.done():
+                waiter.set_result(None)
+        report._waiting.clear()
         task = loop.run_in_executor(None, os.waitpid, report.pid, 0)
         task.add_done_callback(lambda result: self._reaped(report, result, done))
+
+    def _take_lines(self, report: WorkerReport) -> None:
+        """Take the complete stats lines out of a worker's buffer: answers, then the final."""
+        lines = report._buffer.split(b"\n")
+        report._buffer = bytearray(lines.pop())  # an incomplete line waits for the rest
+        for line in lines:
+            try:
+                message = json.loads(line)
+                stats = _stats_of(message["stats"])
+            except (ValueError, TypeError, KeyError):
+                continue
+            if message.get("final"):
+                report.stats = stats
+            else:
+                report.latest = stats
+                if report._waiting:
+                    waiter = report._waiting.pop(0)
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def current(self, timeout: float = ASK_SECONDS) -> ServerStats:
+        """Return the sum of every worker's stats as of now; callable from any thread.
+
+        Each running worker is asked and its answer awaited (up to ``timeout``); one that
+        does not answer in time counts with its previous answer.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return self.total()
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._ask_all(timeout), loop)
+            return future.result(timeout + 1.0)
+        except (RuntimeError, TimeoutError, concurrent.futures.TimeoutError):
+            # The supervising loop ended (or is ending): what the workers said last.
+            return self.total()
+
+    async def _ask_all(self, timeout: float) -> ServerStats:
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[None]] = []
+        for report in self.reports:
+            if report.stats is not None or report.death is not None or report._ask < 0:
+                continue
+            try:
+                os.write(report._ask, b"?")
+            except OSError:  # gone, or too busy to read: its last answer stands
+                continue
+            waiter: asyncio.Future[None] = loop.create_future()
+            report._waiting.append(waiter)
+            waiting.append(waiter)
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        return self.total()
 
     def _reaped(
         self,
@@ -320,12 +447,19 @@ class Workers:
         return [report for report in self.reports if report.death is not None]
 
     def total(self) -> ServerStats:
-        """Return the sum of the stats the workers sent."""
+        """Return the sum of the stats the workers sent: final ones, else their latest."""
         total = ServerStats()
         for report in self.reports:
-            if report.stats is not None:
-                for name, value in dataclasses.asdict(report.stats).items():
-                    setattr(total, name, getattr(total, name) + value)
+            stats = report.known
+            if stats is None:
+                continue
+            for name, value in dataclasses.asdict(stats).items():
+                mine = getattr(total, name)
+                if isinstance(value, dict):  # kind -> count, as ServerStats.faults
+                    for key, count in value.items():
+                        mine[key] = mine.get(key, 0) + count
+                else:
+                    setattr(total, name, mine + value)
         return total
 
     def summary(self) -> str:
@@ -340,6 +474,12 @@ class Workers:
         if self.died:
             line += f"; {len(self.died)} died"
         return line
+
+
+def _stats_of(fields: dict[str, Any]) -> ServerStats:
+    """Return the ServerStats a stats line names, ignoring fields this build lacks."""
+    known = {f.name for f in dataclasses.fields(ServerStats)}
+    return ServerStats(**{name: value for name, value in fields.items() if name in known})
 
 
 def _describe(status: int) -> str:
