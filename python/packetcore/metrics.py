@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["COUNTERS", "MetricsServer", "StatsCollector", "StatsLike", "serve_metrics"]
 
 
+#: How often the serving thread looks for stop(): what stop() may wait.
+_POLL_SECONDS = 0.1
+
+
 class StatsLike(Protocol):
     """What a metrics source returns: the counters of a server or a proxy.
 
@@ -151,7 +155,10 @@ class MetricsServer:
         if self._closed or self._thread is not None:
             raise RuntimeError("the metrics server was already started or stopped")
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"packetcore-metrics:{self.port}", daemon=True
+            target=self._httpd.serve_forever,
+            args=(_POLL_SECONDS,),
+            name=f"packetcore-metrics:{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self

@@ -207,7 +207,13 @@ def _serve_workers(args: argparse.Namespace, loop: str, feed: Packets | MappedFe
 
     # Bound before the fork (a port in use fails before anything serves); served by the
     # parent only, summing the workers live.
-    metrics = _bind_metrics(args, lambda: workers.current())
+    try:
+        metrics = _bind_metrics(args, lambda: workers.current())
+    except UserError:
+        for sockets in sets:
+            for sock in sockets:
+                sock.close()
+        raise
 
     def serve(number: int, sockets: list[socket.socket], answer: StatsAnswer) -> ServerStats:
         if metrics is not None:

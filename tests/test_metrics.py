@@ -1,0 +1,258 @@
+"""Prometheus metrics: every counter agrees with what raw clients received."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import packetcore.workers
+import pytest
+from packetcore.cli.serve import main as serve_main
+from packetcore.conversation import ServerStats
+from packetcore.metrics import MetricsServer, serve_metrics
+from packetcore.protocol import (
+    INFO_SIZE,
+    hello_request,
+    range_request,
+    resend_request,
+    stream_all_request,
+)
+from packetcore.server import Server
+from packetcore.workers import WorkerReport, Workers
+from prometheus_client.parser import text_string_to_metric_families
+from serverutil import PACKET, TIMEOUT, ServeProcess, recv_all, recv_exact, wait_until
+
+BOOK = 14
+#: A callType no server knows: ignored and counted as a bad request.
+UNKNOWN = bytes([9, 0])
+#: Sequences the feed lacks: also bad requests, nothing sent.
+MISSING = 200
+
+
+@dataclass
+class Seen:
+    """What the raw clients received, counted on their sockets."""
+
+    connections: int = 0
+    streams: int = 0
+    streamed: int = 0  #: packets received from stream-alls
+    resent: int = 0  #: packets received from resends and ranges
+    asked_resends: int = 0  #: packets asked for by resends and ranges (the feed has them)
+    bad_requests: int = 0
+    bytes: int = 0
+
+    def expected(self) -> dict[str, float]:
+        return {
+            "packetcore_connections_total": self.connections,
+            "packetcore_streams_total": self.streams,
+            "packetcore_packets_sent_total": self.streamed,
+            "packetcore_packets_resent_total": self.resent,
+            "packetcore_packets_dropped_total": (
+                self.streams * BOOK - self.streamed + self.asked_resends - self.resent
+            ),
+            "packetcore_bad_requests_total": self.bad_requests,
+            "packetcore_bytes_written_total": self.bytes,
+            "packetcore_refused_connections_total": 0,
+            "packetcore_timeouts_total": 0,
+            "packetcore_active_connections": 0,
+        }
+
+
+def stream(port: int, seen: Seen) -> None:
+    """Ask for the whole feed on a connection of its own; count what arrives."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(stream_all_request())
+        data = recv_all(sock)
+    assert len(data) % PACKET == 0
+    seen.connections += 1
+    seen.streams += 1
+    seen.streamed += len(data) // PACKET
+    seen.bytes += len(data)
+
+
+def conversation(port: int, seen: Seen) -> None:
+    """Hello, an unknown callType, resends, a range, a missing resend, hello; half-close."""
+    resends = [1, 2, 3, 4, 5, 14]
+    request = hello_request() + UNKNOWN
+    request += b"".join(resend_request(sequence) for sequence in resends)
+    request += range_request(1, BOOK) + resend_request(MISSING) + hello_request()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = recv_all(sock)
+    # Answers come in request order: an info frame, the packets, an info frame.
+    body = len(data) - 2 * INFO_SIZE
+    assert data[:4] == data[-INFO_SIZE:][:4] == b"PKCI"
+    assert body % PACKET == 0
+    seen.connections += 1
+    seen.resent += body // PACKET
+    seen.asked_resends += len(resends) + BOOK
+    seen.bad_requests += 2
+    seen.bytes += len(data)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Return every sample at ``/metrics`` by name (labels as ``name{k=v}``)."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+@pytest.fixture
+def lossy() -> Iterator[Server]:
+    """A seeded server that drops streamed and resent packets."""
+    with Server(host="127.0.0.1", port=0, drop=0.3, drop_resends=0.4, seed=17) as running:
+        yield running
+
+
+def test_counters_match_what_the_clients_received(lossy: Server) -> None:
+    with serve_metrics("127.0.0.1", 0, lambda: lossy.stats) as metrics:
+        assert scrape(metrics.port) == Seen().expected()
+        seen = Seen()
+        for _ in range(3):
+            stream(lossy.port, seen)
+        conversation(lossy.port, seen)
+        # The server lowers its gauge after the client has seen the end of the stream.
+        wait_until(lambda: lossy.stats.active == 0)
+        assert scrape(metrics.port) == seen.expected()
+    # The seeded run dropped some of both, so the dropped counter is tested on both paths.
+    assert 0 < seen.streamed < 3 * BOOK
+    assert 0 < seen.resent < seen.asked_resends
+
+
+def test_active_connections_is_a_gauge_of_open_ones(lossy: Server) -> None:
+    with (
+        serve_metrics("127.0.0.1", 0, lambda: lossy.stats) as metrics,
+        socket.create_connection(("127.0.0.1", lossy.port), timeout=TIMEOUT) as sock,
+    ):
+        sock.sendall(hello_request())
+        assert recv_exact(sock, INFO_SIZE)[:4] == b"PKCI"
+        samples = scrape(metrics.port)
+        assert samples["packetcore_active_connections"] == 1
+        assert samples["packetcore_bytes_written_total"] == INFO_SIZE
+    wait_until(lambda: lossy.stats.active == 0)
+
+
+@dataclass
+class ProxyLike:
+    """A stats object as a proxy may have it: no refused, no timeouts, some faults."""
+
+    connections: int = 2
+    active: int = 1
+    streams: int = 1
+    packets_sent: int = 10
+    packets_resent: int = 0
+    packets_dropped: int = 3
+    bad_requests: int = 0
+    bytes_written: int = 170
+    faults: dict[str, int] = field(default_factory=lambda: {"loss": 3, "corrupt": 1})
+
+
+def test_faults_are_labelled_by_kind_and_absent_counters_left_out() -> None:
+    with serve_metrics("127.0.0.1", 0, ProxyLike) as metrics:
+        samples = scrape(metrics.port)
+    assert samples["packetcore_faults_injected_total{kind=loss}"] == 3
+    assert samples["packetcore_faults_injected_total{kind=corrupt}"] == 1
+    assert samples["packetcore_packets_dropped_total"] == 3
+    assert "packetcore_refused_connections_total" not in samples
+    assert "packetcore_timeouts_total" not in samples
+
+
+def test_stop_frees_the_port_and_is_idempotent() -> None:
+    metrics = MetricsServer("127.0.0.1", 0, ServerStats)
+    port = metrics.port
+    metrics.stop()  # never started: only the socket to close
+    metrics.stop()
+    with serve_metrics("127.0.0.1", port, ServerStats) as again:
+        assert scrape(again.port)["packetcore_connections_total"] == 0
+    with pytest.raises(RuntimeError):
+        again.start()
+
+
+# -- --workers: the parent sums the workers live ------------------------------------------------
+
+
+def test_workers_total_sums_dict_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclass
+    class WithFaults(ServerStats):
+        faults: dict[str, int] = field(default_factory=dict)
+
+    # ServerStats gains a faults dict on the fault-injection branch: sum it by kind.
+    monkeypatch.setattr(packetcore.workers, "ServerStats", WithFaults)
+    workers = Workers([], lambda *_: WithFaults())
+    workers.reports = [
+        WorkerReport(0, 1, stats=WithFaults(connections=2, faults={"loss": 3, "split": 1})),
+        WorkerReport(1, 2, latest=WithFaults(connections=1, faults={"loss": 4})),
+        WorkerReport(2, 3),
+    ]
+    total = workers.total()
+    assert dataclasses.asdict(total) == dataclasses.asdict(
+        WithFaults(connections=3, faults={"loss": 7, "split": 1})
+    )
+
+
+def test_two_workers_are_summed_exactly_while_they_serve() -> None:
+    lossy = ("--seed", "5", "--drop", "0.3", "--drop-resends", "0.4")
+    metrics_args = ("--metrics-host", "127.0.0.1", "--metrics-port", "0")
+    with ServeProcess("--workers", "2", *lossy, *metrics_args) as server:
+        found = re.search(r"metrics on port (\d+)", "".join(server.log))
+        assert found, server.log
+        metrics = int(found.group(1))
+        seen = Seen()
+        for _ in range(6):
+            stream(server.port, seen)
+        conversation(server.port, seen)
+        expected = seen.expected()
+        wait_until(lambda: scrape(metrics) == expected)
+        # Live: more traffic, a higher sum, without a restart.
+        stream(server.port, seen)
+        expected = seen.expected()
+        wait_until(lambda: scrape(metrics) == expected)
+        assert 0 < seen.streamed < seen.streams * BOOK
+    # The final sums, sent at the stop, agree with the live ones.
+    summary = server.log[-1]
+    assert f"2 workers: {seen.connections} connections (0 refused)" in summary, summary
+    assert f"{seen.streamed} packets sent, {seen.resent} resent" in summary, summary
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["-1", "65536", "x", ""])
+def test_bad_metrics_port_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        serve_main(["--metrics-port", value])
+    assert exited.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "argument --metrics-port" in errors[0]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_port_in_use_fails_before_serving(
+    workers: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        status = serve_main(
+            ["--host", "127.0.0.1", "--port", "0", "--workers", workers, "-q",
+             "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+        )  # fmt: skip
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"packetcore-serve: error: cannot serve metrics on 127.0.0.1 port {port}: "
+        "Address already in use"
+    ]
