@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import packetcore.workers
 import pytest
@@ -256,3 +260,17 @@ def test_metrics_port_in_use_fails_before_serving(
         f"packetcore-serve: error: cannot serve metrics on 127.0.0.1 port {port}: "
         "Address already in use"
     ]
+
+
+def test_prometheus_client_is_imported_only_for_metrics() -> None:
+    # The commands keep their start-up light: a server without --metrics-port never loads it.
+    code = (
+        "import sys, packetcore.cli.serve as serve, packetcore.metrics; "
+        "serve.build_parser().parse_args([]); "
+        "print('prometheus_client' in sys.modules)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(packetcore.workers.__file__).parent.parent))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT
+    )
+    assert result.stdout == "False\n", result.stderr
