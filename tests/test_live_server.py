@@ -35,11 +35,12 @@ def live_server(
     seed: int = 5,
     until: int | None = None,
     max_lag: float = DEFAULT_MAX_LAG,
+    idle_timeout: float = 30.0,
 ) -> Server:
     """Return a live server on a free loopback port (not started)."""
     return Server(
         feed, host="127.0.0.1", port=0, live=rate, drop=drop, seed=seed, until=until,
-        max_lag=max_lag,
+        max_lag=max_lag, idle_timeout=idle_timeout,
     )  # fmt: skip
 
 
@@ -348,3 +349,14 @@ def test_stopping_the_server_resets_subscribers_rather_than_ending_the_feed() ->
     with sock, pytest.raises(ConnectionResetError):
         while sock.recv(1 << 16):
             pass
+
+
+def test_a_subscriber_is_never_timed_out_for_idling() -> None:
+    with live_server(50.0, idle_timeout=0.15) as server:
+        # It sends nothing after its request, and waits longer than the idle timeout
+        # for its first packet.
+        start = server.published + 15
+        with subscribe(server, start) as sock:
+            data = read_sequences(sock, start + 10)
+        assert decode(data).sequence.tolist() == list(range(start, start + 11))
+        assert server.stats.timeouts == 0
