@@ -24,6 +24,7 @@ from packetcore.protocol import (
 from packetcore.server import Server
 from serverutil import PACKET, ServeProcess, connect, exchange, recv_all, recv_exact, wait_until
 
+import packetcore
 from packetcore import Packets, decode, encode
 
 
@@ -360,3 +361,17 @@ def test_a_subscriber_is_never_timed_out_for_idling() -> None:
             data = read_sequences(sock, start + 10)
         assert decode(data).sequence.tolist() == list(range(start, start + 11))
         assert server.stats.timeouts == 0
+
+
+@pytest.mark.parametrize("protocol", ["extended", "base"])
+def test_a_fetch_against_a_live_server_gets_what_was_published(protocol: str) -> None:
+    # The book replayed: a base client can name its sequences (up to 127).
+    with live_server(400.0, feed=book(), drop=0.25, seed=8) as server:
+        wait_until(lambda: server.published >= 6)
+        before = server.published
+        result = packetcore.fetch("127.0.0.1", server.port, protocol=protocol, timeout=2.0)
+        assert result.complete
+        sequences = result.packets.sequence.tolist()
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert before <= len(sequences) <= server.published
+        assert result.packets == book()[: len(sequences)]

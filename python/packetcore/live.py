@@ -194,14 +194,18 @@ class LiveFeed:
         return memoryview(b"".join(parts))
 
     def _block(self, number: int) -> memoryview:
-        block = self._blocks.get(number)
+        blocks = self._blocks
+        block = blocks.get(number)
+        # KeyError: servers in other threads may share this feed and its cache.
         if block is not None:
-            self._blocks.move_to_end(number)
+            with contextlib.suppress(KeyError):
+                blocks.move_to_end(number)
             return block
         block = memoryview(self._generate(number))
-        self._blocks[number] = block
-        if len(self._blocks) > _CACHED_BLOCKS:
-            self._blocks.popitem(last=False)
+        blocks[number] = block
+        while len(blocks) > _CACHED_BLOCKS:
+            with contextlib.suppress(KeyError):
+                blocks.popitem(last=False)
         return block
 
     def _generate(self, number: int) -> bytes:
