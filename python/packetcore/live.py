@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import numpy.typing as npt
 
-from .engine import MAX_SEQUENCE, PACKET_SIZE, decode
+from . import engine
+from .engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
 from .feeds import SYMBOLS
 from .loss import LossModel
 from .packets import Packets
@@ -293,8 +294,12 @@ class Subscription:
         flags = self.keep(lo, hi)
         if flags is None:
             return rows, hi - lo
+        kept = int(np.count_nonzero(flags))
+        if engine.implementation == "cython":
+            return gather(rows, flags), kept  # a tenth of numpy's time for a batch
+        # The twin's gather works per packet: numpy's boolean index does it in C.
         packets = np.frombuffer(rows, dtype=np.uint8).reshape(-1, PACKET_SIZE)
-        return packets[flags].tobytes(), int(np.count_nonzero(flags))
+        return packets[flags].tobytes(), kept
 
     async def backlog(self, write: Callable[[bytes | memoryview], Awaitable[None]]) -> None:
         """Write what is published already, a block at a time, waiting for each to drain.
