@@ -375,3 +375,17 @@ def test_a_fetch_against_a_live_server_gets_what_was_published(protocol: str) ->
         assert sequences == list(range(1, len(sequences) + 1))
         assert before <= len(sequences) <= server.published
         assert result.packets == book()[: len(sequences)]
+
+
+def test_drop_patterns_span_blocks_and_a_late_subscription_skips_them() -> None:
+    count = 4 * BLOCK + 123
+    with live_server(3_000_000.0, until=count, drop=0.2, seed=30) as server:
+        wait_until(lambda: server.published == count)
+        whole = decode(exchange(server, subscribe_request(1))).sequence
+        late = decode(exchange(server, subscribe_request(3 * BLOCK + 7))).sequence
+    loss = LossModel(0.2, seed=30)
+    for number, sequences, start in ((0, whole, 1), (1, late, 3 * BLOCK + 7)):
+        rng = loss.subscription_rng(number)
+        assert rng is not None
+        kept = np.flatnonzero(LossModel.keep_mask(rng, count, 0.2)) + 1
+        assert np.array_equal(sequences, kept[kept >= start])

@@ -313,8 +313,9 @@ class Subscription:
             # A feed still publishing: the last bit is the publisher's, in its next batch.
             if left <= 0 or (left < _CATCH_UP and isinstance(feed, LiveFeed) and not feed.ended):
                 return
-            hi = min(published, self.next + BLOCK)
             lo = self.next
+            # To the end of lo's block: a synthetic block's bytes are then sent uncopied.
+            hi = min(published, (lo // BLOCK + 1) * BLOCK)
             data, kept = self.select(lo, hi, feed.rows(lo, hi))
             self.next = hi
             self._count(sent=kept, dropped=hi - lo - kept)
