@@ -272,6 +272,7 @@ def test_a_slow_subscriber_is_disconnected_while_another_keeps_up() -> None:
                     disconnected_at = total // PACKET
         elapsed = time.monotonic() - started
         assert server.stats.slow_disconnects == 1
+        assert server.stats.summary().endswith(", 2 subscriptions (1 too slow)")
         assert disconnected_at is not None and disconnected_at < count
         assert total == count * PACKET  # the fast one got all, closed at the end
         # Paced by the clock, not by the slow reader: about count / rate seconds.
