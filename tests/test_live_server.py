@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from packetcore.cli.serve import main as serve_main
 from packetcore.feeds import MappedFeed, book, open_feed, synthetic
-from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed
+from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Subscription
 from packetcore.loss import LossModel
 from packetcore.protocol import (
     FeedInfo,
@@ -390,3 +390,24 @@ def test_drop_patterns_span_blocks_and_a_late_subscription_skips_them() -> None:
         assert rng is not None
         kept = np.flatnonzero(LossModel.keep_mask(rng, count, 0.2)) + 1
         assert np.array_equal(sequences, kept[kept >= start])
+
+
+def test_a_failure_serving_one_subscriber_costs_that_one_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send = Subscription.send
+
+    def failing(self: Subscription, hi: int, rows: memoryview) -> int:
+        if self.number == 0:
+            raise RuntimeError("injected")
+        return send(self, hi, rows)
+
+    monkeypatch.setattr(Subscription, "send", failing)
+    with live_server(2000.0, until=400) as server:
+        broken = subscribe(server, 1)
+        wait_until(lambda: server.stats.subscriptions == 1)
+        with broken, subscribe(server, 1) as healthy:
+            assert decode(recv_all(healthy)).sequence.tolist() == list(range(1, 401))
+            with pytest.raises(ConnectionResetError):
+                while broken.recv(1 << 16):
+                    pass

@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from . import engine
 from .engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
+from .errors import FeedError
 from .feeds import SYMBOLS
 from .loss import LossModel
 from .packets import Packets
@@ -403,29 +404,49 @@ class Publisher:
         published = feed.published_rows()
         shared: dict[int, memoryview] = {}
         for subscription in list(self._subscriptions):
-            if subscription.writer.transport.is_closing():
-                # The subscriber went away: its conversation logs it as it ends.
-                self._subscriptions.discard(subscription)
-                subscription.end()
-                continue
-            lo = subscription.next
-            if lo < published:
-                rows = shared.get(lo)
-                if rows is None:
-                    # Subscribers at one row (all but the newest, usually) share the bytes.
-                    rows = shared[lo] = feed.rows(lo, published)
-                unsent = subscription.send(published, rows)
-                if unsent > self.bound:
-                    self._too_slow(subscription, unsent)
-                    continue
-            if published >= feed.total and subscription.next >= feed.total:
-                self._subscriptions.discard(subscription)
-                subscription.end()
+            try:
+                self._serve(subscription, published, shared)
+            except FeedError as exc:
+                # The replayed file shrank under the server: this subscriber cannot go on.
+                log.error("cannot serve %s: %s", subscription.peer, exc)
+                self._drop(subscription)
+            except Exception:
+                # A bug must cost one subscriber, never the publisher and the others.
+                log.exception("internal error serving %s", subscription.peer)
+                self._drop(subscription)
         if not self._subscriptions or self._loop is None:
             return
         now = time.monotonic()
         delay = max(TICK, feed.due(published) - now) if published < feed.total else TICK
         self._timer = self._loop.call_later(delay, self._tick)
+
+    def _serve(
+        self, subscription: Subscription, published: int, shared: dict[int, memoryview]
+    ) -> None:
+        """Write ``subscription`` the rows up to ``published``; end it if the feed did."""
+        feed = self.feed
+        if subscription.writer.transport.is_closing():
+            # The subscriber went away: its conversation logs it as it ends.
+            self._subscriptions.discard(subscription)
+            subscription.end()
+            return
+        lo = subscription.next
+        if lo < published:
+            rows = shared.get(lo)
+            if rows is None:
+                # Subscribers at one row (all but the newest, usually) share the bytes.
+                rows = shared[lo] = feed.rows(lo, published)
+            unsent = subscription.send(published, rows)
+            if unsent > self.bound:
+                self._too_slow(subscription, unsent)
+                return
+        if published >= feed.total and subscription.next >= feed.total:
+            self._subscriptions.discard(subscription)
+            subscription.end()
+
+    def _drop(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+        subscription.reset()
 
     def _too_slow(self, subscription: Subscription, unsent: int) -> None:
         self._subscriptions.discard(subscription)
