@@ -24,6 +24,7 @@ from packetcore.protocol import (
     range_request,
     resend_request,
     stream_all_request,
+    subscribe_request,
 )
 from packetcore.server import Server
 from packetcore.workers import WorkerReport, Workers
@@ -62,6 +63,8 @@ class Seen:
             "packetcore_bytes_written_total": self.bytes,
             "packetcore_refused_connections_total": 0,
             "packetcore_timeouts_total": 0,
+            "packetcore_subscriptions_total": 0,
+            "packetcore_slow_disconnects_total": 0,
             "packetcore_active_connections": 0,
         }
 
@@ -135,6 +138,23 @@ def test_counters_match_what_the_clients_received(lossy: Server) -> None:
     # The seeded run dropped some of both, so the dropped counter is tested on both paths.
     assert 0 < seen.streamed < 3 * BOOK
     assert 0 < seen.resent < seen.asked_resends
+
+
+def test_a_subscription_is_counted_as_its_subscriber_received_it() -> None:
+    # A live feed of 3,000 packets published in about 0.15 s, a seeded drop.
+    live = Server(host="127.0.0.1", port=0, live=20_000, until=3000, drop=0.2, seed=5)
+    with live, serve_metrics("127.0.0.1", 0, lambda: live.stats) as metrics:
+        with socket.create_connection(("127.0.0.1", live.port), timeout=TIMEOUT) as sock:
+            sock.sendall(subscribe_request(1))
+            data = recv_all(sock)  # the server closes after the final packet
+        wait_until(lambda: live.stats.active == 0)
+        got = scrape(metrics.port)
+    received = len(data) // PACKET
+    assert len(data) % PACKET == 0 and 0 < received < 3000
+    assert got["packetcore_subscriptions_total"] == 1
+    assert got["packetcore_packets_sent_total"] == received
+    assert got["packetcore_packets_dropped_total"] == 3000 - received
+    assert got["packetcore_bytes_written_total"] == len(data)
 
 
 def test_active_connections_is_a_gauge_of_open_ones(lossy: Server) -> None:

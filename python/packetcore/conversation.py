@@ -136,8 +136,10 @@ class Conversation:
                 self.peer, tally.sent, tally.resent, tally.dropped,
             )  # fmt: skip
 
-    def _count(self, *, sent: int = 0, resent: int = 0, dropped: int = 0) -> None:
+    def _count(self, *, sent: int = 0, resent: int = 0, dropped: int = 0, written: int = 0) -> None:
+        """Count packets; ``written`` counts bytes that bypassed :meth:`_write`."""
         tally, stats = self._tally, self._stats
+        stats.bytes_written += written
         tally.sent += sent
         tally.resent += resent
         tally.dropped += dropped

@@ -244,7 +244,7 @@ class Subscription:
         count: Callable[..., None],
         peer: str,
     ) -> None:
-        """``start`` is the first sequence asked for; ``count(sent=, dropped=)`` tallies."""
+        """``start`` is the first sequence asked for; ``count(...)`` tallies what is sent."""
         self.feed = feed
         self.number = number
         self.peer = peer
@@ -328,7 +328,8 @@ class Subscription:
         lo = self.next
         data, kept = self.select(lo, hi, rows)
         self.next = hi
-        self._count(sent=kept, dropped=hi - lo - kept)
+        # Written straight to the transport, not through the conversation: bytes count here.
+        self._count(sent=kept, dropped=hi - lo - kept, written=kept * PACKET_SIZE)
         transport = self.writer.transport
         if kept:
             transport.write(data)

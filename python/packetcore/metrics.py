@@ -12,7 +12,8 @@ Metric names: ``packetcore_connections_total``, ``packetcore_streams_total``,
 ``packetcore_packets_dropped_total``, ``packetcore_bad_requests_total``,
 ``packetcore_bytes_written_total``, ``packetcore_faults_injected_total{kind=...}``, the
 gauge ``packetcore_active_connections``, and, where the stats have them,
-``packetcore_refused_connections_total`` and ``packetcore_timeouts_total``.
+``packetcore_refused_connections_total``, ``packetcore_timeouts_total``,
+``packetcore_subscriptions_total`` and ``packetcore_slow_disconnects_total``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ _OPTIONAL_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Connections closed on arrival for lack of a slot.",
     ),
     ("packetcore_timeouts", "timeouts", "Connections closed for idling."),
+    ("packetcore_subscriptions", "subscriptions", "Subscriptions to a live feed answered."),
+    (
+        "packetcore_slow_disconnects",
+        "slow_disconnects",
+        "Subscribers disconnected for falling too far behind a live feed.",
+    ),
 )
 
 
