@@ -1,0 +1,349 @@
+"""Following a live feed: packetcore.follow() and packetcore-fetch --follow.
+
+A scripted live server (:class:`LiveStub`) plays the protocol's live part exactly where
+a test needs it: packets it never sends on a subscription (tail losses), subscriptions
+it cuts after so many bytes (mid-packet), a feed that ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from packetcore.engine import encode
+from packetcore.feeds import synthetic
+from packetcore.following import FollowStats, follow
+from packetcore.packets import Packets
+from packetcore.protocol import (
+    HELLO,
+    RESEND_RANGE,
+    SUBSCRIBE,
+    FeedInfo,
+    RequestFramer,
+    encode_info,
+)
+from serverutil import PACKET, RawServer
+
+import packetcore
+
+TIMEOUT = 20.0
+
+
+class LiveStub:
+    """A live server of ``total`` packets, scripted.
+
+    ``published`` (settable) is how far the feed has published; ``never`` lists
+    sequences no subscription ever sends; ``cuts`` lists, per subscription, the bytes
+    after which it is cut (mid-packet when not a multiple of 17); ``ended``: once
+    everything is published and written, subscriptions close (the feed's end).
+    """
+
+    def __init__(self, total: int, *, published: int | None = None, never: set[int] | None = None,
+                 cuts: list[int] | None = None, ended: bool = True) -> None:  # fmt: skip
+        self.total = total
+        self.wire = encode(synthetic(total, seed=7))
+        self.published = total if published is None else published
+        self.never = never or set()
+        self.cuts = list(cuts or [])
+        self.ended = ended
+        self.subscriptions: list[int] = []
+        self.ranges = 0
+        self.lock = threading.Lock()
+        self.server = RawServer(self.serve)
+
+    def __enter__(self) -> LiveStub:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def packets(self, start: int, stop: int) -> bytes:
+        return self.wire[(start - 1) * PACKET : (stop - 1) * PACKET]
+
+    def serve(self, conn: socket.socket) -> None:
+        framer = RequestFramer()
+        while data := conn.recv(1 << 16):
+            for request in framer.feed(data):
+                if request.call_type == HELLO:
+                    conn.sendall(encode_info(FeedInfo(1, self.published)))
+                elif request.call_type == RESEND_RANGE:
+                    self.ranges += 1
+                    stop = min(request.start + request.count, self.published + 1)
+                    conn.sendall(self.packets(request.start, max(stop, request.start)))
+                elif request.call_type == SUBSCRIBE:
+                    self._subscribe(conn, request.start)
+                    return
+
+    def _subscribe(self, conn: socket.socket, start: int) -> None:
+        with self.lock:
+            self.subscriptions.append(start)
+            cut = self.cuts.pop(0) if self.cuts else None
+        sent = 0
+        at = max(start, 1)
+        while not self.server.stopped.is_set():
+            top = self.published
+            if at <= top:
+                chunk = b"".join(
+                    self.packets(s, s + 1) for s in range(at, top + 1) if s not in self.never
+                )
+                at = top + 1
+                if cut is not None and sent + len(chunk) >= cut:
+                    conn.sendall(chunk[: cut - sent])
+                    conn.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0"
+                    )  # a reset, as a connection killed on the way
+                    return
+                conn.sendall(chunk)
+                sent += len(chunk)
+            elif self.ended and top >= self.total:
+                return  # the feed's final packet written: end of file
+            else:
+                time.sleep(0.002)
+
+
+def collect(port: int, **options: object) -> tuple[Packets, FollowStats]:
+    """Follow to the end and return every batch joined, and the stats."""
+
+    async def run() -> tuple[Packets, FollowStats]:
+        batches: list[Packets] = []
+        settings = {"timeout": 2.0, **options}
+        async with follow("127.0.0.1", port, **settings) as feed:
+            async for batch in feed:
+                batches.append(batch)
+            return Packets.concat(batches), feed.stats
+
+    return asyncio.run(asyncio.wait_for(run(), TIMEOUT))
+
+
+def assert_exactly(packets: Packets, first: int, last: int) -> None:
+    assert packets.sequence.tolist() == list(range(first, last + 1))
+
+
+def test_follow_is_exported_lazily() -> None:
+    assert packetcore.follow is follow
+    assert "follow" in packetcore.__all__
+
+
+def test_a_feed_that_ends_with_tail_losses_is_followed_to_its_last() -> None:
+    # 2000 packets; the subscription never sends the last three nor a few inside.
+    with LiveStub(2000, never={5, 6, 700, 1998, 1999, 2000}) as stub:
+        packets, stats = collect(stub.port)
+    assert_exactly(packets, 1, 2000)
+    expected = stub.wire
+    assert encode(packets) == expected
+    assert stats.packets == 2000 and stats.delivered == 2000
+    assert stats.gaps == 3 and stats.repaired == 6
+    assert stats.reason == "the feed ended"
+    assert stats.reconnects == 0
+    assert 0 < stats.repair_p50_ms <= stats.repair_p99_ms <= stats.repair_max_ms
+    assert stats.gaps_repaired == 3
+
+
+def test_tail_loss_on_a_live_feed_is_repaired_from_the_hello() -> None:
+    # Published up to 100 and then nothing for a while: the last two never came on the
+    # subscription; only the hello says they exist.
+    with LiveStub(200, published=100, never={99, 100}) as stub:
+
+        async def run() -> tuple[list[int], FollowStats]:
+            got: list[int] = []
+            async with follow("127.0.0.1", stub.port, timeout=2.0) as feed:
+                async for batch in feed:
+                    got += batch.sequence.tolist()
+                    if got[-1] == 100:
+                        stats = feed.stats
+                        assert stats.published == 100
+                        stub.published = 200  # the feed goes on
+                    if got[-1] == 200:
+                        break
+            return got, feed.stats
+
+        got, stats = asyncio.run(asyncio.wait_for(run(), TIMEOUT))
+    assert got == list(range(1, 201))
+    assert stats.gaps == 1 and stats.repaired == 2
+    assert stats.lag >= 0 and stats.max_lag >= 2
+    assert stats.reason == "stopped"
+
+
+def test_resume_from_a_sequence_until_another() -> None:
+    with LiveStub(3000, never={1500}) as stub:
+        packets, stats = collect(stub.port, start=1001, until=2000)
+    assert_exactly(packets, 1001, 2000)
+    assert encode(packets) == stub.packets(1001, 2001)
+    assert stub.subscriptions[0] == 1001
+    assert stats.reason == "until reached" and stats.gaps == 1
+
+
+@pytest.mark.parametrize("cut", [17 * 40 + 5, 17 * 40, 3])
+def test_reconnect_in_the_middle_of_a_packet_loses_and_repeats_nothing(cut: int) -> None:
+    with LiveStub(5000, never={2, 4000}, cuts=[cut, cut, cut]) as stub:
+        packets, stats = collect(stub.port, backoff=0.0)
+    assert encode(packets) == stub.wire
+    assert stats.reconnects == 3
+    # Each resubscription starts past what arrived or was asked for: nothing twice.
+    assert stub.subscriptions == sorted(stub.subscriptions)
+    assert stats.duplicates == 0
+
+
+def test_ten_killed_subscriptions_lose_and_repeat_nothing() -> None:
+    cuts = [17 * 997 + 11 * k for k in range(1, 11)]  # about 1000 packets each
+    never = set(range(3, 30_000, 101))
+    with LiveStub(30_000, never=never, cuts=cuts) as stub:
+        packets, stats = collect(stub.port, backoff=0.0)
+    assert len(packets) == 30_000
+    assert encode(packets) == stub.wire
+    assert stats.reconnects == 10
+    assert stats.packets == 30_000 and stats.delivered == 30_000
+
+
+def test_a_silent_subscription_is_replaced() -> None:
+    # The first subscription sends nothing after 10 packets while the server publishes
+    # on: the repair connection brings what the hello says was published meanwhile, and
+    # the subscription is replaced after the timeout.
+    with LiveStub(1000, published=500) as stub:
+        stalls = [True]
+        original = stub._subscribe
+
+        def subscribe(conn: socket.socket, start: int) -> None:
+            if stalls and stalls.pop():
+                stub.subscriptions.append(start)
+                conn.sendall(stub.packets(1, 11))
+                stub.server.stopped.wait(TIMEOUT)
+                return
+            original(conn, start)
+
+        stub._subscribe = subscribe  # type: ignore[method-assign]
+        later = threading.Timer(1.0, setattr, (stub, "published", 1000))
+        later.start()
+        packets, stats = collect(stub.port, timeout=0.3)
+        later.join()
+    assert_exactly(packets, 1, 1000)
+    assert stats.reconnects == 1
+    # The stalled one, its replacement, and one from past the end that confirmed it.
+    assert stub.subscriptions == [1, 501, 1001]
+
+
+def test_no_extension_is_a_fetch_error() -> None:
+    silent = RawServer(lambda conn: conn.recv(10) and time.sleep(1))
+    with silent as server, pytest.raises(packetcore.FetchError, match="extension hello"):
+        collect(server.port, timeout=0.2)
+
+
+def test_stats_are_readable_while_following() -> None:
+    with LiveStub(1000, published=300, ended=False) as stub:
+
+        async def run() -> list[int]:
+            seen: list[int] = []
+            feed = follow("127.0.0.1", stub.port, timeout=2.0)
+            async for _batch in feed:
+                seen.append(feed.stats.packets)
+                if feed.stats.delivered == 300:
+                    break
+            await feed.aclose()
+            assert feed.stats.delivered == 300
+            return seen
+
+        seen = asyncio.run(asyncio.wait_for(run(), TIMEOUT))
+    assert seen[-1] == 300 and seen == sorted(seen)
+
+
+# The command line
+
+
+def _fetch(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "packetcore.cli.fetch", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_cli_follow_to_stdout_ends_at_until() -> None:
+    with LiveStub(400, never={10, 400}) as stub:
+        process = _fetch("--port", str(stub.port), "--follow", "--until", "300", "-o", "-",
+                         "--format", "ndjson")  # fmt: skip
+        out, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["packetSequence"] for r in records] == list(range(1, 301))
+    assert "300 packets in order" in err and "gaps" in err and "reconnects" in err
+
+
+@pytest.mark.parametrize("form", ["json", "parquet"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_a_follow_with_a_finished_file(
+    tmp_path: Path, form: str, signum: signal.Signals
+) -> None:
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    target = tmp_path / f"out.{form}"
+    with LiveStub(100_000, published=500, ended=False) as stub:
+        process = _fetch("--port", str(stub.port), "--follow", "-o", str(target))
+        deadline = time.monotonic() + TIMEOUT
+        # Wait until it has followed what is published (the stub saw its range asks or
+        # its subscription), then let the feed go on a little.
+        while not stub.subscriptions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stub.published = 800
+        time.sleep(0.2)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, err
+    got = packetcore.read(target)
+    assert got.sequence.tolist() == list(range(1, len(got) + 1))
+    assert len(got) == 800
+    assert f"stopped by {signum.name}" in err
+    assert not [p for p in os.listdir(tmp_path) if p != target.name]
+
+
+def test_cli_follow_refuses_the_base_protocol_in_one_line() -> None:
+    process = _fetch("--follow", "--protocol", "base")
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 2
+    assert err.strip().count("\n") == 0 and "--follow" in err
+
+
+def test_cli_follow_without_a_server_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = tmp_path / "out.json"
+    process = _fetch("--port", str(port), "--follow", "--retries", "0", "-o", str(target))
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1
+    assert err.strip().count("\n") == 0 and "cannot connect" in err
+    assert not target.exists() and not os.listdir(tmp_path)
+
+
+def test_until_is_the_same_option_as_to() -> None:
+    from packetcore.cli.fetch import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--until", "5"]).stop == 5
+    assert parser.parse_args(["--to", "5"]).stop == 5
+
+
+def test_the_latency_histogram_is_close_to_exact() -> None:
+    from packetcore.following import _Latencies
+
+    latencies = _Latencies()
+    values = np.random.default_rng(1).exponential(0.005, 10_000)
+    for value in values:
+        latencies.add(float(value))
+    for q in (50, 99):
+        exact = float(np.percentile(values, q))
+        assert abs(latencies.percentile(q) - exact) <= 0.03 * exact
+    assert latencies.max == float(values.max())
