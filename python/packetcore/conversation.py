@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from .errors import FeedError
 from .listener import peer_name
+from .live import LiveFeed, Publisher, Subscription
 from .loss import LossModel
-from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, Request, RequestFramer
+from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
 from .wire_index import WireIndex
 
 __all__ = ["STREAM_CHUNK", "Conversation", "ServerStats"]
@@ -45,6 +46,8 @@ class ServerStats:
     packets_dropped: int = 0  #: packets the loss simulation dropped
     bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks
     timeouts: int = 0  #: connections closed for idling past idle_timeout
+    subscriptions: int = 0  #: subscribe requests (callType 5) answered
+    slow_disconnects: int = 0  #: subscribers disconnected for falling too far behind
 
     def summary(self) -> str:
         """Return the counters as one line."""
@@ -73,10 +76,11 @@ class Conversation:
         number: int,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        index: WireIndex,
+        index: WireIndex | LiveFeed,
         loss: LossModel,
         stats: ServerStats,
         idle_timeout: float,
+        publisher: Publisher | None = None,
     ) -> None:
         self.number = number
         self.peer = peer_name(writer)
@@ -90,6 +94,7 @@ class Conversation:
         self._loop = asyncio.get_running_loop()
         self._tally = _Tally()
         self._resend_rng = loss.resend_rng(number)
+        self._publisher = publisher
 
     async def run(self) -> None:
         """Converse until the client is done or gone, then close; never raise."""
@@ -215,6 +220,11 @@ class Conversation:
                     await self._flush(out)
                     await self._stream_all()
                     return False
+                elif kind == SUBSCRIBE:
+                    # The connection is a subscription from now on: later requests unread.
+                    await self._flush(out)
+                    await self._subscribe(request.start)
+                    return False
                 else:
                     # The reference exchange ignores an unknown callType and reads on.
                     self._stats.bad_requests += 1
@@ -256,6 +266,25 @@ class Conversation:
             sent += kept
             self._count(sent=kept, dropped=hi - lo - kept)
         log.info("packets sent: %d of %d to %s (%d dropped)", sent, total, self.peer, total - sent)
+
+    async def _subscribe(self, start: int) -> None:
+        """Write every packet from ``start`` as it is published; return once the feed ends."""
+        number = self._stats.subscriptions
+        self._stats.subscriptions += 1
+        subscription = Subscription(
+            self._index, self._loss, number, start, self._writer, self._count, self.peer
+        )
+        log.info("subscription %d from sequence %d: %s", number, start, self.peer)
+        # Backlog first, paced by the reader (a finished feed is all backlog).
+        await subscription.backlog(self._write)
+        publisher = self._publisher
+        if publisher is None or subscription.next >= publisher.feed.total:
+            return
+        publisher.add(subscription)
+        try:
+            await subscription.done
+        finally:
+            publisher.discard(subscription)
 
     def _resend(self, sequence: int, out: bytearray) -> None:
         index = self._index

@@ -2,8 +2,9 @@
 
 With ``seed`` S, the stream-all request number N (counted from 0 over the server's
 life, in the order the server starts them) draws its keep mask from
-``SeedSequence(S, spawn_key=(0, N))``, and the resends of connection number C (counted
-from 0 in accept order) from ``SeedSequence(S, spawn_key=(1, C))``.  Without a seed,
+``SeedSequence(S, spawn_key=(0, N))``, the resends of connection number C (counted
+from 0 in accept order) from ``SeedSequence(S, spawn_key=(1, C))``, and subscription
+number M (callType 5, counted from 0) from ``SeedSequence(S, spawn_key=(2, M))``.  Without a seed,
 fresh entropy stands in for S.  Nothing here touches a socket.
 """
 
@@ -16,7 +17,7 @@ from .engine import PACKET_SIZE, gather
 
 __all__ = ["LossModel"]
 
-_STREAMS, _RESENDS = 0, 1
+_STREAMS, _RESENDS, _SUBSCRIPTIONS = 0, 1, 2
 
 
 class LossModel:
@@ -47,6 +48,10 @@ class LossModel:
     def resend_rng(self, connection: int) -> np.random.Generator | None:
         """Return the generator of connection ``connection``'s resends; None if none drop."""
         return self._rng(_RESENDS, connection) if self.drop_resends > 0 else None
+
+    def subscription_rng(self, number: int) -> np.random.Generator | None:
+        """Return the generator of subscription ``number``; None if nothing drops."""
+        return self._rng(_SUBSCRIPTIONS, number) if self.drop > 0 else None
 
     def _rng(self, kind: int, number: int) -> np.random.Generator:
         sequence = np.random.SeedSequence(self.entropy, spawn_key=(kind, number))

@@ -21,6 +21,7 @@ from typing import Any
 from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
 from .feeds import MappedFeed
 from .listener import bind, peer_name
+from .live import DEFAULT_MAX_LAG, LiveFeed, Publisher
 from .loss import LossModel
 from .packets import Packets
 from .protocol import DEFAULT_PORT, FeedInfo
@@ -36,11 +37,18 @@ class Server:
 
     ``feed`` may be a :class:`~packetcore.wire_index.WireIndex` already built, shared
     with other servers (the workers of one port) without encoding the feed again.
+
+    ``live=RATE`` (packets a second; None or 0: a finished feed) publishes the feed at
+    that pace from the start (:mod:`.live`): with no feed, an endless synthetic one
+    drawn from ``seed``; ``until`` is the last sequence published.  A
+    :class:`~packetcore.live.LiveFeed` given as ``feed`` is served as it is, its clock
+    shared (the workers of one port).  A subscriber more than ``max_lag`` seconds of
+    packets behind (at least 4 MiB unsent) is disconnected.
     """
 
     def __init__(
         self,
-        feed: Packets | MappedFeed | WireIndex | None = None,
+        feed: Packets | MappedFeed | WireIndex | LiveFeed | None = None,
         *,
         host: str = "localhost",
         port: int = DEFAULT_PORT,
@@ -51,7 +59,19 @@ class Server:
         idle_timeout: float = 30.0,
         max_connections: int = 1024,
         reuse_port: bool = False,
+        live: float | None = None,
+        until: int | None = None,
+        max_lag: float = DEFAULT_MAX_LAG,
     ) -> None:
+        if live is not None and not (live >= 0 and live < float("inf")):
+            raise ValueError(f"live must be a rate of 0 or more packets a second, not {live}")
+        if until is not None and not live and not isinstance(feed, LiveFeed):
+            raise ValueError("until needs a live feed (live above 0)")
+        if live and not isinstance(feed, LiveFeed):
+            source = (
+                None if feed is None else feed if isinstance(feed, WireIndex) else WireIndex(feed)
+            )
+            feed = LiveFeed(live, source, seed=seed, until=until)
         if feed is None:
             from .feeds import book
 
@@ -62,7 +82,9 @@ class Server:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         # A WireIndex is shared as it is: the workers of one port serve one encoding.
-        self.index = feed if isinstance(feed, WireIndex) else WireIndex(feed)
+        self.index: WireIndex | LiveFeed = (
+            feed if isinstance(feed, (WireIndex, LiveFeed)) else WireIndex(feed)
+        )
         self.host = host
         self.port = port
         self.drop = self.loss.drop
@@ -73,6 +95,10 @@ class Server:
         self.max_connections = max_connections
         self.reuse_port = reuse_port
         self.stats = ServerStats()
+        #: Writes a live feed to its subscribers; None for a finished feed.
+        self.publisher = (
+            Publisher(self.index, self.stats, max_lag) if isinstance(self.index, LiveFeed) else None
+        )
 
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -93,6 +119,16 @@ class Server:
     def addresses(self) -> list[tuple[Any, ...]]:
         """Return the socket addresses the server listens on."""
         return list(self._bound)
+
+    @property
+    def published(self) -> int:
+        """Return the highest sequence published so far (a finished feed's last)."""
+        return self.index.last
+
+    @property
+    def live(self) -> LiveFeed | None:
+        """Return the live feed served, None for a finished one."""
+        return self.index if isinstance(self.index, LiveFeed) else None
 
     @property
     def info(self) -> FeedInfo:
@@ -130,6 +166,17 @@ class Server:
         self._bound = [sock.getsockname() for sock in sockets]
         index = self.index
         log.debug("loss seed entropy %d", self.loss.entropy)
+        if isinstance(index, LiveFeed):
+            index.start()
+            log.info(
+                "serving live at %g packets/s (%s, sequences %d..%s) on %s port %d (%s); "
+                "drop %g, resends %g%s",
+                index.rate, "synthetic" if index.source is None else "replay", index.first,
+                "(endless)" if index.endless else index.final, self.host, self.port,
+                ", ".join(str(address[0]) for address in self._bound),
+                self.drop, self.drop_resends, ", last packet kept" if self.keep_last else "",
+            )  # fmt: skip
+            return self
         log.info(
             "serving %d packets (sequences %d..%d%s) on %s port %d (%s); drop %g, resends %g%s",
             index.count, index.first, index.last, ", mapped" if index.mapped else "",
@@ -156,6 +203,8 @@ class Server:
         self._stopping = True
         for server in self._servers:
             server.close()
+        if self.publisher is not None:
+            self.publisher.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -256,8 +305,9 @@ class Server:
         self._accepted += 1
         try:
             conversation = Conversation(
-                number, reader, writer, self.index, self.loss, self.stats, self.idle_timeout
-            )
+                number, reader, writer, self.index, self.loss, self.stats, self.idle_timeout,
+                self.publisher,
+            )  # fmt: skip
             await conversation.run()
         finally:
             self._tasks.discard(task)

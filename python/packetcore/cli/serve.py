@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from ..feeds import MappedFeed, open_feed
+from ..live import DEFAULT_MAX_LAG, LiveFeed
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT
 from ..server import Server, ServerStats
@@ -60,6 +61,8 @@ _port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
 _seconds = number(0.0, what="a duration of 0 seconds or more")
 _count = integer(1, what="1 or more")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_rate = number(0.0, what="a rate of 0 or more packets a second (0: a finished feed)")
+_lag = number(0.0, low_open=True, what="a number of seconds above 0")
 
 
 #: More processes than this only fight for the cores (and take long to start).
@@ -121,6 +124,26 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "slower here, see docs/scaling.md), or auto, uvloop when it is installed "
         "(default: asyncio)",
     )  # fmt: skip
+    # Live feeds (issue 12).
+    parser.add_argument(
+        "--live", type=_rate, default=None, metavar="RATE",
+        help="publish the feed at RATE packets a second from start-up, as a live exchange "
+        "does (callType 5 subscribes; a hello's last is the highest sequence published): "
+        "without --feed, an endless synthetic feed drawn from --seed; with --feed, that "
+        "feed replayed at this pace, ending after its last packet.  0 (or no --live) "
+        "serves a finished feed",
+    )  # fmt: skip
+    parser.add_argument(
+        "--until", type=_count, default=None, metavar="N",
+        help="with --live: stop publishing after sequence N (the feed then ends); an "
+        "error without --live",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-lag", type=_lag, default=DEFAULT_MAX_LAG, metavar="SECONDS",
+        help="with --live: disconnect a subscriber that falls this many seconds of "
+        "packets behind (at least 4 MiB unsent; default: %(default)s)",
+    )  # fmt: skip
+    parser.set_defaults(feed=None)  # --live without --feed: the endless synthetic feed
     add_verbosity(parser)
     return parser
 
@@ -136,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
     except LoopUnavailable as exc:
         raise UserError(str(exc)) from None
     # The feed is loaded and checked before any port opens.
-    feed = open_feed(args.feed, args.seed)
+    feed = _live_feed(args)
     if args.workers > 1:
         return _serve_workers(args, loop, feed)
     server = _server(args, feed, args.seed)
@@ -150,8 +173,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 128 + signum
 
 
+def _live_feed(args: argparse.Namespace) -> Packets | MappedFeed | LiveFeed:
+    """Return the feed to serve; a live one (clock not started) with ``--live``."""
+    if not args.live:
+        if args.until is not None:
+            raise UserError("--until needs --live RATE (a rate above 0)", 2)
+        return open_feed(args.feed or "book", args.seed)
+    source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
+    try:
+        return LiveFeed(args.live, source, seed=args.seed, until=args.until)
+    except ValueError as exc:
+        raise UserError(f"--until: {exc}" if args.until is not None else str(exc), 2) from None
+
+
+def _live_note(feed: Packets | MappedFeed | WireIndex | LiveFeed) -> str:
+    """Return what the start-up line says of a live feed ('' for a finished one)."""
+    if not isinstance(feed, LiveFeed):
+        return ""
+    what = "endless synthetic feed" if feed.endless else f"sequences {feed.first}..{feed.final}"
+    return f"; live at {feed.rate:g} packets/s ({what})"
+
+
 def _server(
-    args: argparse.Namespace, feed: Packets | MappedFeed | WireIndex, seed: int | None
+    args: argparse.Namespace, feed: Packets | MappedFeed | WireIndex | LiveFeed, seed: int | None
 ) -> Server:
     return Server(
         feed,
@@ -163,6 +207,7 @@ def _server(
         seed=seed,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
+        max_lag=args.max_lag,
     )
 
 
@@ -179,9 +224,11 @@ def _signals_kept() -> Iterator[None]:
                     signal.signal(number, handler)
 
 
-def _serve_workers(args: argparse.Namespace, loop: str, feed: Packets | MappedFeed) -> int:
+def _serve_workers(
+    args: argparse.Namespace, loop: str, feed: Packets | MappedFeed | LiveFeed
+) -> int:
     # Encoded (or mapped) once, before the fork: the workers share it copy-on-write.
-    index = WireIndex(feed)
+    index = feed if isinstance(feed, LiveFeed) else WireIndex(feed)
     try:
         sets, port = bind_workers(
             args.host, args.port, args.workers, max(128, args.max_connections)
@@ -200,8 +247,11 @@ def _serve_workers(args: argparse.Namespace, loop: str, feed: Packets | MappedFe
     workers = Workers(sets, serve, program=PROGRAM)
     with _signals_kept():
         try:
+            if isinstance(index, LiveFeed):
+                # One clock for all: t0 is chosen before the fork, so all publish alike.
+                index.start()
             workers.start()
-            return _supervise(args, workers, port, where, sharing, loop)
+            return _supervise(args, workers, port, where, sharing + _live_note(index), loop)
         except BaseException:
             workers.terminate()  # a signal during start-up, or any failure: none lingers
             raise
@@ -257,7 +307,7 @@ async def _run(
         # Printed even with -q: with --port 0 it is the one thing the user must know.
         say(
             f"{PROGRAM}: listening on port {server.port} ({server.host}: {where}) on "
-            f"{loop_name}; SIGINT or SIGTERM stops the server"
+            f"{loop_name}{_live_note(server.index)}; SIGINT or SIGTERM stops the server"
         )
     try:
         return await stopped

@@ -1,0 +1,411 @@
+"""Live feeds: packets published by a clock, and the subscriptions that follow them.
+
+A :class:`LiveFeed` publishes at ``rate`` packets a second from a start time ``t0``:
+the packet of row k (sequence ``first + k``) is published at ``t0 + k / rate``.  What
+is published is a pure function of the clock, so server processes forked after ``t0``
+is chosen all publish the same packets at the same moments.  It answers the requests a
+:class:`~packetcore.wire_index.WireIndex` answers, clamped to what is published.
+
+Without a source, the feed is synthetic and endless (or ends at ``until``): packets are
+generated in blocks of :data:`BLOCK` from ``(seed, block number)``, so an old block a
+resend asks for is generated again rather than kept.  With a source (any feed a
+WireIndex holds, a mapped ``.bin`` included) the feed is replayed at that pace and ends
+after its last packet.
+
+A :class:`Publisher` wakes every few milliseconds on the server's loop and writes each
+subscriber's share of the batch just published as one write, never waiting for it: a
+subscriber whose unsent bytes pass its bound is disconnected, and the others never slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from .engine import MAX_SEQUENCE, PACKET_SIZE, decode
+from .feeds import SYMBOLS
+from .loss import LossModel
+from .packets import Packets
+from .protocol import FeedInfo, encode_info
+from .wire_index import WireIndex
+
+if TYPE_CHECKING:
+    from .conversation import ServerStats
+
+__all__ = ["BLOCK", "DEFAULT_MAX_LAG", "TICK", "LiveFeed", "Publisher", "Subscription"]
+
+log = logging.getLogger("packetcore.server")
+
+#: Packets generated (synthetic feed) and selected (loss masks) per block.
+BLOCK = 1 << 16
+#: Seconds between the publisher's wake-ups while anyone subscribes.
+TICK = 0.002
+#: Seconds of packets a subscriber may fall behind before it is disconnected.
+DEFAULT_MAX_LAG = 2.0
+#: The smallest bound on a subscriber's unsent bytes, whatever the rate.
+MIN_LAG_BYTES = 4 << 20
+#: Synthetic blocks kept in memory (about 1.1 MB each); older ones are generated again.
+_CACHED_BLOCKS = 8
+# The spawn key of a synthetic feed's blocks; the loss model's kinds are 0..2.
+_FEED_KIND = 3
+
+_WIRE = np.dtype(
+    [("symbol", "S4"), ("side", "S1"), ("quantity", ">i4"), ("price", ">i4"), ("sequence", ">i4")]
+)
+assert _WIRE.itemsize == PACKET_SIZE
+_SYMBOL_ARRAY = np.array(SYMBOLS, dtype="S4")
+_SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
+
+
+class LiveFeed:
+    """A feed published at ``rate`` packets a second, as a :class:`WireIndex` would serve it."""
+
+    def __init__(
+        self,
+        rate: float,
+        source: WireIndex | None = None,
+        *,
+        seed: int | None = None,
+        until: int | None = None,
+    ) -> None:
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"a live rate must be above 0 packets a second, not {rate}")
+        self.rate = float(rate)
+        self.source = source
+        if source is None:
+            self.first = 1
+            final = MAX_SEQUENCE
+        else:
+            if source.count != source.last - source.first + 1:
+                raise ValueError("a live replay needs a feed whose sequences run contiguously")
+            self.first = source.first
+            final = source.last
+        if until is not None:
+            if until < self.first:
+                raise ValueError(f"until must be {self.first} or above (the first), not {until}")
+            final = min(final, until)
+        self.until = until
+        #: The last sequence this feed will ever publish.
+        self.final = final
+        #: Whether the feed goes on for ever (in practice: to sequence 2**31 - 1).
+        self.endless = source is None and until is None
+        #: How many packets it publishes in all.
+        self.total = final - self.first + 1
+        entropy = np.random.SeedSequence(seed).entropy
+        assert isinstance(entropy, int)
+        self.entropy: int = entropy
+        self.t0: float | None = None
+        self._blocks: OrderedDict[int, memoryview] = OrderedDict()
+
+    def start(self, t0: float | None = None) -> None:
+        """Start the clock (at ``t0``, a :func:`time.monotonic` time, or now); idempotent."""
+        if self.t0 is None:
+            self.t0 = time.monotonic() if t0 is None else t0
+
+    def published_rows(self, now: float | None = None) -> int:
+        """Return how many packets are published at ``now`` (default: the present)."""
+        if self.t0 is None:
+            return 0
+        at = time.monotonic() if now is None else now
+        if at < self.t0:
+            return 0
+        return min(math.floor((at - self.t0) * self.rate) + 1, self.total)
+
+    def due(self, row: int) -> float:
+        """Return the monotonic time at which row ``row`` is published."""
+        assert self.t0 is not None, "the live feed is not started"
+        return self.t0 + row / self.rate
+
+    @property
+    def ended(self) -> bool:
+        """Return whether the final packet is published."""
+        return self.published_rows() >= self.total
+
+    # -- what a WireIndex answers, clamped to what is published ---------------------------
+
+    @property
+    def count(self) -> int:
+        """Return how many packets are published now."""
+        return self.published_rows()
+
+    @property
+    def last(self) -> int:
+        """Return the highest sequence published now (``first - 1`` before the first)."""
+        return self.first + self.published_rows() - 1
+
+    @property
+    def mapped(self) -> bool:
+        """Return whether the replayed feed is a mapped file."""
+        return self.source is not None and self.source.mapped
+
+    @property
+    def info(self) -> FeedInfo:
+        """Return what a hello is answered with now."""
+        return FeedInfo(self.first, self.last)
+
+    @property
+    def info_frame(self) -> bytes:
+        """Return the hello's answer on the wire now."""
+        return encode_info(self.info)
+
+    @property
+    def packets(self) -> Packets:
+        """Return the packets published so far (decoded whole: small feeds only)."""
+        return decode(self.rows(0, self.published_rows()))
+
+    def locate(self, start: int, stop: int) -> tuple[int, int]:
+        """Return the row span of the published sequences ``start <= seq < stop``."""
+        size = self.published_rows()
+        return (
+            min(max(start - self.first, 0), size),
+            min(max(stop - self.first, 0), size),
+        )
+
+    def rows(self, lo: int, hi: int) -> memoryview:
+        """Return the wire bytes of rows ``lo:hi`` (published or not: callers clamp)."""
+        if self.source is not None:
+            return self.source.rows(lo, hi)
+        hi = min(hi, self.total)
+        parts: list[memoryview] = []
+        while lo < hi:
+            number = lo // BLOCK
+            base = number * BLOCK
+            end = min(hi, base + BLOCK)
+            parts.append(
+                self._block(number)[(lo - base) * PACKET_SIZE : (end - base) * PACKET_SIZE]
+            )
+            lo = end
+        if len(parts) == 1:
+            return parts[0]
+        return memoryview(b"".join(parts))
+
+    def _block(self, number: int) -> memoryview:
+        block = self._blocks.get(number)
+        if block is not None:
+            self._blocks.move_to_end(number)
+            return block
+        block = memoryview(self._generate(number))
+        self._blocks[number] = block
+        if len(self._blocks) > _CACHED_BLOCKS:
+            self._blocks.popitem(last=False)
+        return block
+
+    def _generate(self, number: int) -> bytes:
+        """Return the wire bytes of synthetic block ``number``, drawn from (seed, number)."""
+        lo = number * BLOCK
+        size = min(BLOCK, self.total - lo)
+        sequence = np.random.SeedSequence(self.entropy, spawn_key=(_FEED_KIND, number))
+        rng = np.random.Generator(np.random.PCG64(sequence))
+        records = np.empty(size, dtype=_WIRE)
+        # Whole columns, as feeds.synthetic draws them: no Python work per packet.
+        records["symbol"] = _SYMBOL_ARRAY[rng.integers(0, len(SYMBOLS), size, dtype=np.uint8)]
+        records["side"] = _SIDE_ARRAY[rng.integers(0, 2, size, dtype=np.int8)]
+        records["quantity"] = rng.integers(1, 10_000, size, dtype=np.int32, endpoint=True)
+        records["price"] = rng.integers(1, 1_000_000, size, dtype=np.int32, endpoint=True)
+        start = self.first + lo
+        records["sequence"] = np.arange(start, start + size, dtype=np.int64)
+        return records.tobytes()
+
+    def __repr__(self) -> str:
+        what = "synthetic" if self.source is None else "replay"
+        return f"<LiveFeed {what} at {self.rate:g}/s, {self.first}..{self.final}>"
+
+
+class Subscription:
+    """One subscriber: the rows it still needs, its keep masks, its connection."""
+
+    def __init__(
+        self,
+        feed: LiveFeed | WireIndex,
+        loss: LossModel,
+        number: int,
+        start: int,
+        writer: asyncio.StreamWriter,
+        count: Callable[..., None],
+        peer: str,
+    ) -> None:
+        """``start`` is the first sequence asked for; ``count(sent=, dropped=)`` tallies."""
+        self.feed = feed
+        self.number = number
+        self.peer = peer
+        #: The next row to write.
+        self.next = min(max(start - feed.first, 0), _total(feed))
+        self.writer = writer
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._count = count
+        self._drop = loss.drop
+        self._keep_last = loss.keep_last
+        self._rng = loss.subscription_rng(number)
+        self._chunk = -1
+        self._mask: npt.NDArray[np.bool_] = np.ones(0, dtype=bool)
+
+    def keep(self, lo: int, hi: int) -> npt.NDArray[np.bool_] | None:
+        """Return the keep flags of rows ``lo:hi``; None when nothing drops.
+
+        Row r's flag depends on r alone, as in a stream-all from the first row: a mask
+        is drawn per block of :data:`BLOCK` rows, the generator jumped to its block.
+        """
+        rng = self._rng
+        if rng is None:
+            return None
+        parts: list[npt.NDArray[np.bool_]] = []
+        at = lo
+        while at < hi:
+            chunk = at // BLOCK
+            if chunk != self._chunk:
+                # keep_mask takes BLOCK / 4 raw draws per block: skip the blocks between.
+                skipped = chunk - self._chunk - 1
+                if skipped > 0:
+                    cast(np.random.PCG64, rng.bit_generator).advance(skipped * BLOCK // 4)
+                elif skipped < 0:
+                    raise AssertionError("a subscription never goes back")
+                self._mask = LossModel.keep_mask(rng, BLOCK, self._drop)
+                self._chunk = chunk
+            base = chunk * BLOCK
+            end = min(hi, base + BLOCK)
+            parts.append(self._mask[at - base : end - base])
+            at = end
+        flags = parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+        if self._keep_last and hi == _total(self.feed) and len(flags) and _finite(self.feed):
+            flags[-1] = True
+        return flags
+
+    def select(self, lo: int, hi: int, rows: memoryview) -> tuple[bytes | memoryview, int]:
+        """Return the kept wire bytes of rows ``lo:hi`` (``rows``) and how many were kept."""
+        flags = self.keep(lo, hi)
+        if flags is None:
+            return rows, hi - lo
+        packets = np.frombuffer(rows, dtype=np.uint8).reshape(-1, PACKET_SIZE)
+        return packets[flags].tobytes(), int(np.count_nonzero(flags))
+
+    async def backlog(self, write: Callable[[bytes | memoryview], Awaitable[None]]) -> None:
+        """Write what is published already, a block at a time, waiting for each to drain.
+
+        Returns with less than a block left to catch up (the publisher writes it).
+        """
+        feed = self.feed
+        while True:
+            published = feed.count
+            left = published - self.next
+            # A feed still publishing: the last bit is the publisher's, in its next batch.
+            if left <= 0 or (left < BLOCK and isinstance(feed, LiveFeed) and not feed.ended):
+                return
+            hi = min(published, self.next + BLOCK)
+            lo = self.next
+            data, kept = self.select(lo, hi, feed.rows(lo, hi))
+            self.next = hi
+            self._count(sent=kept, dropped=hi - lo - kept)
+            if kept:
+                await write(data)
+
+    def send(self, hi: int, rows: memoryview) -> int:
+        """Write rows ``next:hi`` (their bytes: ``rows``) at once; return the bytes unsent."""
+        lo = self.next
+        data, kept = self.select(lo, hi, rows)
+        self.next = hi
+        self._count(sent=kept, dropped=hi - lo - kept)
+        transport = self.writer.transport
+        if kept:
+            transport.write(data)
+        return transport.get_write_buffer_size()
+
+    def end(self) -> None:
+        """Let the subscriber's conversation go on to close the connection."""
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _total(feed: LiveFeed | WireIndex) -> int:
+    return feed.total if isinstance(feed, LiveFeed) else feed.count
+
+
+def _finite(feed: LiveFeed | WireIndex) -> bool:
+    return not isinstance(feed, LiveFeed) or not feed.endless
+
+
+class Publisher:
+    """Write what a :class:`LiveFeed` publishes to its subscribers, on a timer."""
+
+    def __init__(
+        self, feed: LiveFeed, stats: ServerStats, max_lag: float = DEFAULT_MAX_LAG
+    ) -> None:
+        if not max_lag > 0:
+            raise ValueError(f"max_lag must be above 0 seconds, not {max_lag}")
+        self.feed = feed
+        self.max_lag = max_lag
+        #: Unsent bytes past which a subscriber is disconnected.
+        self.bound = max(MIN_LAG_BYTES, int(feed.rate * max_lag) * PACKET_SIZE)
+        self._stats = stats
+        self._subscriptions: set[Subscription] = set()
+        self._timer: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, subscription: Subscription) -> None:
+        """Follow ``subscription`` from its next row; wake at once to write its catch-up."""
+        self._subscriptions.add(subscription)
+        if self._timer is None:
+            self._loop = asyncio.get_running_loop()
+            self._timer = self._loop.call_soon(self._tick)
+
+    def discard(self, subscription: Subscription) -> None:
+        """Stop following ``subscription``."""
+        self._subscriptions.discard(subscription)
+
+    def stop(self) -> None:
+        """Stop the timer and let every subscription end."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for subscription in list(self._subscriptions):
+            subscription.end()
+        self._subscriptions.clear()
+
+    def _tick(self) -> None:
+        self._timer = None
+        feed = self.feed
+        published = feed.published_rows()
+        shared: dict[int, memoryview] = {}
+        for subscription in list(self._subscriptions):
+            if subscription.writer.transport.is_closing():
+                # The subscriber went away: its conversation logs it as it ends.
+                self._subscriptions.discard(subscription)
+                subscription.end()
+                continue
+            lo = subscription.next
+            if lo < published:
+                rows = shared.get(lo)
+                if rows is None:
+                    # Subscribers at one row (all but the newest, usually) share the bytes.
+                    rows = shared[lo] = feed.rows(lo, published)
+                unsent = subscription.send(published, rows)
+                if unsent > self.bound:
+                    self._too_slow(subscription, unsent)
+                    continue
+            if published >= feed.total and subscription.next >= feed.total:
+                self._subscriptions.discard(subscription)
+                subscription.end()
+        if not self._subscriptions or self._loop is None:
+            return
+        now = time.monotonic()
+        delay = max(TICK, feed.due(published) - now) if published < feed.total else TICK
+        self._timer = self._loop.call_later(delay, self._tick)
+
+    def _too_slow(self, subscription: Subscription, unsent: int) -> None:
+        self._subscriptions.discard(subscription)
+        self._stats.slow_disconnects += 1
+        log.warning(
+            "disconnected %s: too slow, %d bytes unsent (more than --max-lag %gs of packets, "
+            "%d bytes), at sequence %d",
+            subscription.peer, unsent, self.max_lag, self.bound,
+            self.feed.first + subscription.next - 1,
+        )  # fmt: skip
+        subscription.writer.transport.abort()
+        subscription.end()
