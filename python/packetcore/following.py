@@ -49,7 +49,7 @@ log = logging.getLogger("packetcore.follow")
 POLL = 0.02
 #: How long the subscription must have been quiet before a hello for a tail loss to be
 #: taken as such (the server writes to subscribers every few milliseconds).
-TAIL_QUIET = 0.02
+TAIL_QUIET = 0.05
 #: Packets handed on and not yet consumed (the API's queue) beyond which reading stops,
 #: so that a slow consumer holds the connections back rather than memory growing.
 QUEUE_LIMIT = 1 << 20
