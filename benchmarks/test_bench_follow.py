@@ -131,7 +131,7 @@ def test_highest_rate_a_follow_keeps_up_with(benchmark: Any) -> None:
     def search() -> None:
         for rate in RATES:
             until = int(rate * SECONDS_EACH)
-            seconds, count, in_order, stats = _run(rate, until, 0.05)
+            seconds, _, in_order, stats = _run(rate, until, 0.05)
             figures = {
                 "seconds": round(seconds, 2),
                 "in_order_and_complete": in_order,
