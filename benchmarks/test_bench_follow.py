@@ -68,9 +68,7 @@ def _follow(port: int, until: int) -> tuple[float, int, bool, FollowStats]:
         async with follow("127.0.0.1", port, until=until) as feed:
             async for batch in feed:
                 sequence = batch.sequence
-                if int(sequence[0]) != previous + 1 or not bool(
-                    np.all(np.diff(sequence) == 1)
-                ):
+                if int(sequence[0]) != previous + 1 or not bool(np.all(np.diff(sequence) == 1)):
                     in_order = False
                 previous = int(sequence[-1])
                 count += len(batch)
