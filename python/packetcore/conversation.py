@@ -275,16 +275,20 @@ class Conversation:
             self._index, self._loss, number, start, self._writer, self._count, self.peer
         )
         log.info("subscription %d from sequence %d: %s", number, start, self.peer)
-        # Backlog first, paced by the reader (a finished feed is all backlog).
-        await subscription.backlog(self._write)
         publisher = self._publisher
-        if publisher is None or subscription.next >= publisher.feed.total:
-            return
-        publisher.add(subscription)
         try:
+            # Backlog first, paced by the reader (a finished feed is all backlog).
+            await subscription.backlog(self._write)
+            if publisher is None or subscription.next >= publisher.feed.total:
+                return
+            publisher.add(subscription)
             await subscription.done
+        except asyncio.CancelledError:
+            subscription.reset()  # the server stops: never an end of file, "the feed ended"
+            raise
         finally:
-            publisher.discard(subscription)
+            if publisher is not None:
+                publisher.discard(subscription)
 
     def _resend(self, sequence: int, out: bytearray) -> None:
         index = self._index

@@ -20,8 +20,11 @@ subscriber whose unsent bytes pass its bound is disconnected, and the others nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -51,7 +54,9 @@ TICK = 0.002
 #: Seconds of packets a subscriber may fall behind before it is disconnected.
 DEFAULT_MAX_LAG = 2.0
 #: The smallest bound on a subscriber's unsent bytes, whatever the rate.
-MIN_LAG_BYTES = 4 << 20
+MIN_LAG_BYTES = 1 << 20
+#: A subscriber catching up hands over to the publisher with fewer packets than this left.
+_CATCH_UP = 4096
 #: Synthetic blocks kept in memory (about 1.1 MB each); older ones are generated again.
 _CACHED_BLOCKS = 8
 # The spawn key of a synthetic feed's blocks; the loss model's kinds are 0..2.
@@ -61,6 +66,7 @@ _WIRE = np.dtype(
     [("symbol", "S4"), ("side", "S1"), ("quantity", ">i4"), ("price", ">i4"), ("sequence", ">i4")]
 )
 assert _WIRE.itemsize == PACKET_SIZE
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _SYMBOL_ARRAY = np.array(SYMBOLS, dtype="S4")
 _SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
 
@@ -289,14 +295,14 @@ class Subscription:
     async def backlog(self, write: Callable[[bytes | memoryview], Awaitable[None]]) -> None:
         """Write what is published already, a block at a time, waiting for each to drain.
 
-        Returns with less than a block left to catch up (the publisher writes it).
+        Returns with a few packets left to catch up, if any (the publisher writes them).
         """
         feed = self.feed
         while True:
             published = feed.count
             left = published - self.next
             # A feed still publishing: the last bit is the publisher's, in its next batch.
-            if left <= 0 or (left < BLOCK and isinstance(feed, LiveFeed) and not feed.ended):
+            if left <= 0 or (left < _CATCH_UP and isinstance(feed, LiveFeed) and not feed.ended):
                 return
             hi = min(published, self.next + BLOCK)
             lo = self.next
@@ -321,6 +327,18 @@ class Subscription:
         """Let the subscriber's conversation go on to close the connection."""
         if not self.done.done():
             self.done.set_result(None)
+
+    def reset(self) -> None:
+        """Cut the connection with a reset and end: never an end of file, which says the
+        feed ended."""
+        transport = self.writer.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # Linger 0: close() resets instead of sending what is queued and a FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+        self.end()
 
 
 def _total(feed: LiveFeed | WireIndex) -> int:
@@ -365,7 +383,8 @@ class Publisher:
             self._timer.cancel()
             self._timer = None
         for subscription in list(self._subscriptions):
-            subscription.end()
+            # The server stops, the feed does not end: the subscriber must reconnect.
+            subscription.reset()
         self._subscriptions.clear()
 
     def _tick(self) -> None:
@@ -407,5 +426,4 @@ class Publisher:
             subscription.peer, unsent, self.max_lag, self.bound,
             self.feed.first + subscription.next - 1,
         )  # fmt: skip
-        subscription.writer.transport.abort()
-        subscription.end()
+        subscription.reset()

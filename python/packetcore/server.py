@@ -43,7 +43,7 @@ class Server:
     drawn from ``seed``; ``until`` is the last sequence published.  A
     :class:`~packetcore.live.LiveFeed` given as ``feed`` is served as it is, its clock
     shared (the workers of one port).  A subscriber more than ``max_lag`` seconds of
-    packets behind (at least 4 MiB unsent) is disconnected.
+    packets behind (at least 1 MiB unsent) is disconnected.
     """
 
     def __init__(

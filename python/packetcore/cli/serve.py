@@ -141,7 +141,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-lag", type=_lag, default=DEFAULT_MAX_LAG, metavar="SECONDS",
         help="with --live: disconnect a subscriber that falls this many seconds of "
-        "packets behind (at least 4 MiB unsent; default: %(default)s)",
+        "packets behind (at least 1 MiB unsent; default: %(default)s)",
     )  # fmt: skip
     parser.set_defaults(feed=None)  # --live without --feed: the endless synthetic feed
     add_verbosity(parser)

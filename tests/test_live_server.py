@@ -1,0 +1,362 @@
+"""The live server over real loopback sockets: the clock, subscriptions, base clients, CLI."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from packetcore.cli.serve import main as serve_main
+from packetcore.feeds import MappedFeed, book, open_feed, synthetic
+from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed
+from packetcore.loss import LossModel
+from packetcore.protocol import (
+    FeedInfo,
+    decode_info,
+    hello_request,
+    range_request,
+    resend_request,
+    stream_all_request,
+    subscribe_request,
+)
+from packetcore.server import Server
+from serverutil import PACKET, ServeProcess, connect, exchange, recv_all, recv_exact, wait_until
+
+from packetcore import Packets, decode, encode
+
+
+def live_server(
+    rate: float,
+    feed: Packets | MappedFeed | None = None,
+    *,
+    drop: float = 0.0,
+    seed: int = 5,
+    until: int | None = None,
+    max_lag: float = DEFAULT_MAX_LAG,
+    idle_timeout: float = 30.0,
+) -> Server:
+    """Return a live server on a free loopback port (not started)."""
+    return Server(
+        feed, host="127.0.0.1", port=0, live=rate, drop=drop, seed=seed, until=until,
+        max_lag=max_lag, idle_timeout=idle_timeout,
+    )  # fmt: skip
+
+
+def hello(server: Server | ServeProcess) -> FeedInfo:
+    """Return the server's answer to a hello on a fresh connection."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(hello_request())
+        return decode_info(recv_exact(sock, 16))
+
+
+def subscribe(server: Server, start: int) -> socket.socket:
+    """Return a connection that subscribed from ``start``."""
+    sock = connect(server)
+    sock.sendall(subscribe_request(start))
+    return sock
+
+
+def read_sequences(sock: socket.socket, until: int) -> bytes:
+    """Read whole packets until one with sequence ``until`` or above has arrived."""
+    data = bytearray()
+    while True:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            pytest.fail(f"the subscription closed after {len(data) // PACKET} packets")
+        data += chunk
+        whole = len(data) // PACKET * PACKET
+        if whole and int.from_bytes(data[whole - 4 : whole], "big") >= until:
+            return bytes(data[:whole])
+
+
+# -- the clock -------------------------------------------------------------------------------
+
+
+def test_publication_is_a_function_of_the_clock() -> None:
+    feed = LiveFeed(1000.0, until=50)
+    assert feed.info == FeedInfo(1, 0)  # not started: nothing published, last = first - 1
+    feed.start(t0=100.0)
+    assert feed.published_rows(99.0) == 0
+    assert feed.published_rows(100.0) == 1  # the first packet at t0
+    assert feed.published_rows(100.0095) == 10
+    assert feed.published_rows(100.010) == 11
+    assert feed.published_rows(500.0) == 50  # until
+    assert feed.due(10) == pytest.approx(100.010)
+    twin = LiveFeed(1000.0, until=50)
+    twin.start(t0=100.0)  # another process with the same t0 publishes alike
+    assert [twin.published_rows(100 + k / 7000) for k in range(400)] == [
+        feed.published_rows(100 + k / 7000) for k in range(400)
+    ]
+
+
+def test_synthetic_blocks_are_regenerated_identically() -> None:
+    feed = LiveFeed(1.0, seed=11)
+    first = bytes(feed.rows(BLOCK - 5, BLOCK + 5))  # across two blocks
+    for number in range(2, 12):  # evict them from the cache
+        feed.rows(number * BLOCK, number * BLOCK + 1)
+    assert bytes(feed.rows(BLOCK - 5, BLOCK + 5)) == first
+    assert bytes(LiveFeed(9.0, seed=11).rows(BLOCK - 5, BLOCK + 5)) == first
+    assert bytes(LiveFeed(1.0, seed=12).rows(BLOCK - 5, BLOCK + 5)) != first
+    packets = decode(first)
+    assert packets.sequence.tolist() == list(range(BLOCK - 4, BLOCK + 6))
+    assert set(packets.buysellindicator.tolist()) <= {b"B", b"S"}
+    assert encode(packets) == first
+
+
+def test_bad_live_arguments() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        LiveFeed(0.0)
+    with pytest.raises(ValueError, match="until"):
+        Server(book(), live=10.0, until=0)
+    with pytest.raises(ValueError, match="until needs a live feed"):
+        Server(book(), until=5)
+    with pytest.raises(ValueError, match="live must be"):
+        Server(book(), live=-1.0)
+    assert Server(book(), live=0.0).live is None  # 0: today's finished feed
+
+
+# -- hello and subscriptions -----------------------------------------------------------------
+
+
+def test_hello_last_grows_with_time() -> None:
+    with live_server(2000.0) as server:
+        first = hello(server)
+        assert first.first == 1 and first.last >= 0
+        wait_until(lambda: server.published >= first.last + 20)
+        later = hello(server)
+        assert later.last >= first.last + 20
+        assert later.last <= server.published
+
+
+def test_subscription_gets_every_packet_in_order_and_closes_at_until() -> None:
+    with live_server(50_000.0, until=6000) as server:
+        with subscribe(server, 1) as sock:
+            data = recv_all(sock)  # EOF after the final packet: the feed ended
+        assert data == bytes(server.index.rows(0, 6000))
+        assert server.published == 6000
+        wait_until(lambda: server.stats.active == 0)
+        assert server.stats.subscriptions == 1
+        assert server.stats.packets_sent == 6000
+
+
+def test_subscription_drops_the_seeded_pattern() -> None:
+    count = 9000
+    with live_server(60_000.0, until=count, drop=0.3, seed=21) as server:
+        received = [decode(exchange(server, subscribe_request(1))).sequence for _ in range(2)]
+        wire = bytes(server.index.rows(0, count))
+    patterns = []
+    for number, sequences in enumerate(received):
+        rng = LossModel(0.3, seed=21).subscription_rng(number)
+        assert rng is not None
+        keep = LossModel.keep_mask(rng, count, 0.3)
+        assert sequences.tolist() == (np.flatnonzero(keep) + 1).tolist()
+        patterns.append(keep)
+    assert not np.array_equal(patterns[0], patterns[1])  # each subscription its own
+    assert 0.25 < 1 - patterns[0].mean() < 0.35
+    # A later subscription drops what an earlier one from sequence 1 would have there.
+    with live_server(60_000.0, until=count, drop=0.3, seed=21) as server:
+        late = decode(exchange(server, subscribe_request(5000))).sequence
+    assert late.tolist() == [s for s in (np.flatnonzero(patterns[0]) + 1).tolist() if s >= 5000]
+    assert wire  # the bytes: checked in the resend test
+
+
+def test_subscription_from_a_published_sequence_gets_the_backlog_then_follows() -> None:
+    with live_server(5000.0) as server:
+        wait_until(lambda: server.published >= 600)
+        published = server.published
+        with subscribe(server, 100) as sock:
+            data = read_sequences(sock, published + 200)
+        sequences = decode(data).sequence
+        assert sequences[0] == 100
+        assert np.array_equal(sequences, np.arange(100, 100 + len(sequences)))
+        assert data == bytes(server.index.rows(99, 99 + len(sequences)))
+
+
+def test_subscription_from_a_future_sequence_waits_for_it() -> None:
+    with live_server(3000.0) as server:
+        start = server.published + 300
+        with subscribe(server, start) as sock:
+            data = read_sequences(sock, start + 50)
+        assert decode(data).sequence[0] == start
+        assert server.published >= start + 50
+
+
+def test_replay_of_a_mapped_file_ends_after_its_last_packet(tmp_path: Path) -> None:
+    path = tmp_path / "feed.bin"
+    wire = encode(synthetic(3000, seed=4))
+    path.write_bytes(wire)
+    feed = open_feed(str(path))
+    with live_server(40_000.0, feed=feed) as server:
+        assert server.index.mapped
+        with subscribe(server, 1) as sock:
+            assert recv_all(sock) == wire
+        assert server.published == 3000
+        # Subscribing after the end: the backlog, then the close.
+        assert exchange(server, subscribe_request(2990)) == wire[2989 * PACKET :]
+        assert exchange(server, subscribe_request(5000)) == b""
+
+
+def test_replay_of_the_book_with_until() -> None:
+    with live_server(500.0, feed=book(), until=9) as server:
+        assert decode(exchange(server, subscribe_request(1))).sequence.tolist() == list(
+            range(1, 10)
+        )
+        assert hello(server) == FeedInfo(1, 9)
+
+
+def test_subscribe_on_a_finished_feed_sends_it_and_closes() -> None:
+    with Server(book(), host="127.0.0.1", port=0, drop=0.0) as server:
+        assert exchange(server, subscribe_request(3)) == encode(book())[2 * PACKET :]
+
+
+# -- base clients on a live server -----------------------------------------------------------
+
+
+def test_stream_all_sends_what_is_published_and_closes() -> None:
+    with live_server(4000.0) as server:
+        wait_until(lambda: server.published >= 200)
+        before = server.published
+        data = exchange(server, stream_all_request())
+        after = server.published
+        sequences = decode(data).sequence
+        assert before <= len(sequences) <= after
+        assert np.array_equal(sequences, np.arange(1, len(sequences) + 1))
+
+
+def test_resends_answer_published_packets_only() -> None:
+    with live_server(20.0, feed=synthetic(300, seed=2)) as server:
+        wait_until(lambda: server.published >= 3)
+        assert server.published < 200
+        # 200 is not published yet: answered as a sequence the feed lacks (nothing).
+        data = exchange(server, resend_request(200) + resend_request(2) + range_request(1, 250))
+        sequences = decode(data).sequence.tolist()
+        assert sequences[0] == 2
+        assert sequences[1:] == list(range(1, len(sequences)))
+        assert len(sequences) - 1 <= server.published < 200
+        assert server.stats.bad_requests == 1
+
+
+def test_resends_match_the_subscription_byte_for_byte() -> None:
+    count = 4000
+    with live_server(40_000.0, until=count, drop=0.5, seed=3) as server:
+        streamed = exchange(server, subscribe_request(1))
+        resent = exchange(server, range_request(1, count))
+        single = exchange(server, b"".join(resend_request(s) for s in (1, 17, 255)))
+    kept = decode(streamed).sequence - 1
+    rows = np.frombuffer(resent, dtype=np.uint8).reshape(count, PACKET)
+    assert streamed == rows[kept].tobytes()
+    assert single == rows[[0, 16, 254]].tobytes()
+
+
+# -- pacing and slow subscribers -------------------------------------------------------------
+
+
+def test_a_slow_subscriber_is_disconnected_while_another_keeps_up() -> None:
+    rate, count = 400_000.0, 600_000
+    with live_server(rate, until=count, max_lag=0.05) as server:
+        slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        slow.connect(("127.0.0.1", server.port))
+        slow.sendall(subscribe_request(1))  # and never reads
+        started = time.monotonic()
+        with subscribe(server, 1) as fast:
+            view = memoryview(bytearray(1 << 20))
+            total = 0
+            disconnected_at = None
+            while n := fast.recv_into(view):
+                total += n
+                if disconnected_at is None and server.stats.slow_disconnects:
+                    disconnected_at = total // PACKET
+        elapsed = time.monotonic() - started
+        assert server.stats.slow_disconnects == 1
+        assert disconnected_at is not None and disconnected_at < count
+        assert total == count * PACKET  # the fast one got all, closed at the end
+        # Paced by the clock, not by the slow reader: about count / rate seconds.
+        assert elapsed < count / rate + 1.0
+        # The slow one was cut off with a reset, never an end of file ("the feed ended").
+        with pytest.raises(ConnectionResetError):
+            while slow.recv(1 << 16):
+                pass
+        slow.close()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--live", "-1"], "--live: -1 is not a rate of 0 or more"),
+        (["--live", "fast"], "--live: 'fast' is not a number"),
+        (["--until", "0", "--live", "5"], "--until: 0 is not 1 or more"),
+        (["--until", "5"], "--until needs --live RATE"),
+        (["--until", "5", "--live", "0"], "--until needs --live RATE"),
+        (["--max-lag", "0", "--live", "5"], "--max-lag: 0 is not a number of seconds above 0"),
+    ],
+)
+def test_bad_live_options_are_one_line_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code([*args, "--port", "0", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_until_below_a_replayed_feed_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "late.bin"
+    path.write_bytes(encode(synthetic(10, seed=1))[5 * PACKET :])  # sequences 6..10
+    assert serve_main(["--feed", str(path), "--live", "5", "--until", "3", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "packetcore-serve: error: --until: until must be 6 or above (the first), not 3"
+
+
+def exit_code(argv: list[str]) -> int:
+    """Run ``packetcore-serve`` with ``argv``; return its status, argparse's exit included."""
+    try:
+        return serve_main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def test_cli_live_workers_publish_alike() -> None:
+    with ServeProcess("--live", "2000", "--seed", "9", "--workers", "2", "--drop", "0") as server:
+        announced = "".join(server.log)
+        assert "live at 2000 packets/s (endless synthetic feed)" in announced
+        lasts = [hello(server).last for _ in range(4)]
+        assert lasts == sorted(lasts)
+        wait_until(lambda: hello(server).last >= 50)
+        answers = set()
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(range_request(1, 50))
+                answers.add(recv_exact(sock, 50 * PACKET))
+        assert len(answers) == 1  # whichever worker answered, the same packets
+        assert answers == {bytes(LiveFeed(1.0, seed=9).rows(0, 50))}
+
+
+def test_stopping_the_server_resets_subscribers_rather_than_ending_the_feed() -> None:
+    server = live_server(1000.0).start()
+    try:
+        sock = subscribe(server, 1)
+        read_sequences(sock, 3)
+    finally:
+        server.stop()
+    with sock, pytest.raises(ConnectionResetError):
+        while sock.recv(1 << 16):
+            pass
+
+
+def test_a_subscriber_is_never_timed_out_for_idling() -> None:
+    with live_server(50.0, idle_timeout=0.15) as server:
+        # It sends nothing after its request, and waits longer than the idle timeout
+        # for its first packet.
+        start = server.published + 15
+        with subscribe(server, start) as sock:
+            data = read_sequences(sock, start + 10)
+        assert decode(data).sequence.tolist() == list(range(start, start + 11))
+        assert server.stats.timeouts == 0
