@@ -161,6 +161,11 @@ class _FollowSession(Session):
         # store's extent is the follow's (start..until), decided once at the start.
         self._on_info(info)
 
+    def forget(self, link: Link) -> None:
+        """Drop a connection that ended from the ones to close (a follow makes many)."""
+        with contextlib.suppress(ValueError):
+            self.links.remove(link)
+
     def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
         # Repair answers come in the order the gaps were asked, not the feed's, and a
         # resubscription starts lower than the last one ended: the first copy held is
@@ -308,28 +313,34 @@ class _Follower:
     async def run(self, stopped: asyncio.Future[str] | None = None) -> FollowStats:
         """Follow until the end, ``until``, or ``stopped`` completes (with a reason)."""
         session = self.session
-        tasks: list[asyncio.Future[Any]] = []
+        tasks: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._start()),
+            asyncio.ensure_future(self._done.wait()),
+        ]
         try:
-            repair = await self._open_repair(first=True)
-            tasks = [
-                asyncio.ensure_future(self._subscribe()),
-                asyncio.ensure_future(self._repair_loop(repair)),
-            ]
-            waits: set[asyncio.Future[Any]] = {*tasks, asyncio.ensure_future(self._done.wait())}
-            if stopped is not None:
-                waits.add(stopped)
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                if task in done:
-                    task.result()  # FetchError and the like propagate
-            if stopped is not None and stopped in done and not self._done.is_set():
-                self._finish(stopped.result())
+            while True:
+                waits: set[asyncio.Future[Any]] = set(tasks)
+                if stopped is not None:
+                    waits.add(stopped)  # heeded while connecting too
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    if task in done:
+                        task.result()  # FetchError and the like propagate
+                if stopped is not None and stopped in done:
+                    self._finish(stopped.result())
+                if self._done.is_set():
+                    break
+                if tasks[0] in done:  # connected: now the two connections run
+                    repair = tasks.pop(0).result()
+                    tasks += [
+                        asyncio.ensure_future(self._subscribe()),
+                        asyncio.ensure_future(self._repair_loop(repair)),
+                    ]
         finally:
             self._finish(self.stats.reason or "stopped")
             for task in tasks:
                 task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
+            await asyncio.wait(tasks)
             session.close_all()
             # Everything contiguous goes out, even past an output that is behind.
             session.flowing = lambda: True
@@ -339,6 +350,9 @@ class _Follower:
             self.stats.duplicates = self.store.duplicates
             self.stats.seconds = time.perf_counter() - self._started
         return self.stats
+
+    async def _start(self) -> Link:
+        return await self._open_repair(first=True)
 
     async def _open_repair(self, *, first: bool = False) -> Link:
         """Open the repair connection, send a hello; ask again for everything missing."""
@@ -393,6 +407,7 @@ class _Follower:
             state = await self._watch(link)
             got = self._sub_packets - before
             link.abort()
+            self.session.forget(link)
             if self._done.is_set():
                 return
             info = link.infos[0] if link.infos else None
@@ -471,6 +486,7 @@ class _Follower:
                 await asyncio.sleep(POLL)
                 continue
             link.abort()
+            self.session.forget(link)
             failures += 1
             if failures > options.retries:
                 raise FetchError(
