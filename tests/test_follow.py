@@ -454,3 +454,17 @@ def test_cli_follow_resumes_from_a_sequence(tmp_path: Path) -> None:
     got = packetcore.read(target)
     assert encode(got) == encode(expected)
     assert "501 packets in order (last 2000)" in err and "the feed ended" in err
+
+
+def test_cli_follow_to_stdout_shows_records_while_it_runs() -> None:
+    with LiveStub(10_000, published=300, ended=False) as stub:
+        process = _fetch("--port", str(stub.port), "--follow", "-o", "-", "--format", "ndjson")
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(300)]  # while the follow runs
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        rest, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, err
+    sequences = [json.loads(line)["packetSequence"] for line in lines + rest.splitlines()]
+    assert sequences == list(range(1, 301))
+    assert "stopped by SIGINT" in err
