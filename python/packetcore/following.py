@@ -98,7 +98,8 @@ class FollowStats:
     latency is the time from a gap seen to its last packet held.  ``published`` is the
     highest sequence the server said it had published, ``lag`` how many packets the
     follow was behind it at the latest hello (``max_lag`` the most).  ``reconnects``
-    counts subscriptions replaced; ``reason`` says why the follow stopped.
+    counts subscriptions replaced after a failure (reset, cut, silent; not the one that
+    confirms a clean end of file); ``reason`` says why the follow stopped.
     """
 
     packets: int = 0
@@ -386,14 +387,13 @@ class _Follower:
         """Keep a subscription open from the first sequence not yet received or asked for."""
         options = self.options
         failures = 0
-        opened = 0
+        failed = False  # whether the last subscription ended otherwise than cleanly
         while not self._done.is_set():
             link = await self.session.open_link(sink=self._on_stream)
             if self._done.is_set():
                 link.abort()
                 return
-            opened += 1
-            if opened > 1:
+            if failed:
                 self.stats.reconnects += 1
             self._sub = link
             if self._paused and link.transport is not None:
@@ -414,15 +414,14 @@ class _Follower:
             if state == "lost" and link.clean_end and not got and info and info.last < start:
                 # Subscribed beyond the last sequence published and closed at once: the
                 # feed has ended; its last packets may still be on the repair connection.
-                if opened > 1:
-                    self.stats.reconnects -= 1  # that one only confirmed the end
                 self._end = info.last
                 log.debug("the feed ended at %d", info.last)
                 self._advance()
                 await self._done.wait()
                 return
             log.debug("subscription from %d ended (%s, %d packets)", start, state, got)
-            if state == "lost" and link.clean_end and info is not None:
+            failed = not (state == "lost" and link.clean_end)
+            if not failed and info is not None:
                 # A clean end says the feed ended: what it published and this
                 # subscription did not bring (its loss simulation) is asked for now, and the
                 # next subscription, from beyond it, confirms the end.
