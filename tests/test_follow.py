@@ -61,7 +61,8 @@ class LiveStub:
         self.subscriptions: list[int] = []
         self.ranges = 0
         self.lock = threading.Lock()
-        #: Set once a subscription was written sequence 800 or beyond.
+        #: Set once a subscription was written sequence ``mark`` or beyond.
+        self.mark = 800
         self.sent = threading.Event()
         self.server = RawServer(self.serve)
 
@@ -114,12 +115,14 @@ class LiveStub:
                     return
                 conn.sendall(chunk)
                 sent += len(chunk)
-                if top >= 800:
+                if top >= self.mark:
                     self.sent.set()
             elif self.ended and top >= self.total:
                 return  # the feed's final packet written: end of file
             else:
                 time.sleep(0.002)
+        # A server that stops resets its subscriptions: end of file would say the feed ended.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
 
 
 def collect(port: int, **options: object) -> tuple[Packets, FollowStats]:
@@ -468,3 +471,21 @@ def test_cli_follow_to_stdout_shows_records_while_it_runs() -> None:
     sequences = [json.loads(line)["packetSequence"] for line in lines + rest.splitlines()]
     assert sequences == list(range(1, 301))
     assert "stopped by SIGINT" in err
+
+
+def test_cli_follow_that_fails_saves_what_it_wrote_as_partial(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    stub = LiveStub(1000, published=100, ended=False)
+    stub.mark = 100
+    with stub:
+        process = _fetch("--port", str(stub.port), "--follow", "--retries", "1",
+                         "--backoff", "0", "-q", "-o", str(target))  # fmt: skip
+        stub.sent.wait(TIMEOUT)
+    # The server is gone: the subscription ends and cannot be opened again.
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1, err
+    assert err.strip().count("\n") == 0 and ".partial" in err
+    assert not target.exists()
+    got = packetcore.read(tmp_path / "out.json.partial")
+    assert 0 < len(got) <= 100
+    assert got.sequence.tolist() == list(range(1, len(got) + 1))

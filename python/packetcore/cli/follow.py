@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import UserError
+from . import Terminated, UserError
 
 if TYPE_CHECKING:
     from ..following import FollowStats
@@ -69,7 +69,8 @@ def follow_into(
         where = out.close(failure is None)
     except (_Interrupted, KeyboardInterrupt) as exc:
         out.abort()
-        signum = getattr(exc, "signum", signal.SIGINT)
+        default = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        signum = getattr(exc, "signum", default)
         name = signal.Signals(signum).name
         fate = "stdout has what was written" if output == "-" else f"{output} left as it was"
         raise UserError(f"interrupted by {name} while finishing; {fate}", 128 + signum) from None
