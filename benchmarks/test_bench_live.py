@@ -35,16 +35,15 @@ LADDER = (250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000, 16_000_0
 TARGET = 1_000_000
 SEED = 12
 
-# Reads "port request-hex" lines; for each, connects, sends, reads to EOF (or reset),
-# prints "bytes seconds last-sequence".
+# Reads "port request-hex k" lines; for each, k threads connect, send, read to EOF (or
+# a reset); prints "bytes seconds last-sequence" of each, on one line, space-separated.
 READER = """
-import socket, sys, time
-view = memoryview(bytearray(1 << 22))
-for line in sys.stdin:
-    port, request = line.split()
-    sock = socket.create_connection(("127.0.0.1", int(port)))
+import socket, sys, threading, time
+def one(port, request, out):
+    view = memoryview(bytearray(1 << 22))
+    sock = socket.create_connection(("127.0.0.1", port))
     start = time.perf_counter()
-    sock.sendall(bytes.fromhex(request))
+    sock.sendall(request)
     total, tail = 0, b""
     try:
         while n := sock.recv_into(view):
@@ -55,7 +54,17 @@ for line in sys.stdin:
     seconds = time.perf_counter() - start
     sock.close()
     last = int.from_bytes(tail[13:17], "big") if len(tail) == 17 and total % 17 == 0 else -1
-    print(total, seconds, last, flush=True)
+    out.append(f"{total} {seconds} {last}")
+for line in sys.stdin:
+    port, request, k = line.split()
+    out = []
+    threads = [threading.Thread(target=one, args=(int(port), bytes.fromhex(request), out))
+               for _ in range(int(k))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(" ".join(out), flush=True)
 """
 
 
@@ -88,12 +97,16 @@ class Reader:
             [sys.executable, "-c", READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
 
-    def read(self, port: int, request: bytes) -> tuple[int, float, int]:
+    def read(self, port: int, request: bytes, k: int = 1) -> list[tuple[int, float, int]]:
+        """Return (bytes, seconds, last sequence) of each of ``k`` connections at once."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(f"{port} {request.hex()}\n")
+        self.process.stdin.write(f"{port} {request.hex()} {k}\n")
         self.process.stdin.flush()
-        size, seconds, last = self.process.stdout.readline().split()
-        return int(size), float(seconds), int(last)
+        fields = self.process.stdout.readline().split()
+        return [
+            (int(fields[i]), float(fields[i + 1]), int(fields[i + 2]))
+            for i in range(0, len(fields), 3)
+        ]
 
     def close(self) -> None:
         assert self.process.stdin is not None
@@ -109,13 +122,17 @@ def reader() -> Iterator[Reader]:
 
 
 class LiveProcess:
-    """``packetcore-serve --live RATE --until N`` on a free loopback port."""
+    """``packetcore-serve --live RATE --until N`` on a free loopback port.
+
+    ``--keep-last``: the final packet always arrives, so its sequence tells a subscriber
+    that was cut off from one that got the whole feed.
+    """
 
     def __init__(self, rate: int, count: int, drop: float) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "packetcore", "serve", "--host", "127.0.0.1", "--port", "0",
              "--live", str(rate), "--until", str(count), "--drop", str(drop),
-             "--seed", str(SEED), "-q"],
+             "--seed", str(SEED), "--keep-last", "-q"],
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.process.stderr is not None
@@ -132,15 +149,20 @@ class LiveProcess:
         self.process.wait(timeout=30)
 
 
-def subscribe_run(reader: Reader, rate: int, drop: float = 0.0) -> Run:
-    """Start a live server at ``rate``, subscribe from 1 to the end; return the run."""
+def subscribe_runs(reader: Reader, rate: int, drop: float = 0.0, k: int = 1) -> list[Run]:
+    """Start a live server at ``rate``; ``k`` subscribers from 1 to the end; their runs."""
     count = int(rate * SECONDS)
     server = LiveProcess(rate, count, drop)
     try:
-        size, seconds, last = reader.read(server.port, subscribe_request(1))
+        answers = reader.read(server.port, subscribe_request(1), k)
     finally:
         server.close()
-    return Run(rate, count, size // 17, seconds, last)
+    return [Run(rate, count, size // 17, seconds, last) for size, seconds, last in answers]
+
+
+def subscribe_run(reader: Reader, rate: int, drop: float = 0.0) -> Run:
+    """Start a live server at ``rate``, subscribe from 1 to the end; return the run."""
+    return subscribe_runs(reader, rate, drop)[0]
 
 
 def test_bench_live_subscriber_at_1m_packets_per_second(
@@ -208,8 +230,30 @@ def raw_socket_packets_per_second(reader: Reader) -> float:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    size, seconds, _ = reader.read(listener.getsockname()[1], subscribe_request(1))
+    [(size, seconds, _)] = reader.read(listener.getsockname()[1], subscribe_request(1))
     thread.join(30)
     listener.close()
     assert size == len(payload)
     return count / seconds
+
+
+@pytest.mark.parametrize("subscribers", [8, 32])
+def test_bench_live_many_subscribers_at_1m(
+    benchmark: BenchmarkFixture, reader: Reader, subscribers: int
+) -> None:
+    runs: list[Run] = []
+    benchmark.group = "live subscribers"
+    benchmark.pedantic(
+        lambda: runs.extend(subscribe_runs(reader, TARGET, 0.05, subscribers)),
+        rounds=1, iterations=1,
+    )  # fmt: skip
+    kept = sum(run.kept_up for run in runs)
+    worst = max(run.end_lag_ms for run in runs)
+    complete = sum(run.last == run.count for run in runs)
+    print(
+        f"\n{subscribers} subscribers at {TARGET:,} packets/s, drop 0.05: {complete} got "
+        f"every packet, {kept} kept up (within {SLACK * 1000:.0f} ms), worst end lag "
+        f"{worst:.0f} ms; reader threads share one process and the 2 cores"
+    )
+    benchmark.extra_info.update(complete=complete, kept_up=kept, worst_end_lag_ms=round(worst))
+    assert complete == subscribers  # nobody disconnected, nothing lost but the drops

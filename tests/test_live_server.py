@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from packetcore.cli.serve import main as serve_main
 from packetcore.feeds import MappedFeed, book, open_feed, synthetic
-from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed
+from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Subscription
 from packetcore.loss import LossModel
 from packetcore.protocol import (
     FeedInfo,
@@ -24,6 +24,7 @@ from packetcore.protocol import (
 from packetcore.server import Server
 from serverutil import PACKET, ServeProcess, connect, exchange, recv_all, recv_exact, wait_until
 
+import packetcore
 from packetcore import Packets, decode, encode
 
 
@@ -271,6 +272,7 @@ def test_a_slow_subscriber_is_disconnected_while_another_keeps_up() -> None:
                     disconnected_at = total // PACKET
         elapsed = time.monotonic() - started
         assert server.stats.slow_disconnects == 1
+        assert server.stats.summary().endswith(", 2 subscriptions (1 too slow)")
         assert disconnected_at is not None and disconnected_at < count
         assert total == count * PACKET  # the fast one got all, closed at the end
         # Paced by the clock, not by the slow reader: about count / rate seconds.
@@ -360,3 +362,52 @@ def test_a_subscriber_is_never_timed_out_for_idling() -> None:
             data = read_sequences(sock, start + 10)
         assert decode(data).sequence.tolist() == list(range(start, start + 11))
         assert server.stats.timeouts == 0
+
+
+@pytest.mark.parametrize("protocol", ["extended", "base"])
+def test_a_fetch_against_a_live_server_gets_what_was_published(protocol: str) -> None:
+    # The book replayed: a base client can name its sequences (up to 127).
+    with live_server(400.0, feed=book(), drop=0.25, seed=8) as server:
+        wait_until(lambda: server.published >= 6)
+        before = server.published
+        result = packetcore.fetch("127.0.0.1", server.port, protocol=protocol, timeout=2.0)
+        assert result.complete
+        sequences = result.packets.sequence.tolist()
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert before <= len(sequences) <= server.published
+        assert result.packets == book()[: len(sequences)]
+
+
+def test_drop_patterns_span_blocks_and_a_late_subscription_skips_them() -> None:
+    count = 4 * BLOCK + 123
+    with live_server(3_000_000.0, until=count, drop=0.2, seed=30) as server:
+        wait_until(lambda: server.published == count)
+        whole = decode(exchange(server, subscribe_request(1))).sequence
+        late = decode(exchange(server, subscribe_request(3 * BLOCK + 7))).sequence
+    loss = LossModel(0.2, seed=30)
+    for number, sequences, start in ((0, whole, 1), (1, late, 3 * BLOCK + 7)):
+        rng = loss.subscription_rng(number)
+        assert rng is not None
+        kept = np.flatnonzero(LossModel.keep_mask(rng, count, 0.2)) + 1
+        assert np.array_equal(sequences, kept[kept >= start])
+
+
+def test_a_failure_serving_one_subscriber_costs_that_one_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send = Subscription.send
+
+    def failing(self: Subscription, hi: int, rows: memoryview) -> int:
+        if self.number == 0:
+            raise RuntimeError("injected")
+        return send(self, hi, rows)
+
+    monkeypatch.setattr(Subscription, "send", failing)
+    with live_server(2000.0, until=400) as server:
+        broken = subscribe(server, 1)
+        wait_until(lambda: server.stats.subscriptions == 1)
+        with broken, subscribe(server, 1) as healthy:
+            assert decode(recv_all(healthy)).sequence.tolist() == list(range(1, 401))
+            with pytest.raises(ConnectionResetError):
+                while broken.recv(1 << 16):
+                    pass

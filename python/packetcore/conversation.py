@@ -51,11 +51,14 @@ class ServerStats:
 
     def summary(self) -> str:
         """Return the counters as one line."""
-        return (
+        line = (
             f"{self.connections} connections ({self.refused} refused), {self.streams} streams, "
             f"{self.packets_sent} packets sent, {self.packets_resent} resent, "
             f"{self.packets_dropped} dropped, {self.bad_requests} bad requests"
         )
+        if self.subscriptions:
+            line += f", {self.subscriptions} subscriptions ({self.slow_disconnects} too slow)"
+        return line
 
 
 @dataclass

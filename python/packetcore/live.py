@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import numpy.typing as npt
 
-from .engine import MAX_SEQUENCE, PACKET_SIZE, decode
+from . import engine
+from .engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
+from .errors import FeedError
 from .feeds import SYMBOLS
 from .loss import LossModel
 from .packets import Packets
@@ -194,14 +196,18 @@ class LiveFeed:
         return memoryview(b"".join(parts))
 
     def _block(self, number: int) -> memoryview:
-        block = self._blocks.get(number)
+        blocks = self._blocks
+        block = blocks.get(number)
+        # KeyError: servers in other threads may share this feed and its cache.
         if block is not None:
-            self._blocks.move_to_end(number)
+            with contextlib.suppress(KeyError):
+                blocks.move_to_end(number)
             return block
         block = memoryview(self._generate(number))
-        self._blocks[number] = block
-        if len(self._blocks) > _CACHED_BLOCKS:
-            self._blocks.popitem(last=False)
+        blocks[number] = block
+        while len(blocks) > _CACHED_BLOCKS:
+            with contextlib.suppress(KeyError):
+                blocks.popitem(last=False)
         return block
 
     def _generate(self, number: int) -> bytes:
@@ -289,8 +295,12 @@ class Subscription:
         flags = self.keep(lo, hi)
         if flags is None:
             return rows, hi - lo
+        kept = int(np.count_nonzero(flags))
+        if engine.implementation == "cython":
+            return gather(rows, flags), kept  # a tenth of numpy's time for a batch
+        # The twin's gather works per packet: numpy's boolean index does it in C.
         packets = np.frombuffer(rows, dtype=np.uint8).reshape(-1, PACKET_SIZE)
-        return packets[flags].tobytes(), int(np.count_nonzero(flags))
+        return packets[flags].tobytes(), kept
 
     async def backlog(self, write: Callable[[bytes | memoryview], Awaitable[None]]) -> None:
         """Write what is published already, a block at a time, waiting for each to drain.
@@ -304,8 +314,9 @@ class Subscription:
             # A feed still publishing: the last bit is the publisher's, in its next batch.
             if left <= 0 or (left < _CATCH_UP and isinstance(feed, LiveFeed) and not feed.ended):
                 return
-            hi = min(published, self.next + BLOCK)
             lo = self.next
+            # To the end of lo's block: a synthetic block's bytes are then sent uncopied.
+            hi = min(published, (lo // BLOCK + 1) * BLOCK)
             data, kept = self.select(lo, hi, feed.rows(lo, hi))
             self.next = hi
             self._count(sent=kept, dropped=hi - lo - kept)
@@ -393,29 +404,49 @@ class Publisher:
         published = feed.published_rows()
         shared: dict[int, memoryview] = {}
         for subscription in list(self._subscriptions):
-            if subscription.writer.transport.is_closing():
-                # The subscriber went away: its conversation logs it as it ends.
-                self._subscriptions.discard(subscription)
-                subscription.end()
-                continue
-            lo = subscription.next
-            if lo < published:
-                rows = shared.get(lo)
-                if rows is None:
-                    # Subscribers at one row (all but the newest, usually) share the bytes.
-                    rows = shared[lo] = feed.rows(lo, published)
-                unsent = subscription.send(published, rows)
-                if unsent > self.bound:
-                    self._too_slow(subscription, unsent)
-                    continue
-            if published >= feed.total and subscription.next >= feed.total:
-                self._subscriptions.discard(subscription)
-                subscription.end()
+            try:
+                self._serve(subscription, published, shared)
+            except FeedError as exc:
+                # The replayed file shrank under the server: this subscriber cannot go on.
+                log.error("cannot serve %s: %s", subscription.peer, exc)
+                self._drop(subscription)
+            except Exception:
+                # A bug must cost one subscriber, never the publisher and the others.
+                log.exception("internal error serving %s", subscription.peer)
+                self._drop(subscription)
         if not self._subscriptions or self._loop is None:
             return
         now = time.monotonic()
         delay = max(TICK, feed.due(published) - now) if published < feed.total else TICK
         self._timer = self._loop.call_later(delay, self._tick)
+
+    def _serve(
+        self, subscription: Subscription, published: int, shared: dict[int, memoryview]
+    ) -> None:
+        """Write ``subscription`` the rows up to ``published``; end it if the feed did."""
+        feed = self.feed
+        if subscription.writer.transport.is_closing():
+            # The subscriber went away: its conversation logs it as it ends.
+            self._subscriptions.discard(subscription)
+            subscription.end()
+            return
+        lo = subscription.next
+        if lo < published:
+            rows = shared.get(lo)
+            if rows is None:
+                # Subscribers at one row (all but the newest, usually) share the bytes.
+                rows = shared[lo] = feed.rows(lo, published)
+            unsent = subscription.send(published, rows)
+            if unsent > self.bound:
+                self._too_slow(subscription, unsent)
+                return
+        if published >= feed.total and subscription.next >= feed.total:
+            self._subscriptions.discard(subscription)
+            subscription.end()
+
+    def _drop(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+        subscription.reset()
 
     def _too_slow(self, subscription: Subscription, unsent: int) -> None:
         self._subscriptions.discard(subscription)
