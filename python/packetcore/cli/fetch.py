@@ -4,6 +4,8 @@ Exit codes: 0 complete; 1 failure (no server, unwritable output, a reader that l
 ...); 2 bad option; 3 incomplete (missing sequences listed, packets saved to
 ``<output>.partial``); 4 ``--strict`` and the server sent conflicting or invalid
 packets; 130 / 143 interrupted by SIGINT / SIGTERM (the output left as it was).
+``--follow`` follows a live feed instead (:mod:`packetcore.cli.follow`): there a signal
+is the normal end, exit 0.
 """
 
 from __future__ import annotations
