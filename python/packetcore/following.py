@@ -373,7 +373,7 @@ class _Follower:
             info = link.infos[0]
             start = max(options.start or info.first, info.first)
             if options.stop is not None and options.stop < start:
-                raise FetchError(f"--until {options.stop} lies before the feed's first {start}")
+                raise FetchError(f"until {options.stop} lies before the first sequence {start}")
             self.store.bound(start, options.stop)
             self._seen = start
             log.debug("following from %d; the server has published %d", start, info.last)
