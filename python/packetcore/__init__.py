@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         to_json,
     )
     from .errors import FeedError, FetchError, PacketcoreError, ProtocolError
+    from .following import Follow, FollowStats, follow
     from .formats import FORMATS, read, write
     from .packets import Packet, Packets
 
@@ -36,6 +37,8 @@ __all__ = [
     "FeedError",
     "FetchError",
     "FetchResult",
+    "Follow",
+    "FollowStats",
     "GapTracker",
     "Packet",
     "PacketStore",
@@ -47,6 +50,7 @@ __all__ = [
     "encode",
     "fetch",
     "fetch_async",
+    "follow",
     "implementation",
     "read",
     "to_json",
@@ -71,6 +75,9 @@ _WHERE = {
     "FetchError": ".errors",
     "PacketcoreError": ".errors",
     "ProtocolError": ".errors",
+    "Follow": ".following",
+    "FollowStats": ".following",
+    "follow": ".following",
     "FORMATS": ".formats",
     "read": ".formats",
     "write": ".formats",

@@ -4,6 +4,8 @@ Exit codes: 0 complete; 1 failure (no server, unwritable output, a reader that l
 ...); 2 bad option; 3 incomplete (missing sequences listed, packets saved to
 ``<output>.partial``); 4 ``--strict`` and the server sent conflicting or invalid
 packets; 130 / 143 interrupted by SIGINT / SIGTERM (the output left as it was).
+``--follow`` follows a live feed instead (:mod:`packetcore.cli.follow`): there a signal
+is the normal end, exit 0.
 """
 
 from __future__ import annotations
@@ -94,11 +96,20 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     )
     add(
         "--to",
+        "--until",
         dest="stop",
         type=_sequence,
         default=None,
         metavar="M",
-        help="fetch only sequences up to M (inclusive)",
+        help="fetch only sequences up to M (inclusive); with --follow, stop after M",
+    )
+    add(
+        "--follow",
+        action="store_true",
+        help="follow a live feed (a packetcore server): write each packet in sequence "
+        "order as soon as it is contiguous, repair gaps as they appear, reconnect on a "
+        "lost subscription; ends at --until, at the feed's end, after --deadline, or on "
+        "SIGINT/SIGTERM (output finished, exit 0)",
     )
     add(
         "--protocol",
@@ -206,6 +217,15 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
         )  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc), 2) from exc
+    if args.follow:
+        if args.protocol == "base":
+            raise UserError("--follow needs the packetcore extension: not --protocol base", 2)
+        if args.strict:
+            raise UserError("--strict does not apply to --follow", 2)
+        from .follow import follow_into
+
+        return follow_into(options, args.output, args.format, verbosity=args.verbosity,
+                           started=started)  # fmt: skip
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started)  # fmt: skip
 

@@ -1,0 +1,150 @@
+"""``packetcore-fetch --follow``: follow a live feed into any output format until stopped.
+
+A follow ends normally at ``--until``, at the end of a finite feed, after
+``--deadline`` seconds, or on SIGINT/SIGTERM: everything contiguous is written, the
+output is finished (a closed JSON array, a complete Parquet file) and put in place, the
+summary is printed and the exit status is 0.  A second signal while it finishes aborts
+(130 / 143, the output left as it was).  A follow that fails (no server, connections
+failing past ``--retries``) saves what it wrote to ``OUTPUT.partial`` and exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import Terminated, UserError
+
+if TYPE_CHECKING:
+    from ..following import FollowStats
+    from ..output import Output
+    from ..session import FetchOptions, Progress
+
+__all__ = ["follow_into"]
+
+# Packets waiting for the writer before the follow stops taking more from the store.
+_BACKLOG = 1 << 20
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def follow_into(
+    options: FetchOptions,
+    output: str,
+    form: str | None = None,
+    *,
+    verbosity: int = 0,
+    started: float | None = None,
+) -> int:
+    """Follow into ``output``, print the summary; return the exit status (or raise UserError)."""
+    import asyncio
+
+    from ..formats import format_for
+    from ..output import Output, OutputError
+    from .fetch import _progress_bar
+
+    if started is None:
+        started = time.perf_counter()
+    try:
+        form = format_for(output, form)
+        out = Output(output, form)  # checks what can be checked before connecting
+    except OSError as exc:
+        raise UserError(f"cannot write the output {output}: {exc.strerror or exc}") from exc
+    except (OutputError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        with _progress_bar(verbosity) as progress:
+            stats, failure = asyncio.run(_run(options, out, progress))
+        if failure is not None and not stats.packets:
+            out.abort()  # nothing came: the output stays as it was
+            raise UserError(failure)
+        where = out.close(failure is None)
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        out.abort()
+        default = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        signum = getattr(exc, "signum", default)
+        name = signal.Signals(signum).name
+        fate = "stdout has what was written" if output == "-" else f"{output} left as it was"
+        raise UserError(f"interrupted by {name} while finishing; {fate}", 128 + signum) from None
+    except BaseException:
+        out.abort()
+        raise
+    stats.seconds = time.perf_counter() - started
+    shown = "stdout" if output == "-" else output
+    if failure is not None:
+        saved = "written to stdout" if output == "-" else f"saved to {where}"
+        raise UserError(f"{failure}; {stats.packets} packet(s) in order {saved}")
+    if verbosity >= 0:
+        print(stats.summary(shown if not os.path.islink(output) else where), file=sys.stderr)
+    return 0
+
+
+async def _run(
+    options: FetchOptions, out: Output, progress: Progress | None
+) -> tuple[FollowStats, str | None]:
+    """Follow into ``out``; return the stats and, if it failed, why."""
+    import asyncio
+
+    from ..errors import FetchError
+    from ..following import FollowStats, run_follow
+
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[str] = loop.create_future()
+    failed: list[str] = []
+
+    def stop(reason: str) -> None:
+        if not stopped.done():
+            stopped.set_result(reason)
+
+    def on_failure(reason: str) -> None:
+        failed.append(reason)
+        loop.call_soon_threadsafe(stop, reason)  # from the writer thread
+
+    out.on_failure(on_failure)
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            stop(f"stopped by {signal.Signals(signum).name}")  # a normal end
+        else:
+            task.cancel()  # the second signal: give up at once
+
+    installed: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, interrupt, signum)
+            installed[signum] = previous
+    timer = None
+    if options.deadline is not None:
+        timer = loop.call_later(options.deadline, stop, f"{options.deadline:g} s passed")
+    holder: list[FollowStats] = []
+    try:
+        stats = await run_follow(
+            options, out.put, progress, stopped=stopped,
+            flowing=lambda: out.backlog < _BACKLOG, stats=holder.append,
+        )  # fmt: skip
+    except asyncio.CancelledError:
+        if received:
+            raise _Interrupted(received[-1]) from None
+        raise
+    except FetchError as exc:
+        return (holder[0] if holder else FollowStats()), str(exc)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for number, previous in installed.items():
+            loop.remove_signal_handler(number)
+            signal.signal(number, previous)
+    return stats, (failed[0] if failed else None)

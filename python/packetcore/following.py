@@ -1,0 +1,606 @@
+"""Follow a live feed: every packet handed on in sequence order, gaps repaired as they appear.
+
+A follow keeps two connections to a packetcore server (see the protocol in ``docs/``).
+The **subscription** sends a hello and then subscribes (callType 5) from the first
+sequence still needed; the server writes packets to it as they are published, its loss
+simulation applied.  The **repair connection** beside it asks for every gap the moment
+it is seen, as pipelined range requests (callType 4): a gap is seen when a later
+sequence arrives on the subscription, or when the hello, sent on the repair connection
+every :data:`POLL` seconds, says the server published further than what arrived while the
+subscription stayed quiet (tail loss).  The packets go into the session's
+:class:`~packetcore.PacketStore`, and the contiguous prefix leaves it at once, so only
+the out-of-order window is ever held.
+
+A subscription that ends, fails, or stays silent for ``timeout`` while the server
+publishes on is replaced, with backoff, by one from the first sequence not yet received
+or asked for: what it missed meanwhile is repaired, nothing is received twice on
+purpose, and a packet cut in the middle goes with the connection that cut it.  A
+follow stops at ``until``, at the end of a finite feed (a subscription from beyond the
+last sequence published ends at once, cleanly), or when it is stopped or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import FetchError
+from .packets import Packets
+from .protocol import FeedInfo, range_requests, subscribe_request
+from .session import FetchOptions, Link, Progress, Session, Sink, backoff_delay
+
+__all__ = ["POLL", "Follow", "FollowStats", "follow", "run_follow"]
+
+log = logging.getLogger("packetcore.follow")
+
+#: Seconds between hellos on the repair connection: how soon a tail loss is noticed,
+#: and how fresh the server's published sequence (the lag) is.
+POLL = 0.02
+#: How long the subscription must have been quiet before a hello for a tail loss to be
+#: taken as such (the server writes to subscribers every few milliseconds).
+TAIL_QUIET = 0.05
+#: Packets handed on and not yet consumed (the API's queue) beyond which reading stops,
+#: so that a slow consumer holds the connections back rather than memory growing.
+QUEUE_LIMIT = 1 << 20
+# Latency histogram: geometric buckets from 1 microsecond, 2 % apart (up to ~10 min).
+_BUCKET_LOW = 1e-6
+_BUCKET_RATIO = 1.02
+_BUCKETS = 1100
+
+
+class _Latencies:
+    """A bounded histogram of durations: percentiles within 2 %, the maximum exact."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(_BUCKETS, dtype=np.int64)
+        self.count = 0
+        self.max = 0.0
+        self._log_ratio = math.log(_BUCKET_RATIO)
+
+    def add(self, seconds: float) -> None:
+        """Count one duration."""
+        self.count += 1
+        self.max = max(self.max, seconds)
+        index = 0
+        if seconds > _BUCKET_LOW:
+            index = min(int(math.log(seconds / _BUCKET_LOW) / self._log_ratio) + 1, _BUCKETS - 1)
+        self.counts[index] += 1
+
+    def percentile(self, q: float) -> float:
+        """Return the ``q``-th percentile (0..100) in seconds; 0 when nothing was counted."""
+        if not self.count:
+            return 0.0
+        rank = max(math.ceil(self.count * q / 100.0), 1)
+        index = int(np.searchsorted(np.cumsum(self.counts), rank))
+        if index == 0:
+            return min(_BUCKET_LOW, self.max)
+        return min(_BUCKET_LOW * _BUCKET_RATIO**index, self.max)
+
+
+@dataclass
+class FollowStats:
+    """What a follow has done so far: readable while it runs and after.
+
+    ``packets`` were handed on, ``delivered`` is the last sequence among them;
+    ``gaps`` is how many runs of missing sequences were seen (each asked for on the
+    repair connection), ``repaired`` how many packets the repair brought; the repair
+    latency is the time from a gap seen to its last packet held.  ``published`` is the
+    highest sequence the server said it had published, ``lag`` how many packets the
+    follow was behind it at the latest hello (``max_lag`` the most).  ``reconnects``
+    counts subscriptions replaced after a failure (reset, cut, silent; not the one that
+    confirms a clean end of file); ``reason`` says why the follow stopped.
+    """
+
+    packets: int = 0
+    delivered: int = 0
+    gaps: int = 0
+    repaired: int = 0
+    duplicates: int = 0
+    reconnects: int = 0
+    published: int = 0
+    lag: int = 0
+    max_lag: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    _latency: _Latencies = field(default_factory=_Latencies, repr=False, compare=False)
+
+    @property
+    def repair_p50_ms(self) -> float:
+        """Return the median gap-repair latency in milliseconds."""
+        return self._latency.percentile(50) * 1e3
+
+    @property
+    def repair_p99_ms(self) -> float:
+        """Return the 99th-percentile gap-repair latency in milliseconds."""
+        return self._latency.percentile(99) * 1e3
+
+    @property
+    def repair_max_ms(self) -> float:
+        """Return the longest gap-repair latency in milliseconds."""
+        return self._latency.max * 1e3
+
+    @property
+    def gaps_repaired(self) -> int:
+        """Return how many gaps were repaired (their latency measured)."""
+        return self._latency.count
+
+    def summary(self, output: str | None = None) -> str:
+        """Return the one-line account of the follow."""
+        line = (
+            f"{self.packets} packets in order (last {self.delivered}), {self.gaps} gaps "
+            f"({self.repaired} packets repaired; repair p50 {self.repair_p50_ms:.1f} ms, "
+            f"p99 {self.repair_p99_ms:.1f} ms, max {self.repair_max_ms:.1f} ms), "
+            f"lag {self.lag} (max {self.max_lag}), {self.reconnects} reconnects, "
+            f"{self.seconds:.2f} s"
+        )
+        if output is not None:
+            line += f" -> {output}"
+        return line + (f" [{self.reason}]" if self.reason else "")
+
+
+class _FollowSession(Session):
+    """A session whose info frames report what is published, not the feed's extent."""
+
+    def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None,
+                 on_info: Callable[[FeedInfo], None]) -> None:  # fmt: skip
+        super().__init__(options, sink, progress)
+        self._on_info = on_info
+
+    def note_info(self, info: FeedInfo) -> None:
+        # On a live server every hello's answer says how far it has published; the
+        # store's extent is the follow's (start..until), decided once at the start.
+        self._on_info(info)
+
+    def forget(self, link: Link) -> None:
+        """Drop a connection that ended from the ones to close (a follow makes many)."""
+        with contextlib.suppress(ValueError):
+            self.links.remove(link)
+
+    def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
+        # Repair answers come in the order the gaps were asked, not the feed's, and a
+        # resubscription starts lower than the last one ended: the first copy held is
+        # the one handed on (copies that differ are counted as conflicts by the store).
+        return
+
+
+class _Follower:
+    """One follow: its two connections, the gaps asked for, and when to stop."""
+
+    def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None = None,
+                 flowing: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        self.options = options
+        self.stats = FollowStats()
+        self._sink = sink
+        self.session = _FollowSession(options, self._deliver, progress, self._note_info)
+        if flowing is not None:
+            self.session.flowing = flowing
+        self.store = self.session.store
+        #: One past the highest sequence received on a subscription or asked for: below
+        #: it, every sequence not held has been asked for on the repair connection.
+        self._seen = 0
+        #: Gaps asked for and not yet all held: (start, stop, monotonic time seen).
+        self._gaps: deque[tuple[int, int, float]] = deque()
+        self._repair: Link | None = None
+        self._sub: Link | None = None
+        self._sub_packets = 0
+        #: The highest sequence the current subscription brought (or its start - 1).
+        self._sub_top = 0
+        self._sub_last = time.monotonic()  # the subscription counts as quiet from now
+        self._end: int | None = None
+        self._done = asyncio.Event()
+        self._paused = False
+        self._started = time.perf_counter()
+
+    # what arrives
+
+    def _note_info(self, info: FeedInfo) -> None:
+        stats = self.stats
+        stats.published = max(stats.published, info.last)
+        stats.lag = max(stats.published - self.stats.delivered, 0)
+        stats.max_lag = max(stats.max_lag, stats.lag)
+
+    def _on_stream(self, batch: Packets) -> None:
+        """Take a batch from the subscription: ask for the gaps it reveals, then store it."""
+        now = time.monotonic()
+        self._sub_last = now
+        self._sub_packets += len(batch)
+        sequences = batch.sequence
+        self._sub_top = max(self._sub_top, int(sequences[-1]))
+        seen = self._seen
+        if int(sequences[-1]) >= seen:
+            ahead = sequences[sequences >= seen] if int(sequences[0]) < seen else sequences
+            previous = np.empty(len(ahead), dtype=np.int64)
+            previous[0] = seen - 1
+            previous[1:] = ahead[:-1]
+            holes = np.flatnonzero(ahead > previous + 1)
+            if len(holes):
+                starts = previous[holes] + 1
+                stops = ahead[holes].astype(np.int64)
+                self._ask(starts, stops, now)
+            self._seen = int(ahead[-1]) + 1
+        self.session.add(batch, recovered=False)
+        self._advance()
+
+    def _on_repair(self, batch: Packets) -> None:
+        self.session.add(batch, recovered=True)
+        self._advance()
+
+    def _ask(self, starts: npt.NDArray[np.int64], stops: npt.NDArray[np.int64],
+             now: float) -> None:  # fmt: skip
+        """Ask for the runs ``starts[i] <= seq < stops[i]`` at once; time them from ``now``."""
+        until = self.options.stop
+        if until is not None:
+            keep = starts <= until
+            starts, stops = starts[keep], np.minimum(stops[keep], until + 1)
+        if not len(starts):
+            return
+        self.stats.gaps += len(starts)
+        self._gaps.extend(zip(starts.tolist(), stops.tolist(), [now] * len(starts), strict=True))
+        link = self._repair
+        if link is not None and not link.lost:
+            link.send(range_requests(np.stack([starts, stops - starts], axis=1)))
+        # else: the repair connection is being replaced; it asks for everything missing.
+
+    def _ask_tail(self, last: int) -> None:
+        """Ask for what was published up to ``last`` beyond what arrived or was asked for."""
+        if last >= self._seen:
+            start = self._seen
+            self._seen = last + 1
+            self._ask(np.array([start], np.int64), np.array([last + 1], np.int64),
+                      time.monotonic())  # fmt: skip
+
+    def _deliver(self, batch: Packets) -> None:
+        self.stats.packets += len(batch)
+        self.stats.delivered = int(batch.sequence[-1])
+        self._sink(batch)
+
+    def _advance(self) -> None:
+        """Hand on the contiguous prefix; time the gaps it closed; stop at the end."""
+        session = self.session
+        session.advance()
+        if self._gaps:
+            now = time.monotonic()
+            filled = self.store.contiguous()
+            gaps = self._gaps
+            latency = self.stats._latency
+            while gaps and gaps[0][1] <= filled:
+                latency.add(now - gaps.popleft()[2])
+        if not session.flowing():
+            self._pause()
+        cursor = self.store.cursor
+        if self._end is not None and cursor > self._end:
+            self._finish("the feed ended")
+        elif self.options.stop is not None and cursor > self.options.stop:
+            self._finish("until reached")
+
+    def _pause(self) -> None:
+        # The consumer is behind: stop reading, so the server's bound (not this
+        # process's memory) absorbs it; the poll resumes reading once it caught up.
+        if not self._paused:
+            self._paused = True
+            for link in (self._sub, self._repair):
+                if link is not None and link.transport is not None and not link.lost:
+                    link.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused and self.session.flowing():
+            self._paused = False
+            for link in (self._sub, self._repair):
+                if link is not None and link.transport is not None and not link.lost:
+                    link.transport.resume_reading()
+            self._advance()
+
+    def _finish(self, reason: str) -> None:
+        if not self._done.is_set():
+            self.stats.reason = reason
+            self._done.set()
+            for link in (self._sub, self._repair):
+                if link is not None:
+                    link.abort()  # wakes whoever waits on it
+
+    # the run
+
+    async def run(self, stopped: asyncio.Future[str] | None = None) -> FollowStats:
+        """Follow until the end, ``until``, or ``stopped`` completes (with a reason)."""
+        session = self.session
+        tasks: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._start()),
+            asyncio.ensure_future(self._done.wait()),
+        ]
+        try:
+            while True:
+                waits: set[asyncio.Future[Any]] = set(tasks)
+                if stopped is not None:
+                    waits.add(stopped)  # heeded while connecting too
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    if task in done:
+                        task.result()  # FetchError and the like propagate
+                if stopped is not None and stopped in done:
+                    self._finish(stopped.result())
+                if self._done.is_set():
+                    break
+                if tasks[0] in done:  # connected: now the two connections run
+                    repair = tasks.pop(0).result()
+                    tasks += [
+                        asyncio.ensure_future(self._subscribe()),
+                        asyncio.ensure_future(self._repair_loop(repair)),
+                    ]
+        finally:
+            self._finish(self.stats.reason or "stopped")
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            session.close_all()
+            # Everything contiguous goes out, even past an output that is behind.
+            session.flowing = lambda: True
+            session.advance()
+            self.stats.lag = max(self.stats.published - self.stats.delivered, 0)
+            self.stats.repaired = session.recovered
+            self.stats.duplicates = self.store.duplicates
+            self.stats.seconds = time.perf_counter() - self._started
+        return self.stats
+
+    async def _start(self) -> Link:
+        return await self._open_repair(first=True)
+
+    async def _open_repair(self, *, first: bool = False) -> Link:
+        """Open the repair connection, send a hello; ask again for everything missing."""
+        options = self.options
+        link = await self.session.open_link(recovering=True, sink=self._on_repair)
+        self._repair = link
+        if first:
+            link.hello()
+            await link.wait_info(1, options.timeout)
+            if not link.infos:
+                link.close()
+                why = f" ({link.why()})" if link.lost else ""
+                raise FetchError(
+                    f"{options.host}:{options.port} did not answer the extension hello within "
+                    f"{options.timeout:g} s{why}: following needs a packetcore server"
+                )
+            info = link.infos[0]
+            start = max(options.start or info.first, info.first)
+            if options.stop is not None and options.stop < start:
+                raise FetchError(f"until {options.stop} lies before the first sequence {start}")
+            self.store.bound(start, options.stop)
+            self._seen = start
+            log.debug("following from %d; the server has published %d", start, info.last)
+        else:
+            missing = self.store.missing_ranges(self._seen)
+            if len(missing):
+                link.send(range_requests(missing))
+        return link
+
+    async def _subscribe(self) -> None:
+        """Keep a subscription open from the first sequence not yet received or asked for."""
+        options = self.options
+        failures = 0
+        failed = False  # whether the last subscription ended otherwise than cleanly
+        while not self._done.is_set():
+            link = await self.session.open_link(sink=self._on_stream)
+            if self._done.is_set():
+                link.abort()
+                return
+            if failed:
+                self.stats.reconnects += 1
+            self._sub = link
+            if self._paused and link.transport is not None:
+                link.transport.pause_reading()
+            start = self._seen
+            self._sub_top = start - 1
+            link.hello()
+            link.send(subscribe_request(start))
+            before = self._sub_packets
+            self._sub_last = time.monotonic()
+            state = await self._watch(link)
+            got = self._sub_packets - before
+            link.abort()
+            self.session.forget(link)
+            if self._done.is_set():
+                return
+            info = link.infos[0] if link.infos else None
+            if state == "lost" and link.clean_end and not got and info and info.last < start:
+                # Subscribed beyond the last sequence published and closed at once: the
+                # feed has ended; its last packets may still be on the repair connection.
+                self._end = info.last
+                log.debug("the feed ended at %d", info.last)
+                self._advance()
+                await self._done.wait()
+                return
+            log.debug("subscription from %d ended (%s, %d packets)", start, state, got)
+            failed = not (state == "lost" and link.clean_end)
+            if not failed and info is not None:
+                # A clean end says the feed ended: what it published and this
+                # subscription did not bring (its loss simulation) is asked for now, and the
+                # next subscription, from beyond it, confirms the end.
+                self._ask_tail(max(info.last, self.stats.published))
+            failures = 0 if got else failures + 1
+            if failures > options.retries:
+                raise FetchError(
+                    f"{options.host}:{options.port}: the subscription brought nothing "
+                    f"{failures} times in a row ({link.why()})"
+                )
+            if failures:
+                await asyncio.sleep(backoff_delay(failures, options.backoff))
+
+    async def _watch(self, link: Link) -> str:
+        """Wait until the subscription ends, or is silent while the server publishes on."""
+        timeout = self.options.timeout
+        while True:
+            state = await link.wait(self._done.is_set, timeout)
+            if state != "idle":
+                return state
+            if self._paused:
+                continue  # reading stopped on purpose: the consumer is behind
+            moved_on = self.stats.published > self._sub_top
+            if time.monotonic() - self._sub_last >= timeout and moved_on:
+                log.info(
+                    "no packet on the subscription for %g s while the server published on "
+                    "to %d: reconnecting", timeout, self.stats.published,
+                )  # fmt: skip
+                return "silent"
+
+    async def _repair_loop(self, link: Link) -> None:
+        """Poll with hellos; catch tail losses and unanswered asks; replace a lost link."""
+        options = self.options
+        failures = 0
+        while not self._done.is_set():
+            if self._paused:
+                self._resume()
+                await asyncio.sleep(POLL)
+                continue
+            seen = self._seen
+            due = len(link.infos) + 1
+            asked_at = time.monotonic()
+            quiet = asked_at - self._sub_last >= TAIL_QUIET
+            packets = self._sub_packets
+            link.hello()
+            state = await link.wait_info(due, options.timeout)
+            if self._done.is_set():
+                return
+            if state == "done":
+                failures = 0
+                last = link.infos[-1].last
+                if quiet and packets == self._sub_packets:
+                    self._ask_tail(last if options.stop is None else min(last, options.stop))
+                # Every answer to what was asked before the hello came before its answer.
+                missing = self.store.missing_ranges(seen)
+                if len(missing):
+                    log.debug("%d gap(s) below %d unanswered: asking again", len(missing), seen)
+                    link.send(range_requests(missing))
+                self._resume()
+                self.session.advance()
+                await asyncio.sleep(POLL)
+                continue
+            link.abort()
+            self.session.forget(link)
+            failures += 1
+            if failures > options.retries:
+                raise FetchError(
+                    f"{options.host}:{options.port}: the repair connection failed {failures} "
+                    f"times in a row ({'silent' if state == 'idle' else link.why()})"
+                )
+            log.info("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
+            await asyncio.sleep(backoff_delay(failures, options.backoff))
+            link = await self._open_repair()
+
+
+async def run_follow(
+    options: FetchOptions,
+    sink: Sink,
+    progress: Progress | None = None,
+    *,
+    stopped: asyncio.Future[str] | None = None,
+    flowing: Callable[[], bool] | None = None,
+    stats: Callable[[FollowStats], None] | None = None,
+) -> FollowStats:
+    """Follow with ``options`` (``start``: from; ``stop``: until), passing batches to ``sink``.
+
+    ``stopped`` ends the follow as a normal completion when it completes (with a reason);
+    while ``flowing()`` is false the prefix waits and reading stops.  ``stats`` is called
+    at once with the stats object the follow updates as it runs.
+    """
+    follower = _Follower(options, sink, progress, flowing)
+    if stats is not None:
+        stats(follower.stats)
+    return await follower.run(stopped)
+
+
+class Follow:
+    """The packets of a live feed, as an async iterator of contiguous batches in order.
+
+    Made by :func:`follow`.  ``stats`` is updated as it runs.  Leaving an ``async for``
+    early does not stop the follow: use ``async with`` or call :meth:`aclose`.
+    """
+
+    def __init__(self, options: FetchOptions) -> None:
+        self.options = options
+        self._batches: deque[Packets] = deque()
+        self._queued = 0
+        self._arrived = asyncio.Event()
+        self._follower = _Follower(options, self._put, flowing=self._flowing)
+        self.stats: FollowStats = self._follower.stats
+        self._task: asyncio.Task[FollowStats] | None = None
+        self._stopped: asyncio.Future[str] | None = None
+
+    def _put(self, batch: Packets) -> None:
+        self._batches.append(batch)
+        self._queued += len(batch)
+        self._arrived.set()
+
+    def _flowing(self) -> bool:
+        return self._queued < QUEUE_LIMIT
+
+    def _start(self) -> asyncio.Task[FollowStats]:
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._stopped = loop.create_future()
+            self._task = loop.create_task(self._follower.run(self._stopped))
+            self._task.add_done_callback(lambda _: self._arrived.set())
+        return self._task
+
+    def __aiter__(self) -> AsyncIterator[Packets]:
+        return self
+
+    async def __anext__(self) -> Packets:
+        task = self._start()
+        while not self._batches:
+            if task.done():
+                task.result()  # an error of the follow is raised here
+                raise StopAsyncIteration
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = self._batches.popleft()
+        self._queued -= len(batch)
+        if self._queued < QUEUE_LIMIT // 2:
+            self._follower._resume()
+        return batch
+
+    async def aclose(self) -> None:
+        """Stop following (connections closed); the stats stay readable."""
+        if self._task is None:
+            return
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result("stopped")
+        with contextlib.suppress(Exception):
+            await self._task
+        self._batches.clear()
+
+    async def __aenter__(self) -> Follow:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:  # fmt: skip
+        await self.aclose()
+
+
+def follow(
+    host: str = FetchOptions.host,
+    port: int = FetchOptions.port,
+    *,
+    start: int | None = None,
+    until: int | None = None,
+    **options: Any,
+) -> Follow:
+    """Follow the live feed at ``host:port`` from ``start`` (default: its first) to ``until``.
+
+    Return an async iterator of :class:`~packetcore.Packets` batches, each contiguous
+    and in sequence order, with ``stats`` (:class:`FollowStats`) readable during and
+    after.  ``options`` are the fields of :class:`FetchOptions` (``timeout``,
+    ``retries``, ``backoff``, ...).  The iteration ends at ``until`` or at the end of a
+    finite feed; it raises :class:`~packetcore.FetchError` if the server cannot be
+    followed (no server, no extension, connections failing past ``retries``).
+    """
+    return Follow(FetchOptions(host=host, port=port, start=start, stop=until, **options))
