@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .errors import FeedError
+from .faults import Delivery, FaultCounts
 from .listener import peer_name
 from .loss import LossModel
 from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, Request, RequestFramer
@@ -45,6 +46,7 @@ class ServerStats:
     packets_dropped: int = 0  #: packets the loss simulation dropped
     bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks
     timeouts: int = 0  #: connections closed for idling past idle_timeout
+    faults: dict[str, int] = field(default_factory=FaultCounts)  #: injected faults by kind
 
     def summary(self) -> str:
         """Return the counters as one line."""
@@ -77,6 +79,7 @@ class Conversation:
         loss: LossModel,
         stats: ServerStats,
         idle_timeout: float,
+        delivery: Delivery | None = None,
     ) -> None:
         self.number = number
         self.peer = peer_name(writer)
@@ -90,6 +93,7 @@ class Conversation:
         self._loop = asyncio.get_running_loop()
         self._tally = _Tally()
         self._resend_rng = loss.resend_rng(number)
+        self._delivery = delivery  # the faults of this connection, if any
 
     async def run(self) -> None:
         """Converse until the client is done or gone, then close; never raise."""
@@ -117,6 +121,8 @@ class Conversation:
             log.exception("internal error serving %s", self.peer)
             self._writer.transport.abort()
         finally:
+            if self._delivery is not None:
+                self._delivery.cancel()
             stats.active -= 1
             if self.timed_out:
                 stats.timeouts += 1
@@ -170,9 +176,11 @@ class Conversation:
     async def _close(self) -> None:
         if self.timed_out:
             return
-        self._writer.close()
         timer = self._watch()
         try:
+            if self._delivery is not None:
+                await self._delivery.close(self._reader)
+            self._writer.close()
             await self._writer.wait_closed()
         except ConnectionError:
             pass
@@ -181,11 +189,15 @@ class Conversation:
                 timer.cancel()
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
-        self._writer.write(data)
+        if self._delivery is None:
+            self._writer.write(data)
         # A reader that takes nothing for idle_timeout would hold its task forever.
         timer = self._watch()
         try:
-            await self._writer.drain()
+            if self._delivery is None:
+                await self._writer.drain()
+            else:
+                await self._delivery.send(data)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -204,6 +216,8 @@ class Conversation:
         try:
             for request in requests:
                 kind = request.call_type
+                if self._delivery is not None:
+                    self._delivery.request(kind)
                 if kind == RESEND:
                     self._resend(request.start, out)
                 elif kind == RESEND_RANGE:

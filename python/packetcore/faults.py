@@ -35,7 +35,15 @@ import numpy as np
 import numpy.typing as npt
 
 from .engine import PACKET_SIZE
-from .protocol import INFO_MAGIC, INFO_SIZE
+from .protocol import (
+    HELLO,
+    INFO_MAGIC,
+    INFO_SIZE,
+    RESEND,
+    RESEND_RANGE,
+    STREAM_ALL,
+    SUBSCRIBE,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,6 +53,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "KINDS",
     "Delivery",
+    "FaultCounts",
     "FaultPlan",
     "Faults",
     "Script",
@@ -66,6 +75,16 @@ _QUEUE_CHUNKS = 64
 _SLICES_PER_SECOND = 50
 _RATE_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 _SPAWN = 2  # spawn_key kind: LossModel uses 0 and 1 for the server's own drops
+
+
+class FaultCounts(dict[str, int]):
+    """Injected faults by kind; ``a + b`` sums two tallies (the workers of one port)."""
+
+    def __add__(self, other: Mapping[str, int]) -> FaultCounts:
+        total = FaultCounts(self)
+        for kind, n in other.items():
+            total[kind] = total.get(kind, 0) + n
+        return total
 
 
 def parse_rate(text: str | float) -> float:
@@ -388,6 +407,7 @@ class Shaper:
         self._bytewise = faults.limit is not None or bool(faults.corrupt_at)
         self._hellos = 0
         self._early_hellos = 0
+        self._phase = 0  # bytes into a packet, where chunks pass unframed
         self._buf = bytearray()
         self._index = 0  # input packets framed so far
         self._held: tuple[npt.NDArray[np.uint8], int] | None = None
@@ -421,11 +441,33 @@ class Shaper:
         if self._framed:
             self._buf += data
             data = self._frame(final=False)
+        elif self._hellos or self._buf:
+            data = self._info_frames(data)
+        else:
+            # No packet faults and no info frame due: the chunk passes uncopied.
+            self._phase = (self._phase + len(data)) % PACKET_SIZE
         return self._bytes(data)
+
+    def _info_frames(self, data: bytes | bytearray | memoryview) -> bytearray:
+        """Pass a chunk while an info frame is due, only to count (and never cut) it."""
+        out = bytearray()
+        if self._phase and not self._buf:
+            # The rest of the packet in progress: the next boundary is after it.
+            k = min(PACKET_SIZE - self._phase, len(data))
+            out += data[:k]
+            data = data[k:]
+            self._phase = (self._phase + k) % PACKET_SIZE
+        self._buf += data
+        out += self._frame(final=False)
+        if not self._hellos:
+            self._phase = len(self._buf) % PACKET_SIZE
+            out += self._buf
+            self._buf.clear()
+        return out
 
     def finish(self) -> bytes | bytearray | memoryview:
         """Return what is held back at the end of the stream."""
-        if self.limit_hit or not self._framed:
+        if self.limit_hit or not (self._framed or self._buf):
             return b""
         out = self._frame(final=True)
         if self._buf:
@@ -466,10 +508,14 @@ class Shaper:
             if whole == 0:
                 break
             size = whole * PACKET_SIZE
-            # A slice of a bytearray is a writable copy: the packets are changed in place.
-            rows = np.frombuffer(buf[:size], dtype=np.uint8).reshape(whole, PACKET_SIZE)
+            if self._framed:
+                # A slice of a bytearray is a writable copy: the packets change in place.
+                rows = np.frombuffer(buf[:size], dtype=np.uint8).reshape(whole, PACKET_SIZE)
+                out += self._packets(rows)
+            else:
+                out += buf[:size]
+                self._index += whole
             del buf[:size]
-            out += self._packets(rows)
         if final:
             out += self._release()
         return out
@@ -689,6 +735,7 @@ class Delivery:
         self._next_send = 0.0
         self._queue: asyncio.Queue[tuple[float, bytes | str]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._streamed = False
         self.error: BaseException | None = None
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
@@ -708,6 +755,23 @@ class Delivery:
             await asyncio.shield(self._task)
         if self.error is not None:
             raise self.error
+
+    def request(self, call_type: int) -> None:
+        """Note a request of the peer's: its answers are what the faults will shape."""
+        if call_type == HELLO:
+            self.shaper.hello()
+        elif call_type in (STREAM_ALL, SUBSCRIBE):
+            self._streamed = True
+        elif call_type in (RESEND, RESEND_RANGE) and not self._streamed:
+            self.shaper.resend_mode()
+
+    async def close(self, reader: asyncio.StreamReader) -> None:
+        """Send what is held back; a stalled stream keeps the connection until the peer ends it."""
+        await self.finish()
+        if self.ended and self.faults.limit_kind == "stall":
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(1 << 16):
+                    pass
 
     def cancel(self) -> None:
         """Stop the sending task, if any (the connection is going away)."""

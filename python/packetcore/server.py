@@ -15,10 +15,12 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
 from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
+from .faults import Delivery, FaultPlan, Shaper
 from .feeds import MappedFeed
 from .listener import bind, peer_name
 from .loss import LossModel
@@ -51,6 +53,7 @@ class Server:
         idle_timeout: float = 30.0,
         max_connections: int = 1024,
         reuse_port: bool = False,
+        faults: FaultPlan | None = None,
     ) -> None:
         if feed is None:
             from .feeds import book
@@ -73,6 +76,9 @@ class Server:
         self.max_connections = max_connections
         self.reuse_port = reuse_port
         self.stats = ServerStats()
+        #: What a hostile network does to each connection's answers (None: nothing).
+        self.faults = faults
+        self._started_at = time.monotonic()
 
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,6 +134,7 @@ class Server:
                 sock.close()
             raise
         self._bound = [sock.getsockname() for sock in sockets]
+        self._started_at = time.monotonic()
         index = self.index
         log.debug("loss seed entropy %d", self.loss.entropy)
         log.info(
@@ -241,6 +248,16 @@ class Server:
 
     # -- connections ----------------------------------------------------------------------
 
+    def _delivery(self, number: int, writer: asyncio.StreamWriter) -> Delivery | None:
+        """Return how connection ``number``'s answers are shaped by the faults, if at all."""
+        if self.faults is None:
+            return None
+        faults = self.faults.faults_for(number, time.monotonic() - self._started_at)
+        if not faults.active:
+            return None
+        rng = self.faults.rng(number)
+        return Delivery(writer, Shaper(faults, rng, self.stats.faults), rng)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if self._stopping or task is None or len(self._tasks) >= self.max_connections:
@@ -256,8 +273,9 @@ class Server:
         self._accepted += 1
         try:
             conversation = Conversation(
-                number, reader, writer, self.index, self.loss, self.stats, self.idle_timeout
-            )
+                number, reader, writer, self.index, self.loss, self.stats, self.idle_timeout,
+                self._delivery(number, writer),
+            )  # fmt: skip
             await conversation.run()
         finally:
             self._tasks.discard(task)

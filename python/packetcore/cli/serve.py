@@ -32,7 +32,16 @@ from ..workers import (
 )
 from . import EXIT_FAILURE, UserError, add_verbosity, run
 from .logqueue import queued_stderr
-from .options import add_drop, add_feed, add_seed, integer, number, probability
+from .options import (
+    add_drop,
+    add_faults,
+    add_feed,
+    add_seed,
+    fault_plan,
+    integer,
+    number,
+    probability,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -121,6 +130,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "slower here, see docs/scaling.md), or auto, uvloop when it is installed "
         "(default: asyncio)",
     )  # fmt: skip
+    # Faults on every answer, in-process: what packetcore-proxy does, without the hop.
+    add_faults(parser)
     add_verbosity(parser)
     return parser
 
@@ -131,6 +142,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    args.faults = fault_plan(args)  # a bad combination fails before any port opens
     try:
         loop, _ = loop_factory(args.loop)
     except LoopUnavailable as exc:
@@ -163,6 +175,7 @@ def _server(
         seed=seed,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
+        faults=args.faults,
     )
 
 
