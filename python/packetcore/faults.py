@@ -629,10 +629,13 @@ class Shaper:
         for k, i in enumerate(picks.tolist()):  # per reordered packet, not per packet
             if touched[i]:
                 continue
-            span = 1 if spans is None or int(index[i]) in faults.reorder_at else int(spans[k])
-            j = min(i + span, n - 1)
+            exact = spans is None or int(index[i]) in faults.reorder_at
+            j = min(i + (1 if exact else int(spans[k])), n - 1)
             if j == i:
-                hold = i  # the last packet: swapped with the next chunk's first
+                # The chunk's last packet.  An exact reorder holds it for the next chunk's
+                # first; a random one does not: a resend answer would wait for ever.
+                if exact:
+                    hold = i
                 break
             if touched[j]:
                 continue
