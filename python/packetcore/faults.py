@@ -624,12 +624,17 @@ class Shaper:
         # A packet that releases a held one is never held or swapped itself.
         touched[0] = self._held is not None
         hold: int | None = None
-        spans = self._rng.integers(1, REORDER_SPAN + 1, picks.size) if faults.reorder else None
+        # How far each pick moves: 1 for an exact reorder, up to REORDER_SPAN for a random one.
+        spans = (
+            self._rng.integers(1, REORDER_SPAN + 1, picks.size)
+            if faults.reorder
+            else np.ones(picks.size, dtype=np.int64)
+        )
         swaps = 0
         for k, i in enumerate(picks.tolist()):  # per reordered packet, not per packet
             if touched[i]:
                 continue
-            exact = spans is None or int(index[i]) in faults.reorder_at
+            exact = not faults.reorder or int(index[i]) in faults.reorder_at
             j = min(i + (1 if exact else int(spans[k])), n - 1)
             if j == i:
                 # The chunk's last packet.  An exact reorder holds it for the next chunk's
