@@ -522,7 +522,13 @@ class Shaper:
 
     def _release(self) -> bytes:
         held, self._held = self._held, None
-        return b"" if held is None else held[0].tobytes()
+        if held is None:
+            return b""
+        row, index = held
+        if index in self.faults.duplicate_at:
+            self._count("duplicate")
+            return row.tobytes() * 2
+        return row.tobytes()
 
     def _packets(self, rows: npt.NDArray[np.uint8]) -> bytes:
         """Apply the packet faults to whole packets; return their bytes."""
