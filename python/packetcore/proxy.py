@@ -17,6 +17,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,6 +40,10 @@ log = logging.getLogger("packetcore.proxy")
 
 #: Bytes read per step from either side.
 CHUNK = 1 << 18
+#: The server's bytes are read into one reused buffer of this size (fewer, larger reads).
+UPSTREAM_BUFFER = 1 << 20
+#: Upstream reading pauses while this many bytes wait to go to the client.
+_HIGH_WATER = 4 << 20
 _PACKET = 17
 _INFO = 16
 _KNOWN = (STREAM_ALL, RESEND, HELLO, RESEND_RANGE, SUBSCRIBE)
@@ -121,6 +126,42 @@ class _Requests:
                 self._stats.bad_requests += 1
 
 
+class _Upstream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
+    """The server side of a connection: its bytes read into one reused buffer, one copy each.
+
+    A :class:`asyncio.StreamReader` would copy every chunk twice more; writes upstream go
+    through an :class:`asyncio.StreamWriter` on this protocol, as for any stream.
+    """
+
+    def __init__(self, sink: _Connection) -> None:
+        super().__init__()
+        self._sink = sink
+        self._buffer = memoryview(bytearray(UPSTREAM_BUFFER))
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._sink.upstream_data(bytes(self._buffer[:nbytes]))
+
+    def eof_received(self) -> bool:
+        self._sink.upstream_end(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._sink.upstream_end(exc)
+
+    def _get_close_waiter(self, stream: asyncio.StreamWriter) -> asyncio.Future[None]:
+        return self._closed
+
+
+_EOF = EOFError()  # the server ended its stream cleanly
+
+
 class _Connection:
     """One proxied client connection and its upstream twin."""
 
@@ -147,7 +188,12 @@ class _Connection:
         self._up = Shaper(faults if plan.upstream else Faults(), rng, counts)
         self._delivery = Delivery(writer, self._down, rng)
         self._requests = _Requests(record, self._down, proxy.stats)
-        self._up_reader: asyncio.StreamReader | None = None
+        self._up_transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._paused = False
+        self._up_end: BaseException | None = None
+        self._wake = asyncio.Event()
         self._up_writer: asyncio.StreamWriter | None = None
         self._up_delivery: Delivery | None = None
         self._upstream_open = False
@@ -189,8 +235,11 @@ class _Connection:
             return kind == "reset"
         host, port = self._proxy.upstream
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=CHUNK), self._proxy.connect_timeout
+            loop = asyncio.get_running_loop()
+            protocol = _Upstream(self)
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: protocol, host, port),
+                self._proxy.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
             self._stats.upstream_errors += 1
@@ -198,7 +247,8 @@ class _Connection:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or exc
             log.warning("upstream %s port %d unreachable for %s: %s", host, port, self.peer, reason)
             return True
-        self._up_reader, self._up_writer = up_reader, up_writer
+        self._up_transport = transport
+        self._up_writer = up_writer = asyncio.StreamWriter(transport, protocol, None, loop)
         self._up_delivery = Delivery(up_writer, self._up, self._rng)
         self._upstream_open = True
         up = asyncio.create_task(self._pump_up())
@@ -252,21 +302,44 @@ class _Connection:
                     self._up_writer.write_eof()
         return True
 
+    def upstream_data(self, data: bytes) -> None:
+        """Queue a chunk from the server for the client (called by the protocol)."""
+        self._chunks.append(data)
+        self._queued += len(data)
+        self._wake.set()
+        if self._queued >= _HIGH_WATER and not self._paused and self._up_transport is not None:
+            self._paused = True
+            self._up_transport.pause_reading()
+
+    def upstream_end(self, exc: BaseException | None) -> None:
+        """Note the end of the server's stream: EOF, or the error that ended it."""
+        if self._up_end is None:
+            self._up_end = exc if exc is not None else _EOF
+            self._wake.set()
+
+    async def _next_chunk(self) -> bytes | BaseException:
+        """Return the server's next chunk, or how its stream ended."""
+        while not self._chunks:
+            if self._up_end is not None:
+                return self._up_end
+            self._wake.clear()
+            await self._wake.wait()
+        data = self._chunks.popleft()
+        self._queued -= len(data)
+        if self._paused and self._queued < _HIGH_WATER // 2 and self._up_transport is not None:
+            self._paused = False
+            self._up_transport.resume_reading()
+        return data
+
     async def _pump_down(self) -> None:
         """Shape the server's stream into the client's, and end it as the faults say."""
-        assert self._up_reader is not None
         delivery = self._delivery
         try:
             while True:
-                try:
-                    data = await self._up_reader.read(CHUNK)
-                except (ConnectionError, OSError):
+                data = await self._next_chunk()
+                if isinstance(data, BaseException):
                     await delivery.finish("close")
-                    self._set_outcome("upstream_error")
-                    break
-                if not data:
-                    await delivery.finish("close")
-                    self._set_outcome("eof")
+                    self._set_outcome("eof" if data is _EOF else "upstream_error")
                     break
                 self._record.bytes_from_server += len(data)
                 await delivery.send(data)
