@@ -428,6 +428,17 @@ class Shaper:
         if self.faults.swallow_resends:
             self.swallowing = True
 
+    @property
+    def pending(self) -> bool:
+        """Return whether an info frame is due or bytes are held back."""
+        return bool(self._hellos or self._buf or self._held is not None)
+
+    def passed(self, n: int) -> None:
+        """Count ``n`` bytes that went past the shaper untouched (no fault, nothing due)."""
+        self.bytes_in += n
+        self.bytes_out += n
+        self._phase = (self._phase + n) % PACKET_SIZE
+
     def _count(self, kind: str, n: int = 1) -> None:
         if n:
             self.counts[kind] = self.counts.get(kind, 0) + n
