@@ -74,6 +74,16 @@ _QUEUE_CHUNKS = 64
 #: Pacing slices per second at a bandwidth limit.
 _SLICES_PER_SECOND = 50
 _RATE_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+_STREAMS = (
+    "loss",
+    "good",
+    "bad",
+    "duplicate",
+    "reorder",
+    "reorder_span",
+    "corrupt",
+    "corrupt_byte",
+)
 _SPAWN = 2  # spawn_key kind: LossModel uses 0 and 1 for the server's own drops
 
 
@@ -402,7 +412,12 @@ class Shaper:
         self.swallowing = False
         self.bytes_in = 0
         self.bytes_out = 0
-        self._rng = rng if rng is not None else np.random.default_rng()
+        # One stream per kind of draw, so that each is the same whatever the chunks.
+        base = rng if rng is not None else np.random.default_rng()
+        seeds = base.integers(0, 1 << 62, len(_STREAMS))
+        self._rngs = {
+            k: np.random.default_rng(int(v)) for k, v in zip(_STREAMS, seeds, strict=True)
+        }
         self._framed = faults.packet_faults
         self._bytewise = faults.limit is not None or bool(faults.corrupt_at)
         self._hellos = 0
@@ -416,6 +431,10 @@ class Shaper:
         self._ge_started = False
         self._bad = False
         self._run = 0
+        leave_bad = 1.0 / faults.burst
+        enter_bad = faults.loss * leave_bad / (1.0 - faults.loss) if faults.loss < 1 else 1.0
+        self._ge_p = {False: max(enter_bad, 1e-12), True: leave_bad}
+        self._ge_buffer = {False: np.zeros(0, np.int64), True: np.zeros(0, np.int64)}
 
     def hello(self) -> None:
         """Expect an info frame (the peer sent a hello)."""
@@ -560,68 +579,64 @@ class Shaper:
         if faults.duplicate or faults.duplicate_at:
             twice = np.zeros(len(rows), dtype=bool)
             if faults.duplicate:
-                twice |= self._rng.random(len(rows)) < faults.duplicate
+                twice |= self._rngs["duplicate"].random(len(rows)) < faults.duplicate
             if faults.duplicate_at:
                 twice |= np.isin(index, np.fromiter(faults.duplicate_at, dtype=np.int64))
             self._count("duplicate", int(twice.sum()))
             rows = np.repeat(rows, 1 + twice.astype(np.intp), axis=0)
         if faults.corrupt and len(rows):
-            hit = np.flatnonzero(self._rng.random(len(rows)) < faults.corrupt)
+            hit = np.flatnonzero(self._rngs["corrupt"].random(len(rows)) < faults.corrupt)
             if hit.size:
-                columns = self._rng.integers(0, PACKET_SIZE, hit.size)
-                rows[hit, columns] ^= self._rng.integers(1, 256, hit.size).astype(np.uint8)
+                # Two draws per hit, in turn: which byte, and what it is XORed with.
+                where = self._rngs["corrupt_byte"].random((hit.size, 2))
+                columns = (where[:, 0] * PACKET_SIZE).astype(np.intp)
+                rows[hit, columns] ^= (1 + where[:, 1] * 255).astype(np.uint8)
                 self._count("corrupt", int(hit.size))
         return rows.tobytes()
 
     def _loss_mask(self, n: int) -> npt.NDArray[np.bool_]:
-        faults, rng = self.faults, self._rng
+        faults = self.faults
         if faults.burst <= 1:
-            return rng.random(n) < faults.loss
+            return self._rngs["loss"].random(n) < faults.loss
         # Gilbert-Elliott, drawn as alternating run lengths: a burst ends with chance
         # 1/burst per packet, one starts with the chance that makes the mean loss `loss`.
-        leave_bad = 1.0 / faults.burst
-        enter_bad = faults.loss * leave_bad / (1.0 - faults.loss)
-        if enter_bad <= 0:
-            return np.zeros(n, dtype=bool)
-        if not self._ge_started:
+        # Good and bad runs come from streams of their own, taken in order and never
+        # dropped: the same runs whatever the chunks.
+        parts: list[npt.NDArray[np.bool_]] = []
+        if self._run:
+            take = min(n, self._run)
+            parts.append(np.full(take, self._bad))
+            self._run -= take
+            n -= take
+        while n:
+            first = not self._bad if self._ge_started else False
             self._ge_started = True
-            self._bad, self._run = False, int(rng.geometric(enter_bad))
-        take = min(n, self._run)
-        head = np.full(take, self._bad)
-        self._run -= take
-        if take == n:
-            return head
-        return np.concatenate([head, self._ge_runs(n - take, enter_bad, leave_bad)])
-
-    def _ge_runs(self, n: int, enter_bad: float, leave_bad: float) -> npt.NDArray[np.bool_]:
-        """Draw runs covering ``n`` packets at once, alternating from the current state."""
-        rng = self._rng
-        masks: list[npt.NDArray[np.bool_]] = []
-        left = n
-        while left:
-            pairs = max(8, int(left * enter_bad * 1.5) + 8)
-            good = rng.geometric(enter_bad, pairs)
-            bad = rng.geometric(leave_bad, pairs)
-            # The state after the current (ended) run is its opposite.
-            first_bad = not self._bad
-            a, b = (bad, good) if first_bad else (good, bad)
-            lengths = np.empty(2 * pairs, dtype=np.int64)
+            k = max(16, int(n / (self.faults.burst + 1 / self._ge_p[False])) + 16)
+            a, b = self._ge_peek(first, k), self._ge_peek(not first, k)
+            lengths = np.empty(2 * k, dtype=np.int64)
             lengths[0::2], lengths[1::2] = a, b
-            states = np.zeros(2 * pairs, dtype=bool)
-            states[0::2], states[1::2] = first_bad, not first_bad
+            states = np.zeros(2 * k, dtype=bool)
+            states[0::2], states[1::2] = first, not first
             ends = np.cumsum(lengths)
-            last = int(np.searchsorted(ends, left))  # the run holding packet `left` - 1
-            if last >= len(ends):
-                masks.append(np.repeat(states, lengths))
-                left -= int(ends[-1])
-                self._bad, self._run = bool(states[-1]), 0
-                continue
-            mask = np.repeat(states[: last + 1], lengths[: last + 1])
-            masks.append(mask[:left])
-            self._bad = bool(states[last])
-            self._run = int(ends[last]) - left
-            left = 0
-        return np.concatenate(masks)
+            last = int(np.searchsorted(ends, n))  # the run that holds packet n - 1
+            used = min(last + 1, 2 * k)
+            self._ge_take(first, (used + 1) // 2)
+            self._ge_take(not first, used // 2)
+            parts.append(np.repeat(states[:used], lengths[:used])[:n])
+            self._bad = bool(states[used - 1])
+            self._run = int(ends[used - 1]) - n if last < 2 * k else 0
+            n -= min(n, int(ends[used - 1]))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def _ge_peek(self, bad: bool, k: int) -> npt.NDArray[np.int64]:
+        buffer = self._ge_buffer[bad]
+        if len(buffer) < k:
+            more = self._rngs["bad" if bad else "good"].geometric(self._ge_p[bad], max(k, 1024))
+            buffer = self._ge_buffer[bad] = np.concatenate([buffer, more])
+        return buffer[:k]
+
+    def _ge_take(self, bad: bool, k: int) -> None:
+        self._ge_buffer[bad] = self._ge_buffer[bad][k:]
 
     def _reorder(
         self, rows: npt.NDArray[np.uint8], index: npt.NDArray[np.int64]
@@ -632,7 +647,7 @@ class Shaper:
             return rows, index
         chosen = np.zeros(n, dtype=bool)
         if faults.reorder:
-            chosen |= self._rng.random(n) < faults.reorder
+            chosen |= self._rngs["reorder"].random(n) < faults.reorder
         if faults.reorder_at:
             chosen |= np.isin(index, np.fromiter(faults.reorder_at, dtype=np.int64))
         picks = np.flatnonzero(chosen)
@@ -643,7 +658,7 @@ class Shaper:
         hold: int | None = None
         # How far each pick moves: 1 for an exact reorder, up to REORDER_SPAN for a random one.
         spans = (
-            self._rng.integers(1, REORDER_SPAN + 1, picks.size)
+            1 + (self._rngs["reorder_span"].random(picks.size) * REORDER_SPAN).astype(np.int64)
             if faults.reorder
             else np.ones(picks.size, dtype=np.int64)
         )
