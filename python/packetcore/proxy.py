@@ -102,11 +102,11 @@ class ConnectionRecord:
 
 
 class _Requests:
-    """Frame the client's requests and tell the shaper what its answers will hold."""
+    """Frame the client's requests, count them, and tell the delivery what they ask for."""
 
-    def __init__(self, record: ConnectionRecord, shaper: Shaper, stats: ProxyStats) -> None:
+    def __init__(self, record: ConnectionRecord, delivery: Delivery, stats: ProxyStats) -> None:
         self._record = record
-        self._shaper = shaper
+        self._delivery = delivery
         self._stats = stats
         self._framer = RequestFramer()
         self.streamed = False
@@ -116,14 +116,10 @@ class _Requests:
         for request in self._framer.feed(data):
             call = request.call_type
             counts[call] = counts.get(call, 0) + 1
-            if call == HELLO:
-                self._shaper.hello()
-            elif call in (STREAM_ALL, SUBSCRIBE):
+            self._delivery.request(call)
+            if call in (STREAM_ALL, SUBSCRIBE):
                 self.streamed = True
                 self._stats.streams += 1
-            elif call in (RESEND, RESEND_RANGE):
-                if not self.streamed:
-                    self._shaper.resend_mode()
             elif call not in _KNOWN:
                 self._stats.bad_requests += 1
 
@@ -210,7 +206,7 @@ class _Connection:
         self._down = Shaper(down, rng, counts)
         self._up = Shaper(faults if plan.upstream else Faults(), rng, counts)
         self._delivery = Delivery(writer, self._down, rng)
-        self._requests = _Requests(record, self._down, proxy.stats)
+        self._requests = _Requests(record, self._delivery, proxy.stats)
         self._up_transport: asyncio.Transport | None = None
         self._chunks: deque[bytes] = deque()
         self._queued = 0
