@@ -1,7 +1,7 @@
 """Reliability: packetcore-fetch and packetcore-serve under faults, bad input and load.
 
 Every fault test runs a real :class:`~packetcore.server.Server` on loopback with a
-:class:`~faultproxy.FaultProxy` in front of it and holds the fetch to one rule: it ends
+:class:`~packetcore.proxy.Proxy` in front of it and holds the fetch to one rule: it ends
 with the complete, byte-correct ``output.json``, or it exits non-zero with a clear
 message and the missing ranges and leaves ``output.json`` as it was.  Never a wrong
 packet, never a hang past the configured timeouts (``pytest.mark.timeout``).
@@ -33,13 +33,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from faultproxy import FaultProxy, Faults
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packetcore.cli.fetch import EXIT_INCOMPLETE, EXIT_STRICT
 from packetcore.cli.fetch import main as fetch_main
 from packetcore.client import fetch
 from packetcore.errors import ProtocolError
+from packetcore.faults import Faults
 from packetcore.feeds import book, synthetic
 from packetcore.output import partial_path
 from packetcore.protocol import (
@@ -48,6 +48,7 @@ from packetcore.protocol import (
     resend_request,
     stream_all_request,
 )
+from packetcore.proxy import Proxy
 from packetcore.server import Server
 from serverutil import ServeProcess
 
@@ -149,8 +150,8 @@ def test_close_mid_packet(
 ) -> None:
     # The stream connection ends 5 bytes into a packet; the fetch recovers the rest.
     head = INFO if protocol == "auto" else 0
-    with FaultProxy(
-        "127.0.0.1", lossy.port, only(Faults(close_after=head + 17 * packets + 5), 0)
+    with Proxy(
+        ("127.0.0.1", lossy.port), only(Faults(close_after=head + 17 * packets + 5), 0)
     ) as proxy:
         status, err = fetch_cli(proxy.port, tmp_path / "out.json", capsys, "--protocol", protocol)
     assert status == 0, err
@@ -163,7 +164,7 @@ def test_close_mid_packet(
 def test_reset(
     protocol: str, after: int, lossy: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(reset_after=after), 0, 1)) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(reset_after=after), 0, 1)) as proxy:
         status, err = fetch_cli(proxy.port, tmp_path / "out.json", capsys, "--protocol", protocol)
     assert status == 0, err
     assert (tmp_path / "out.json").read_bytes() == FEED_JSON
@@ -179,7 +180,7 @@ def test_reset_every_connection_fails_cleanly(
     def script(index: int) -> Faults:
         return Faults(reset_after=INFO + 17 * 500 if index == 0 else 10)
 
-    with FaultProxy("127.0.0.1", lossy.port, script) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), script) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys)
     assert_outcome(status, err, output, EXIT_INCOMPLETE)
     assert missing_listed(err)
@@ -192,7 +193,7 @@ def test_delay_below_the_timeout(
     # A 0.3 s latency on every connection, under the 0.5 s silence allowed.  The probe
     # waits longer for the hello so the extension is still found.
     output = tmp_path / "out.json"
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(delay=0.3))) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(latency=0.3))) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys, "--hello-timeout", "1")
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON
@@ -207,7 +208,7 @@ def test_delay_past_the_timeout_fails_cleanly(
     # in time.  Whatever did arrive, the fetch must end by itself within its retries.
     output = tmp_path / "out.json"
     started = time.monotonic()
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(delay=2.0))) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(latency=2.0))) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys, "--protocol", "extended")
     # The hello's answer comes too late: no extended server, which --protocol extended
     # requires.
@@ -220,7 +221,7 @@ def test_delay_past_the_timeout_fails_cleanly(
 def test_throttle(lossy: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 20 kB/s on the stream (about 2.5 s for it): slow but never silent, so it completes.
     output = tmp_path / "out.json"
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(bandwidth=20_000), 0)) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(bandwidth=20_000), 0)) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys)
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON
@@ -234,7 +235,7 @@ def test_swallow_resends_fails_cleanly(
     # which sequences it lacks.
     output = tmp_path / "out.json"
     started = time.monotonic()
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(swallow_resends=True))) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(swallow_resends=True))) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys)
     assert_outcome(status, err, output, EXIT_INCOMPLETE)
     assert missing_listed(err)
@@ -248,7 +249,7 @@ def test_swallow_resends_base_mode(
 ) -> None:
     # Base mode leaves what resends do not bring to further passes.
     output = tmp_path / "out.json"
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(swallow_resends=True))) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(swallow_resends=True))) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys, "--protocol", "base")
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON
@@ -260,8 +261,8 @@ def test_duplicate(
     protocol: str, lossy: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "out.json"
-    faults = Faults(duplicate={0, 1, 2, 500, 1000, 2000})
-    with FaultProxy("127.0.0.1", lossy.port, only(faults, 0, 1, 2)) as proxy:
+    faults = Faults(duplicate_at={0, 1, 2, 500, 1000, 2000})
+    with Proxy(("127.0.0.1", lossy.port), only(faults, 0, 1, 2)) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys, "--protocol", protocol, "--strict")
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON
@@ -273,8 +274,8 @@ def test_reorder(
     protocol: str, lossy: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "out.json"
-    faults = Faults(reorder={0, 7, 500, 1001, 2000})
-    with FaultProxy("127.0.0.1", lossy.port, only(faults, 0, 1, 2)) as proxy:
+    faults = Faults(reorder_at={0, 7, 500, 1001, 2000})
+    with Proxy(("127.0.0.1", lossy.port), only(faults, 0, 1, 2)) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys, "--protocol", protocol, "--strict")
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON
@@ -285,7 +286,7 @@ def test_hang(lossy: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     # A peer that accepts and never answers: the fetch ends within its timeouts, exit != 0.
     output = tmp_path / "out.json"
     started = time.monotonic()
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(hang=True))) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(hang=True))) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys)
     # Nothing ever arrives, so there is nothing to save: a plain error, not "incomplete".
     assert_outcome(status, err, output, 1)
@@ -299,7 +300,7 @@ def test_hang_after_the_stream(
 ) -> None:
     # The stream gets through; every recovery connection hangs.
     output = tmp_path / "out.json"
-    with FaultProxy("127.0.0.1", lossy.port, lambda i: Faults(hang=True) if i else None) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), lambda i: Faults(hang=True) if i else None) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys)
     assert_outcome(status, err, output, EXIT_INCOMPLETE)
     assert missing_listed(err)
@@ -340,9 +341,9 @@ def test_corrupt_detectable(
     faults = Faults(corrupt_at=(head + 17 * 9 + where,), corrupt_xor=xor)
     extra = ("--protocol", protocol, "--strict") if strict else ("--protocol", protocol)
     bad_requests = lossless.stats.bad_requests  # the fixture is shared: count the change
-    with FaultProxy("127.0.0.1", lossless.port, only(faults, 0)) as proxy:
+    with Proxy(("127.0.0.1", lossless.port), only(faults, 0)) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys, *extra)
-        assert proxy.stats[0].corrupted
+        assert proxy.records[0].counts.get("corrupt")
     # Lenient: every doubt is settled by asking again, and the right packet is written.
     # Strict: a packet that was invalid, conflicting or judged corrupt refuses the fetch:
     # in extended mode a sequence beyond the announced last (65290) is one; in base mode
@@ -366,12 +367,12 @@ def test_corrupt_sequence_never_resent_in_base_mode(drop: float) -> None:
     # concludes about 122, every packet it keeps is the book's own.
     faults = Faults(corrupt_at=(PACKET * 9 + 16,), corrupt_xor=10 ^ 122)
     with Server(host="127.0.0.1", port=0, drop=drop, seed=4) as server:
-        with FaultProxy("127.0.0.1", server.port, only(faults, 0)) as proxy:
+        with Proxy(("127.0.0.1", server.port), only(faults, 0)) as proxy:
             result = fetch(
                 port=proxy.port, protocol="base", timeout=TIMEOUT, retries=RETRIES,
                 backoff=0.02, max_passes=40,
             )  # fmt: skip
-            assert proxy.stats[0].corrupted
+            assert proxy.records[0].counts.get("corrupt")
         assert server.stats.bad_requests == 0
     assert 122 not in result.packets.sequence.tolist()
     assert result.packets == book()[result.packets.sequence - 1]
@@ -385,12 +386,12 @@ def test_corrupt_last_sequence_never_resent_in_base_mode() -> None:
     # take it as proof that 15..125 exist (each resend of them crashes the reference).
     faults = Faults(corrupt_at=(PACKET * 13 + 16,), corrupt_xor=14 ^ 126)
     with Server(host="127.0.0.1", port=0, drop=0.0) as server:
-        with FaultProxy("127.0.0.1", server.port, only(faults, 0)) as proxy:
+        with Proxy(("127.0.0.1", server.port), only(faults, 0)) as proxy:
             result = fetch(
                 port=proxy.port, protocol="base", timeout=TIMEOUT, retries=RETRIES,
                 backoff=0.02, max_passes=6,
             )  # fmt: skip
-            assert proxy.stats[0].corrupted
+            assert proxy.records[0].counts.get("corrupt")
         assert server.stats.bad_requests == 0
     # One pass ended on 126, every other on 14: the bogus end is judged a corruption.
     assert result.complete and result.packets == book() and result.corrupt == 1
@@ -402,7 +403,7 @@ def test_corrupt_payload_seen_once_is_undetectable(lossless: Server) -> None:
     # packet the fetch receives is a valid packet with a wrong quantity, and nothing
     # tells the client.  This pins the limit down so it is never claimed otherwise.
     faults = Faults(corrupt_at=(INFO + 17 * 9 + 8,), corrupt_xor=0x01)
-    with FaultProxy("127.0.0.1", lossless.port, only(faults, 0)) as proxy:
+    with Proxy(("127.0.0.1", lossless.port), only(faults, 0)) as proxy:
         result = fetch(port=proxy.port, timeout=TIMEOUT, retries=RETRIES)
     assert result.complete and result.conflicts == 0 and result.invalid == 0
     assert result.packets.quantity[9] == FEED.quantity[9] ^ 1  # wrong, and undetected
@@ -416,14 +417,14 @@ def test_corrupt_payload_seen_twice_is_settled(
     # server once more and keeps the value two copies agree on; --strict refuses.
     output = tmp_path / "out.json"
     at = INFO + 17 * 9 + 8
-    faults = Faults(corrupt_at=(at,), corrupt_xor=0x01, duplicate={9})
+    faults = Faults(corrupt_at=(at,), corrupt_xor=0x01, duplicate_at={9})
     # The duplicate is sent after the packet: corrupt the first copy only.
-    with FaultProxy("127.0.0.1", lossless.port, only(faults, 0)) as proxy:
+    with Proxy(("127.0.0.1", lossless.port), only(faults, 0)) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys)
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON
     assert "1 conflicts" in err
-    with FaultProxy("127.0.0.1", lossless.port, only(faults, 0)) as proxy:
+    with Proxy(("127.0.0.1", lossless.port), only(faults, 0)) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys, "--strict")
     assert status == EXIT_STRICT and output.read_bytes() == PREVIOUS
 
@@ -703,7 +704,7 @@ def test_hung_probe_is_not_taken_for_a_base_server(
     # The first connection (the hello probe) hangs: silence, but no evidence of a base
     # server.  The next connection asks for the extension again and gets it.
     output = tmp_path / "out.json"
-    with FaultProxy("127.0.0.1", lossy.port, only(Faults(hang=True), 0)) as proxy:
+    with Proxy(("127.0.0.1", lossy.port), only(Faults(hang=True), 0)) as proxy:
         status, err = fetch_cli(proxy.port, output, capsys)
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON

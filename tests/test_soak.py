@@ -13,9 +13,10 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from faultproxy import FaultProxy, Faults
 from packetcore.client import FetchError, fetch, fetch_async
+from packetcore.faults import Faults
 from packetcore.feeds import book, synthetic
+from packetcore.proxy import Proxy
 from packetcore.server import Server
 from serverutil import ServeProcess
 
@@ -51,15 +52,15 @@ def _random_faults(rng: random.Random, index: int) -> tuple[str, Faults]:
     if kind == "reset":
         return kind, Faults(reset_after=rng.randrange(stream))
     if kind == "delay":
-        return kind, Faults(delay=rng.uniform(0.0, 0.2))
+        return kind, Faults(latency=rng.uniform(0.0, 0.2))
     if kind == "throttle":
         return kind, Faults(bandwidth=rng.uniform(200_000, 2_000_000))
     if kind == "swallow":
         return kind, Faults(swallow_resends=True)
     if kind == "duplicate":
-        return kind, Faults(duplicate=set(rng.sample(range(5000), 20)))
+        return kind, Faults(duplicate_at=set(rng.sample(range(5000), 20)))
     if kind == "reorder":
-        return kind, Faults(reorder=set(rng.sample(range(5000), 20)))
+        return kind, Faults(reorder_at=set(rng.sample(range(5000), 20)))
     if kind == "corrupt":
         head = INFO if index == 0 else 0
         if rng.random() < 0.5:
@@ -94,7 +95,7 @@ def test_soak(soak_server: Server) -> None:
         faults = {i: _random_faults(rng, i) for i in range(64)}
         first = faults[0][0]
         script = {i: fault for i, (_, fault) in faults.items()}
-        with FaultProxy("127.0.0.1", soak_server.port, script.get) as proxy:
+        with Proxy(("127.0.0.1", soak_server.port), script.get) as proxy:
             try:
                 result = fetch(port=proxy.port, **SOAK_TIMING)  # type: ignore[arg-type]
             except FetchError:

@@ -1,4 +1,4 @@
-"""``python -m packetcore serve|fetch|demo``."""
+"""``python -m packetcore serve|fetch|proxy|demo``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import sys
 from collections.abc import Sequence
 
 PROG = "python -m packetcore"
-USAGE = """usage: python -m packetcore {serve,fetch,demo} [options]
+USAGE = """usage: python -m packetcore {serve,fetch,proxy,demo} [options]
 
   serve   run the exchange (same as packetcore-serve)
   fetch   fetch a feed into output.json (same as packetcore-fetch)
+  proxy   forward to a server with faults (same as packetcore-proxy)
   demo    start a server on a free port, fetch from it, stop it
 
 'python -m packetcore COMMAND --help' explains each command's options."""
@@ -36,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cli.fetch import main as fetch
 
         return fetch(rest, prog=prog)
+    if command == "proxy":
+        from .cli.proxy import main as proxy
+
+        return proxy(rest, prog=prog)
     if command == "demo":
         from .cli.demo import main as demo
 

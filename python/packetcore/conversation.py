@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .errors import FeedError
+from .faults import Delivery, FaultCounts
 from .listener import peer_name
 from .live import LiveFeed, Publisher, Subscription
 from .loss import LossModel
@@ -49,6 +50,7 @@ class ServerStats:
     bytes_written: int = 0  #: bytes handed to the clients' sockets (packets and info frames)
     subscriptions: int = 0  #: subscribe requests (callType 5) answered
     slow_disconnects: int = 0  #: subscribers disconnected for falling too far behind
+    faults: dict[str, int] = field(default_factory=FaultCounts)  #: injected faults by kind
 
     def summary(self) -> str:
         """Return the counters as one line."""
@@ -85,6 +87,7 @@ class Conversation:
         stats: ServerStats,
         idle_timeout: float,
         publisher: Publisher | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self.number = number
         self.peer = peer_name(writer)
@@ -99,6 +102,7 @@ class Conversation:
         self._tally = _Tally()
         self._resend_rng = loss.resend_rng(number)
         self._publisher = publisher
+        self._delivery = delivery  # the faults of this connection, if any
 
     async def run(self) -> None:
         """Converse until the client is done or gone, then close; never raise."""
@@ -126,6 +130,8 @@ class Conversation:
             log.exception("internal error serving %s", self.peer)
             self._writer.transport.abort()
         finally:
+            if self._delivery is not None:
+                self._delivery.cancel()
             stats.active -= 1
             if self.timed_out:
                 stats.timeouts += 1
@@ -181,9 +187,11 @@ class Conversation:
     async def _close(self) -> None:
         if self.timed_out:
             return
-        self._writer.close()
         timer = self._watch()
         try:
+            if self._delivery is not None:
+                await self._delivery.close(self._reader)
+            self._writer.close()
             await self._writer.wait_closed()
         except ConnectionError:
             pass
@@ -192,12 +200,16 @@ class Conversation:
                 timer.cancel()
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
-        self._stats.bytes_written += memoryview(data).nbytes
-        self._writer.write(data)
+        if self._delivery is None:
+            self._stats.bytes_written += memoryview(data).nbytes
+            self._writer.write(data)
         # A reader that takes nothing for idle_timeout would hold its task forever.
         timer = self._watch()
         try:
-            await self._writer.drain()
+            if self._delivery is None:
+                await self._writer.drain()
+            else:
+                await self._delivery.send(data)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -216,6 +228,8 @@ class Conversation:
         try:
             for request in requests:
                 kind = request.call_type
+                if self._delivery is not None:
+                    self._delivery.request(kind)
                 if kind == RESEND:
                     self._resend(request.start, out)
                 elif kind == RESEND_RANGE:

@@ -15,10 +15,12 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
 from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
+from .faults import Delivery, FaultPlan, Shaper
 from .feeds import MappedFeed
 from .listener import bind, peer_name
 from .live import DEFAULT_MAX_LAG, LiveFeed, Publisher
@@ -62,6 +64,7 @@ class Server:
         live: float | None = None,
         until: int | None = None,
         max_lag: float = DEFAULT_MAX_LAG,
+        faults: FaultPlan | None = None,
     ) -> None:
         if live is not None and not (live >= 0 and live < float("inf")):
             raise ValueError(f"live must be a rate of 0 or more packets a second, not {live}")
@@ -99,6 +102,9 @@ class Server:
         self.publisher = (
             Publisher(self.index, self.stats, max_lag) if isinstance(self.index, LiveFeed) else None
         )
+        #: What a hostile network does to each connection's answers (None: nothing).
+        self.faults = faults
+        self._started_at = time.monotonic()
 
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -164,6 +170,7 @@ class Server:
                 sock.close()
             raise
         self._bound = [sock.getsockname() for sock in sockets]
+        self._started_at = time.monotonic()
         index = self.index
         log.debug("loss seed entropy %d", self.loss.entropy)
         if isinstance(index, LiveFeed):
@@ -290,6 +297,21 @@ class Server:
 
     # -- connections ----------------------------------------------------------------------
 
+    def _delivery(self, number: int, writer: asyncio.StreamWriter) -> Delivery | None:
+        """Return how connection ``number``'s answers are shaped by the faults, if at all."""
+        if self.faults is None:
+            return None
+        faults = self.faults.faults_for(number, time.monotonic() - self._started_at)
+        if not faults.active:
+            return None
+        rng = self.faults.rng(number)
+        return Delivery(
+            writer, Shaper(faults, rng, self.stats.faults), rng, written=self._count_written
+        )
+
+    def _count_written(self, size: int) -> None:
+        self.stats.bytes_written += size
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if self._stopping or task is None or len(self._tasks) >= self.max_connections:
@@ -307,6 +329,7 @@ class Server:
             conversation = Conversation(
                 number, reader, writer, self.index, self.loss, self.stats, self.idle_timeout,
                 self.publisher,
+                self._delivery(number, writer),
             )  # fmt: skip
             await conversation.run()
         finally:

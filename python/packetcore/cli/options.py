@@ -8,13 +8,18 @@ import argparse
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..faults import FaultPlan
 
 __all__ = [
     "add_drop",
+    "add_faults",
     "add_feed",
     "add_feed_options",
     "add_seed",
+    "fault_plan",
     "integer",
     "number",
     "probability",
@@ -111,3 +116,98 @@ def add_feed_options(parser: argparse.ArgumentParser) -> None:
     add_feed(parser)
     add_seed(parser)
     add_drop(parser)
+
+
+def _rate(text: str) -> float:
+    from ..faults import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_milliseconds = number(0.0, what="a duration of 0 ms or more")
+_bytes = integer(0, what="a byte count: 0 or more")
+_burst = number(1.0, what="a mean burst length of 1 or more")
+_split = integer(1, what="a byte count: 1 or more")
+
+
+def add_faults(parser: argparse.ArgumentParser, *, upstream: bool = False) -> None:
+    """Add the fault options (read back by :func:`fault_plan`); ``upstream`` adds that switch."""
+    group = parser.add_argument_group(
+        "faults", "what a hostile network does to each connection (default: nothing)"
+    )
+    add = group.add_argument
+    add("--latency", type=_milliseconds, default=0.0, metavar="MS",
+        help="hold every chunk back MS milliseconds")  # fmt: skip
+    add("--jitter", type=_milliseconds, default=0.0, metavar="MS",
+        help="add a uniform draw in -MS..+MS to the latency (bytes never overtake)")  # fmt: skip
+    add("--bandwidth", type=_rate, default=None, metavar="BYTES_PER_S",
+        help="at most this many bytes/s per connection; suffixes k and M (64k, 1.5M)")  # fmt: skip
+    add("--split", type=_split, default=None, metavar="N",
+        help="write at most N bytes at a time: packets arrive cut mid-field")  # fmt: skip
+    add("--loss", type=probability, default=0.0, metavar="P",
+        help="drop each packet with chance P (whole packets; info frames never)")  # fmt: skip
+    add("--burst", type=_burst, default=1.0, metavar="L",
+        help="losses come in bursts of mean length L (Gilbert-Elliott); 1 (default): "
+        "independent")  # fmt: skip
+    add("--duplicate", type=probability, default=0.0, metavar="P",
+        help="send each packet twice with chance P")  # fmt: skip
+    add("--reorder", type=probability, default=0.0, metavar="P",
+        help="swap each packet with one of the next 3 with chance P")  # fmt: skip
+    add("--corrupt", type=probability, default=0.0, metavar="P",
+        help="change one byte of each packet with chance P")  # fmt: skip
+    add("--reset-after", type=_bytes, default=None, metavar="BYTES",
+        help="reset the connection (RST) after BYTES bytes")  # fmt: skip
+    add("--stall-after", type=_bytes, default=None, metavar="BYTES",
+        help="forward nothing more after BYTES bytes, keeping the connection open")  # fmt: skip
+    add("--close-after", type=_bytes, default=None, metavar="BYTES",
+        help="close the connection (FIN) after BYTES bytes")  # fmt: skip
+    add("--scenario", default=None, metavar="FILE.toml",
+        help="faults that change over time or by connection number (docs/faults.md); "
+        "the options above are its defaults")  # fmt: skip
+    if upstream:
+        add("--upstream-faults", action="store_true",
+            help="apply the faults to the client-to-server direction instead (timing, "
+            "split and the byte limits only)")  # fmt: skip
+
+
+def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
+    """Return the plan the fault options of ``args`` describe; None if they describe none.
+
+    A combination no connection can have (or a bad scenario file) is a usage error.
+    """
+    from ..errors import UserError
+    from ..faults import FaultPlan, Faults
+
+    upstream = bool(getattr(args, "upstream_faults", False))
+    try:
+        faults = Faults(
+            latency=args.latency / 1000.0,
+            jitter=args.jitter / 1000.0,
+            bandwidth=args.bandwidth,
+            split=args.split,
+            loss=args.loss,
+            burst=args.burst,
+            duplicate=args.duplicate,
+            reorder=args.reorder,
+            corrupt=args.corrupt,
+            reset_after=args.reset_after,
+            stall_after=args.stall_after,
+            close_after=args.close_after,
+        )
+        if args.scenario is not None:
+            plan = FaultPlan.from_scenario(args.scenario, faults, seed=args.seed, upstream=upstream)
+        else:
+            plan = FaultPlan(faults, seed=args.seed, upstream=upstream)
+        if plan.upstream and plan.faults.packet_faults:
+            raise ValueError(
+                "--loss, --duplicate, --reorder and --corrupt act on the server's packets: "
+                "not with --upstream-faults"
+            )
+    except OSError as exc:
+        raise UserError(f"cannot read {args.scenario}: {exc.strerror or exc}", 2) from None
+    except ValueError as exc:
+        raise UserError(str(exc), 2) from None
+    return plan if plan.active else None

@@ -35,7 +35,16 @@ from ..workers import (
 )
 from . import EXIT_FAILURE, UserError, add_verbosity, run
 from .logqueue import queued_stderr
-from .options import add_drop, add_feed, add_seed, integer, number, probability
+from .options import (
+    add_drop,
+    add_faults,
+    add_feed,
+    add_seed,
+    fault_plan,
+    integer,
+    number,
+    probability,
+)
 
 if TYPE_CHECKING:
     from ..metrics import MetricsServer, StatsLike
@@ -160,6 +169,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "packets behind (at least 1 MiB unsent; default: %(default)s)",
     )  # fmt: skip
     parser.set_defaults(feed=None)  # --live without --feed: the endless synthetic feed
+    # Faults on every answer, in-process: what packetcore-proxy does, without the hop.
+    add_faults(parser)
     add_verbosity(parser)
     return parser
 
@@ -170,6 +181,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    args.faults = fault_plan(args)  # a bad combination fails before any port opens
     try:
         loop, _ = loop_factory(args.loop)
     except LoopUnavailable as exc:
@@ -224,6 +236,7 @@ def _server(
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
         max_lag=args.max_lag,
+        faults=args.faults,
     )
 
 

@@ -1,0 +1,121 @@
+"""``packetcore-proxy``: forward a feed server's connections with faults, until SIGINT or SIGTERM.
+
+Exit codes: 130 after SIGINT, 143 after SIGTERM; 1 failure (port in use); 2 bad option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from ..faults import FaultPlan
+from ..proxy import Proxy
+from . import UserError, add_verbosity, run
+from .options import add_faults, fault_plan, integer, seed
+
+__all__ = ["build_parser", "main"]
+
+PROGRAM = "packetcore-proxy"
+
+DESCRIPTION = """\
+Forward every connection to an upstream server of the feed protocol (the reference
+exchange, packetcore-serve, anyone's), with faults on the server-to-client direction:
+latency, bandwidth, split writes, packet loss in bursts, duplicates, reorders,
+corruption, resets, stalls and closes.  The proxy frames the protocol, so the faults
+hit whole packets and info frames pass untouched.  With no fault it forwards as it
+gets.  Each connection draws its faults from --seed and its number (from 0, in accept
+order): a seeded run does the same to the same connection each time.
+
+The line naming the port is printed even with -q.  An unreachable upstream costs the
+connection that needed it (one line in the log), not the proxy."""
+
+_port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _upstream(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (port in 1..65535)")
+    return host.strip("[]"), int(port)
+
+
+def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
+    """Return the argument parser of ``packetcore-proxy``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--listen", type=_port, required=True, metavar="PORT",
+        help="port to listen on (0 picks a free port and prints it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--host", default="localhost",
+        help="address to listen on (default: localhost, both 127.0.0.1 and ::1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--upstream", type=_upstream, required=True, metavar="HOST:PORT",
+        help="the server to forward to",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=seed, default=None,
+        help="seed of every random fault: connection N draws the same faults each run "
+        "(default: random)",
+    )  # fmt: skip
+    add_faults(parser, upstream=True)
+    add_verbosity(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
+    """Run ``packetcore-proxy`` and return its exit code."""
+    return run(PROGRAM, build_parser(prog), _proxy, argv)
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    plan = fault_plan(args) or FaultPlan(seed=args.seed)
+    proxy = Proxy(args.upstream, plan, host=args.host, port=args.listen)
+    signum = asyncio.run(_run(proxy))
+    print(f"{PROGRAM}: stopped by {signal.Signals(signum).name}: {proxy.stats.summary()}",
+          file=sys.stderr)  # fmt: skip
+    return 128 + signum
+
+
+async def _run(proxy: Proxy) -> int:
+    try:
+        await proxy.start_async()
+    except OSError as exc:
+        raise UserError(str(exc.strerror or exc)) from None
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[int] = loop.create_future()
+
+    def stop(signum: int) -> None:
+        if not stopped.done():
+            stopped.set_result(signum)
+
+    for signum in _STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop, signum)
+    host, port = proxy.upstream
+    # Printed even with -q: with --listen 0 it is the one thing the user must know.
+    print(
+        f"{PROGRAM}: listening on port {proxy.port} ({proxy.host}), forwarding to {host} "
+        f"port {port}; SIGINT or SIGTERM stops the proxy",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return await stopped
+    finally:
+        for signum in _STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+        await proxy.stop_async()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

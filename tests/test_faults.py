@@ -1,0 +1,451 @@
+"""The fault models, measured from a raw client: through packetcore.proxy, and in-process in
+the server; the fault options of packetcore-proxy and packetcore-serve."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from packetcore.errors import PacketcoreError
+from packetcore.faults import FaultCounts, FaultPlan, Faults, Shaper, parse_rate
+from packetcore.feeds import synthetic
+from packetcore.protocol import hello_request, resend_request, stream_all_request
+from packetcore.proxy import ConnectionRecord, Proxy
+from packetcore.server import Server
+
+import packetcore
+from packetcore import encode
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 60_000
+PACKET = 17
+STREAM = stream_all_request()
+WIRE = encode(synthetic(N, 11))
+SRC = str(Path(packetcore.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def clean() -> Iterator[Server]:
+    """N packets, nothing dropped: stream packet i is sequence i + 1."""
+    with Server(synthetic(N, 11), host="127.0.0.1", port=0, drop=0.0) as server:
+        yield server
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(1 << 16):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def ask(port: int, request: bytes = STREAM) -> bytes:
+    with connect(port) as sock:
+        sock.sendall(request)
+        return read_to_eof(sock)
+
+
+def read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        assert data, f"EOF after {len(buf)} of {n} bytes"
+        buf += data
+    return bytes(buf)
+
+
+def sequences(data: bytes) -> npt.NDArray[np.int64]:
+    """Return the sequence of each whole packet in ``data``."""
+    rows = np.frombuffer(data, dtype=np.uint8)[: len(data) // PACKET * PACKET]
+    return rows.reshape(-1, PACKET)[:, 13:17].copy().view(">i4").ravel().astype(np.int64)
+
+
+def through(server: Server, faults: Faults, seed: int = 1) -> tuple[bytes, ConnectionRecord]:
+    """Stream the whole feed through a proxy with ``faults``; return it and the record."""
+    with Proxy(("127.0.0.1", server.port), FaultPlan(faults, seed=seed)) as proxy:
+        data = ask(proxy.port)
+        assert proxy.wait_idle()
+        (record,) = proxy.records
+        assert proxy.stats.faults == {k: v for k, v in record.counts.items() if v}
+    return data, record
+
+
+def runs(lost: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Return the lengths of the runs of consecutive sequences in sorted ``lost``."""
+    if not lost.size:
+        return np.zeros(0, dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(lost) != 1)
+    ends = np.append(breaks, lost.size - 1)
+    starts = np.insert(breaks + 1, 0, 0)
+    return ends - starts + 1
+
+
+# -- each model, from a raw client through the proxy ---------------------------------------
+
+
+@pytest.mark.parametrize(("loss", "burst"), [(0.05, 1.0), (0.1, 4.0), (0.3, 8.0)])
+def test_loss_rate_and_burst_length(clean: Server, loss: float, burst: float) -> None:
+    data, record = through(clean, Faults(loss=loss, burst=burst), seed=7)
+    got = sequences(data)
+    assert np.all(np.diff(got) > 0)  # whole packets dropped, nothing else touched
+    lost = np.setdiff1d(np.arange(1, N + 1), got)
+    assert record.counts["loss"] == lost.size
+    assert abs(lost.size / N - loss) < 0.02 + 0.04 * loss
+    mean_burst = runs(lost).mean()
+    # Independent losses run 1 / (1 - P) long on average; Gilbert-Elliott's, `burst` long.
+    expected = 1 / (1 - loss) if burst == 1 else burst
+    assert abs(mean_burst - expected) < 0.1 * expected
+
+
+def test_duplicates_follow_their_packet_and_are_counted(clean: Server) -> None:
+    data, record = through(clean, Faults(duplicate=0.05), seed=3)
+    got = sequences(data)
+    twice = np.flatnonzero(np.diff(got) == 0)
+    assert np.array_equal(np.unique(got), np.arange(1, N + 1))
+    assert twice.size == record.counts["duplicate"] == got.size - N
+    assert abs(twice.size / N - 0.05) < 0.006
+
+
+def test_reorders_swap_within_the_span_and_are_counted(clean: Server) -> None:
+    data, record = through(clean, Faults(reorder=0.05), seed=4)
+    got = sequences(data)
+    assert np.array_equal(np.sort(got), np.arange(1, N + 1))
+    displaced = np.flatnonzero(got != np.arange(1, N + 1))
+    assert np.abs(got - np.arange(1, N + 1)).max() <= 3
+    swaps = record.counts["reorder"]
+    assert displaced.size == 2 * swaps  # each swap moves two packets
+    assert 0.03 < swaps / N < 0.05
+
+
+def test_corruption_changes_one_byte_of_a_packet(clean: Server) -> None:
+    data, record = through(clean, Faults(corrupt=0.01), seed=5)
+    assert len(data) == len(WIRE)
+    diff = np.frombuffer(data, np.uint8) != np.frombuffer(WIRE, np.uint8)
+    per_packet = diff.reshape(-1, PACKET).sum(axis=1)
+    assert set(np.unique(per_packet).tolist()) == {0, 1}
+    assert int(per_packet.sum()) == record.counts["corrupt"]
+    assert abs(per_packet.sum() / N - 0.01) < 0.003
+
+
+def test_split_writes_small_pieces_byte_exact(clean: Server) -> None:
+    data, record = through(clean, Faults(split=50), seed=1)
+    assert data == WIRE
+    assert record.largest_write == 50
+    assert record.writes >= -(-len(WIRE) // 50)  # each chunk is cut on its own
+    assert record.applied == []  # shaping, not an injected fault
+
+
+def test_stall_keeps_the_connection_open_after_n_bytes(clean: Server) -> None:
+    with Proxy(("127.0.0.1", clean.port), Faults(stall_after=1000)) as proxy:
+        with connect(proxy.port, timeout=0.5) as sock:
+            sock.sendall(STREAM)
+            got = bytearray()
+            with pytest.raises(socket.timeout):
+                while data := sock.recv(1 << 16):
+                    got += data
+        assert bytes(got) == WIRE[:1000]
+        assert proxy.wait_idle()
+        assert proxy.records[0].outcome == "stall"
+        assert proxy.stats.faults == {"stall": 1}
+
+
+def test_latency_and_jitter_delay_each_answer(clean: Server) -> None:
+    faults = Faults(latency=0.2, jitter=0.05)
+    with Proxy(("127.0.0.1", clean.port), faults) as proxy, connect(proxy.port) as sock:
+        for sequence in (5, 9):
+            started = time.monotonic()
+            sock.sendall(resend_request(sequence))
+            assert read_exact(sock, PACKET) == WIRE[(sequence - 1) * 17 :][:17]
+            assert 0.14 <= time.monotonic() - started < 2.0
+
+
+def test_a_seed_makes_every_connection_reproducible(clean: Server) -> None:
+    faults = Faults(loss=0.1, burst=3, duplicate=0.02, corrupt=0.01)
+    first, _ = through(clean, faults, seed=42)
+    again, _ = through(clean, faults, seed=42)
+    other, _ = through(clean, faults, seed=43)
+    assert first == again != other
+
+
+def test_upstream_faults_delay_the_requests(clean: Server) -> None:
+    plan = FaultPlan(Faults(latency=0.3, split=1), upstream=True)
+    with Proxy(("127.0.0.1", clean.port), plan) as proxy:
+        with connect(proxy.port) as sock:
+            started = time.monotonic()
+            sock.sendall(hello_request() + resend_request(3))
+            answer = read_exact(sock, 16 + PACKET)
+            assert time.monotonic() - started >= 0.28
+        assert answer[16:] == WIRE[2 * 17 : 3 * 17]
+    with pytest.raises(ValueError, match="upstream"):
+        Proxy(("127.0.0.1", clean.port), FaultPlan(Faults(loss=0.1), upstream=True))
+
+
+def test_upstream_down_costs_the_connection_not_the_proxy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        dead = spare.getsockname()[1]
+    with Proxy(("127.0.0.1", dead)) as proxy:
+        for _ in range(2):
+            with connect(proxy.port) as sock, contextlib.suppress(ConnectionResetError):
+                assert sock.recv(100) == b""
+        assert proxy.wait_idle()
+        assert proxy.stats.upstream_errors == 2
+    lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(lines) == 2 and f"port {dead}" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(loss=0.2, burst=3, duplicate=0.05, reorder=0.05, split=61),
+        Faults(loss=0.1, latency=0.02, jitter=0.01, bandwidth=2e6),
+    ],
+)
+def test_fetch_through_the_proxy_ends_complete(clean: Server, faults: Faults) -> None:
+    with Proxy(("127.0.0.1", clean.port), FaultPlan(faults, seed=2)) as proxy:
+        # A repair round waits its timeout for what it lost again: keep it short.
+        result = packetcore.fetch("127.0.0.1", proxy.port, timeout=0.3, retries=3)
+    assert result.complete
+    assert encode(result.packets) == WIRE
+
+
+def test_fetch_through_corruption_ends_cleanly(clean: Server) -> None:
+    faults = Faults(corrupt=0.001, loss=0.05)
+    with Proxy(("127.0.0.1", clean.port), FaultPlan(faults, seed=2)) as proxy:
+        try:
+            result = packetcore.fetch("127.0.0.1", proxy.port, timeout=0.5, retries=2)
+        except PacketcoreError as exc:
+            assert str(exc)  # a clean failure says what went wrong
+        else:
+            assert result.count > 0
+        assert proxy.stats.faults["corrupt"] > 0
+
+
+# -- the shaper alone ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(loss=0.2, burst=5), Faults(duplicate=0.1, corrupt=0.05, loss=0.1)],
+)
+def test_seeded_faults_do_not_depend_on_how_the_stream_is_cut(faults: Faults) -> None:
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.integers(0, len(WIRE), 300)).tolist()
+    whole = bytes(Shaper(faults, np.random.default_rng(9)).feed(WIRE))
+    shaper = Shaper(faults, np.random.default_rng(9))
+    pieces = [WIRE[a:b] for a, b in zip([0, *cuts], [*cuts, len(WIRE)], strict=True)]
+    split = b"".join(bytes(shaper.feed(p)) for p in pieces) + bytes(shaper.finish())
+    assert split == whole
+
+
+def test_counts_add_up_over_workers() -> None:
+    total = FaultCounts({"loss": 2}) + {"loss": 3, "reset": 1}
+    assert total == {"loss": 5, "reset": 1} and isinstance(total, FaultCounts)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"), [("500", 500.0), ("64k", 64e3), ("1.5M", 1.5e6), ("2MB", 2e6)]
+)
+def test_rates_take_suffixes(text: str, rate: float) -> None:
+    assert parse_rate(text) == rate
+
+
+def test_faults_refuse_loss_its_bursts_cannot_make() -> None:
+    with pytest.raises(ValueError, match="bursts"):
+        Faults(loss=0.9, burst=2)
+    assert Faults(loss=0.6, burst=2).burst == 2
+
+
+# -- scenarios --------------------------------------------------------------------------------
+
+SCENARIO = """\
+seed = 9
+[faults]
+latency = 0
+[[connection]]
+number = 1
+close-after = 100
+[[connection]]
+from = 2
+duplicate = 1.0
+[[phase]]
+after = 3600
+loss = 1.0
+"""
+
+
+def test_scenario_chooses_faults_by_connection_and_time(clean: Server, tmp_path: Path) -> None:
+    path = tmp_path / "scenario.toml"
+    path.write_text(SCENARIO)
+    plan = FaultPlan.from_scenario(path)
+    assert (plan.seed, plan.faults_for(0)) == (9, Faults())
+    assert plan.faults_for(1) == Faults(close_after=100)
+    assert plan.faults_for(7) == Faults(duplicate=1.0)
+    assert plan.faults_for(0, elapsed=4000) == Faults(loss=1.0)
+    with Proxy(("127.0.0.1", clean.port), plan) as proxy:
+        got = [ask(proxy.port, resend_request(1) + resend_request(2) + b"\x01\x00")]
+        got += [ask(proxy.port), ask(proxy.port, resend_request(1) + STREAM)]
+    assert got[0] == WIRE[:34] + WIRE
+    assert got[1] == WIRE[:100]
+    doubled = np.repeat(np.frombuffer(WIRE, np.uint8).reshape(-1, PACKET), 2, axis=0)
+    assert got[2] == WIRE[:17] * 2 + doubled.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[faults]\nlos = 0.1\n", "unknown fault 'los'"),
+        ("[faults]\nloss = 2\n", "probability"),
+        ("[[connection]]\nnumber = -1\nloss = 0.1\n", "connection numbers"),
+        ("speed = 1\n", "unknown key 'speed'"),
+        ("[faults\n", "not valid TOML"),
+    ],
+)
+def test_bad_scenarios_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        FaultPlan.from_scenario(path)
+
+
+# -- in-process, on the server --------------------------------------------------------------
+
+
+def test_server_faults_are_applied_and_counted() -> None:
+    plan = FaultPlan(Faults(loss=0.1, burst=2, duplicate=0.01), seed=5)
+    with Server(synthetic(N, 11), host="127.0.0.1", port=0, drop=0.0, faults=plan) as server:
+        data = ask(server.port, hello_request() + STREAM)
+        stats = server.stats
+    assert data[:16] == server.index.info_frame  # the info frame passes untouched
+    got = sequences(data[16:])
+    assert np.unique(got).size == N - stats.faults["loss"]
+    assert got.size - np.unique(got).size == stats.faults["duplicate"]
+    assert stats.packets_sent == N  # what the server sent, before the network's faults
+
+
+@pytest.mark.parametrize(("kind", "after"), [("close", 1000), ("reset", 500), ("stall", 300)])
+def test_server_ends_connections_where_the_faults_say(kind: str, after: int) -> None:
+    plan = FaultPlan(Faults(**{f"{kind}_after": after}))
+    with Server(synthetic(N, 11), host="127.0.0.1", port=0, drop=0.0, faults=plan) as server:
+        got = bytearray()
+        with connect(server.port, timeout=0.5) as sock:
+            sock.sendall(STREAM)
+            expected = {"close": OSError, "reset": ConnectionResetError, "stall": socket.timeout}
+            with contextlib.suppress(expected[kind]):
+                while data := sock.recv(1 << 16):
+                    got += data
+                assert kind == "close"
+        assert bytes(got) == WIRE[:after]
+        assert server.stats.faults == {kind: 1}
+
+
+# -- the command lines ----------------------------------------------------------------------
+
+
+def python(*args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-m", "packetcore", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+BAD = [
+    ("proxy", ["--loss", "2"], "not a probability"),
+    ("proxy", ["--bandwidth", "fast"], "not a rate"),
+    ("proxy", ["--burst", "0.5"], "burst"),
+    ("proxy", ["--split", "0"], "1 or more"),
+    ("proxy", ["--latency", "-5"], "0 ms or more"),
+    ("proxy", ["--loss", "0.9", "--burst", "2"], "bursts of mean length"),
+    ("proxy", ["--scenario", "no-such.toml"], "cannot read"),
+    ("proxy", ["--upstream-faults", "--loss", "0.1"], "not with --upstream-faults"),
+    ("proxy", ["--close-after", "-1"], "byte count"),
+    ("serve", ["--corrupt", "x"], "not a number"),
+    ("serve", ["--reset-after", "-1"], "byte count"),
+    ("serve", ["--duplicate", "0.5", "--scenario", "no-such.toml"], "cannot read"),
+]
+
+
+def test_bad_fault_values_are_refused_with_one_line() -> None:
+    # All at once: each is a process start, and none waits on another.
+    processes = []
+    for command, args, _ in BAD:
+        base = ["--listen", "0", "--upstream", "127.0.0.1:9"] if command == "proxy" else []
+        processes.append(python(command, *base, *args))
+    for (command, args, message), process in zip(BAD, processes, strict=True):
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 2, (command, args, stderr)
+        errors = [line for line in stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and message in errors[0], (command, args, stderr)
+
+
+def test_proxy_command_forwards_with_faults_and_stops_on_sigint(clean: Server) -> None:
+    process = python(
+        "proxy", "--host", "127.0.0.1", "--listen", "0", "--upstream",
+        f"127.0.0.1:{clean.port}", "--loss", "0.1", "--seed", "3", "-q",
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert line.startswith("packetcore-proxy: listening on port "), line
+        port = int(line.split()[4])
+        got = sequences(ask(port))
+        assert 0.08 * N < N - got.size < 0.12 * N
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130
+        assert f"loss {N - got.size}" in stderr.splitlines()[-1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_proxy_command_refuses_a_port_in_use() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        process = python(
+            "proxy", "--host", "127.0.0.1", "--listen", str(port), "--upstream", "127.0.0.1:9"
+        )
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert stderr.count("\n") == 1 and "packetcore-proxy: error: cannot listen" in stderr
+
+
+def test_serve_command_applies_the_faults(tmp_path: Path) -> None:
+    process = python(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--feed", f"synthetic:{N}",
+        "--seed", "11", "--drop", "0", "--close-after", "170", "-q",
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        port = int(line.split()[4])
+        assert ask(port) == WIRE[:170]
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+        assert process.returncode == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
