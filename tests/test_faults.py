@@ -339,6 +339,21 @@ def test_server_faults_are_applied_and_counted() -> None:
     assert stats.packets_sent == N  # what the server sent, before the network's faults
 
 
+@pytest.mark.parametrize(
+    "faults", [Faults(latency=0.05), Faults(bandwidth=2e6), Faults(split=1000)], ids=str
+)
+def test_a_timed_stream_from_the_server_still_ends(faults: Faults) -> None:
+    # The delivery's task sends what is due, then the end: a stream-all under latency,
+    # bandwidth or split writes closes after its last packet (it used to hang there).
+    with Server(
+        synthetic(N, 11), host="127.0.0.1", port=0, drop=0.0, faults=FaultPlan(faults)
+    ) as server:
+        started = time.monotonic()
+        data = ask(server.port, STREAM)
+    assert data == WIRE
+    assert time.monotonic() - started >= faults.latency
+
+
 @pytest.mark.parametrize(("kind", "after"), [("close", 1000), ("reset", 500), ("stall", 300)])
 def test_server_ends_connections_where_the_faults_say(kind: str, after: int) -> None:
     plan = FaultPlan(Faults(**{f"{kind}_after": after}))

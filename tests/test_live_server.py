@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from packetcore.cli.serve import main as serve_main
+from packetcore.faults import FaultPlan, Faults
 from packetcore.feeds import MappedFeed, book, open_feed, synthetic
 from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Subscription
 from packetcore.loss import LossModel
@@ -411,3 +412,26 @@ def test_a_failure_serving_one_subscriber_costs_that_one_only(
             with pytest.raises(ConnectionResetError):
                 while broken.recv(1 << 16):
                     pass
+
+
+# -- faults on the server itself -------------------------------------------------------------
+
+
+def test_server_faults_shape_a_subscription() -> None:
+    # --loss in bursts and a latency on the server: a subscriber gets the feed's packets
+    # in order, minus exactly what the faults say they dropped, each at least the
+    # latency after it was published.
+    plan = FaultPlan(Faults(loss=0.2, burst=3.0, latency=0.05), seed=9)
+    server = Server(host="127.0.0.1", port=0, live=40_000, until=4000, drop=0.0, faults=plan)
+    with server, subscribe(server, 1) as sock:
+        started = time.monotonic()
+        first = recv_exact(sock, PACKET)
+        waited = time.monotonic() - started
+        data = first + recv_all(sock)  # EOF after the final packet, as without faults
+        wait_until(lambda: server.stats.active == 0)
+        lost = server.stats.faults["loss"]
+    got = decode(data).sequence
+    assert waited >= 0.05
+    assert np.all(np.diff(got) > 0) and set(got) <= set(range(1, 4001))
+    assert 0 < lost == 4000 - len(got)
+    assert server.stats.packets_sent == 4000

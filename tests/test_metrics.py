@@ -12,11 +12,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import packetcore.workers
 import pytest
 from packetcore.cli.serve import main as serve_main
 from packetcore.conversation import ServerStats
+from packetcore.faults import FaultPlan, Faults
 from packetcore.metrics import MetricsServer, serve_metrics
 from packetcore.protocol import (
     INFO_SIZE,
@@ -26,6 +28,7 @@ from packetcore.protocol import (
     stream_all_request,
     subscribe_request,
 )
+from packetcore.proxy import Proxy
 from packetcore.server import Server
 from packetcore.workers import WorkerReport, Workers
 from prometheus_client.parser import text_string_to_metric_families
@@ -294,3 +297,67 @@ def test_prometheus_client_is_imported_only_for_metrics() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT
     )
     assert result.stdout == "False\n", result.stderr
+
+
+def test_a_proxy_counts_what_its_clients_received_and_its_faults() -> None:
+    # A lossy, duplicating proxy in front of a clean server: its metrics must say what
+    # the raw clients got through it, and the faults it injected, by kind.
+    plan = FaultPlan(Faults(loss=0.3, duplicate=0.2), seed=3)
+    with Server(host="127.0.0.1", port=0, drop=0.0, seed=1) as upstream:
+        proxy = Proxy(("127.0.0.1", upstream.port), plan)
+        with proxy, serve_metrics("127.0.0.1", 0, lambda: proxy.stats) as metrics:
+            got = b"".join(_through(proxy.port) for _ in range(5))
+            assert proxy.wait_idle()
+            samples = scrape(metrics.port)
+    assert len(got) % PACKET == 0
+    assert samples["packetcore_bytes_written_total"] == len(got)
+    assert samples["packetcore_connections_total"] == 5
+    assert samples["packetcore_packets_sent_total"] == len(got) // PACKET
+    faults = {k: v for k, v in samples.items() if k.startswith("packetcore_faults_injected")}
+    assert faults == {
+        f"packetcore_faults_injected_total{{kind={kind}}}": count
+        for kind, count in proxy.stats.faults.items()
+    }
+    lost, doubled = proxy.stats.faults["loss"], proxy.stats.faults["duplicate"]
+    assert lost > 0 and doubled > 0
+    # Every packet of the five streams arrived, or was lost, or came twice.
+    assert len(got) // PACKET == 5 * BOOK - lost + doubled
+
+
+def _through(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(stream_all_request())
+        return recv_all(sock)
+
+
+def _port_said(lines: IO[str], what: str) -> int:
+    """Read log lines until one says ``what`` and a port number; return the port."""
+    for line in lines:
+        found = re.search(what + r" (\d+)", line)
+        if found:
+            return int(found[1])
+    raise AssertionError(f"no line said {what!r}")
+
+
+def test_the_proxy_command_serves_metrics() -> None:
+    with Server(host="127.0.0.1", port=0, drop=0.0) as upstream:
+        command = [
+            sys.executable, "-m", "packetcore", "proxy", "--listen", "0", "--host",
+            "127.0.0.1", "--upstream", f"127.0.0.1:{upstream.port}", "--metrics-port", "0",
+            "--metrics-host", "127.0.0.1", "--loss", "0.5", "--seed", "2",
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(Path(packetcore.workers.__file__).parents[1]))
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert proc.stderr is not None
+            metrics_port = _port_said(proc.stderr, "metrics on port")
+            port = _port_said(proc.stderr, "listening on port")
+            got = _through(port)
+            wait_until(lambda: scrape(metrics_port)["packetcore_active_connections"] == 0)
+            samples = scrape(metrics_port)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143
+    assert samples["packetcore_bytes_written_total"] == len(got)
+    assert samples["packetcore_faults_injected_total{kind=loss}"] == BOOK - len(got) // PACKET

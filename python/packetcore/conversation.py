@@ -302,6 +302,10 @@ class Conversation:
             await subscription.backlog(self._write)
             if publisher is None or subscription.next >= publisher.feed.total:
                 return
+            if self._delivery is not None:
+                # Faults shape this connection's bytes: it is written on its own clock.
+                await publisher.follow(subscription, self._write)
+                return
             publisher.add(subscription)
             await subscription.done
         except asyncio.CancelledError:

@@ -810,8 +810,12 @@ class Delivery:
             self.shaper.resend_mode()
 
     async def close(self, reader: asyncio.StreamReader) -> None:
-        """Send what is held back; a stalled stream keeps the connection until the peer ends it."""
-        await self.finish()
+        """Send what is held back and end the stream; a stalled one waits for the peer.
+
+        Ended here, through the queue: a timed delivery's task sends what is due first,
+        then the end, and only then finishes.
+        """
+        await self.finish("close")
         if self.ended and self.faults.limit_kind == "stall":
             with contextlib.suppress(ConnectionError, OSError):
                 while await reader.read(1 << 16):

@@ -302,17 +302,21 @@ class Subscription:
         packets = np.frombuffer(rows, dtype=np.uint8).reshape(-1, PACKET_SIZE)
         return packets[flags].tobytes(), kept
 
-    async def backlog(self, write: Callable[[bytes | memoryview], Awaitable[None]]) -> None:
+    async def backlog(
+        self, write: Callable[[bytes | memoryview], Awaitable[None]], *, every: bool = False
+    ) -> None:
         """Write what is published already, a block at a time, waiting for each to drain.
 
-        Returns with a few packets left to catch up, if any (the publisher writes them).
+        Returns with a few packets left to catch up, if any (the publisher writes them),
+        unless ``every`` asks for all of them.
         """
         feed = self.feed
+        catch_up = 1 if every else _CATCH_UP
         while True:
             published = feed.count
             left = published - self.next
             # A feed still publishing: the last bit is the publisher's, in its next batch.
-            if left <= 0 or (left < _CATCH_UP and isinstance(feed, LiveFeed) and not feed.ended):
+            if left <= 0 or (left < catch_up and isinstance(feed, LiveFeed) and not feed.ended):
                 return
             lo = self.next
             # To the end of lo's block: a synthetic block's bytes are then sent uncopied.
@@ -444,6 +448,26 @@ class Publisher:
         if published >= feed.total and subscription.next >= feed.total:
             self._subscriptions.discard(subscription)
             subscription.end()
+
+    async def follow(
+        self, subscription: Subscription, write: Callable[[bytes | memoryview], Awaitable[None]]
+    ) -> None:
+        """Write ``subscription`` what is published, through ``write``, until the feed ends.
+
+        For a subscription whose answers pass through faults (latency, bandwidth, ...):
+        its own task, woken by the clock, waits on every write, and is disconnected like
+        any subscriber once it falls ``max_lag`` behind.
+        """
+        feed = self.feed
+        behind = self.bound // PACKET_SIZE
+        while True:
+            await subscription.backlog(write, every=True)
+            if subscription.next >= feed.total:
+                return
+            if feed.count - subscription.next > behind:
+                self._too_slow(subscription, (feed.count - subscription.next) * PACKET_SIZE)
+                return
+            await asyncio.sleep(max(TICK, feed.due(subscription.next) - time.monotonic()))
 
     def _drop(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)

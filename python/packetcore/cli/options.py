@@ -5,24 +5,32 @@ that serves a feed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..faults import FaultPlan
+    from ..metrics import MetricsServer, StatsLike
 
 __all__ = [
     "add_drop",
     "add_faults",
     "add_feed",
     "add_feed_options",
+    "add_metrics",
     "add_seed",
+    "bind_metrics",
     "fault_plan",
     "integer",
+    "metrics_served",
     "number",
     "probability",
+    "say_metrics",
     "seed",
 ]
 
@@ -211,3 +219,59 @@ def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
     except ValueError as exc:
         raise UserError(str(exc), 2) from None
     return plan if plan.active else None
+
+
+def add_metrics(parser: argparse.ArgumentParser, more: str = "") -> None:
+    """Add ``--metrics-port`` and ``--metrics-host`` to ``parser``; ``more`` adds help."""
+    parser.add_argument(
+        "--metrics-port", type=integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)"),
+        default=None, metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port and "
+        f"prints it){more} (default: no metrics)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-host", default="localhost", metavar="HOST",
+        help="address the metrics listen on (default: localhost; metrics are never exposed "
+        "to the network unless asked)",
+    )  # fmt: skip
+
+
+def bind_metrics(args: argparse.Namespace, source: Callable[[], StatsLike]) -> MetricsServer | None:
+    """Bind the metrics port if ``--metrics-port`` asks for it, serving nothing yet."""
+    if args.metrics_port is None:
+        return None
+    # prometheus-client is imported only when metrics are asked for.
+    from ..metrics import MetricsServer
+
+    try:
+        return MetricsServer(args.metrics_host, args.metrics_port, source)
+    except OSError as exc:
+        raise UserError(
+            f"cannot serve metrics on {args.metrics_host} port {args.metrics_port}: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+@contextlib.contextmanager
+def metrics_served(
+    program: str,
+    args: argparse.Namespace,
+    source: Callable[[], StatsLike],
+    say: Callable[[str], None],
+) -> Iterator[None]:
+    """Serve metrics (if asked) while the block runs."""
+    metrics = bind_metrics(args, source)
+    if metrics is None:
+        yield
+        return
+    with metrics.start():
+        say_metrics(program, metrics, say)
+        yield
+
+
+def say_metrics(program: str, metrics: MetricsServer, say: Callable[[str], None]) -> None:
+    """Say where the metrics are served."""
+    host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
+    # Printed even with -q, before the line naming the port: with --metrics-port 0 the
+    # user must learn it.
+    say(f"{program}: metrics on port {metrics.port}: http://{host}:{metrics.port}/metrics")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ..faults import FaultPlan
 from ..proxy import Proxy
 from . import UserError, add_verbosity, run
-from .options import add_faults, fault_plan, integer, seed
+from .options import add_faults, add_metrics, fault_plan, integer, metrics_served, seed
 
 __all__ = ["build_parser", "main"]
 
@@ -67,6 +67,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "(default: random)",
     )  # fmt: skip
     add_faults(parser, upstream=True)
+    add_metrics(parser)
     add_verbosity(parser)
     return parser
 
@@ -79,10 +80,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 def _proxy(args: argparse.Namespace) -> int:
     plan = fault_plan(args) or FaultPlan(seed=args.seed)
     proxy = Proxy(args.upstream, plan, host=args.host, port=args.listen)
-    signum = asyncio.run(_run(proxy))
+    with metrics_served(PROGRAM, args, lambda: proxy.stats, _stderr):
+        signum = asyncio.run(_run(proxy))
     print(f"{PROGRAM}: stopped by {signal.Signals(signum).name}: {proxy.stats.summary()}",
           file=sys.stderr)  # fmt: skip
     return 128 + signum
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 async def _run(proxy: Proxy) -> int:

@@ -14,7 +14,6 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from ..feeds import MappedFeed, open_feed
 from ..live import DEFAULT_MAX_LAG, LiveFeed
@@ -39,15 +38,16 @@ from .options import (
     add_drop,
     add_faults,
     add_feed,
+    add_metrics,
     add_seed,
+    bind_metrics,
     fault_plan,
     integer,
+    metrics_served,
     number,
     probability,
+    say_metrics,
 )
-
-if TYPE_CHECKING:
-    from ..metrics import MetricsServer, StatsLike
 
 __all__ = ["build_parser", "main"]
 
@@ -138,17 +138,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "slower here, see docs/scaling.md), or auto, uvloop when it is installed "
         "(default: asyncio)",
     )  # fmt: skip
-    # Metrics (issue 11): prometheus-client is imported only when --metrics-port is given.
-    parser.add_argument(
-        "--metrics-port", type=_port, default=None, metavar="PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port and "
-        "prints it); with --workers, the sums over all workers (default: no metrics)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--metrics-host", default="localhost", metavar="HOST",
-        help="address the metrics listen on (default: localhost; metrics are never exposed "
-        "to the network unless asked)",
-    )  # fmt: skip
+    add_metrics(parser, "; with --workers, the sums over all workers")
     # Live feeds (issue 12).
     parser.add_argument(
         "--live", type=_rate, default=None, metavar="RATE",
@@ -193,7 +183,11 @@ def _serve(args: argparse.Namespace) -> int:
     server = _server(args, feed, args.seed)
     # The event loop's handlers replace these while it runs, and closing it leaves
     # SIG_DFL behind: put back what run() installed.
-    with _signals_kept(), queued_stderr() as say, _metrics(args, lambda: server.stats, say):
+    with (
+        _signals_kept(),
+        queued_stderr() as say,
+        metrics_served(PROGRAM, args, lambda: server.stats, say),
+    ):
         # Serving never waits on stderr: a log nobody reads must not freeze the clients.
         signum = run_loop(loop, _run(server, say, loop))
         name = signal.Signals(signum).name
@@ -268,7 +262,7 @@ def _serve_workers(
     # Bound before the fork (a port in use fails before anything serves); served by the
     # parent only, summing the workers live.
     try:
-        metrics = _bind_metrics(args, lambda: workers.current())
+        metrics = bind_metrics(args, lambda: workers.current())
     except UserError:
         for sockets in sets:
             for sock in sockets:
@@ -295,7 +289,7 @@ def _serve_workers(
                 index.start()
             workers.start()
             if metrics is not None:
-                _say_metrics(metrics.start(), _stderr)
+                say_metrics(PROGRAM, metrics.start(), _stderr)
             return _supervise(args, workers, port, where, sharing + _live_note(index), loop)
         except BaseException:
             workers.terminate()  # a signal during start-up, or any failure: none lingers
@@ -321,44 +315,6 @@ def _supervise(
     if workers.died or signum is None:
         return EXIT_FAILURE
     return 128 + signum
-
-
-def _bind_metrics(
-    args: argparse.Namespace, source: Callable[[], StatsLike]
-) -> MetricsServer | None:
-    """Bind the metrics port if --metrics-port asks for it, serving nothing yet."""
-    if args.metrics_port is None:
-        return None
-    from ..metrics import MetricsServer
-
-    try:
-        return MetricsServer(args.metrics_host, args.metrics_port, source)
-    except OSError as exc:
-        raise UserError(
-            f"cannot serve metrics on {args.metrics_host} port {args.metrics_port}: "
-            f"{exc.strerror or exc}"
-        ) from None
-
-
-@contextlib.contextmanager
-def _metrics(
-    args: argparse.Namespace, source: Callable[[], StatsLike], say: Callable[[str], None]
-) -> Iterator[None]:
-    """Serve metrics (if asked) while the block runs."""
-    metrics = _bind_metrics(args, source)
-    if metrics is None:
-        yield
-        return
-    with metrics.start():
-        _say_metrics(metrics, say)
-        yield
-
-
-def _say_metrics(metrics: MetricsServer, say: Callable[[str], None]) -> None:
-    host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
-    # Printed even with -q, before the line naming the port: with --metrics-port 0 the
-    # user must learn it.
-    say(f"{PROGRAM}: metrics on port {metrics.port}: http://{host}:{metrics.port}/metrics")
 
 
 def _stderr(line: str) -> None:
