@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,12 @@ USAGE = """usage: python -m packetcore {serve,fetch,proxy,demo} [options]
 'python -m packetcore COMMAND --help' explains each command's options."""
 
 
+#: The commands: their module under packetcore.cli and their name as a program.
+COMMANDS = {"serve": "packetcore-serve", "fetch": "packetcore-fetch", "proxy": "packetcore-proxy"}
+#: 128 + SIGINT, as cli.EXIT_INTERRUPTED (not imported: this module loads nothing).
+_EXIT_INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the command named by the first argument."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -27,26 +34,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = args[0], args[1:]
+    if command not in (*COMMANDS, "demo"):
+        print(f"{PROG}: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
     # Each command's usage and errors name it as it was typed.
-    prog = f"{PROG} {command}"
-    if command == "serve":
-        from .cli.serve import main as serve
+    return _run(command, rest, f"{PROG} {command}")
 
-        return serve(rest, prog=prog)
-    if command == "fetch":
-        from .cli.fetch import main as fetch
 
-        return fetch(rest, prog=prog)
-    if command == "proxy":
-        from .cli.proxy import main as proxy
+def _run(command: str, argv: Sequence[str], prog: str) -> int:
+    """Load ``command`` and run it; a Ctrl-C while it loads is one line, as later ones."""
+    # The command's own handling of SIGINT starts once it runs; before that, numpy and
+    # the engine load (a second, on a busy machine), and Python's KeyboardInterrupt
+    # traceback would be all the user saw.
+    try:
+        module = importlib.import_module(f"packetcore.cli.{command}")
+        code: int = module.main(argv, prog=prog)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return _EXIT_INTERRUPTED
+    return code
 
-        return proxy(rest, prog=prog)
-    if command == "demo":
-        from .cli.demo import main as demo
 
-        return demo(rest, prog=prog)
-    print(f"{PROG}: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+def serve() -> int:
+    """Run ``packetcore-serve`` (its console script)."""
+    return _run("serve", sys.argv[1:], COMMANDS["serve"])
+
+
+def fetch() -> int:
+    """Run ``packetcore-fetch`` (its console script)."""
+    return _run("fetch", sys.argv[1:], COMMANDS["fetch"])
+
+
+def proxy() -> int:
+    """Run ``packetcore-proxy`` (its console script)."""
+    return _run("proxy", sys.argv[1:], COMMANDS["proxy"])
 
 
 if __name__ == "__main__":
