@@ -435,3 +435,20 @@ def test_server_faults_shape_a_subscription() -> None:
     assert np.all(np.diff(got) > 0) and set(got) <= set(range(1, 4001))
     assert 0 < lost == 4000 - len(got)
     assert server.stats.packets_sent == 4000
+
+
+# -- a fetch (not a follow) of a live feed ---------------------------------------------------
+
+
+def test_a_fetch_of_a_live_feed_is_a_snapshot_and_says_so() -> None:
+    with live_server(20_000.0, drop=0.3) as server:
+        wait_until(lambda: server.published > 2000)
+        result = packetcore.fetch("127.0.0.1", server.port)
+        # Every packet published when the fetch began, none lost; the repair round's
+        # hello saw the feed further on.
+        assert result.complete and result.count == result.last >= 2000
+        assert result.published is not None and result.published > result.last
+        assert result.snapshot
+        assert f"published to {result.published} meanwhile: --follow" in result.summary()
+        with pytest.raises(packetcore.FetchError, match="--from 99999 is past .* --follow"):
+            packetcore.fetch("127.0.0.1", server.port, start=99_999)

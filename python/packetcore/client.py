@@ -72,6 +72,14 @@ class FetchResult:
     reason: str = ""
     conflicting: Packets = field(default_factory=Packets.empty)
     invalid_offsets: tuple[tuple[int, int], ...] = ()
+    #: The highest sequence a hello named; above ``last``, the feed grew while the
+    #: fetch ran (a live server): the output is what was published when it started.
+    published: int | None = None
+
+    @property
+    def snapshot(self) -> bool:
+        """Return whether the feed grew past what this fetch took (a live feed)."""
+        return self.published is not None and self.last is not None and self.published > self.last
 
     @property
     def missing_count(self) -> int:
@@ -99,6 +107,8 @@ class FetchResult:
             line += f"; last sequence {self.last} inferred"
             if self.chance_unseen is not None:
                 line += f", P(later packet unseen) {self.chance_unseen:.2g}"
+        if self.snapshot:
+            line += f"; a live feed, published to {self.published} meanwhile: --follow follows it"
         return line + "]"
 
 
@@ -348,4 +358,5 @@ async def _finish(
         reason="" if complete else outcome.reason,
         conflicting=store.conflicting(),
         invalid_offsets=tuple(session.invalid_offsets),
+        published=session.published,
     )

@@ -200,7 +200,10 @@ class Link(asyncio.Protocol):
             # protocol.data_received() call failed" and leave the fetch waiting): a
             # malformed info frame, an info frame the store cannot take, or any other
             # failure drops this connection and is kept as the reason it ended.
-            if isinstance(exc, PacketcoreError):
+            if isinstance(exc, FetchError):
+                # The fetch ends with it, and says it then: once is enough.
+                log.debug("connection %d: %s", self.number, exc)
+            elif isinstance(exc, PacketcoreError):
                 log.warning("connection %d: %s", self.number, exc)
             else:
                 log.warning("connection %d: cannot handle what arrived: %r", self.number, exc)
@@ -374,6 +377,9 @@ class Session:
         #: The highest sequence the prefix may reach before the end is settled (base
         #: protocol: what two passes have shown), or None for no bound.
         self.ceiling: Callable[[], int | None] = lambda: None
+        #: The highest last sequence any hello named: above the fetch's last, the feed
+        #: grew while it ran (a live server).
+        self.published: int | None = None
 
     @property
     def expected(self) -> int | None:
@@ -384,17 +390,31 @@ class Session:
         return store.last - store.first + 1
 
     def note_info(self, info: FeedInfo) -> None:
-        """Learn the feed's extent from an info frame (the first one counts)."""
+        """Learn the feed's extent from an info frame (the first one counts).
+
+        Later frames only tell whether the feed grew meanwhile (a live server).
+        """
+        self.published = max(self.published or 0, info.last)
         if self.info is not None:
             return
         options = self.options
         first = max(info.first, options.start or info.first)
         last = min(info.last, options.stop or info.last)
         if last < first:
+            if options.start is not None and options.start > info.last:
+                raise FetchError(
+                    f"--from {options.start} is past the feed's last sequence, {info.last} "
+                    "(a live feed publishes more as time passes: --follow waits for it)"
+                )
             raise FetchError(
                 f"the slice {options.start or 1}..{options.stop or 'end'} lies outside "
                 f"the feed {info.first}..{info.last}"
             )
+        if options.stop is not None and options.stop > info.last:
+            log.warning(
+                "--to %d is past the feed's last sequence, %d (for now, if it is live): "
+                "the fetch ends there", options.stop, info.last,
+            )  # fmt: skip
         # First: if the store cannot take the extent (ValueError), the feed stays unknown
         # and Link.data_received drops the connection.
         self.store.bound(first, last)
