@@ -230,6 +230,19 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
                       verbosity=args.verbosity, started=started)  # fmt: skip
 
 
+def open_output(output: str, form: str | None = None) -> Output:
+    """Open ``output`` in ``form`` (default: from its name); a failure is one UserError."""
+    from ..formats import format_for
+    from ..output import Output, OutputError
+
+    try:
+        return Output(output, format_for(output, form))
+    except OSError as exc:
+        raise UserError(f"cannot write the output {output}: {exc.strerror or exc}") from exc
+    except (OutputError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+
+
 def fetch_into(
     options: FetchOptions,
     output: str,
@@ -240,22 +253,15 @@ def fetch_into(
     started: float | None = None,
 ) -> int:
     """Fetch into ``output``, print the summary; return the exit status (or raise UserError)."""
-    from ..formats import format_for
-    from ..output import STDOUT, Output, OutputError
+    from ..output import STDOUT
 
     if started is None:
         started = time.perf_counter()
-    try:
-        form = format_for(output, form)
-        out = Output(output, form)  # checks what can be checked before fetching
-    except OSError as exc:
-        raise UserError(f"cannot write the output {output}: {exc.strerror or exc}") from exc
-    except (OutputError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
+    out = open_output(output, form)  # checks what can be checked before fetching
     import asyncio
 
     try:
-        with _progress_bar(verbosity) as progress:
+        with progress_bar(verbosity) as progress:
             result = asyncio.run(_run(options, out, progress))
             # In extended mode the server announced the feed's extent: a packet outside it
             # is a corrupted sequence, not a packet of another slice.
@@ -281,8 +287,8 @@ def fetch_into(
                 end = started + options.deadline + DEADLINE_GRACE
                 wait = max(end - time.perf_counter(), 0.1)
             where = out.close(result.complete, wait)
-    except (_Interrupted, KeyboardInterrupt) as exc:
-        # From the event loop's handlers (_Interrupted), or from cli.run's outside it.
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # From the event loop's handlers (Interrupted), or from cli.run's outside it.
         out.abort()
         signum = getattr(exc, "signum", signal.SIGTERM if isinstance(exc, Terminated) else 2)
         name = signal.Signals(signum).name
@@ -302,7 +308,9 @@ def fetch_into(
     return 0
 
 
-class _Interrupted(BaseException):
+class Interrupted(BaseException):
+    """A stop signal, raised out of the event loop by the command's own handler."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
@@ -345,7 +353,7 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
         )  # fmt: skip
     except asyncio.CancelledError:
         if received:
-            raise _Interrupted(received[0]) from None
+            raise Interrupted(received[0]) from None
         raise
     except FetchError as exc:
         raise UserError(str(exc)) from exc
@@ -393,7 +401,7 @@ def _incomplete(result: FetchResult, output: str, where: str) -> None:
 
 
 @contextlib.contextmanager
-def _progress_bar(verbosity: int) -> Iterator[Progress | None]:
+def progress_bar(verbosity: int) -> Iterator[Progress | None]:
     """Yield a progress callback drawing a tqdm bar, or None when stderr is no terminal."""
     if verbosity < 0 or not sys.stderr.isatty():
         yield None

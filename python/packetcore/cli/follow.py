@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import Terminated, UserError
+from .fetch import Interrupted, open_output, progress_bar
 
 if TYPE_CHECKING:
     from ..following import FollowStats
@@ -28,12 +29,6 @@ __all__ = ["follow_into"]
 
 # Packets waiting for the writer before the follow stops taking more from the store.
 _BACKLOG = 1 << 20
-
-
-class _Interrupted(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 def follow_into(
@@ -47,27 +42,17 @@ def follow_into(
     """Follow into ``output``, print the summary; return the exit status (or raise UserError)."""
     import asyncio
 
-    from ..formats import format_for
-    from ..output import Output, OutputError
-    from .fetch import _progress_bar
-
     if started is None:
         started = time.perf_counter()
+    out = open_output(output, form)  # checks what can be checked before connecting
     try:
-        form = format_for(output, form)
-        out = Output(output, form)  # checks what can be checked before connecting
-    except OSError as exc:
-        raise UserError(f"cannot write the output {output}: {exc.strerror or exc}") from exc
-    except (OutputError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-    try:
-        with _progress_bar(verbosity) as progress:
+        with progress_bar(verbosity) as progress:
             stats, failure = asyncio.run(_run(options, out, progress))
         if failure is not None and not stats.packets:
             out.abort()  # nothing came: the output stays as it was
             raise UserError(failure)
         where = out.close(failure is None)
-    except (_Interrupted, KeyboardInterrupt) as exc:
+    except (Interrupted, KeyboardInterrupt) as exc:
         out.abort()
         default = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         signum = getattr(exc, "signum", default)
@@ -137,7 +122,7 @@ async def _run(
         )  # fmt: skip
     except asyncio.CancelledError:
         if received:
-            raise _Interrupted(received[-1]) from None
+            raise Interrupted(received[-1]) from None
         raise
     except FetchError as exc:
         return (holder[0] if holder else FollowStats()), str(exc)
