@@ -403,8 +403,9 @@ class Session:
         if last < first:
             if options.start is not None and options.start > info.last:
                 raise FetchError(
-                    f"--from {options.start} is past the feed's last sequence, {info.last} "
-                    "(a live feed publishes more as time passes: --follow waits for it)"
+                    f"the slice {options.start}..{options.stop or 'end'} starts past the "
+                    f"feed's last sequence, {info.last} (if the feed is live, --follow "
+                    "waits for it)"
                 )
             raise FetchError(
                 f"the slice {options.start or 1}..{options.stop or 'end'} lies outside "
