@@ -450,5 +450,5 @@ def test_a_fetch_of_a_live_feed_is_a_snapshot_and_says_so() -> None:
         assert result.published is not None and result.published > result.last
         assert result.snapshot
         assert f"published to {result.published} meanwhile: --follow" in result.summary()
-        with pytest.raises(packetcore.FetchError, match=r"slice 99999..end starts past .* --follow"):
+        with pytest.raises(packetcore.FetchError, match=r"99999..end starts past .* --follow"):
             packetcore.fetch("127.0.0.1", server.port, start=99_999)
