@@ -435,3 +435,48 @@ def test_server_faults_shape_a_subscription() -> None:
     assert np.all(np.diff(got) > 0) and set(got) <= set(range(1, 4001))
     assert 0 < lost == 4000 - len(got)
     assert server.stats.packets_sent == 4000
+
+
+# -- what the hostile tester found -----------------------------------------------------------
+
+
+def expect_reset(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read until the connection is reset; fail on an end of file (it says "the feed ended")."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    with pytest.raises(ConnectionResetError):
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+        pytest.fail(f"an end of file after {len(data)} bytes, not a reset")
+    return bytes(data)
+
+
+def test_a_backlog_reader_is_never_timed_out_but_reset_once_max_lag_behind() -> None:
+    # A backlog of 17 MB: more than loopback's socket buffers take, so writes wait.
+    with live_server(2_000_000.0, max_lag=0.2, idle_timeout=0.1) as server:
+        wait_until(lambda: server.published >= 1_000_000)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.connect(("127.0.0.1", server.port))
+        with sock:
+            sock.sendall(subscribe_request(1))  # and never reads
+            wait_until(lambda: server.stats.slow_disconnects == 1)
+            data = expect_reset(sock)
+        assert server.stats.timeouts == 0
+        # What it got, if anything, is the feed from sequence 1.
+        whole = len(data) // PACKET * PACKET
+        assert data[:whole] == bytes(server.index.rows(0, whole // PACKET))
+
+
+def test_a_truncated_mapped_feed_resets_rather_than_ends(tmp_path: Path) -> None:
+    path = tmp_path / "feed.bin"
+    path.write_bytes(encode(synthetic(40_000, seed=6)))
+    with live_server(100_000.0, feed=open_feed(str(path))) as server:
+        wait_until(lambda: server.published >= 20_000)
+        with path.open("r+b") as file:
+            file.truncate(5000 * PACKET)
+        with subscribe(server, 1) as late:  # its backlog runs over the cut
+            expect_reset(late)
+        with connect(server) as ranged:
+            ranged.sendall(range_request(4990, 20) + resend_request(5))
+            expect_reset(ranged)

@@ -45,7 +45,15 @@ from .wire_index import WireIndex
 if TYPE_CHECKING:
     from .conversation import ServerStats
 
-__all__ = ["BLOCK", "DEFAULT_MAX_LAG", "TICK", "LiveFeed", "Publisher", "Subscription"]
+__all__ = [
+    "BLOCK",
+    "DEFAULT_MAX_LAG",
+    "TICK",
+    "LiveFeed",
+    "Publisher",
+    "Subscription",
+    "reset_transport",
+]
 
 log = logging.getLogger("packetcore.server")
 
@@ -71,6 +79,16 @@ assert _WIRE.itemsize == PACKET_SIZE
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _SYMBOL_ARRAY = np.array(SYMBOLS, dtype="S4")
 _SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
+
+
+def reset_transport(transport: asyncio.WriteTransport) -> None:
+    """Abort ``transport`` with a reset: never an end of file, which says the answer ended."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            # Linger 0: close() resets instead of sending what is queued and a FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
 
 
 class LiveFeed:
@@ -252,12 +270,15 @@ class Subscription:
         self.next = min(max(start - feed.first, 0), _total(feed))
         self.writer = writer
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._count = count
+        #: ``count(sent=, dropped=, written=)`` tallies what is sent.
+        self.count = count
         self._drop = loss.drop
         self._keep_last = loss.keep_last
         self._rng = loss.subscription_rng(number)
         self._chunk = -1
         self._mask: npt.NDArray[np.bool_] = np.ones(0, dtype=bool)
+        #: Whether the server cut the connection (a reset): the conversation closes nothing.
+        self.cut = False
 
     def keep(self, lo: int, hi: int) -> npt.NDArray[np.bool_] | None:
         """Return the keep flags of rows ``lo:hi``; None when nothing drops.
@@ -323,7 +344,7 @@ class Subscription:
             hi = min(published, (lo // BLOCK + 1) * BLOCK)
             data, kept = self.select(lo, hi, feed.rows(lo, hi))
             self.next = hi
-            self._count(sent=kept, dropped=hi - lo - kept)
+            self.count(sent=kept, dropped=hi - lo - kept)
             if kept:
                 await write(data)
 
@@ -333,7 +354,7 @@ class Subscription:
         data, kept = self.select(lo, hi, rows)
         self.next = hi
         # Written straight to the transport, not through the conversation: bytes count here.
-        self._count(sent=kept, dropped=hi - lo - kept, written=kept * PACKET_SIZE)
+        self.count(sent=kept, dropped=hi - lo - kept, written=kept * PACKET_SIZE)
         transport = self.writer.transport
         if kept:
             transport.write(data)
@@ -347,13 +368,8 @@ class Subscription:
     def reset(self) -> None:
         """Cut the connection with a reset and end: never an end of file, which says the
         feed ended."""
-        transport = self.writer.transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # Linger 0: close() resets instead of sending what is queued and a FIN.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        transport.abort()
+        self.cut = True
+        reset_transport(self.writer.transport)
         self.end()
 
 
@@ -443,11 +459,57 @@ class Publisher:
                 rows = shared[lo] = feed.rows(lo, published)
             unsent = subscription.send(published, rows)
             if unsent > self.bound:
-                self._too_slow(subscription, unsent)
+                self._too_slow(subscription)
                 return
         if published >= feed.total and subscription.next >= feed.total:
             self._subscriptions.discard(subscription)
             subscription.end()
+
+    async def backlog(
+        self,
+        subscription: Subscription,
+        write: Callable[[bytes | memoryview], Awaitable[None]],
+        *,
+        every: bool = False,
+    ) -> None:
+        """Write ``subscription`` what is published already, paced by its reader.
+
+        Never timed out for idling: a reader that falls ``max_lag`` further behind the
+        published edge than it joined is disconnected (reset) instead, also while it
+        holds a write.  Returns with a few packets left for the publisher (all written
+        if ``every``), or cut (``subscription.cut``).
+        """
+        feed = self.feed
+        # The lag it joined with, and max_lag more: past that it reads slower than the feed.
+        allowed = max(feed.published_rows() - subscription.next, 0) + self.bound // PACKET_SIZE
+        catch_up = 1 if every else _CATCH_UP
+        loop = asyncio.get_running_loop()
+        while not subscription.cut:
+            published = feed.published_rows()
+            lo = subscription.next
+            left = published - lo
+            if left <= 0 or (left < catch_up and not feed.ended):
+                return
+            if left > allowed:
+                self._too_slow(subscription, lag=left)
+                return
+            hi = min(published, (lo // BLOCK + 1) * BLOCK)
+            data, kept = subscription.select(lo, hi, feed.rows(lo, hi))
+            subscription.next = hi
+            subscription.count(sent=kept, dropped=hi - lo - kept)
+            if not kept:
+                continue
+            # Should nothing of this block be read, the edge passes lo + allowed at that time.
+            timer = loop.call_later(
+                feed.due(lo + allowed) - time.monotonic(), self._too_slow, subscription
+            )
+            try:
+                await write(data)
+            except ConnectionError:
+                if not subscription.cut:
+                    raise
+            finally:
+                timer.cancel()
 
     async def follow(
         self, subscription: Subscription, write: Callable[[bytes | memoryview], Awaitable[None]]
@@ -461,11 +523,11 @@ class Publisher:
         feed = self.feed
         behind = self.bound // PACKET_SIZE
         while True:
-            await subscription.backlog(write, every=True)
-            if subscription.next >= feed.total:
+            await self.backlog(subscription, write, every=True)
+            if subscription.cut or subscription.next >= feed.total:
                 return
             if feed.count - subscription.next > behind:
-                self._too_slow(subscription, (feed.count - subscription.next) * PACKET_SIZE)
+                self._too_slow(subscription)
                 return
             await asyncio.sleep(max(TICK, feed.due(subscription.next) - time.monotonic()))
 
@@ -473,13 +535,17 @@ class Publisher:
         self._subscriptions.discard(subscription)
         subscription.reset()
 
-    def _too_slow(self, subscription: Subscription, unsent: int) -> None:
+    def _too_slow(self, subscription: Subscription, lag: int | None = None) -> None:
         self._subscriptions.discard(subscription)
+        if subscription.cut:
+            return
         self._stats.slow_disconnects += 1
+        if lag is None:
+            lag = self.feed.published_rows() - subscription.next
         log.warning(
-            "disconnected %s: too slow, %d bytes unsent (more than --max-lag %gs of packets, "
-            "%d bytes), at sequence %d",
-            subscription.peer, unsent, self.max_lag, self.bound,
-            self.feed.first + subscription.next - 1,
+            "disconnected %s: too slow, %d bytes unsent, %d packets behind (more than "
+            "--max-lag %gs of packets, %d bytes), at sequence %d",
+            subscription.peer, subscription.writer.transport.get_write_buffer_size(),
+            max(lag, 0), self.max_lag, self.bound, self.feed.first + subscription.next - 1,
         )  # fmt: skip
         subscription.reset()
