@@ -480,3 +480,17 @@ def test_a_truncated_mapped_feed_resets_rather_than_ends(tmp_path: Path) -> None
         with connect(server) as ranged:
             ranged.sendall(range_request(4990, 20) + resend_request(5))
             expect_reset(ranged)
+
+
+def test_a_subscription_from_beyond_the_end_closes_when_the_feed_ends() -> None:
+    with live_server(4000.0, until=2000) as server:
+        with subscribe(server, 30_000) as sock:
+            assert server.published < 1500
+            assert recv_all(sock) == b""  # the end of file, once the final packet is out
+            assert server.published == 2000
+    with live_server(1000.0) as server, subscribe(server, 2**32 - 1) as sock:
+        # An endless feed never ends: the subscription waits, open and silent.
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        assert server.stats.active == 1

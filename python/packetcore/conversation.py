@@ -320,8 +320,10 @@ class Conversation:
                 return
             # Backlog first, paced by the reader, then the publisher's batches.
             await publisher.backlog(subscription, self._write_live)
-            if subscription.cut or subscription.next >= publisher.feed.total:
+            feed = publisher.feed
+            if subscription.cut or (subscription.next >= feed.total and feed.ended):
                 return
+            # From beyond the final packet too: the end of file waits for the feed's end.
             publisher.add(subscription)
             await subscription.done
         except asyncio.CancelledError:

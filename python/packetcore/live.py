@@ -524,7 +524,11 @@ class Publisher:
         behind = self.bound // PACKET_SIZE
         while True:
             await self.backlog(subscription, write, every=True)
-            if subscription.cut or subscription.next >= feed.total:
+            if subscription.cut:
+                return
+            if subscription.next >= feed.total:
+                # An end of file says the feed ended: from beyond its end, wait for that.
+                await asyncio.sleep(max(0.0, feed.due(feed.total - 1) - time.monotonic()))
                 return
             if feed.count - subscription.next > behind:
                 self._too_slow(subscription)
