@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -483,14 +486,52 @@ def test_a_truncated_mapped_feed_resets_rather_than_ends(tmp_path: Path) -> None
 
 
 def test_a_subscription_from_beyond_the_end_closes_when_the_feed_ends() -> None:
-    with live_server(4000.0, until=2000) as server:
-        with subscribe(server, 30_000) as sock:
-            assert server.published < 1500
-            assert recv_all(sock) == b""  # the end of file, once the final packet is out
-            assert server.published == 2000
+    with live_server(4000.0, until=2000) as server, subscribe(server, 30_000) as sock:
+        assert server.published < 1500
+        assert recv_all(sock) == b""  # the end of file, once the final packet is out
+        assert server.published == 2000
     with live_server(1000.0) as server, subscribe(server, 2**32 - 1) as sock:
         # An endless feed never ends: the subscription waits, open and silent.
         sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
             sock.recv(1)
         assert server.stats.active == 1
+
+
+class _HeldTransport:
+    """A transport holding ``held`` bytes unsent, as a subscriber that stopped reading has."""
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.held = 0
+
+
+def test_a_reset_takes_what_was_unsent_back_out_of_the_counters() -> None:
+    counted = {"sent": 100, "written": 100 * PACKET}
+
+    def count(*, sent: int = 0, dropped: int = 0, written: int = 0) -> None:
+        counted["sent"] += sent
+        counted["written"] += written
+
+    async def cut() -> tuple[Subscription, _HeldTransport]:
+        transport = _HeldTransport(30 * PACKET)
+        writer = cast(asyncio.StreamWriter, SimpleNamespace(transport=transport))
+        subscription = Subscription(LiveFeed(10.0), LossModel(0.0), 0, 1, writer, count, "peer")
+        subscription.reset()
+        subscription.reset()  # counted once
+        return subscription, transport
+
+    subscription, transport = asyncio.run(cut())
+    assert transport.aborted and subscription.cut and subscription.done.done()
+    # The 30 packets still held were never the client's: sent and written no more.
+    assert counted == {"sent": 70, "written": 70 * PACKET}

@@ -366,10 +366,17 @@ class Subscription:
             self.done.set_result(None)
 
     def reset(self) -> None:
-        """Cut the connection with a reset and end: never an end of file, which says the
-        feed ended."""
-        self.cut = True
-        reset_transport(self.writer.transport)
+        """Cut the connection with a reset and end; take back the count of what was unsent.
+
+        Never an end of file, which says the feed ended.
+        """
+        if not self.cut:
+            self.cut = True
+            transport = self.writer.transport
+            # Whole kept packets never handed to the kernel: the client never gets them.
+            unsent = transport.get_write_buffer_size()
+            self.count(sent=-(unsent // PACKET_SIZE), written=-unsent)
+            reset_transport(transport)
         self.end()
 
 
