@@ -7,14 +7,14 @@ import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
 from packetcore.cli.serve import main as serve_main
 from packetcore.faults import FaultPlan, Faults
 from packetcore.feeds import MappedFeed, book, open_feed, synthetic
-from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Subscription
+from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
 from packetcore.loss import LossModel
 from packetcore.protocol import (
     FeedInfo,
@@ -401,10 +401,10 @@ def test_a_failure_serving_one_subscriber_costs_that_one_only(
 ) -> None:
     send = Subscription.send
 
-    def failing(self: Subscription, hi: int, rows: memoryview) -> int:
+    def failing(self: Subscription, hi: int, data: bytes | memoryview, kept: int) -> None:
         if self.number == 0:
             raise RuntimeError("injected")
-        return send(self, hi, rows)
+        send(self, hi, data, kept)
 
     monkeypatch.setattr(Subscription, "send", failing)
     with live_server(2000.0, until=400) as server:
@@ -535,3 +535,49 @@ def test_a_reset_takes_what_was_unsent_back_out_of_the_counters() -> None:
     assert transport.aborted and subscription.cut and subscription.done.done()
     # The 30 packets still held were never the client's: sent and written no more.
     assert counted == {"sent": 70, "written": 70 * PACKET}
+
+
+@pytest.mark.parametrize(
+    ("max_lag", "max_buffer", "readers"),
+    [(10.0, 3 << 20, 4), (0.02, 1 << 30, 1)],
+    ids=["all-subscribers", "one-subscriber"],
+)
+def test_unsent_bytes_never_pass_their_bounds(
+    monkeypatch: pytest.MonkeyPatch, max_lag: float, max_buffer: int, readers: int
+) -> None:
+    # Subscribers that never read: the server disconnects the furthest behind before
+    # their unsent bytes, together or each, would pass --max-buffer or --max-lag.
+    seen = {"all": 0, "each": 0}
+    tick, send = Publisher._tick, Subscription.send
+
+    def watched_tick(self: Publisher) -> None:
+        tick(self)
+        unsent = sum(s.writer.transport.get_write_buffer_size() for s in self._subscriptions)
+        seen["all"] = max(seen["all"], unsent)
+
+    def watched_send(self: Subscription, *args: Any) -> Any:
+        result = send(self, *args)
+        seen["each"] = max(seen["each"], self.writer.transport.get_write_buffer_size())
+        return result
+
+    monkeypatch.setattr(Publisher, "_tick", watched_tick)
+    monkeypatch.setattr(Subscription, "send", watched_send)
+    server = Server(
+        host="127.0.0.1", port=0, live=2_000_000.0, drop=0.0, max_lag=max_lag,
+        max_buffer=max_buffer,
+    )  # fmt: skip
+    with server:
+        socks = []
+        for _ in range(readers):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(subscribe_request(server.published + 1))
+            socks.append(sock)
+        wait_until(lambda: server.stats.slow_disconnects >= 1)
+        for sock in socks:
+            sock.close()
+        assert server.publisher is not None
+        bound = server.publisher.bound
+    assert 0 < seen["all"] <= max_buffer
+    assert 0 < seen["each"] <= bound
