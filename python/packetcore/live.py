@@ -70,7 +70,7 @@ MIN_LAG_BYTES = 1 << 20
 DEFAULT_MAX_BUFFER = 256 << 20
 #: Bytes written per wake-up at most: the rest wait for the next one (soon), so that the
 #: loop answers a hello in milliseconds however many subscribers there are.
-_TICK_BYTES = 8 << 20
+_TICK_BYTES = 2 << 20
 #: A subscriber is written at most this many wake-ups' packets in one.
 _TICKS_PER_WRITE = 8
 #: A subscriber catching up hands over to the publisher with fewer packets than this left.
