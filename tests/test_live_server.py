@@ -581,3 +581,24 @@ def test_unsent_bytes_never_pass_their_bounds(
         bound = server.publisher.bound
     assert 0 < seen["all"] <= max_buffer
     assert 0 < seen["each"] <= bound
+
+
+def test_stopping_with_many_stalled_subscribers_is_prompt() -> None:
+    server = live_server(1_000_000.0).start()
+    socks = []
+    try:
+        for _ in range(200):
+            socks.append(subscribe(server, server.published + 1))  # and never reads
+        wait_until(lambda: server.stats.subscriptions == 200)
+        # A second of packets: their unsent bytes pile up, as far as the bounds let them.
+        edge = server.published
+        wait_until(lambda: server.published >= edge + 1_000_000)
+    finally:
+        started = time.monotonic()
+        server.stop()
+        stopping = time.monotonic() - started
+    assert stopping < 1.0  # every transport aborted at once, nothing flushed
+    for sock in socks:
+        with sock, pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 16):
+                pass
