@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 from packetcore.cli.serve import main as serve_main
 from packetcore.faults import FaultPlan, Faults
 from packetcore.feeds import MappedFeed, book, open_feed, synthetic
-from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Subscription
+from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
 from packetcore.loss import LossModel
 from packetcore.protocol import (
     FeedInfo,
@@ -398,10 +401,10 @@ def test_a_failure_serving_one_subscriber_costs_that_one_only(
 ) -> None:
     send = Subscription.send
 
-    def failing(self: Subscription, hi: int, rows: memoryview) -> int:
+    def failing(self: Subscription, hi: int, data: bytes | memoryview, kept: int) -> None:
         if self.number == 0:
             raise RuntimeError("injected")
-        return send(self, hi, rows)
+        send(self, hi, data, kept)
 
     monkeypatch.setattr(Subscription, "send", failing)
     with live_server(2000.0, until=400) as server:
@@ -452,3 +455,167 @@ def test_a_fetch_of_a_live_feed_is_a_snapshot_and_says_so() -> None:
         assert f"published to {result.published} meanwhile: --follow" in result.summary()
         with pytest.raises(packetcore.FetchError, match=r"99999..end starts past .* --follow"):
             packetcore.fetch("127.0.0.1", server.port, start=99_999)
+
+
+# -- what the hostile tester found -----------------------------------------------------------
+
+
+def expect_reset(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read until the connection is reset; fail on an end of file (it says "the feed ended")."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    with pytest.raises(ConnectionResetError):
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+        pytest.fail(f"an end of file after {len(data)} bytes, not a reset")
+    return bytes(data)
+
+
+def test_a_backlog_reader_is_never_timed_out_but_reset_once_max_lag_behind() -> None:
+    # A backlog of 17 MB: more than loopback's socket buffers take, so writes wait.
+    with live_server(2_000_000.0, max_lag=0.2, idle_timeout=0.1) as server:
+        wait_until(lambda: server.published >= 1_000_000)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.connect(("127.0.0.1", server.port))
+        with sock:
+            sock.sendall(subscribe_request(1))  # and never reads
+            wait_until(lambda: server.stats.slow_disconnects == 1)
+            data = expect_reset(sock)
+        assert server.stats.timeouts == 0
+        # What it got, if anything, is the feed from sequence 1.
+        whole = len(data) // PACKET * PACKET
+        assert data[:whole] == bytes(server.index.rows(0, whole // PACKET))
+
+
+def test_a_truncated_mapped_feed_resets_rather_than_ends(tmp_path: Path) -> None:
+    path = tmp_path / "feed.bin"
+    path.write_bytes(encode(synthetic(40_000, seed=6)))
+    with live_server(100_000.0, feed=open_feed(str(path))) as server:
+        wait_until(lambda: server.published >= 20_000)
+        with path.open("r+b") as file:
+            file.truncate(5000 * PACKET)
+        with subscribe(server, 1) as late:  # its backlog runs over the cut
+            expect_reset(late)
+        with connect(server) as ranged:
+            ranged.sendall(range_request(4990, 20) + resend_request(5))
+            expect_reset(ranged)
+
+
+def test_a_subscription_from_beyond_the_end_closes_when_the_feed_ends() -> None:
+    with live_server(4000.0, until=2000) as server, subscribe(server, 30_000) as sock:
+        assert server.published < 1500
+        assert recv_all(sock) == b""  # the end of file, once the final packet is out
+        assert server.published == 2000
+    with live_server(1000.0) as server, subscribe(server, 2**32 - 1) as sock:
+        # An endless feed never ends: the subscription waits, open and silent.
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        assert server.stats.active == 1
+
+
+class _HeldTransport:
+    """A transport holding ``held`` bytes unsent, as a subscriber that stopped reading has."""
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.held = 0
+
+
+def test_a_reset_takes_what_was_unsent_back_out_of_the_counters() -> None:
+    counted = {"sent": 100, "written": 100 * PACKET}
+
+    def count(*, sent: int = 0, dropped: int = 0, written: int = 0) -> None:
+        counted["sent"] += sent
+        counted["written"] += written
+
+    async def cut() -> tuple[Subscription, _HeldTransport]:
+        transport = _HeldTransport(30 * PACKET)
+        writer = cast(asyncio.StreamWriter, SimpleNamespace(transport=transport))
+        subscription = Subscription(LiveFeed(10.0), LossModel(0.0), 0, 1, writer, count, "peer")
+        subscription.reset()
+        subscription.reset()  # counted once
+        return subscription, transport
+
+    subscription, transport = asyncio.run(cut())
+    assert transport.aborted and subscription.cut and subscription.done.done()
+    # The 30 packets still held were never the client's: sent and written no more.
+    assert counted == {"sent": 70, "written": 70 * PACKET}
+
+
+@pytest.mark.parametrize(
+    ("max_lag", "max_buffer", "readers"),
+    [(10.0, 3 << 20, 4), (0.02, 1 << 30, 1)],
+    ids=["all-subscribers", "one-subscriber"],
+)
+def test_unsent_bytes_never_pass_their_bounds(
+    monkeypatch: pytest.MonkeyPatch, max_lag: float, max_buffer: int, readers: int
+) -> None:
+    # Subscribers that never read: the server disconnects the furthest behind before
+    # their unsent bytes, together or each, would pass --max-buffer or --max-lag.
+    seen = {"all": 0, "each": 0}
+    tick, send = Publisher._tick, Subscription.send
+
+    def watched_tick(self: Publisher) -> None:
+        tick(self)
+        unsent = sum(s.writer.transport.get_write_buffer_size() for s in self._subscriptions)
+        seen["all"] = max(seen["all"], unsent)
+
+    def watched_send(self: Subscription, *args: Any) -> Any:
+        result = send(self, *args)
+        seen["each"] = max(seen["each"], self.writer.transport.get_write_buffer_size())
+        return result
+
+    monkeypatch.setattr(Publisher, "_tick", watched_tick)
+    monkeypatch.setattr(Subscription, "send", watched_send)
+    server = Server(
+        host="127.0.0.1", port=0, live=2_000_000.0, drop=0.0, max_lag=max_lag,
+        max_buffer=max_buffer,
+    )  # fmt: skip
+    with server:
+        socks = []
+        for _ in range(readers):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(subscribe_request(server.published + 1))
+            socks.append(sock)
+        wait_until(lambda: server.stats.slow_disconnects >= 1)
+        for sock in socks:
+            sock.close()
+        assert server.publisher is not None
+        bound = server.publisher.bound
+    assert 0 < seen["all"] <= max_buffer
+    assert 0 < seen["each"] <= bound
+
+
+def test_stopping_with_many_stalled_subscribers_is_prompt() -> None:
+    server = live_server(1_000_000.0).start()
+    socks = []
+    try:
+        for _ in range(200):
+            socks.append(subscribe(server, server.published + 1))  # and never reads
+        wait_until(lambda: server.stats.subscriptions == 200)
+        # A second of packets: their unsent bytes pile up, as far as the bounds let them.
+        edge = server.published
+        wait_until(lambda: server.published >= edge + 1_000_000)
+    finally:
+        started = time.monotonic()
+        server.stop()
+        stopping = time.monotonic() - started
+    assert stopping < 1.0  # every transport aborted at once, nothing flushed
+    for sock in socks:
+        with sock, pytest.raises(ConnectionResetError):
+            while sock.recv(1 << 16):
+                pass

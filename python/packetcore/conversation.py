@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .errors import FeedError
 from .faults import Delivery, FaultCounts
 from .listener import peer_name
-from .live import LiveFeed, Publisher, Subscription
+from .live import LiveFeed, Publisher, Subscription, reset_transport
 from .loss import LossModel
 from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
 from .wire_index import WireIndex
@@ -92,6 +92,8 @@ class Conversation:
         self.number = number
         self.peer = peer_name(writer)
         self.timed_out = False
+        #: Whether the server reset the connection (a subscriber dropped): nothing to close.
+        self.cut = False
         self._reader = reader
         self._writer = writer
         self._index = index
@@ -116,7 +118,8 @@ class Conversation:
         except asyncio.CancelledError:
             # stop() cancelled it.  Not re-raised: Python 3.11's streams log a cancelled
             # handler task as an error, and stop() only waits for the task to end.
-            self._writer.transport.abort()
+            # A reset: an end of file would say that the answer (the feed) ended.
+            reset_transport(self._writer.transport)
         except ConnectionError as exc:
             if not self.timed_out:
                 log.info("connection to %s lost: %s", self.peer, exc)
@@ -124,11 +127,11 @@ class Conversation:
         except FeedError as exc:
             # The mapped feed file shrank under the server: this answer cannot be given.
             log.error("cannot serve %s: %s", self.peer, exc)
-            self._writer.transport.abort()
+            reset_transport(self._writer.transport)
         except Exception:
             # A bug must cost one connection, never the server.
             log.exception("internal error serving %s", self.peer)
-            self._writer.transport.abort()
+            reset_transport(self._writer.transport)
         finally:
             if self._delivery is not None:
                 self._delivery.cancel()
@@ -185,7 +188,7 @@ class Conversation:
                 return
 
     async def _close(self) -> None:
-        if self.timed_out:
+        if self.timed_out or self.cut:
             return
         timer = self._watch()
         try:
@@ -213,6 +216,15 @@ class Conversation:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _write_live(self, data: bytes | memoryview) -> None:
+        """Write to a live subscriber: never timed out (the publisher bounds its lag)."""
+        if self._delivery is not None:
+            await self._delivery.send(data)
+            return
+        self._stats.bytes_written += memoryview(data).nbytes
+        self._writer.write(data)
+        await self._writer.drain()
 
     async def _flush(self, out: bytearray) -> None:
         if out:
@@ -298,20 +310,27 @@ class Conversation:
         log.info("subscription %d from sequence %d: %s", number, start, self.peer)
         publisher = self._publisher
         try:
-            # Backlog first, paced by the reader (a finished feed is all backlog).
-            await subscription.backlog(self._write)
-            if publisher is None or subscription.next >= publisher.feed.total:
+            if publisher is None:
+                # A finished feed is all backlog, paced by the reader.
+                await subscription.backlog(self._write)
                 return
             if self._delivery is not None:
                 # Faults shape this connection's bytes: it is written on its own clock.
-                await publisher.follow(subscription, self._write)
+                await publisher.follow(subscription, self._write_live)
                 return
+            # Backlog first, paced by the reader, then the publisher's batches.
+            await publisher.backlog(subscription, self._write_live)
+            feed = publisher.feed
+            if subscription.cut or (subscription.next >= feed.total and feed.ended):
+                return
+            # From beyond the final packet too: the end of file waits for the feed's end.
             publisher.add(subscription)
             await subscription.done
         except asyncio.CancelledError:
             subscription.reset()  # the server stops: never an end of file, "the feed ended"
             raise
         finally:
+            self.cut = subscription.cut
             if publisher is not None:
                 publisher.discard(subscription)
 

@@ -45,7 +45,16 @@ from .wire_index import WireIndex
 if TYPE_CHECKING:
     from .conversation import ServerStats
 
-__all__ = ["BLOCK", "DEFAULT_MAX_LAG", "TICK", "LiveFeed", "Publisher", "Subscription"]
+__all__ = [
+    "BLOCK",
+    "DEFAULT_MAX_BUFFER",
+    "DEFAULT_MAX_LAG",
+    "TICK",
+    "LiveFeed",
+    "Publisher",
+    "Subscription",
+    "reset_transport",
+]
 
 log = logging.getLogger("packetcore.server")
 
@@ -57,6 +66,13 @@ TICK = 0.002
 DEFAULT_MAX_LAG = 2.0
 #: The smallest bound on a subscriber's unsent bytes, whatever the rate.
 MIN_LAG_BYTES = 1 << 20
+#: The default bound on the unsent bytes of all subscribers together.
+DEFAULT_MAX_BUFFER = 256 << 20
+#: Bytes written per wake-up at most: the rest wait for the next one (soon), so that the
+#: loop answers a hello in milliseconds however many subscribers there are.
+_TICK_BYTES = 2 << 20
+#: A subscriber is written at most this many wake-ups' packets in one.
+_TICKS_PER_WRITE = 8
 #: A subscriber catching up hands over to the publisher with fewer packets than this left.
 _CATCH_UP = 4096
 #: Synthetic blocks kept in memory (about 1.1 MB each); older ones are generated again.
@@ -71,6 +87,16 @@ assert _WIRE.itemsize == PACKET_SIZE
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _SYMBOL_ARRAY = np.array(SYMBOLS, dtype="S4")
 _SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
+
+
+def reset_transport(transport: asyncio.WriteTransport) -> None:
+    """Abort ``transport`` with a reset: never an end of file, which says the answer ended."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            # Linger 0: close() resets instead of sending what is queued and a FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
 
 
 class LiveFeed:
@@ -252,12 +278,15 @@ class Subscription:
         self.next = min(max(start - feed.first, 0), _total(feed))
         self.writer = writer
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._count = count
+        #: ``count(sent=, dropped=, written=)`` tallies what is sent.
+        self.count = count
         self._drop = loss.drop
         self._keep_last = loss.keep_last
         self._rng = loss.subscription_rng(number)
         self._chunk = -1
         self._mask: npt.NDArray[np.bool_] = np.ones(0, dtype=bool)
+        #: Whether the server cut the connection (a reset): the conversation closes nothing.
+        self.cut = False
 
     def keep(self, lo: int, hi: int) -> npt.NDArray[np.bool_] | None:
         """Return the keep flags of rows ``lo:hi``; None when nothing drops.
@@ -323,21 +352,23 @@ class Subscription:
             hi = min(published, (lo // BLOCK + 1) * BLOCK)
             data, kept = self.select(lo, hi, feed.rows(lo, hi))
             self.next = hi
-            self._count(sent=kept, dropped=hi - lo - kept)
+            self.count(sent=kept, dropped=hi - lo - kept)
             if kept:
                 await write(data)
 
-    def send(self, hi: int, rows: memoryview) -> int:
-        """Write rows ``next:hi`` (their bytes: ``rows``) at once; return the bytes unsent."""
+    def send(self, hi: int, data: bytes | memoryview, kept: int) -> None:
+        """Write rows ``next:hi``, of which ``data`` (from :meth:`select`) is what is kept."""
         lo = self.next
-        data, kept = self.select(lo, hi, rows)
         self.next = hi
         # Written straight to the transport, not through the conversation: bytes count here.
-        self._count(sent=kept, dropped=hi - lo - kept, written=kept * PACKET_SIZE)
-        transport = self.writer.transport
+        self.count(sent=kept, dropped=hi - lo - kept, written=kept * PACKET_SIZE)
         if kept:
-            transport.write(data)
-        return transport.get_write_buffer_size()
+            self.writer.transport.write(data)
+
+    @property
+    def unsent(self) -> int:
+        """Return the bytes written to the connection that its socket has not taken yet."""
+        return self.writer.transport.get_write_buffer_size()
 
     def end(self) -> None:
         """Let the subscriber's conversation go on to close the connection."""
@@ -345,15 +376,17 @@ class Subscription:
             self.done.set_result(None)
 
     def reset(self) -> None:
-        """Cut the connection with a reset and end: never an end of file, which says the
-        feed ended."""
-        transport = self.writer.transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # Linger 0: close() resets instead of sending what is queued and a FIN.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        transport.abort()
+        """Cut the connection with a reset and end; take back the count of what was unsent.
+
+        Never an end of file, which says the feed ended.
+        """
+        if not self.cut:
+            self.cut = True
+            transport = self.writer.transport
+            # Whole kept packets never handed to the kernel: the client never gets them.
+            unsent = transport.get_write_buffer_size()
+            self.count(sent=-(unsent // PACKET_SIZE), written=-unsent)
+            reset_transport(transport)
         self.end()
 
 
@@ -369,29 +402,42 @@ class Publisher:
     """Write what a :class:`LiveFeed` publishes to its subscribers, on a timer."""
 
     def __init__(
-        self, feed: LiveFeed, stats: ServerStats, max_lag: float = DEFAULT_MAX_LAG
+        self,
+        feed: LiveFeed,
+        stats: ServerStats,
+        max_lag: float = DEFAULT_MAX_LAG,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         if not max_lag > 0:
             raise ValueError(f"max_lag must be above 0 seconds, not {max_lag}")
+        if max_buffer < 1:
+            raise ValueError(f"max_buffer must be 1 byte or more, not {max_buffer}")
         self.feed = feed
         self.max_lag = max_lag
         #: Unsent bytes past which a subscriber is disconnected.
         self.bound = max(MIN_LAG_BYTES, int(feed.rate * max_lag) * PACKET_SIZE)
+        #: Unsent bytes of all subscribers together past which the furthest behind go.
+        self.max_buffer = max_buffer
         self._stats = stats
-        self._subscriptions: set[Subscription] = set()
+        # A dict, not a set: its order is the round the wake-ups share out.
+        self._subscriptions: dict[Subscription, None] = {}
         self._timer: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._turn = 0  # where the next wake-up starts its round
+        self._unsent = 0  # all subscribers' unsent bytes, kept up to date within a wake-up
+        # Rows written to one subscriber at one wake-up at most.
+        self._batch = max(_CATCH_UP, math.ceil(feed.rate * TICK * _TICKS_PER_WRITE))
 
     def add(self, subscription: Subscription) -> None:
         """Follow ``subscription`` from its next row; wake at once to write its catch-up."""
-        self._subscriptions.add(subscription)
+        self._subscriptions[subscription] = None
         if self._timer is None:
             self._loop = asyncio.get_running_loop()
             self._timer = self._loop.call_soon(self._tick)
 
     def discard(self, subscription: Subscription) -> None:
         """Stop following ``subscription``."""
-        self._subscriptions.discard(subscription)
+        self._subscriptions.pop(subscription, None)
 
     def stop(self) -> None:
         """Stop the timer and let every subscription end."""
@@ -407,10 +453,21 @@ class Publisher:
         self._timer = None
         feed = self.feed
         published = feed.published_rows()
-        shared: dict[int, memoryview] = {}
-        for subscription in list(self._subscriptions):
+        shared: dict[tuple[int, int], memoryview] = {}
+        order = list(self._subscriptions)
+        self._unsent = sum(subscription.unsent for subscription in order)
+        start = self._turn % len(order) if order else 0
+        budget = _TICK_BYTES
+        served = 0
+        # A round from where the last wake-up stopped: under load, each gets its turn.
+        for subscription in order[start:] + order[:start]:
+            if budget <= 0:
+                break
+            served += 1
+            if subscription not in self._subscriptions:
+                continue  # disconnected in this round, to make room
             try:
-                self._serve(subscription, published, shared)
+                budget -= self._serve(subscription, published, shared)
             except FeedError as exc:
                 # The replayed file shrank under the server: this subscriber cannot go on.
                 log.error("cannot serve %s: %s", subscription.peer, exc)
@@ -419,35 +476,108 @@ class Publisher:
                 # A bug must cost one subscriber, never the publisher and the others.
                 log.exception("internal error serving %s", subscription.peer)
                 self._drop(subscription)
+        self._turn = start + served
         if not self._subscriptions or self._loop is None:
+            return
+        if served < len(order):
+            self._timer = self._loop.call_soon(self._tick)  # the rest, once the loop breathes
             return
         now = time.monotonic()
         delay = max(TICK, feed.due(published) - now) if published < feed.total else TICK
         self._timer = self._loop.call_later(delay, self._tick)
 
     def _serve(
-        self, subscription: Subscription, published: int, shared: dict[int, memoryview]
-    ) -> None:
-        """Write ``subscription`` the rows up to ``published``; end it if the feed did."""
+        self,
+        subscription: Subscription,
+        published: int,
+        shared: dict[tuple[int, int], memoryview],
+    ) -> int:
+        """Write ``subscription`` its rows up to ``published``; end it if the feed did.
+
+        Returns the bytes written.  The bounds are checked before writing: a write that
+        would put the subscriber past its own bound, or all of them past ``max_buffer``,
+        disconnects it, or those further behind, first.
+        """
         feed = self.feed
         if subscription.writer.transport.is_closing():
             # The subscriber went away: its conversation logs it as it ends.
-            self._subscriptions.discard(subscription)
+            self._subscriptions.pop(subscription, None)
             subscription.end()
-            return
+            return 0
         lo = subscription.next
+        written = 0
         if lo < published:
-            rows = shared.get(lo)
+            hi = min(published, lo + self._batch)
+            rows = shared.get((lo, hi))
             if rows is None:
                 # Subscribers at one row (all but the newest, usually) share the bytes.
-                rows = shared[lo] = feed.rows(lo, published)
-            unsent = subscription.send(published, rows)
-            if unsent > self.bound:
-                self._too_slow(subscription, unsent)
-                return
+                rows = shared[lo, hi] = feed.rows(lo, hi)
+            data, kept = subscription.select(lo, hi, rows)
+            size = kept * PACKET_SIZE
+            before = subscription.unsent
+            if before + size > self.bound:
+                self._too_slow(subscription)
+                return 0
+            while self._unsent + size > self.max_buffer:
+                # The furthest behind: the most bytes its reader has not taken.
+                furthest = max(self._subscriptions, key=lambda other: other.unsent)
+                self._unsent -= furthest.unsent
+                self._too_slow(furthest, crowded=True)
+                if furthest is subscription:
+                    return 0
+            subscription.send(hi, data, kept)
+            self._unsent += subscription.unsent - before
+            written = size
         if published >= feed.total and subscription.next >= feed.total:
-            self._subscriptions.discard(subscription)
+            self._subscriptions.pop(subscription, None)
             subscription.end()
+        return written
+
+    async def backlog(
+        self,
+        subscription: Subscription,
+        write: Callable[[bytes | memoryview], Awaitable[None]],
+        *,
+        every: bool = False,
+    ) -> None:
+        """Write ``subscription`` what is published already, paced by its reader.
+
+        Never timed out for idling: a reader that falls ``max_lag`` further behind the
+        published edge than it joined is disconnected (reset) instead, also while it
+        holds a write.  Returns with a few packets left for the publisher (all written
+        if ``every``), or cut (``subscription.cut``).
+        """
+        feed = self.feed
+        # The lag it joined with, and max_lag more: past that it reads slower than the feed.
+        allowed = max(feed.published_rows() - subscription.next, 0) + self.bound // PACKET_SIZE
+        catch_up = 1 if every else _CATCH_UP
+        loop = asyncio.get_running_loop()
+        while not subscription.cut:
+            published = feed.published_rows()
+            lo = subscription.next
+            left = published - lo
+            if left <= 0 or (left < catch_up and not feed.ended):
+                return
+            if left > allowed:
+                self._too_slow(subscription, lag=left)
+                return
+            hi = min(published, (lo // BLOCK + 1) * BLOCK)
+            data, kept = subscription.select(lo, hi, feed.rows(lo, hi))
+            subscription.next = hi
+            subscription.count(sent=kept, dropped=hi - lo - kept)
+            if not kept:
+                continue
+            # Should nothing of this block be read, the edge passes lo + allowed at that time.
+            timer = loop.call_later(
+                feed.due(lo + allowed) - time.monotonic(), self._too_slow, subscription
+            )
+            try:
+                await write(data)
+            except ConnectionError:
+                if not subscription.cut:
+                    raise
+            finally:
+                timer.cancel()
 
     async def follow(
         self, subscription: Subscription, write: Callable[[bytes | memoryview], Awaitable[None]]
@@ -461,25 +591,43 @@ class Publisher:
         feed = self.feed
         behind = self.bound // PACKET_SIZE
         while True:
-            await subscription.backlog(write, every=True)
+            await self.backlog(subscription, write, every=True)
+            if subscription.cut:
+                return
             if subscription.next >= feed.total:
+                # An end of file says the feed ended: from beyond its end, wait for that.
+                await asyncio.sleep(max(0.0, feed.due(feed.total - 1) - time.monotonic()))
                 return
             if feed.count - subscription.next > behind:
-                self._too_slow(subscription, (feed.count - subscription.next) * PACKET_SIZE)
+                self._too_slow(subscription)
                 return
             await asyncio.sleep(max(TICK, feed.due(subscription.next) - time.monotonic()))
 
     def _drop(self, subscription: Subscription) -> None:
-        self._subscriptions.discard(subscription)
+        self._subscriptions.pop(subscription, None)
         subscription.reset()
 
-    def _too_slow(self, subscription: Subscription, unsent: int) -> None:
-        self._subscriptions.discard(subscription)
+    def _too_slow(
+        self, subscription: Subscription, lag: int | None = None, *, crowded: bool = False
+    ) -> None:
+        """Reset ``subscription``, ``lag`` rows behind (default: behind the published edge)."""
+        self._subscriptions.pop(subscription, None)
+        if subscription.cut:
+            return
         self._stats.slow_disconnects += 1
+        if lag is None:
+            # Rows not published to it yet, and those it holds unsent (about: drops aside).
+            lag = self.feed.published_rows() - subscription.next
+            lag += subscription.unsent // PACKET_SIZE
+        why = (
+            f"the furthest behind when all subscribers' unsent bytes reached --max-buffer "
+            f"{self.max_buffer}"
+            if crowded
+            else f"more than --max-lag {self.max_lag:g}s of packets, {self.bound} bytes"
+        )
         log.warning(
-            "disconnected %s: too slow, %d bytes unsent (more than --max-lag %gs of packets, "
-            "%d bytes), at sequence %d",
-            subscription.peer, unsent, self.max_lag, self.bound,
+            "disconnected %s: too slow, %d bytes unsent, %d packets behind (%s), at sequence %d",
+            subscription.peer, subscription.unsent, max(lag, 0), why,
             self.feed.first + subscription.next - 1,
         )  # fmt: skip
         subscription.reset()

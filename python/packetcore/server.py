@@ -23,7 +23,7 @@ from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
 from .faults import Delivery, FaultPlan, Shaper
 from .feeds import MappedFeed
 from .listener import bind, peer_name
-from .live import DEFAULT_MAX_LAG, LiveFeed, Publisher
+from .live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed, Publisher
 from .loss import LossModel
 from .packets import Packets
 from .protocol import DEFAULT_PORT, FeedInfo
@@ -45,7 +45,8 @@ class Server:
     drawn from ``seed``; ``until`` is the last sequence published.  A
     :class:`~packetcore.live.LiveFeed` given as ``feed`` is served as it is, its clock
     shared (the workers of one port).  A subscriber more than ``max_lag`` seconds of
-    packets behind (at least 1 MiB unsent) is disconnected.
+    packets behind (at least 1 MiB unsent) is disconnected, and so are the furthest
+    behind while all subscribers' unsent bytes together would pass ``max_buffer``.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class Server:
         live: float | None = None,
         until: int | None = None,
         max_lag: float = DEFAULT_MAX_LAG,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
         faults: FaultPlan | None = None,
     ) -> None:
         if live is not None and not (live >= 0 and live < float("inf")):
@@ -100,7 +102,9 @@ class Server:
         self.stats = ServerStats()
         #: Writes a live feed to its subscribers; None for a finished feed.
         self.publisher = (
-            Publisher(self.index, self.stats, max_lag) if isinstance(self.index, LiveFeed) else None
+            Publisher(self.index, self.stats, max_lag, max_buffer)
+            if isinstance(self.index, LiveFeed)
+            else None
         )
         #: What a hostile network does to each connection's answers (None: nothing).
         self.faults = faults

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from ..feeds import MappedFeed, open_feed
-from ..live import DEFAULT_MAX_LAG, LiveFeed
+from ..live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT
 from ..server import Server, ServerStats
@@ -77,6 +77,7 @@ _count = integer(1, what="1 or more")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _rate = number(0.0, what="a rate of 0 or more packets a second (0: a finished feed)")
 _lag = number(0.0, low_open=True, what="a number of seconds above 0")
+_bytes = integer(1, what="a number of bytes, 1 or more")
 
 
 #: More processes than this only fight for the cores (and take long to start).
@@ -158,6 +159,12 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         help="with --live: disconnect a subscriber that falls this many seconds of "
         "packets behind (at least 1 MiB unsent; default: %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--max-buffer", type=_bytes, default=DEFAULT_MAX_BUFFER, metavar="BYTES",
+        help="with --live: the bound on all subscribers' unsent bytes together (per "
+        "worker); past it the furthest behind are disconnected (default: %(default)s, "
+        "256 MiB)",
+    )  # fmt: skip
     parser.set_defaults(feed=None)  # --live without --feed: the endless synthetic feed
     # Faults on every answer, in-process: what packetcore-proxy does, without the hop.
     add_faults(parser)
@@ -230,6 +237,7 @@ def _server(
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
         max_lag=args.max_lag,
+        max_buffer=args.max_buffer,
         faults=args.faults,
     )
 
