@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from .faults import Delivery, FaultPlan, Faults, Script, Shaper, end_connection
@@ -35,6 +34,7 @@ from .protocol import (
     SUBSCRIBE,
     RequestFramer,
 )
+from .service import Service
 
 __all__ = ["ConnectionRecord", "Proxy", "ProxyStats"]
 
@@ -524,12 +524,14 @@ def _upstream(upstream: tuple[str, int] | str) -> tuple[str, int]:
     return host, port
 
 
-class Proxy:
+class Proxy(Service):
     """Forward connections to ``upstream`` with the faults ``faults`` chooses for each.
 
     ``faults`` is a :class:`FaultPlan`, or what one is made of: :class:`Faults` for
     every connection, or a script (a sequence, or a callable, by connection number).
     """
+
+    kind = "proxy"
 
     def __init__(
         self,
@@ -644,73 +646,6 @@ class Proxy:
                 await asyncio.wait_for(server.wait_closed(), 5.0)
         log.debug("stopped: %s", self.stats.summary())
         self._stopped.set()
-
-    async def serve_forever(self) -> None:
-        """Wait until the proxy is stopped."""
-        if self._stopped is None:
-            raise RuntimeError("the proxy is not started")
-        await self._stopped.wait()
-
-    def start(self) -> Proxy:
-        """Run the proxy in a background thread; return once it listens."""
-        if self._started or self._thread is not None:
-            raise RuntimeError("the proxy was already started")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            try:
-                try:
-                    loop.run_until_complete(self.start_async())
-                except BaseException as exc:
-                    failure.append(exc)
-                    return
-                finally:
-                    ready.set()
-                loop.run_until_complete(self.serve_forever())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name="packetcore-proxy", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop a proxy run by :meth:`start`; idempotent."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        if thread.is_alive() and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result()
-        thread.join()
-
-    def __enter__(self) -> Proxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Proxy:
-        return await self.start_async()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop_async()
 
     def __repr__(self) -> str:
         host, port = self.upstream

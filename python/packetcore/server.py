@@ -11,12 +11,10 @@ its mapping without a copy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import threading
 import time
-from types import TracebackType
 from typing import Any
 
 from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
@@ -27,6 +25,7 @@ from .live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed, Publisher
 from .loss import LossModel
 from .packets import Packets
 from .protocol import DEFAULT_PORT, FeedInfo
+from .service import Service
 from .wire_index import WireIndex
 
 __all__ = ["STREAM_CHUNK", "Server", "ServerStats"]
@@ -34,7 +33,7 @@ __all__ = ["STREAM_CHUNK", "Server", "ServerStats"]
 log = logging.getLogger("packetcore.server")
 
 
-class Server:
+class Server(Service):
     """Serve one feed over the base protocol and its extension.
 
     ``feed`` may be a :class:`~packetcore.wire_index.WireIndex` already built, shared
@@ -48,6 +47,8 @@ class Server:
     packets behind (at least 1 MiB unsent) is disconnected, and so are the furthest
     behind while all subscribers' unsent bytes together would pass ``max_buffer``.
     """
+
+    kind = "server"
 
     def __init__(
         self,
@@ -227,74 +228,9 @@ class Server:
         log.debug("stopped: %s", self.stats.summary())
         self._stopped.set()
 
-    async def serve_forever(self) -> None:
-        """Wait until the server is stopped."""
-        if self._stopped is None:
-            raise RuntimeError("the server is not started")
-        await self._stopped.wait()
-
-    def start(self) -> Server:
-        """Run the server in a background thread; return once it listens."""
-        if self._started or self._thread is not None:
-            raise RuntimeError("the server was already started")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            try:
-                try:
-                    loop.run_until_complete(self.start_async())
-                except BaseException as exc:
-                    failure.append(exc)
-                    return
-                finally:
-                    ready.set()
-                loop.run_until_complete(self.serve_forever())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name=f"packetcore-serve:{self.port}")
-        self._thread.daemon = True
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop a server run by :meth:`start`; idempotent."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        if thread.is_alive() and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                asyncio.run_coroutine_threadsafe(self.stop_async(), loop).result()
-        thread.join()
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Server:
-        return await self.start_async()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop_async()
+    def thread_name(self) -> str:
+        """Return the name of the thread that :meth:`start` runs it in."""
+        return f"packetcore-serve:{self.port}"
 
     def __repr__(self) -> str:
         return f"<Server {self.host} port {self.port}, {self.index.count} packets>"
