@@ -41,6 +41,7 @@ from .options import (
     add_metrics,
     add_seed,
     bind_metrics,
+    check_metrics,
     fault_plan,
     integer,
     metrics_served,
@@ -171,6 +172,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    check_metrics(args, args.port, args.host, "--port")
     args.faults = fault_plan(args)  # a bad combination fails before any port opens
     try:
         loop, _ = loop_factory(args.loop)
