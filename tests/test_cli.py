@@ -412,8 +412,40 @@ def test_metrics_port_clashes_only_where_the_hosts_overlap() -> None:
     assert not check("127.0.0.1", "127.0.0.1")
     assert not check("0.0.0.0", "127.0.0.1")  # the wildcard takes every IPv4 address
     assert not check("::", "127.0.0.1")  # dual-stack: every address
-    assert not check("localhost", "localhost")
+    assert not check("localhost", None)  # both default to localhost
     assert check("::1", "127.0.0.1")
     assert check("0.0.0.0", "::1")
     assert check("127.0.0.1", "127.0.0.1", port=5001)
     assert check("127.0.0.1", "127.0.0.1", port=0)  # 0: a free port, never the same
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-lag", "3"], "--max-lag needs --live"),
+        (["--metrics-host", "127.0.0.1"], "--metrics-host needs --metrics-port"),
+    ],
+)
+def test_serve_options_that_need_another_are_usage_errors(
+    args: list[str], message: str, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --max-lag without --live was accepted silently, as --until's twin was not.
+    assert serve_main(["--host", "127.0.0.1", "--port", str(taken_port), *args]) == 2
+    assert message in one_error_line(capsys, "packetcore-serve")
+
+
+def test_proxy_metrics_host_needs_metrics_port(
+    taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from packetcore.cli.proxy import main as proxy_main
+
+    args = ["--host", "127.0.0.1", "--listen", str(taken_port), "--upstream", "127.0.0.1:1",
+            "--metrics-host", "127.0.0.1"]  # fmt: skip
+    assert proxy_main(args) == 2
+    assert "--metrics-host needs --metrics-port" in one_error_line(capsys, "packetcore-proxy")
+
+
+def test_serve_max_lag_defaults_to_the_servers() -> None:
+    from packetcore.cli.serve import build_parser
+
+    assert build_parser().parse_args(["--live", "1"]).max_lag is None

@@ -233,9 +233,9 @@ def add_metrics(parser: argparse.ArgumentParser, more: str = "") -> None:
         f"prints it){more} (default: no metrics)",
     )  # fmt: skip
     parser.add_argument(
-        "--metrics-host", default="localhost", metavar="HOST",
-        help="address the metrics listen on (default: localhost; metrics are never exposed "
-        "to the network unless asked)",
+        "--metrics-host", default=None, metavar="HOST",
+        help="with --metrics-port: address the metrics listen on (default: localhost; "
+        "metrics are never exposed to the network unless asked)",
     )  # fmt: skip
 
 
@@ -245,8 +245,10 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 def check_metrics(args: argparse.Namespace, port: int, host: str, option: str) -> None:
     """Refuse metrics options that clash with ``option`` (``port`` on ``host``): exit 2."""
     if args.metrics_port is None:
+        if args.metrics_host is not None:
+            raise UserError("--metrics-host needs --metrics-port", 2)
         return
-    metrics_host = args.metrics_host
+    metrics_host = args.metrics_host or "localhost"
     if port and args.metrics_port == port and _overlap(host, metrics_host):
         raise UserError(
             f"{option} and --metrics-port must differ: both are port {port} on "
@@ -281,7 +283,7 @@ def bind_metrics(args: argparse.Namespace, source: Callable[[], StatsLike]) -> M
     # prometheus-client is imported only when metrics are asked for.
     from ..metrics import MetricsServer
 
-    host = args.metrics_host
+    host = args.metrics_host or "localhost"
     try:
         return MetricsServer(host, args.metrics_port, source)
     except OSError as exc:

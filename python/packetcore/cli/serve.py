@@ -155,9 +155,10 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "error without --live",
     )  # fmt: skip
     parser.add_argument(
-        "--max-lag", type=_lag, default=DEFAULT_MAX_LAG, metavar="SECONDS",
+        "--max-lag", type=_lag, default=None, metavar="SECONDS",
         help="with --live: disconnect a subscriber that falls this many seconds of "
-        "packets behind (at least 1 MiB unsent; default: %(default)s)",
+        f"packets behind (at least 1 MiB unsent; default: {DEFAULT_MAX_LAG:g}); an error "
+        "without --live",
     )  # fmt: skip
     parser.set_defaults(feed=None)  # --live without --feed: the endless synthetic feed
     # Faults on every answer, in-process: what packetcore-proxy does, without the hop.
@@ -200,8 +201,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _live_feed(args: argparse.Namespace) -> Packets | MappedFeed | LiveFeed:
     """Return the feed to serve; a live one (clock not started) with ``--live``."""
     if not args.live:
-        if args.until is not None:
-            raise UserError("--until needs --live RATE (a rate above 0)", 2)
+        for option, value in (("--until", args.until), ("--max-lag", args.max_lag)):
+            if value is not None:
+                raise UserError(f"{option} needs --live RATE (a rate above 0)", 2)
         return open_feed(args.feed or "book", args.seed)
     source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
     try:
@@ -231,7 +233,7 @@ def _server(
         seed=seed,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
-        max_lag=args.max_lag,
+        max_lag=DEFAULT_MAX_LAG if args.max_lag is None else args.max_lag,
         faults=args.faults,
     )
 
