@@ -445,6 +445,21 @@ def test_proxy_metrics_host_needs_metrics_port(
     assert "--metrics-host needs --metrics-port" in one_error_line(capsys, "packetcore-proxy")
 
 
+def test_serve_until_above_the_highest_sequence_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from packetcore.cli.serve import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--live", "1", "--until", str(2**31 - 1)]).until == 2**31 - 1
+    # It was clamped, silently, to the highest sequence a packet can carry.
+    with pytest.raises(SystemExit) as exited:
+        parse(["--live", "1", "--until", str(2**31)])
+    assert exited.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "not a sequence in 1..2147483647" in errors[0], errors
+
+
 def test_serve_max_lag_defaults_to_the_servers() -> None:
     from packetcore.cli.serve import build_parser
 

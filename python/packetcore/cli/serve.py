@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+from ..engine import MAX_SEQUENCE
 from ..feeds import MappedFeed, open_feed
 from ..live import DEFAULT_MAX_LAG, LiveFeed
 from ..packets import Packets
@@ -78,6 +79,9 @@ _count = integer(1, what="1 or more")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _rate = number(0.0, what="a rate of 0 or more packets a second (0: a finished feed)")
 _lag = number(0.0, low_open=True, what="a number of seconds above 0")
+_sequence = integer(
+    1, MAX_SEQUENCE, what=f"a sequence in 1..{MAX_SEQUENCE} (the highest a packet can carry)"
+)
 
 
 #: More processes than this only fight for the cores (and take long to start).
@@ -150,9 +154,9 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "serves a finished feed",
     )  # fmt: skip
     parser.add_argument(
-        "--until", type=_count, default=None, metavar="N",
-        help="with --live: stop publishing after sequence N (the feed then ends); an "
-        "error without --live",
+        "--until", type=_sequence, default=None, metavar="N",
+        help=f"with --live: stop publishing after sequence N, 1..{MAX_SEQUENCE} (the feed "
+        "then ends); an error without --live",
     )  # fmt: skip
     parser.add_argument(
         "--max-lag", type=_lag, default=None, metavar="SECONDS",
