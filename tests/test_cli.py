@@ -464,3 +464,34 @@ def test_serve_max_lag_defaults_to_the_servers() -> None:
     from packetcore.cli.serve import build_parser
 
     assert build_parser().parse_args(["--live", "1"]).max_lag is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Every packet of the endless feed published at once; years between packets.
+        (["--live", "1e30"], "not a rate in 0.001..1e+09"),
+        (["--live", "1e-9"], "not a rate in 0.001..1e+09"),
+        (["--live", "-1"], "not a rate of 0 or more"),
+        (["--live", "inf"], "not a finite number"),
+    ],
+)
+def test_serve_live_rates_out_of_range_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from packetcore.cli.serve import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_serve_live_bounds_are_accepted() -> None:
+    from packetcore.cli.serve import MAX_RATE, MIN_RATE, build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--live", str(MIN_RATE)]).live == MIN_RATE == 0.001
+    assert parse(["--live", str(MAX_RATE)]).live == MAX_RATE == 1e9
+    assert parse(["--live", "0"]).live == 0.0  # a finished feed

@@ -77,11 +77,24 @@ _port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
 _seconds = number(0.0, what="a duration of 0 seconds or more")
 _count = integer(1, what="1 or more")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_rate = number(0.0, what="a rate of 0 or more packets a second (0: a finished feed)")
+#: The --live rates served: slower is years between packets; faster publishes a whole
+#: endless feed at once.  0 is a finished feed.
+MIN_RATE = 0.001
+MAX_RATE = 1e9
 _lag = number(0.0, low_open=True, what="a number of seconds above 0")
 _sequence = integer(
     1, MAX_SEQUENCE, what=f"a sequence in 1..{MAX_SEQUENCE} (the highest a packet can carry)"
 )
+
+
+def _rate(text: str) -> float:
+    value = number(0.0, what="a rate of 0 or more packets a second")(text)
+    if value and not MIN_RATE <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a rate in {MIN_RATE:g}..{MAX_RATE:g} packets a second "
+            "(or 0: a finished feed)"
+        )
+    return value
 
 
 #: More processes than this only fight for the cores (and take long to start).
@@ -150,8 +163,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         help="publish the feed at RATE packets a second from start-up, as a live exchange "
         "does (callType 5 subscribes; a hello's last is the highest sequence published): "
         "without --feed, an endless synthetic feed drawn from --seed; with --feed, that "
-        "feed replayed at this pace, ending after its last packet.  0 (or no --live) "
-        "serves a finished feed",
+        f"feed replayed at this pace, ending after its last packet.  RATE is "
+        f"{MIN_RATE:g}..{MAX_RATE:g}; 0 (or no --live) serves a finished feed",
     )  # fmt: skip
     parser.add_argument(
         "--until", type=_sequence, default=None, metavar="N",
