@@ -36,6 +36,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -235,19 +236,45 @@ class Workers:
         self._fds: dict[int, WorkerReport] = {}
         self._stopping = False
         self._signalled: int | None = None  #: the stop signal the parent got, if any
+        self._wake: Callable[[int], None] | None = None  #: tells supervise() of a signal
+        self._handlers: dict[int, Any] | None = None  #: the stop handlers before start()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Fork every worker, then close the parent's copies of the listening sockets.
 
-        SIGINT and SIGTERM wait while the workers are forked: one that arrives meanwhile
-        is acted on (by the parent's handler) as soon as the last has started.
+        From here on (in the main thread) SIGINT and SIGTERM are the supervisor's: one that
+        arrives before :meth:`supervise` runs is acted on by it, and :meth:`supervise` or
+        :meth:`terminate` puts the previous handlers back.
         """
+        if threading.current_thread() is threading.main_thread() and self._handlers is None:
+            # Recorded, not raised: a KeyboardInterrupt between a fork and the bookkeeping
+            # of its worker would leave that worker running, unknown.  Blocking them in
+            # this thread is not enough: a thread started earlier (numpy's OpenBLAS pool)
+            # takes the signal, and the interpreter runs the handler here all the same.
+            self._handlers = {n: signal.signal(n, self._received) for n in _STOP_SIGNALS}
+        # Blocked while forking: a worker starts with them blocked (see __init__).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             self._fork_all()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _received(self, signum: int, frame: object) -> None:
+        # The interpreter's handler, not the loop's (which waits for the loop to read its
+        # pipe): it runs as soon as the main thread wakes, before this process can see a
+        # worker end of the same signal (a Ctrl-C to the whole group), so _reaped knows
+        # that worker stopped as asked.
+        if self._signalled is None:
+            self._signalled = signum
+        if self._wake is not None:
+            self._wake(signum)
+
+    def _restore_handlers(self) -> None:
+        if self._handlers is not None:
+            for number, handler in self._handlers.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+            self._handlers = None
 
     def _fork_all(self) -> None:
         for index, sockets in enumerate(self._sockets):
@@ -315,9 +342,8 @@ class Workers:
     async def supervise(self) -> int | None:
         """Wait for SIGINT or SIGTERM, or for every worker to end; then stop all of them.
 
-        Call it in the main thread.  Stop signals the caller blocked (to keep one that
-        arrives during start-up) are unblocked once its handlers are in place.  Return the
-        stop signal's number, or None if the workers all ended unasked.
+        Call it in the main thread.  Return the stop signal's number (a signal received
+        since :meth:`start` counts), or None if the workers all ended unasked.
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -328,23 +354,21 @@ class Workers:
             if not stopped.done():
                 stopped.set_result(signum)
 
-        def received(signum: int, frame: object) -> None:
-            # The interpreter's handler, not the loop's (which waits for the loop to read
-            # its pipe): it runs as soon as the main thread wakes, before this process can
-            # see a worker end of the same signal (a Ctrl-C to the whole group), so
-            # _reaped knows that worker stopped as asked.
-            if self._signalled is None:
-                self._signalled = signum
-            loop.call_soon_threadsafe(stop, signum)
-
         # The wakeup fd wakes the loop when another thread (a waitpid) takes the signal.
         wake_read, wake_write = socket.socketpair()
         wake_read.setblocking(False)
         wake_write.setblocking(False)
         loop.add_reader(wake_read.fileno(), _drain, wake_read)
         old_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        previous = {number: signal.signal(number, received) for number in _STOP_SIGNALS}
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+        def wake(signum: int) -> None:
+            loop.call_soon_threadsafe(stop, signum)
+
+        self._wake = wake
+        if self._handlers is None:  # start() was not called in the main thread
+            self._handlers = {n: signal.signal(n, self._received) for n in _STOP_SIGNALS}
+        if self._signalled is not None:  # received since start()
+            stop(self._signalled)
         for fd, report in self._fds.items():
             done: asyncio.Future[None] = loop.create_future()
             ended.append(done)
@@ -360,8 +384,8 @@ class Workers:
         try:
             signum = await stopped
         finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+            self._wake = None
+            self._restore_handlers()
             signal.set_wakeup_fd(old_wakeup)
             loop.remove_reader(wake_read.fileno())
             wake_read.close()
@@ -379,6 +403,8 @@ class Workers:
         """Send SIGTERM to every worker still running; wait for none."""
         self._stopping = True
         self._signal_all(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            self._restore_handlers()
 
     def _signal_all(self, signum: int) -> None:
         for report in self.reports:

@@ -268,21 +268,6 @@ def _signals_kept() -> Iterator[None]:
                     signal.signal(number, handler)
 
 
-@contextlib.contextmanager
-def _stop_signals_wait() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block unblocks them, or ends.
-
-    From the fork to the supervisor's handlers, a stop signal (Ctrl-C reaches the workers
-    too) would end the parent at once and leave its workers writing to a closed pipe: held
-    back, it is the supervisor's, which stops the workers and waits for them.
-    """
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-
 def _serve_workers(
     args: argparse.Namespace, loop: str, feed: Packets | MappedFeed | LiveFeed
 ) -> int:
@@ -316,7 +301,7 @@ def _serve_workers(
     where = ", ".join(str(sock.getsockname()[0]) for sock in sets[0])
     sharing = "SO_REUSEPORT" if REUSE_PORT else "one shared socket"
     workers = Workers(sets, serve, program=PROGRAM)
-    with _signals_kept(), _stop_signals_wait(), contextlib.ExitStack() as stack:
+    with _signals_kept(), contextlib.ExitStack() as stack:
         if metrics is not None:
             stack.callback(metrics.stop)
         try:
