@@ -457,7 +457,7 @@ def test_serve_until_above_the_highest_sequence_is_a_usage_error(
         parse(["--live", "1", "--until", str(2**31)])
     assert exited.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "not a sequence in 1..2147483647" in errors[0], errors
+    assert len(errors) == 1 and "above 2147483647, the highest sequence" in errors[0], errors
 
 
 def test_serve_max_lag_defaults_to_the_servers() -> None:

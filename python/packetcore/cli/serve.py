@@ -82,9 +82,15 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MIN_RATE = 0.001
 MAX_RATE = 1e9
 _lag = number(0.0, low_open=True, what="a number of seconds above 0")
-_sequence = integer(
-    1, MAX_SEQUENCE, what=f"a sequence in 1..{MAX_SEQUENCE} (the highest a packet can carry)"
-)
+
+
+def _sequence(text: str) -> int:
+    value = _count(text)
+    if value > MAX_SEQUENCE:
+        raise argparse.ArgumentTypeError(
+            f"{text} is above {MAX_SEQUENCE}, the highest sequence a packet can carry"
+        )
+    return value
 
 
 def _rate(text: str) -> float:
