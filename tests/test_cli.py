@@ -19,6 +19,7 @@ import pytest
 from packetcore.__main__ import main as packetcore_main
 from packetcore.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, add_verbosity, run
 from packetcore.cli.serve import main as serve_main
+from packetcore.errors import UserError
 from packetcore.protocol import stream_all_request
 from serverutil import recv_all, reference_bytes
 
@@ -351,3 +352,147 @@ def test_demo_shared_options_refuse_bad_values(
         build_parser().parse_args(args)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# -- options refused before anything binds ----------------------------------------------------
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port in use on 127.0.0.1: a command that binds it fails (1), not the usage check (2)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], program: str) -> str:
+    """Return the one line a refused command printed, checking it is one line and an error."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{program}: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("metrics_host", [[], ["--metrics-host", "127.0.0.1"]])
+def test_serve_port_and_metrics_port_must_differ(
+    metrics_host: list[str], taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "metrics on port P", then failed to listen on P.
+    port = str(taken_port)
+    args = ["--host", "127.0.0.1", "--port", port, "--metrics-port", port, *metrics_host]
+    assert serve_main(args) == 2
+    assert "--port and --metrics-port must differ" in one_error_line(capsys, "packetcore-serve")
+
+
+def test_proxy_listen_and_metrics_port_must_differ(
+    taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from packetcore.cli.proxy import main as proxy_main
+
+    port = str(taken_port)
+    args = ["--host", "127.0.0.1", "--listen", port, "--upstream", "127.0.0.1:1",
+            "--metrics-port", port, "--metrics-host", "127.0.0.1"]  # fmt: skip
+    assert proxy_main(args) == 2
+    line = one_error_line(capsys, "packetcore-proxy")
+    assert "--listen and --metrics-port must differ" in line
+
+
+def test_metrics_port_clashes_only_where_the_hosts_overlap() -> None:
+    from packetcore.cli.options import check_metrics
+
+    def check(host: str, metrics_host: str | None, port: int = 5000) -> bool:
+        args = argparse.Namespace(metrics_port=5000, metrics_host=metrics_host)
+        try:
+            check_metrics(args, port, host, "--port")
+        except UserError:
+            return False
+        return True
+
+    assert not check("127.0.0.1", "127.0.0.1")
+    assert not check("0.0.0.0", "127.0.0.1")  # the wildcard takes every IPv4 address
+    assert not check("::", "127.0.0.1")  # dual-stack: every address
+    assert not check("localhost", None)  # both default to localhost
+    assert check("::1", "127.0.0.1")
+    assert check("0.0.0.0", "::1")
+    assert check("127.0.0.1", "127.0.0.1", port=5001)
+    assert check("127.0.0.1", "127.0.0.1", port=0)  # 0: a free port, never the same
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-lag", "3"], "--max-lag needs --live"),
+        (["--max-buffer", "1000000"], "--max-buffer needs --live"),
+        (["--metrics-host", "127.0.0.1"], "--metrics-host needs --metrics-port"),
+    ],
+)
+def test_serve_options_that_need_another_are_usage_errors(
+    args: list[str], message: str, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --max-lag without --live was accepted silently, as --until's twin was not.
+    assert serve_main(["--host", "127.0.0.1", "--port", str(taken_port), *args]) == 2
+    assert message in one_error_line(capsys, "packetcore-serve")
+
+
+def test_proxy_metrics_host_needs_metrics_port(
+    taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from packetcore.cli.proxy import main as proxy_main
+
+    args = ["--host", "127.0.0.1", "--listen", str(taken_port), "--upstream", "127.0.0.1:1",
+            "--metrics-host", "127.0.0.1"]  # fmt: skip
+    assert proxy_main(args) == 2
+    assert "--metrics-host needs --metrics-port" in one_error_line(capsys, "packetcore-proxy")
+
+
+def test_serve_until_above_the_highest_sequence_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from packetcore.cli.serve import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--live", "1", "--until", str(2**31 - 1)]).until == 2**31 - 1
+    # It was clamped, silently, to the highest sequence a packet can carry.
+    with pytest.raises(SystemExit) as exited:
+        parse(["--live", "1", "--until", str(2**31)])
+    assert exited.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "above 2147483647, the highest sequence" in errors[0], errors
+
+
+def test_serve_max_lag_defaults_to_the_servers() -> None:
+    from packetcore.cli.serve import build_parser
+
+    assert build_parser().parse_args(["--live", "1"]).max_lag is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Every packet of the endless feed published at once; years between packets.
+        (["--live", "1e30"], "not a rate in 0.001..1e+09"),
+        (["--live", "1e-9"], "not a rate in 0.001..1e+09"),
+        (["--live", "-1"], "not a rate of 0 or more"),
+        (["--live", "inf"], "not a finite number"),
+    ],
+)
+def test_serve_live_rates_out_of_range_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from packetcore.cli.serve import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_serve_live_bounds_are_accepted() -> None:
+    from packetcore.cli.serve import MAX_RATE, MIN_RATE, build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--live", str(MIN_RATE)]).live == MIN_RATE == 0.001
+    assert parse(["--live", str(MAX_RATE)]).live == MAX_RATE == 1e9
+    assert parse(["--live", "0"]).live == 0.0  # a finished feed

@@ -361,3 +361,66 @@ def test_the_proxy_command_serves_metrics() -> None:
     assert proc.returncode == 143
     assert samples["packetcore_bytes_written_total"] == len(got)
     assert samples["packetcore_faults_injected_total{kind=loss}"] == BOOK - len(got) // PACKET
+
+
+# -- idle and too many connections --------------------------------------------------------------
+
+
+def closed_by_the_server(sock: socket.socket) -> bool:
+    """Tell whether the server closed ``sock`` (EOF or a reset) within the client's timeout."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_are_closed_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 400 half-open connections held 400 threads forever, and slowed every accept.
+    import packetcore.metrics
+
+    monkeypatch.setattr(packetcore.metrics, "CONNECTION_TIMEOUT", 0.2, raising=False)
+    with serve_metrics("127.0.0.1", 0, ServerStats) as metrics:
+        idle = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(3)]
+        half = socket.create_connection(("127.0.0.1", metrics.port))
+        try:
+            half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            for sock in [*idle, half]:
+                sock.settimeout(TIMEOUT)
+                assert closed_by_the_server(sock)
+            assert scrape(metrics.port)["packetcore_connections_total"] == 0
+        finally:
+            for sock in [*idle, half]:
+                sock.close()
+
+
+def test_connections_beyond_the_cap_are_closed_and_scrapes_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import packetcore.metrics
+
+    monkeypatch.setattr(packetcore.metrics, "MAX_SCRAPES", 2, raising=False)
+    monkeypatch.setattr(packetcore.metrics, "CONNECTION_TIMEOUT", 60.0, raising=False)
+    with serve_metrics("127.0.0.1", 0, ServerStats) as metrics:
+        held = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(2)]
+        try:
+            # Accepted in order: the two held take both slots, the third is closed at once.
+            with socket.create_connection(("127.0.0.1", metrics.port), timeout=TIMEOUT) as extra:
+                assert closed_by_the_server(extra)
+            # A held connection still scrapes; once it is answered its slot is free again.
+            held[0].sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            held[0].settimeout(TIMEOUT)
+            answer = recv_all(held[0])
+            assert answer.startswith(b"HTTP/1.0 200") and b"packetcore_connections_total" in answer
+            wait_until(lambda: _scrapes(metrics.port))
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def _scrapes(port: int) -> bool:
+    try:
+        return scrape(port)["packetcore_connections_total"] == 0
+    except (OSError, ValueError):
+        return False

@@ -41,8 +41,8 @@ SRC = str(Path(packetcore.__file__).resolve().parents[1])
 STREAM_ALL = stream_all_request()
 
 
-def serve(*args: str) -> subprocess.Popen[bytes]:
-    """Start ``packetcore serve`` with stdout and stderr as pipes."""
+def serve(*args: str, session: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``packetcore serve`` with stdout and stderr as pipes (``session``: its own group)."""
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
         [sys.executable, "-m", "packetcore", "serve", "--host", "127.0.0.1", "--port", "0",
@@ -50,6 +50,7 @@ def serve(*args: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        start_new_session=session,
     )  # fmt: skip
 
 
@@ -264,9 +265,11 @@ def test_loss_model_select_keeps_the_last_and_drops_all() -> None:
 WORKERS_LINE = re.compile(rb"listening on port (\d+) .* with 2 workers \(.*; pids (\d+), (\d+)\)")
 
 
-def start_workers(*args: str) -> tuple[subprocess.Popen[bytes], int, list[int]]:
+def start_workers(
+    *args: str, session: bool = False
+) -> tuple[subprocess.Popen[bytes], int, list[int]]:
     """Start a 2-worker server with -q; return it, its port and its workers' pids."""
-    process = serve("--workers", "2", "-q", *args)
+    process = serve("--workers", "2", "-q", *args, session=session)
     assert process.stderr is not None
     line = process.stderr.readline()
     found = WORKERS_LINE.search(line)
@@ -348,6 +351,32 @@ def test_sigint_stops_every_worker(stopped_at_end: list[subprocess.Popen[bytes]]
     for pid in pids:  # reaped by the parent: no such process any more
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_group_stops_every_worker_as_asked(
+    signum: int, stopped_at_end: list[subprocess.Popen[bytes]]
+) -> None:
+    # Ctrl-C in a terminal signals the parent and every worker at once.  The parent's
+    # SIGTERM then reached workers already stopping: some died of it (their loop closed,
+    # its handlers gone), some were "stopped unasked", one wrote to a closed wakeup fd;
+    # the exit status was 1.  A worker that got the parent's signal stopped as asked.
+    for trial in range(4):
+        # A live feed, or the book with a fetch made: a worker that has served something.
+        process, port, _ = start_workers(*(("--live", "10") if trial % 2 else ()), session=True)
+        stopped_at_end.append(process)
+        if not trial % 2:
+            assert fetch_book(port) == reference_bytes()
+        os.killpg(process.pid, signum)
+        _, stderr = process.communicate(timeout=20)
+        text = stderr.decode()
+        assert process.returncode == 128 + signum, text
+        assert "died" not in text and "unasked" not in text, text
+        assert "Traceback" not in text and "Exception ignored" not in text, text
+        line, per_worker = summary_of(stderr)
+        assert f"stopped by {signal.Signals(signum).name}: 2 workers" in line
+        assert min(per_worker) >= 0, line  # every worker sent its stats
+        assert len(text.splitlines()) == 1, text
 
 
 def test_a_killed_worker_is_reported_and_the_other_serves_on(

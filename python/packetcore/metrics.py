@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,11 +29,25 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["COUNTERS", "MetricsServer", "StatsCollector", "StatsLike", "serve_metrics"]
+__all__ = [
+    "CONNECTION_TIMEOUT",
+    "COUNTERS",
+    "MAX_SCRAPES",
+    "MetricsServer",
+    "StatsCollector",
+    "StatsLike",
+    "serve_metrics",
+]
 
 
 #: How often the serving thread looks for stop(): what stop() may wait.
 _POLL_SECONDS = 0.1
+#: Seconds a connection may leave the server waiting for its next bytes before it is
+#: closed: an idle or slowloris client must not keep a thread forever.
+CONNECTION_TIMEOUT = 10.0
+#: Connections served at once (a thread each); more are closed on arrival.  A scraper
+#: makes one at a time: a few are plenty.
+MAX_SCRAPES = 8
 
 
 class StatsLike(Protocol):
@@ -123,6 +138,11 @@ class StatsCollector:
 class _QuietHandler(WSGIRequestHandler):
     """A request handler that logs nothing: a scrape every few seconds is not news."""
 
+    def setup(self) -> None:
+        # Read at each connection (not a class attribute): a test can lower it.
+        self.request.settimeout(CONNECTION_TIMEOUT)
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -136,7 +156,31 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
         self.address_family = family
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
         super().__init__((str(address[0]), *address[1:]), _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Called on the serving thread, one connection at a time: no slot, no thread.
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out, reset or left: its connection is closed, nothing to say.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class MetricsServer:

@@ -36,6 +36,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -171,7 +172,10 @@ class StatsAnswer:
         self._reply = reply_fd
 
     async def serving(self, stats: ServerStats, main: Awaitable[T]) -> T:
-        """Await ``main``, answering the parent's requests with ``stats`` meanwhile."""
+        """Await ``main``, answering the parent's requests with ``stats`` meanwhile.
+
+        Once ``main`` ends, the stop signals stay blocked for the rest of the worker's life.
+        """
         loop = asyncio.get_running_loop()
         os.set_blocking(self._ask, False)
         # Answered between the loop's callbacks: a line never shows a count half made.
@@ -180,6 +184,12 @@ class StatsAnswer:
             return await main
         finally:
             loop.remove_reader(self._ask)
+            # The worker is stopping.  The parent's SIGTERM may still come (after a Ctrl-C
+            # to the whole group, it does): closing the loop resets its handlers to SIG_DFL
+            # and closes its wakeup fd, so the SIGTERM would kill the worker before it sent
+            # its stats, or write to a closed fd.  Blocked (the worker's other threads
+            # never unblocked it), it waits unseen until _exit.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
 
     def _answer(self, stats: ServerStats) -> None:
         try:
@@ -190,7 +200,10 @@ class StatsAnswer:
             asyncio.get_running_loop().remove_reader(self._ask)
             return
         # One line per byte: the parent pairs answers with requests in order.
-        _write_all(self._reply, _stats_line(stats, final=False) * asked)
+        try:
+            _write_all(self._reply, _stats_line(stats, final=False) * asked)
+        except BrokenPipeError:  # the parent is gone
+            asyncio.get_running_loop().remove_reader(self._ask)
 
 
 def _stats_line(stats: ServerStats, *, final: bool) -> bytes:
@@ -213,7 +226,8 @@ class Workers:
         program: str = "packetcore-serve",
     ) -> None:
         """``serve(index, sockets, answer)`` runs in each worker until a stop signal; returns
-        stats.  It should serve within ``answer.serving(stats, ...)`` for :meth:`current`."""
+        stats.  It should serve within ``answer.serving(stats, ...)`` for :meth:`current`.
+        It starts with SIGINT and SIGTERM blocked, and unblocks them once it handles them."""
         self._sockets = [list(s) for s in sockets]
         self._serve = serve
         self.say = say
@@ -221,19 +235,46 @@ class Workers:
         self.reports: list[WorkerReport] = []
         self._fds: dict[int, WorkerReport] = {}
         self._stopping = False
+        self._signalled: int | None = None  #: the stop signal the parent got, if any
+        self._wake: Callable[[int], None] | None = None  #: tells supervise() of a signal
+        self._handlers: dict[int, Any] | None = None  #: the stop handlers before start()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Fork every worker, then close the parent's copies of the listening sockets.
 
-        SIGINT and SIGTERM wait while the workers are forked: one that arrives meanwhile
-        is acted on (by the parent's handler) as soon as the last has started.
+        From here on (in the main thread) SIGINT and SIGTERM are the supervisor's: one that
+        arrives before :meth:`supervise` runs is acted on by it, and :meth:`supervise` or
+        :meth:`terminate` puts the previous handlers back.
         """
+        if threading.current_thread() is threading.main_thread() and self._handlers is None:
+            # Recorded, not raised: a KeyboardInterrupt between a fork and the bookkeeping
+            # of its worker would leave that worker running, unknown.  Blocking them in
+            # this thread is not enough: a thread started earlier (numpy's OpenBLAS pool)
+            # takes the signal, and the interpreter runs the handler here all the same.
+            self._handlers = {n: signal.signal(n, self._received) for n in _STOP_SIGNALS}
+        # Blocked while forking: a worker starts with them blocked (see __init__).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             self._fork_all()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _received(self, signum: int, frame: object) -> None:
+        # The interpreter's handler, not the loop's (which waits for the loop to read its
+        # pipe): it runs as soon as the main thread wakes, before this process can see a
+        # worker end of the same signal (a Ctrl-C to the whole group), so _reaped knows
+        # that worker stopped as asked.
+        if self._signalled is None:
+            self._signalled = signum
+        if self._wake is not None:
+            self._wake(signum)
+
+    def _restore_handlers(self) -> None:
+        if self._handlers is not None:
+            for number, handler in self._handlers.items():
+                signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+            self._handlers = None
 
     def _fork_all(self) -> None:
         for index, sockets in enumerate(self._sockets):
@@ -265,7 +306,9 @@ class Workers:
     ) -> NoReturn:
         code = 1
         try:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by start()
+            # SIGINT and SIGTERM stay blocked (by start()) until serve() unblocks them in
+            # this thread, its handlers in place: a thread it starts before then never
+            # takes one, so none can ever kill the worker by the default action.
             for fd in self._fds:  # the earlier workers' pipes are not this one's business
                 os.close(fd)
             for report in self.reports:
@@ -280,7 +323,12 @@ class Workers:
             except KeyboardInterrupt:
                 # Stopped before its loop took over the signals: it served nothing.
                 stats = ServerStats()
-            _write_all(write_fd, _stats_line(stats, final=True))
+            # Stopping: the parent's SIGTERM (after a Ctrl-C to the whole group, it comes)
+            # waits unseen until _exit.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            # A parent that is gone wants no stats: nothing to say, nothing went wrong.
+            with contextlib.suppress(BrokenPipeError):
+                _write_all(write_fd, _stats_line(stats, final=True))
             code = 0
         except BaseException:
             with contextlib.suppress(Exception):
@@ -294,7 +342,8 @@ class Workers:
     async def supervise(self) -> int | None:
         """Wait for SIGINT or SIGTERM, or for every worker to end; then stop all of them.
 
-        Return the stop signal's number, or None if the workers all ended unasked.
+        Call it in the main thread.  Return the stop signal's number (a signal received
+        since :meth:`start` counts), or None if the workers all ended unasked.
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -305,9 +354,21 @@ class Workers:
             if not stopped.done():
                 stopped.set_result(signum)
 
-        for number in _STOP_SIGNALS:
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(number, stop, number)
+        # The wakeup fd wakes the loop when another thread (a waitpid) takes the signal.
+        wake_read, wake_write = socket.socketpair()
+        wake_read.setblocking(False)
+        wake_write.setblocking(False)
+        loop.add_reader(wake_read.fileno(), _drain, wake_read)
+        old_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+
+        def wake(signum: int) -> None:
+            loop.call_soon_threadsafe(stop, signum)
+
+        self._wake = wake
+        if self._handlers is None:  # start() was not called in the main thread
+            self._handlers = {n: signal.signal(n, self._received) for n in _STOP_SIGNALS}
+        if self._signalled is not None:  # received since start()
+            stop(self._signalled)
         for fd, report in self._fds.items():
             done: asyncio.Future[None] = loop.create_future()
             ended.append(done)
@@ -323,9 +384,12 @@ class Workers:
         try:
             signum = await stopped
         finally:
-            for number in _STOP_SIGNALS:
-                with contextlib.suppress(NotImplementedError):
-                    loop.remove_signal_handler(number)
+            self._wake = None
+            self._restore_handlers()
+            signal.set_wakeup_fd(old_wakeup)
+            loop.remove_reader(wake_read.fileno())
+            wake_read.close()
+            wake_write.close()
         self._stopping = True
         self._signal_all(signal.SIGTERM)
         try:
@@ -339,6 +403,8 @@ class Workers:
         """Send SIGTERM to every worker still running; wait for none."""
         self._stopping = True
         self._signal_all(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            self._restore_handlers()
 
     def _signal_all(self, signum: int) -> None:
         for report in self.reports:
@@ -430,7 +496,9 @@ class Workers:
         status = result.result()[1]
         if report.stats is None:
             report.death = _describe(status)
-        elif not self._stopping:
+        elif not self._stopping and self._signalled is None:
+            # Not a worker that got the parent's own stop signal (as Ctrl-C sends it to
+            # the whole group) before the parent could pass it on.
             report.death = "stopped unasked"
         if report.death is not None:
             left = sum(r.stats is None and r.death is None for r in self.reports)
@@ -474,6 +542,13 @@ class Workers:
         if self.died:
             line += f"; {len(self.died)} died"
         return line
+
+
+def _drain(sock: socket.socket) -> None:
+    """Empty a wakeup socket: its bytes only woke the loop."""
+    with contextlib.suppress(OSError):
+        while sock.recv(4096):
+            pass
 
 
 def _stats_of(fields: dict[str, Any]) -> ServerStats:

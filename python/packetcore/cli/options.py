@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import ipaddress
 import math
+import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "add_metrics",
     "add_seed",
     "bind_metrics",
+    "check_metrics",
     "fault_plan",
     "integer",
     "metrics_served",
@@ -230,10 +233,47 @@ def add_metrics(parser: argparse.ArgumentParser, more: str = "") -> None:
         f"prints it){more} (default: no metrics)",
     )  # fmt: skip
     parser.add_argument(
-        "--metrics-host", default="localhost", metavar="HOST",
-        help="address the metrics listen on (default: localhost; metrics are never exposed "
-        "to the network unless asked)",
+        "--metrics-host", default=None, metavar="HOST",
+        help="with --metrics-port: address the metrics listen on (default: localhost; "
+        "metrics are never exposed to the network unless asked)",
     )  # fmt: skip
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def check_metrics(args: argparse.Namespace, port: int, host: str, option: str) -> None:
+    """Refuse metrics options that clash with ``option`` (``port`` on ``host``): exit 2."""
+    if args.metrics_port is None:
+        if args.metrics_host is not None:
+            raise UserError("--metrics-host needs --metrics-port", 2)
+        return
+    metrics_host = args.metrics_host or "localhost"
+    if port and args.metrics_port == port and _overlap(host, metrics_host):
+        raise UserError(
+            f"{option} and --metrics-port must differ: both are port {port} on "
+            f"{host if host == metrics_host else f'{host} and {metrics_host}'}",
+            2,
+        )
+
+
+def _overlap(host: str, other: str) -> bool:
+    """Tell whether two listening hosts share an address (a wildcard shares every one)."""
+    try:
+        mine, theirs = _addresses(host), _addresses(other)
+    except (OSError, UnicodeError):
+        return False  # the bind reports a host that does not resolve
+    return any(a == b or _covers(a, b) or _covers(b, a) for a in mine for b in theirs)
+
+
+def _covers(wildcard: _Address, address: _Address) -> bool:
+    # 0.0.0.0 takes every IPv4 address; :: every address (IPv4 too, dual-stack as Linux is).
+    return wildcard.is_unspecified and (wildcard.version == 6 or address.version == 4)
+
+
+def _addresses(host: str) -> set[_Address]:
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
 
 
 def bind_metrics(args: argparse.Namespace, source: Callable[[], StatsLike]) -> MetricsServer | None:
@@ -243,12 +283,12 @@ def bind_metrics(args: argparse.Namespace, source: Callable[[], StatsLike]) -> M
     # prometheus-client is imported only when metrics are asked for.
     from ..metrics import MetricsServer
 
+    host = args.metrics_host or "localhost"
     try:
-        return MetricsServer(args.metrics_host, args.metrics_port, source)
+        return MetricsServer(host, args.metrics_port, source)
     except OSError as exc:
         raise UserError(
-            f"cannot serve metrics on {args.metrics_host} port {args.metrics_port}: "
-            f"{exc.strerror or exc}"
+            f"cannot serve metrics on {host} port {args.metrics_port}: {exc.strerror or exc}"
         ) from None
 
 

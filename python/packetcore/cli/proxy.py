@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from ..faults import FaultPlan
 from ..proxy import Proxy
 from . import UserError, add_verbosity, run
-from .options import add_faults, add_metrics, fault_plan, integer, metrics_served, seed
+from .options import (
+    add_faults,
+    add_metrics,
+    check_metrics,
+    fault_plan,
+    integer,
+    metrics_served,
+    seed,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -78,6 +86,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 
 def _proxy(args: argparse.Namespace) -> int:
+    check_metrics(args, args.listen, args.host, "--listen")
     plan = fault_plan(args) or FaultPlan(seed=args.seed)
     proxy = Proxy(args.upstream, plan, host=args.host, port=args.listen)
     with metrics_served(PROGRAM, args, lambda: proxy.stats, _stderr):

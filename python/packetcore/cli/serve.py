@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+from ..engine import MAX_SEQUENCE
 from ..feeds import MappedFeed, open_feed
 from ..live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed
 from ..packets import Packets
@@ -41,6 +42,7 @@ from .options import (
     add_metrics,
     add_seed,
     bind_metrics,
+    check_metrics,
     fault_plan,
     integer,
     metrics_served,
@@ -75,9 +77,31 @@ _port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
 _seconds = number(0.0, what="a duration of 0 seconds or more")
 _count = integer(1, what="1 or more")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_rate = number(0.0, what="a rate of 0 or more packets a second (0: a finished feed)")
+#: The --live rates served: slower is years between packets; faster publishes a whole
+#: endless feed at once.  0 is a finished feed.
+MIN_RATE = 0.001
+MAX_RATE = 1e9
 _lag = number(0.0, low_open=True, what="a number of seconds above 0")
 _bytes = integer(1, what="a number of bytes, 1 or more")
+
+
+def _sequence(text: str) -> int:
+    value = _count(text)
+    if value > MAX_SEQUENCE:
+        raise argparse.ArgumentTypeError(
+            f"{text} is above {MAX_SEQUENCE}, the highest sequence a packet can carry"
+        )
+    return value
+
+
+def _rate(text: str) -> float:
+    value = number(0.0, what="a rate of 0 or more packets a second")(text)
+    if value and not MIN_RATE <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a rate in {MIN_RATE:g}..{MAX_RATE:g} packets a second "
+            "(or 0: a finished feed)"
+        )
+    return value
 
 
 #: More processes than this only fight for the cores (and take long to start).
@@ -146,24 +170,25 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         help="publish the feed at RATE packets a second from start-up, as a live exchange "
         "does (callType 5 subscribes; a hello's last is the highest sequence published): "
         "without --feed, an endless synthetic feed drawn from --seed; with --feed, that "
-        "feed replayed at this pace, ending after its last packet.  0 (or no --live) "
-        "serves a finished feed",
+        f"feed replayed at this pace, ending after its last packet.  RATE is "
+        f"{MIN_RATE:g}..{MAX_RATE:g}; 0 (or no --live) serves a finished feed",
     )  # fmt: skip
     parser.add_argument(
-        "--until", type=_count, default=None, metavar="N",
-        help="with --live: stop publishing after sequence N (the feed then ends); an "
-        "error without --live",
+        "--until", type=_sequence, default=None, metavar="N",
+        help=f"with --live: stop publishing after sequence N, 1..{MAX_SEQUENCE} (the feed "
+        "then ends); an error without --live",
     )  # fmt: skip
     parser.add_argument(
-        "--max-lag", type=_lag, default=DEFAULT_MAX_LAG, metavar="SECONDS",
+        "--max-lag", type=_lag, default=None, metavar="SECONDS",
         help="with --live: disconnect a subscriber that falls this many seconds of "
-        "packets behind (at least 1 MiB unsent; default: %(default)s)",
+        f"packets behind (at least 1 MiB unsent; default: {DEFAULT_MAX_LAG:g}); an error "
+        "without --live",
     )  # fmt: skip
     parser.add_argument(
-        "--max-buffer", type=_bytes, default=DEFAULT_MAX_BUFFER, metavar="BYTES",
+        "--max-buffer", type=_bytes, default=None, metavar="BYTES",
         help="with --live: the bound on all subscribers' unsent bytes together (per "
-        "worker); past it the furthest behind are disconnected (default: %(default)s, "
-        "256 MiB)",
+        f"worker); past it the furthest behind are disconnected (default: "
+        f"{DEFAULT_MAX_BUFFER}, 256 MiB); an error without --live",
     )  # fmt: skip
     parser.set_defaults(feed=None)  # --live without --feed: the endless synthetic feed
     # Faults on every answer, in-process: what packetcore-proxy does, without the hop.
@@ -178,6 +203,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    check_metrics(args, args.port, args.host, "--port")
     args.faults = fault_plan(args)  # a bad combination fails before any port opens
     try:
         loop, _ = loop_factory(args.loop)
@@ -205,8 +231,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _live_feed(args: argparse.Namespace) -> Packets | MappedFeed | LiveFeed:
     """Return the feed to serve; a live one (clock not started) with ``--live``."""
     if not args.live:
-        if args.until is not None:
-            raise UserError("--until needs --live RATE (a rate above 0)", 2)
+        for option, value in (
+            ("--until", args.until),
+            ("--max-lag", args.max_lag),
+            ("--max-buffer", args.max_buffer),
+        ):
+            if value is not None:
+                raise UserError(f"{option} needs --live RATE (a rate above 0)", 2)
         return open_feed(args.feed or "book", args.seed)
     source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
     try:
@@ -236,8 +267,8 @@ def _server(
         seed=seed,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
-        max_lag=args.max_lag,
-        max_buffer=args.max_buffer,
+        max_lag=DEFAULT_MAX_LAG if args.max_lag is None else args.max_lag,
+        max_buffer=DEFAULT_MAX_BUFFER if args.max_buffer is None else args.max_buffer,
         faults=args.faults,
     )
 
@@ -353,6 +384,9 @@ async def _run(
     for signum in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
             loop.add_signal_handler(signum, stop, signum)
+    if sockets is not None:
+        # A worker starts with them blocked (see Workers): handled now, they may come.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if sockets is None:
         where = ", ".join(str(address[0]) for address in server.addresses)
         # Printed even with -q: with --port 0 it is the one thing the user must know.
