@@ -574,4 +574,5 @@ def test_a_slice_outside_the_feed_says_so(capsys: pytest.CaptureFixture[str]) ->
     with Server(host="127.0.0.1", port=0, seed=1) as server:
         assert _cli(server.port, "--from", "100", "-o", "-") == 1
     err = capsys.readouterr().err
-    assert "lies outside the feed 1..14" in err and "bad answer" not in err
+    assert "the slice 100..end starts past the feed's last sequence, 14" in err
+    assert "bad answer" not in err and err.count("starts past") == 1  # said once
