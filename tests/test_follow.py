@@ -47,12 +47,15 @@ class LiveStub:
     ``published`` (settable) is how far the feed has published; ``never`` lists
     sequences no subscription ever sends; ``cuts`` lists, per subscription, the bytes
     after which it is cut (mid-packet when not a multiple of 17); ``ended``: once
-    everything is published and written, subscriptions close (the feed's end).
+    everything is published and written, subscriptions close (the feed's end);
+    ``delay``: seconds before each range request is answered (repairs behind).
     """
 
     def __init__(self, total: int, *, published: int | None = None, never: set[int] | None = None,
-                 cuts: list[int] | None = None, ended: bool = True) -> None:  # fmt: skip
+                 cuts: list[int] | None = None, ended: bool = True,
+                 delay: float = 0.0) -> None:  # fmt: skip
         self.total = total
+        self.delay = delay
         self.wire = encode(synthetic(total, seed=7))
         self.published = total if published is None else published
         self.never = never or set()
@@ -88,6 +91,7 @@ class LiveStub:
                     conn.sendall(encode_info(FeedInfo(1, self.published)))
                 elif request.call_type == RESEND_RANGE:
                     self.ranges += 1
+                    time.sleep(self.delay)
                     stop = min(request.start + request.count, self.published + 1)
                     conn.sendall(self.packets(request.start, max(stop, request.start)))
                 elif request.call_type == SUBSCRIBE:
@@ -492,3 +496,16 @@ def test_cli_follow_that_fails_saves_what_it_wrote_as_partial(tmp_path: Path) ->
     got = packetcore.read(tmp_path / "out.json.partial")
     assert 0 < len(got) <= 100
     assert got.sequence.tolist() == list(range(1, len(got) + 1))
+
+
+def test_a_window_bound_holds_the_subscription_back_and_loses_nothing() -> None:
+    # Every 50th packet lost and each repair 2 ms late: the window above the first gap
+    # would take the whole feed; bounded at 300 packets, the subscription is closed when
+    # it is full and opened again from the first sequence still needed.
+    never = set(range(50, 5001, 50))
+    with LiveStub(5000, never=never, delay=0.002) as stub:
+        packets, stats = collect(stub.port, window=300)
+    assert_exactly(packets, 1, 5000)
+    assert 250 < stats.max_window <= 300
+    assert len(stub.subscriptions) > 10 and stub.subscriptions == sorted(stub.subscriptions)
+    assert stats.reason == "the feed ended" and stats.reconnects == 0
