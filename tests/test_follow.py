@@ -509,3 +509,17 @@ def test_a_window_bound_holds_the_subscription_back_and_loses_nothing() -> None:
     assert 250 < stats.max_window <= 300
     assert len(stub.subscriptions) > 10 and stub.subscriptions == sorted(stub.subscriptions)
     assert stats.reason == "the feed ended" and stats.reconnects == 0
+
+
+def test_a_subscription_repeating_the_same_packet_fails_in_one_line() -> None:
+    class Repeating(LiveStub):
+        def _subscribe(self, conn: socket.socket, start: int) -> None:
+            self.subscriptions.append(start)
+            while not self.server.stopped.is_set():
+                conn.sendall(self.packets(1, 2) * 50)
+                time.sleep(0.001)
+
+    stub = Repeating(1000, published=500, ended=False)
+    with stub, pytest.raises(packetcore.FetchError, match="nothing new 2 times in a row"):
+        collect(stub.port, timeout=0.2, retries=1, backoff=0.0)
+    assert stub.subscriptions == [1, 2, 2]  # the first brought 1, then nothing new

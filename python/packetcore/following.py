@@ -209,6 +209,9 @@ class _Follower:
         #: The highest sequence the current subscription brought (or its start - 1).
         self._sub_top = 0
         self._sub_last = time.monotonic()  # the subscription counts as quiet from now
+        #: Packets the subscriptions brought beyond what was seen (progress, not repeats).
+        self._sub_fresh = 0
+        self._sub_fresh_at = self._sub_last
         #: Whether the window is full: the subscription (``_held_link``) was closed.
         self._held = False
         self._held_link: Link | None = None
@@ -255,6 +258,8 @@ class _Follower:
                 stops = ahead[holes].astype(np.int64)
                 self._ask(starts, stops, now)
             self._seen = int(ahead[-1]) + 1
+            self._sub_fresh += len(ahead)
+            self._sub_fresh_at = now
             self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
         self.session.add(batch, recovered=False)
         self._advance()
@@ -455,10 +460,10 @@ class _Follower:
             self._sub_top = start - 1
             link.hello()
             link.send(subscribe_request(start))
-            before = self._sub_packets
-            self._sub_last = time.monotonic()
+            before = self._sub_fresh
+            self._sub_last = self._sub_fresh_at = time.monotonic()
             state = await self._watch(link)
-            got = self._sub_packets - before
+            got = self._sub_fresh - before  # repeats of what was seen are no progress
             link.abort()
             self.session.forget(link)
             if self._done.is_set():
@@ -484,25 +489,32 @@ class _Follower:
             failures = 0 if got else failures + 1
             if failures > options.retries:
                 raise FetchError(
-                    f"{options.host}:{options.port}: the subscription brought nothing "
-                    f"{failures} times in a row ({link.why()})"
+                    f"{options.host}:{options.port}: the subscription brought nothing new "
+                    f"{failures} times in a row ({state if state == 'silent' else link.why()})"
                 )
             if failures:
                 await asyncio.sleep(backoff_delay(failures, options.backoff))
 
     async def _watch(self, link: Link) -> str:
-        """Wait until the subscription ends, or is silent while the server publishes on."""
+        """Wait until the subscription ends, or brings nothing new while the server publishes on."""
         timeout = self.options.timeout
-        while True:
-            state = await link.wait(self._done.is_set, timeout)
-            if state != "idle":
-                return state
+
+        def stale() -> bool:
+            # Silent, or repeating what was seen (nothing new in order), while the server
+            # says it published more.
+            now = time.monotonic()
             if self._paused:
-                continue  # reading stopped on purpose: the consumer is behind
-            moved_on = self.stats.published > self._sub_top
-            if time.monotonic() - self._sub_last >= timeout and moved_on:
+                self._sub_fresh_at = now  # reading stopped on purpose: the consumer is behind
+                return False
+            return now - self._sub_fresh_at >= timeout and self.stats.published > self._sub_top
+
+        while True:
+            state = await link.wait(lambda: self._done.is_set() or stale(), timeout)
+            if self._done.is_set() or state == "lost":
+                return state
+            if state == "done":
                 log.info(
-                    "no packet on the subscription for %g s while the server published on "
+                    "nothing new on the subscription for %g s while the server published on "
                     "to %d: reconnecting", timeout, self.stats.published,
                 )  # fmt: skip
                 return "silent"
