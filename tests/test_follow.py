@@ -48,14 +48,16 @@ class LiveStub:
     sequences no subscription ever sends; ``cuts`` lists, per subscription, the bytes
     after which it is cut (mid-packet when not a multiple of 17); ``ended``: once
     everything is published and written, subscriptions close (the feed's end);
-    ``delay``: seconds before each range request is answered (repairs behind).
+    ``delay``: seconds before each range request is answered (repairs behind);
+    ``shift``: a range request is answered with the packets ``shift`` sequences on (wrong).
     """
 
     def __init__(self, total: int, *, published: int | None = None, never: set[int] | None = None,
                  cuts: list[int] | None = None, ended: bool = True,
-                 delay: float = 0.0) -> None:  # fmt: skip
+                 delay: float = 0.0, shift: int = 0) -> None:  # fmt: skip
         self.total = total
         self.delay = delay
+        self.shift = shift
         self.wire = encode(synthetic(total, seed=7))
         self.published = total if published is None else published
         self.never = never or set()
@@ -93,7 +95,8 @@ class LiveStub:
                     self.ranges += 1
                     time.sleep(self.delay)
                     stop = min(request.start + request.count, self.published + 1)
-                    conn.sendall(self.packets(request.start, max(stop, request.start)))
+                    start = request.start + self.shift
+                    conn.sendall(self.packets(start, max(stop + self.shift, start)))
                 elif request.call_type == SUBSCRIBE:
                     self._subscribe(conn, request.start)
                     return
@@ -523,3 +526,10 @@ def test_a_subscription_repeating_the_same_packet_fails_in_one_line() -> None:
     with stub, pytest.raises(packetcore.FetchError, match="nothing new 2 times in a row"):
         collect(stub.port, timeout=0.2, retries=1, backoff=0.0)
     assert stub.subscriptions == [1, 2, 2]  # the first brought 1, then nothing new
+
+
+def test_a_repair_connection_answering_wrong_sequences_fails_in_one_line() -> None:
+    stub = LiveStub(1000, published=500, never={50}, ended=False, shift=7)
+    with stub, pytest.raises(packetcore.FetchError, match="did not answer sequence 50 asked"):
+        collect(stub.port, retries=2, backoff=0.0)
+    assert stub.ranges >= 3

@@ -523,6 +523,8 @@ class _Follower:
         """Poll with hellos; catch tail losses and unanswered asks; replace a lost link."""
         options = self.options
         failures = 0
+        unanswered = 0  # hellos in a row answered with the same sequence still missing
+        stuck = -1
         while not self._done.is_set():
             if self._paused:
                 self._resume()
@@ -544,6 +546,14 @@ class _Follower:
                     self._ask_tail(last if options.stop is None else min(last, options.stop))
                 # Every answer to what was asked before the hello came before its answer.
                 missing = self.store.missing_ranges(seen)
+                lowest = int(missing[0, 0]) if len(missing) else -1
+                unanswered = unanswered + 1 if lowest >= 0 and lowest == stuck else 0
+                stuck = lowest
+                if unanswered > options.retries:
+                    raise FetchError(
+                        f"{options.host}:{options.port}: the repair connection did not answer "
+                        f"sequence {lowest} asked for {unanswered + 1} times in a row"
+                    )
                 if len(missing):
                     log.debug("%d gap(s) below %d unanswered: asking again", len(missing), seen)
                     link.send(range_requests(missing))
