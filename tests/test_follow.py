@@ -533,3 +533,15 @@ def test_a_repair_connection_answering_wrong_sequences_fails_in_one_line() -> No
     with stub, pytest.raises(packetcore.FetchError, match="did not answer sequence 50 asked"):
         collect(stub.port, retries=2, backoff=0.0)
     assert stub.ranges >= 3
+
+
+def test_cli_follow_to_stdout_is_ndjson_unless_a_format_is_given() -> None:
+    with LiveStub(300) as stub:
+        plain = _fetch("--port", str(stub.port), "--follow", "-o", "-", "-q")
+        lines, err = plain.communicate(timeout=TIMEOUT)
+        array = _fetch("--port", str(stub.port), "--follow", "-o", "-", "-q", "--format", "json")
+        whole, err2 = array.communicate(timeout=TIMEOUT)
+    assert plain.returncode == 0 and array.returncode == 0, err + err2
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert [r["packetSequence"] for r in records] == list(range(1, 301))
+    assert [r["packetSequence"] for r in json.loads(whole)] == list(range(1, 301))

@@ -84,7 +84,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         choices=FORMATS,
         default=None,
         help="json (the default), ndjson, csv, parquet (needs the 'parquet' extra) or bin "
-        "(raw 17-byte packets); default: from the output's extension",
+        "(raw 17-byte packets); default: from the output's extension, and ndjson for "
+        "--follow to stdout ('-o -')",
     )
     add(
         "--from",
@@ -224,7 +225,10 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
             raise UserError("--strict does not apply to --follow", 2)
         from .follow import follow_into
 
-        return follow_into(options, args.output, args.format, verbosity=args.verbosity,
+        form = args.format
+        if form is None and args.output == "-":
+            form = "ndjson"  # a follow streams: one record a line, not one endless array
+        return follow_into(options, args.output, form, verbosity=args.verbosity,
                            started=started)  # fmt: skip
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started)  # fmt: skip
