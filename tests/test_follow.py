@@ -545,3 +545,39 @@ def test_cli_follow_to_stdout_is_ndjson_unless_a_format_is_given() -> None:
     records = [json.loads(line) for line in lines.splitlines()]
     assert [r["packetSequence"] for r in records] == list(range(1, 301))
     assert [r["packetSequence"] for r in json.loads(whole)] == list(range(1, 301))
+
+
+def _ignored_signals(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("follows", [True, False])
+def test_sigint_ignored_at_start_stays_ignored(follows: bool) -> None:
+    # A shell starts `cmd &` with SIGINT ignored: the command must not take it back.
+    connected = threading.Event()
+
+    def silent(conn: socket.socket) -> None:
+        connected.set()
+        conn.recv(10)
+        time.sleep(TIMEOUT)
+
+    stub = LiveStub(10_000, published=300, ended=False) if follows else RawServer(silent)
+    with stub:
+        args = ["--port", str(stub.port), "-o", "-", "-q", "--timeout", str(TIMEOUT)]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "packetcore.cli.fetch", *args, *(["--follow"] * follows)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )  # fmt: skip
+        assert process.stdout is not None
+        if follows:
+            process.stdout.readline()  # following: its handlers are in place
+        else:
+            assert connected.wait(TIMEOUT)  # fetching: its handlers are in place
+        ignored = _ignored_signals(process.pid)
+        process.terminate()
+        _, err = process.communicate(timeout=TIMEOUT)
+    assert ignored & (1 << (signal.SIGINT - 1)), err

@@ -108,6 +108,8 @@ async def _run(
     installed: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN:
+            continue  # ignored by whoever started it (a shell's `&`): it stays ignored
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, interrupt, signum)
             installed[signum] = previous
