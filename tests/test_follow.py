@@ -581,3 +581,18 @@ def test_sigint_ignored_at_start_stays_ignored(follows: bool) -> None:
         process.terminate()
         _, err = process.communicate(timeout=TIMEOUT)
     assert ignored & (1 << (signal.SIGINT - 1)), err
+
+
+def test_the_stats_of_a_failed_follow_give_the_failure_as_reason() -> None:
+    async def run(port: int) -> FollowStats:
+        feed = follow("127.0.0.1", port, timeout=0.2)
+        with pytest.raises(packetcore.FetchError) as failure:
+            async for _ in feed:
+                pass
+        assert feed.stats.reason == str(failure.value)
+        return feed.stats
+
+    silent = RawServer(lambda conn: conn.recv(10) and time.sleep(1))
+    with silent as server:
+        stats = asyncio.run(run(server.port))
+    assert "extension hello" in stats.reason

@@ -394,6 +394,9 @@ class _Follower:
                         asyncio.ensure_future(self._subscribe()),
                         asyncio.ensure_future(self._repair_loop(repair)),
                     ]
+        except FetchError as exc:
+            self._finish(str(exc))  # the stats say why it stopped
+            raise
         finally:
             self._finish(self.stats.reason or "stopped")
             for task in tasks:
