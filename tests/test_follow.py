@@ -596,3 +596,10 @@ def test_the_stats_of_a_failed_follow_give_the_failure_as_reason() -> None:
     with silent as server:
         stats = asyncio.run(run(server.port))
     assert "extension hello" in stats.reason
+
+
+def test_lag_is_counted_from_where_the_follow_started() -> None:
+    with LiveStub(1000) as stub:
+        packets, stats = collect(stub.port, start=900, until=950)
+    assert_exactly(packets, 900, 950)
+    assert stats.max_lag == 101 and stats.lag == 1000 - 950  # not 1000 from sequence 0

@@ -216,6 +216,7 @@ class _Follower:
         self._held = False
         self._held_link: Link | None = None
         self._end: int | None = None
+        self._first: int | None = None  # the first sequence followed, once known
         self._done = asyncio.Event()
         self._paused = False
         self._started = time.perf_counter()
@@ -223,10 +224,16 @@ class _Follower:
     # what arrives
 
     def _note_info(self, info: FeedInfo) -> None:
+        self.stats.published = max(self.stats.published, info.last)
+        self._note_lag()
+        self.stats.max_lag = max(self.stats.max_lag, self.stats.lag)
+
+    def _note_lag(self) -> None:
+        # Counted from where the follow started, not from sequence 0; never below 0
+        # while the follow is ahead of what the server published.
         stats = self.stats
-        stats.published = max(stats.published, info.last)
-        stats.lag = max(stats.published - self.stats.delivered, 0)
-        stats.max_lag = max(stats.max_lag, stats.lag)
+        if self._first is not None:
+            stats.lag = max(stats.published - max(stats.delivered, self._first - 1), 0)
 
     def _on_stream(self, batch: Packets) -> None:
         """Take a batch from the subscription: ask for the gaps it reveals, then store it."""
@@ -406,7 +413,7 @@ class _Follower:
             # Everything contiguous goes out, even past an output that is behind.
             session.flowing = lambda: True
             session.advance()
-            self.stats.lag = max(self.stats.published - self.stats.delivered, 0)
+            self._note_lag()
             self.stats.repaired = session.recovered
             self.stats.duplicates = self.store.duplicates
             self.stats.seconds = time.perf_counter() - self._started
@@ -435,7 +442,8 @@ class _Follower:
             if options.stop is not None and options.stop < start:
                 raise FetchError(f"until {options.stop} lies before the first sequence {start}")
             self.store.bound(start, options.stop)
-            self._seen = start
+            self._seen = self._first = start
+            self._note_info(info)
             log.debug("following from %d; the server has published %d", start, info.last)
         else:
             missing = self.store.missing_ranges(self._seen)
