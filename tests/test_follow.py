@@ -603,3 +603,11 @@ def test_lag_is_counted_from_where_the_follow_started() -> None:
         packets, stats = collect(stub.port, start=900, until=950)
     assert_exactly(packets, 900, 950)
     assert stats.max_lag == 101 and stats.lag == 1000 - 950  # not 1000 from sequence 0
+
+
+@pytest.mark.parametrize("option", [["--confidence", "1e-9"], ["--max-passes", "3"], ["--strict"]])
+def test_cli_follow_refuses_options_that_do_nothing_in_one_line(option: list[str]) -> None:
+    process = _fetch("--port", "1", "--follow", "-o", "-", *option)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 2
+    assert err.strip().count("\n") == 0 and f"{option[0]} does not apply to --follow" in err

@@ -160,18 +160,18 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     add(
         "--confidence",
         type=confidence,
-        default=defaults.confidence,
+        default=None,  # None: not given (refused with --follow), the default applies
         metavar="P",
         help="base protocol: make stream-all passes until the chance that a packet after "
         "the highest seen exists unseen (a truncated output) is below P; at most "
-        f"{MAX_CONFIDENCE:g} (default: %(default)s)",
+        f"{MAX_CONFIDENCE:g} (default: {defaults.confidence})",
     )
     add(
         "--max-passes",
         type=_at_least_one,
-        default=defaults.max_passes,
+        default=None,
         metavar="N",
-        help="base protocol: give up after N stream-all passes (default: %(default)s)",
+        help=f"base protocol: give up after N stream-all passes (default: {defaults.max_passes})",
     )
     add(
         "--strict",
@@ -209,11 +209,14 @@ def _age() -> float:
 def _fetch(args: argparse.Namespace, started: float) -> int:
     from ..session import FetchOptions
 
+    defaults = FetchOptions()
+    confidence = defaults.confidence if args.confidence is None else args.confidence
+    passes = defaults.max_passes if args.max_passes is None else args.max_passes
     try:
         options = FetchOptions(
             host=args.host, port=args.port, protocol=args.protocol,
             hello_timeout=args.hello_timeout, timeout=args.timeout, retries=args.retries,
-            backoff=args.backoff, confidence=args.confidence, max_passes=args.max_passes,
+            backoff=args.backoff, confidence=confidence, max_passes=passes,
             deadline=args.deadline, start=args.start, stop=args.stop,
         )  # fmt: skip
     except ValueError as exc:
@@ -221,8 +224,11 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
     if args.follow:
         if args.protocol == "base":
             raise UserError("--follow needs the packetcore extension: not --protocol base", 2)
-        if args.strict:
-            raise UserError("--strict does not apply to --follow", 2)
+        unused = {"--strict": args.strict, "--confidence": args.confidence is not None,
+                  "--max-passes": args.max_passes is not None}  # fmt: skip
+        for name, given in unused.items():
+            if given:
+                raise UserError(f"{name} does not apply to --follow", 2)
         from .follow import follow_into
 
         form = args.format
