@@ -611,3 +611,17 @@ def test_cli_follow_refuses_options_that_do_nothing_in_one_line(option: list[str
     _, err = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 2
     assert err.strip().count("\n") == 0 and f"{option[0]} does not apply to --follow" in err
+
+
+def test_cli_follow_of_a_server_gone_for_good_is_one_line_with_retries_at_debug(
+    tmp_path: Path,
+) -> None:
+    stub = LiveStub(1000, published=100, ended=False)
+    stub.mark = 100
+    with stub:
+        process = _fetch("--port", str(stub.port), "--follow", "--retries", "2",
+                         "--backoff", "0", "-o", str(tmp_path / "out.json"))  # fmt: skip
+        stub.sent.wait(TIMEOUT)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1
+    assert err.strip().count("\n") == 0, err  # no line per retry without -v

@@ -425,7 +425,9 @@ class _Follower:
     async def _open_repair(self, *, first: bool = False) -> Link:
         """Open the repair connection, send a hello; ask again for everything missing."""
         options = self.options
-        link = await self.session.open_link(recovering=True, sink=self._on_repair)
+        link = await self.session.open_link(
+            recovering=True, sink=self._on_repair, retry_level=logging.DEBUG
+        )
         self._repair = link
         if first:
             link.hello()
@@ -459,7 +461,7 @@ class _Follower:
         while not self._done.is_set():
             while not self._room() and not self._done.is_set():
                 await asyncio.sleep(POLL)  # the repairs are behind: they catch up first
-            link = await self.session.open_link(sink=self._on_stream)
+            link = await self.session.open_link(sink=self._on_stream, retry_level=logging.DEBUG)
             if self._done.is_set():
                 link.abort()
                 return
@@ -524,7 +526,7 @@ class _Follower:
             if self._done.is_set() or state == "lost":
                 return state
             if state == "done":
-                log.info(
+                log.debug(
                     "nothing new on the subscription for %g s while the server published on "
                     "to %d: reconnecting", timeout, self.stats.published,
                 )  # fmt: skip
@@ -580,7 +582,7 @@ class _Follower:
                     f"{options.host}:{options.port}: the repair connection failed {failures} "
                     f"times in a row ({'silent' if state == 'idle' else link.why()})"
                 )
-            log.info("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
+            log.debug("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
             await asyncio.sleep(backoff_delay(failures, options.backoff))
             link = await self._open_repair()
 
