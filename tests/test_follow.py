@@ -625,3 +625,35 @@ def test_cli_follow_of_a_server_gone_for_good_is_one_line_with_retries_at_debug(
     _, err = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 1
     assert err.strip().count("\n") == 0, err  # no line per retry without -v
+
+
+class Resetting(LiveStub):
+    """A live stub whose first ``resets`` connections are reset before any answer."""
+
+    resets = 1
+    done = 0  # connections reset so far
+
+    def serve(self, conn: socket.socket) -> None:
+        with self.lock:
+            reset = self.done < self.resets
+            self.done += reset
+        if not reset:
+            super().serve(conn)
+            return
+        conn.recv(16)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+
+
+def test_a_first_connection_reset_is_retried() -> None:
+    with Resetting(500) as stub:
+        packets, stats = collect(stub.port, backoff=0.0)
+    assert_exactly(packets, 1, 500)
+    assert stub.done == 1 and stats.reason == "the feed ended"
+
+
+def test_first_connections_reset_past_retries_say_so_in_one_line() -> None:
+    stub = Resetting(500)
+    stub.resets = 100
+    with stub, pytest.raises(packetcore.FetchError, match="before the extension hello's an"):
+        collect(stub.port, backoff=0.0, retries=2)
+    assert stub.done == 3

@@ -420,7 +420,25 @@ class _Follower:
         return self.stats
 
     async def _start(self) -> Link:
-        return await self._open_repair(first=True)
+        """Open the first repair connection; one reset before the hello's answer is retried."""
+        options = self.options
+        failures = 0
+        while True:
+            link = await self._open_repair(first=True)
+            if link.infos:
+                return link
+            # Reset (or failed otherwise) before the answer: retried like a refused connect.
+            self.session.forget(link)
+            failures += 1
+            if failures > options.retries:
+                raise FetchError(
+                    f"{options.host}:{options.port}: the connection failed before the "
+                    f"extension hello's answer {failures} times in a row ({link.why()})"
+                )
+            delay = backoff_delay(failures, options.backoff)
+            log.debug("connection lost before the hello's answer (%s); retrying in %.2f s",
+                      link.why(), delay)  # fmt: skip
+            await asyncio.sleep(delay)
 
     async def _open_repair(self, *, first: bool = False) -> Link:
         """Open the repair connection, send a hello; ask again for everything missing."""
@@ -434,10 +452,13 @@ class _Follower:
             await link.wait_info(1, options.timeout)
             if not link.infos:
                 link.close()
-                why = f" ({link.why()})" if link.lost else ""
+                if link.lost and link.error is not None:
+                    return link  # reset: the caller retries
+                what = "closed the connection without answering" if link.lost else (
+                    f"did not answer within {options.timeout:g} s")  # fmt: skip
                 raise FetchError(
-                    f"{options.host}:{options.port} did not answer the extension hello within "
-                    f"{options.timeout:g} s{why}: following needs a packetcore server"
+                    f"{options.host}:{options.port} {what} the extension hello: following "
+                    f"needs a packetcore server"
                 )
             info = link.infos[0]
             start = max(options.start or info.first, info.first)
