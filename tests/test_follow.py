@@ -657,3 +657,31 @@ def test_first_connections_reset_past_retries_say_so_in_one_line() -> None:
     with stub, pytest.raises(packetcore.FetchError, match="before the extension hello's an"):
         collect(stub.port, backoff=0.0, retries=2)
     assert stub.done == 3
+
+
+def test_cli_follow_to_stdout_ends_normally_when_the_reader_leaves() -> None:
+    with _live(10_000_000, 100_000, 0.0) as server:
+        process = _fetch("--port", str(server.port), "--follow", "-o", "-")
+        assert process.stdout is not None and process.stderr is not None
+        assert json.loads(process.stdout.readline())["packetSequence"] == 1
+        process.stdout.close()  # `| head -1`
+        err = process.stderr.read()
+        process.wait(TIMEOUT)
+    assert process.returncode == 0, err
+    assert err.strip().count("\n") == 0 and err.endswith("[the reader closed stdout]\n"), err
+
+
+def test_cli_follow_stopped_with_a_reader_that_takes_nothing_ends_promptly() -> None:
+    with _live(2_000_000, 2_000_000, 0.0) as server:
+        process = _fetch("--port", str(server.port), "--follow", "-o", "-")
+        assert process.stdout is not None
+        process.stdout.readline()  # following, then nothing more is read
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        process.wait(TIMEOUT)  # not until the reader took a backlog of up to 1M packets
+        waited = time.monotonic() - started
+        assert process.stderr is not None
+        err = process.stderr.read()
+    assert waited < TIMEOUT / 2, err
+    assert process.returncode in (0, 1)  # 1: what was still to be written was dropped
+    assert err.strip().count("\n") == 0, err
