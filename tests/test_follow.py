@@ -47,12 +47,17 @@ class LiveStub:
     ``published`` (settable) is how far the feed has published; ``never`` lists
     sequences no subscription ever sends; ``cuts`` lists, per subscription, the bytes
     after which it is cut (mid-packet when not a multiple of 17); ``ended``: once
-    everything is published and written, subscriptions close (the feed's end).
+    everything is published and written, subscriptions close (the feed's end);
+    ``delay``: seconds before each range request is answered (repairs behind);
+    ``shift``: a range request is answered with the packets ``shift`` sequences on (wrong).
     """
 
     def __init__(self, total: int, *, published: int | None = None, never: set[int] | None = None,
-                 cuts: list[int] | None = None, ended: bool = True) -> None:  # fmt: skip
+                 cuts: list[int] | None = None, ended: bool = True,
+                 delay: float = 0.0, shift: int = 0) -> None:  # fmt: skip
         self.total = total
+        self.delay = delay
+        self.shift = shift
         self.wire = encode(synthetic(total, seed=7))
         self.published = total if published is None else published
         self.never = never or set()
@@ -88,8 +93,10 @@ class LiveStub:
                     conn.sendall(encode_info(FeedInfo(1, self.published)))
                 elif request.call_type == RESEND_RANGE:
                     self.ranges += 1
+                    time.sleep(self.delay)
                     stop = min(request.start + request.count, self.published + 1)
-                    conn.sendall(self.packets(request.start, max(stop, request.start)))
+                    start = request.start + self.shift
+                    conn.sendall(self.packets(start, max(stop + self.shift, start)))
                 elif request.call_type == SUBSCRIBE:
                     self._subscribe(conn, request.start)
                     return
@@ -492,3 +499,189 @@ def test_cli_follow_that_fails_saves_what_it_wrote_as_partial(tmp_path: Path) ->
     got = packetcore.read(tmp_path / "out.json.partial")
     assert 0 < len(got) <= 100
     assert got.sequence.tolist() == list(range(1, len(got) + 1))
+
+
+def test_a_window_bound_holds_the_subscription_back_and_loses_nothing() -> None:
+    # Every 50th packet lost and each repair 2 ms late: the window above the first gap
+    # would take the whole feed; bounded at 300 packets, the subscription is closed when
+    # it is full and opened again from the first sequence still needed.
+    never = set(range(50, 5001, 50))
+    with LiveStub(5000, never=never, delay=0.002) as stub:
+        packets, stats = collect(stub.port, window=300)
+    assert_exactly(packets, 1, 5000)
+    assert 250 < stats.max_window <= 300
+    assert len(stub.subscriptions) > 10 and stub.subscriptions == sorted(stub.subscriptions)
+    assert stats.reason == "the feed ended" and stats.reconnects == 0
+
+
+def test_a_subscription_repeating_the_same_packet_fails_in_one_line() -> None:
+    class Repeating(LiveStub):
+        def _subscribe(self, conn: socket.socket, start: int) -> None:
+            self.subscriptions.append(start)
+            while not self.server.stopped.is_set():
+                conn.sendall(self.packets(1, 2) * 50)
+                time.sleep(0.001)
+
+    stub = Repeating(1000, published=500, ended=False)
+    with stub, pytest.raises(packetcore.FetchError, match="nothing new 2 times in a row"):
+        collect(stub.port, timeout=0.2, retries=1, backoff=0.0)
+    assert stub.subscriptions == [1, 2, 2]  # the first brought 1, then nothing new
+
+
+def test_a_repair_connection_answering_wrong_sequences_fails_in_one_line() -> None:
+    stub = LiveStub(1000, published=500, never={50}, ended=False, shift=7)
+    with stub, pytest.raises(packetcore.FetchError, match="did not answer sequence 50 asked"):
+        collect(stub.port, retries=2, backoff=0.0)
+    assert stub.ranges >= 3
+
+
+def test_cli_follow_to_stdout_is_ndjson_unless_a_format_is_given() -> None:
+    with LiveStub(300) as stub:
+        plain = _fetch("--port", str(stub.port), "--follow", "-o", "-", "-q")
+        lines, err = plain.communicate(timeout=TIMEOUT)
+        array = _fetch("--port", str(stub.port), "--follow", "-o", "-", "-q", "--format", "json")
+        whole, err2 = array.communicate(timeout=TIMEOUT)
+    assert plain.returncode == 0 and array.returncode == 0, err + err2
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert [r["packetSequence"] for r in records] == list(range(1, 301))
+    assert [r["packetSequence"] for r in json.loads(whole)] == list(range(1, 301))
+
+
+def _ignored_signals(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("follows", [True, False])
+def test_sigint_ignored_at_start_stays_ignored(follows: bool) -> None:
+    # A shell starts `cmd &` with SIGINT ignored: the command must not take it back.
+    connected = threading.Event()
+
+    def silent(conn: socket.socket) -> None:
+        connected.set()
+        conn.recv(10)
+        time.sleep(TIMEOUT)
+
+    stub = LiveStub(10_000, published=300, ended=False) if follows else RawServer(silent)
+    with stub:
+        args = ["--port", str(stub.port), "-o", "-", "-q", "--timeout", str(TIMEOUT)]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "packetcore.cli.fetch", *args, *(["--follow"] * follows)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )  # fmt: skip
+        assert process.stdout is not None
+        if follows:
+            process.stdout.readline()  # following: its handlers are in place
+        else:
+            assert connected.wait(TIMEOUT)  # fetching: its handlers are in place
+        ignored = _ignored_signals(process.pid)
+        process.terminate()
+        _, err = process.communicate(timeout=TIMEOUT)
+    assert ignored & (1 << (signal.SIGINT - 1)), err
+
+
+def test_the_stats_of_a_failed_follow_give_the_failure_as_reason() -> None:
+    async def run(port: int) -> FollowStats:
+        feed = follow("127.0.0.1", port, timeout=0.2)
+        with pytest.raises(packetcore.FetchError) as failure:
+            async for _ in feed:
+                pass
+        assert feed.stats.reason == str(failure.value)
+        return feed.stats
+
+    silent = RawServer(lambda conn: conn.recv(10) and time.sleep(1))
+    with silent as server:
+        stats = asyncio.run(run(server.port))
+    assert "extension hello" in stats.reason
+
+
+def test_lag_is_counted_from_where_the_follow_started() -> None:
+    with LiveStub(1000) as stub:
+        packets, stats = collect(stub.port, start=900, until=950)
+    assert_exactly(packets, 900, 950)
+    assert stats.max_lag == 101 and stats.lag == 1000 - 950  # not 1000 from sequence 0
+
+
+@pytest.mark.parametrize("option", [["--confidence", "1e-9"], ["--max-passes", "3"], ["--strict"]])
+def test_cli_follow_refuses_options_that_do_nothing_in_one_line(option: list[str]) -> None:
+    process = _fetch("--port", "1", "--follow", "-o", "-", *option)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 2
+    assert err.strip().count("\n") == 0 and f"{option[0]} does not apply to --follow" in err
+
+
+def test_cli_follow_of_a_server_gone_for_good_is_one_line_with_retries_at_debug(
+    tmp_path: Path,
+) -> None:
+    stub = LiveStub(1000, published=100, ended=False)
+    stub.mark = 100
+    with stub:
+        process = _fetch("--port", str(stub.port), "--follow", "--retries", "2",
+                         "--backoff", "0", "-o", str(tmp_path / "out.json"))  # fmt: skip
+        stub.sent.wait(TIMEOUT)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1
+    assert err.strip().count("\n") == 0, err  # no line per retry without -v
+
+
+class Resetting(LiveStub):
+    """A live stub whose first ``resets`` connections are reset before any answer."""
+
+    resets = 1
+    done = 0  # connections reset so far
+
+    def serve(self, conn: socket.socket) -> None:
+        with self.lock:
+            reset = self.done < self.resets
+            self.done += reset
+        if not reset:
+            super().serve(conn)
+            return
+        conn.recv(16)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+
+
+def test_a_first_connection_reset_is_retried() -> None:
+    with Resetting(500) as stub:
+        packets, stats = collect(stub.port, backoff=0.0)
+    assert_exactly(packets, 1, 500)
+    assert stub.done == 1 and stats.reason == "the feed ended"
+
+
+def test_first_connections_reset_past_retries_say_so_in_one_line() -> None:
+    stub = Resetting(500)
+    stub.resets = 100
+    with stub, pytest.raises(packetcore.FetchError, match="before the extension hello's an"):
+        collect(stub.port, backoff=0.0, retries=2)
+    assert stub.done == 3
+
+
+def test_cli_follow_to_stdout_ends_normally_when_the_reader_leaves() -> None:
+    with _live(10_000_000, 100_000, 0.0) as server:
+        process = _fetch("--port", str(server.port), "--follow", "-o", "-")
+        assert process.stdout is not None and process.stderr is not None
+        assert json.loads(process.stdout.readline())["packetSequence"] == 1
+        process.stdout.close()  # `| head -1`
+        err = process.stderr.read()
+        process.wait(TIMEOUT)
+    assert process.returncode == 0, err
+    assert err.strip().count("\n") == 0 and err.endswith("[the reader closed stdout]\n"), err
+
+
+def test_cli_follow_stopped_with_a_reader_that_takes_nothing_ends_promptly() -> None:
+    with _live(2_000_000, 2_000_000, 0.0) as server:
+        process = _fetch("--port", str(server.port), "--follow", "-o", "-")
+        assert process.stdout is not None
+        process.stdout.readline()  # following, then nothing more is read
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        process.wait(TIMEOUT)  # not until the reader took a backlog of up to 1M packets
+        waited = time.monotonic() - started
+        assert process.stderr is not None
+        err = process.stderr.read()
+    assert waited < TIMEOUT / 2, err
+    assert process.returncode in (0, 1)  # 1: what was still to be written was dropped
+    assert err.strip().count("\n") == 0, err

@@ -40,7 +40,7 @@ from .packets import Packets
 from .protocol import FeedInfo, range_requests, subscribe_request
 from .session import FetchOptions, Link, Progress, Session, Sink, backoff_delay
 
-__all__ = ["POLL", "Follow", "FollowStats", "follow", "run_follow"]
+__all__ = ["POLL", "WINDOW", "Follow", "FollowStats", "follow", "run_follow"]
 
 log = logging.getLogger("packetcore.follow")
 
@@ -53,6 +53,11 @@ TAIL_QUIET = 0.05
 #: Packets handed on and not yet consumed (the API's queue) beyond which reading stops,
 #: so that a slow consumer holds the connections back rather than memory growing.
 QUEUE_LIMIT = 1 << 20
+#: Sequences above the first one not handed on (the out-of-order window) beyond which
+#: the subscription is not taken: when the repairs fall behind, it is closed and opened
+#: again from the first sequence still needed once they caught up halfway, so memory
+#: stays bounded and nothing is lost.
+WINDOW = 1 << 20
 # Latency histogram: geometric buckets from 1 microsecond, 2 % apart (up to ~10 min).
 _BUCKET_LOW = 1e-6
 _BUCKET_RATIO = 1.02
@@ -100,6 +105,8 @@ class FollowStats:
     follow was behind it at the latest hello (``max_lag`` the most).  ``reconnects``
     counts subscriptions replaced after a failure (reset, cut, silent; not the one that
     confirms a clean end of file); ``reason`` says why the follow stopped.
+    ``max_window`` is the widest out-of-order window held (sequences from the first not
+    handed on to the highest received or asked for), never above the follow's ``window``.
     """
 
     packets: int = 0
@@ -111,6 +118,7 @@ class FollowStats:
     published: int = 0
     lag: int = 0
     max_lag: int = 0
+    max_window: int = 0
     seconds: float = 0.0
     reason: str = ""
     _latency: _Latencies = field(default_factory=_Latencies, repr=False, compare=False)
@@ -178,8 +186,12 @@ class _Follower:
     """One follow: its two connections, the gaps asked for, and when to stop."""
 
     def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None = None,
-                 flowing: Callable[[], bool] | None = None) -> None:  # fmt: skip
+                 flowing: Callable[[], bool] | None = None,
+                 window: int = WINDOW) -> None:  # fmt: skip
+        if window < 1:
+            raise ValueError(f"window must be 1 packet or more, not {window}")
         self.options = options
+        self._window = window
         self.stats = FollowStats()
         self._sink = sink
         self.session = _FollowSession(options, self._deliver, progress, self._note_info)
@@ -197,7 +209,14 @@ class _Follower:
         #: The highest sequence the current subscription brought (or its start - 1).
         self._sub_top = 0
         self._sub_last = time.monotonic()  # the subscription counts as quiet from now
+        #: Packets the subscriptions brought beyond what was seen (progress, not repeats).
+        self._sub_fresh = 0
+        self._sub_fresh_at = self._sub_last
+        #: Whether the window is full: the subscription (``_held_link``) was closed.
+        self._held = False
+        self._held_link: Link | None = None
         self._end: int | None = None
+        self._first: int | None = None  # the first sequence followed, once known
         self._done = asyncio.Event()
         self._paused = False
         self._started = time.perf_counter()
@@ -205,17 +224,34 @@ class _Follower:
     # what arrives
 
     def _note_info(self, info: FeedInfo) -> None:
+        self.stats.published = max(self.stats.published, info.last)
+        self._note_lag()
+        self.stats.max_lag = max(self.stats.max_lag, self.stats.lag)
+
+    def _note_lag(self) -> None:
+        # Counted from where the follow started, not from sequence 0; never below 0
+        # while the follow is ahead of what the server published.
         stats = self.stats
-        stats.published = max(stats.published, info.last)
-        stats.lag = max(stats.published - self.stats.delivered, 0)
-        stats.max_lag = max(stats.max_lag, stats.lag)
+        if self._first is not None:
+            stats.lag = max(stats.published - max(stats.delivered, self._first - 1), 0)
 
     def _on_stream(self, batch: Packets) -> None:
         """Take a batch from the subscription: ask for the gaps it reveals, then store it."""
+        if self._held:
+            return  # the subscription is being closed: the next one brings these
         now = time.monotonic()
         self._sub_last = now
         self._sub_packets += len(batch)
         sequences = batch.sequence
+        limit = self.store.cursor + self._window  # the window's end: not taken now
+        if int(sequences[-1]) >= limit:
+            # Full: what lies beyond is left to the next subscription, opened once the
+            # repairs caught up.
+            self._hold()
+            batch = batch[sequences < limit]
+            if not len(batch):
+                return
+            sequences = batch.sequence
         self._sub_top = max(self._sub_top, int(sequences[-1]))
         seen = self._seen
         if int(sequences[-1]) >= seen:
@@ -229,6 +265,9 @@ class _Follower:
                 stops = ahead[holes].astype(np.int64)
                 self._ask(starts, stops, now)
             self._seen = int(ahead[-1]) + 1
+            self._sub_fresh += len(ahead)
+            self._sub_fresh_at = now
+            self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
         self.session.add(batch, recovered=False)
         self._advance()
 
@@ -254,11 +293,14 @@ class _Follower:
 
     def _ask_tail(self, last: int) -> None:
         """Ask for what was published up to ``last`` beyond what arrived or was asked for."""
+        # Never beyond the window: the subscription brings the rest.
+        last = min(last, self.store.cursor + self._window - 1)
         if last >= self._seen:
             start = self._seen
             self._seen = last + 1
             self._ask(np.array([start], np.int64), np.array([last + 1], np.int64),
                       time.monotonic())  # fmt: skip
+            self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
 
     def _deliver(self, batch: Packets) -> None:
         self.stats.packets += len(batch)
@@ -284,21 +326,43 @@ class _Follower:
         elif self.options.stop is not None and cursor > self.options.stop:
             self._finish("until reached")
 
+    def _reading(self) -> None:
+        """Read each connection or not, as the consumer and the window allow."""
+        for link, read in ((self._sub, not (self._paused or self._held)),
+                           (self._repair, not self._paused)):  # fmt: skip
+            transport = link.transport if link is not None and not link.lost else None
+            if transport is not None and transport.is_reading() != read:
+                if read:
+                    transport.resume_reading()
+                else:
+                    transport.pause_reading()
+
+    def _hold(self) -> None:
+        if not self._held:
+            self._held = True
+            self._held_link = self._sub
+            log.debug("window of %d packets full at %d: subscription closed", self._window,
+                      self.store.cursor)  # fmt: skip
+            if self._sub is not None:
+                self._sub.abort()
+
+    def _room(self) -> bool:
+        """Return whether a subscription may be opened: the window is at most half full."""
+        if self._held and self._seen - self.store.cursor <= self._window // 2:
+            self._held = False
+        return not self._held
+
     def _pause(self) -> None:
         # The consumer is behind: stop reading, so the server's bound (not this
         # process's memory) absorbs it; the poll resumes reading once it caught up.
         if not self._paused:
             self._paused = True
-            for link in (self._sub, self._repair):
-                if link is not None and link.transport is not None and not link.lost:
-                    link.transport.pause_reading()
+            self._reading()
 
     def _resume(self) -> None:
         if self._paused and self.session.flowing():
             self._paused = False
-            for link in (self._sub, self._repair):
-                if link is not None and link.transport is not None and not link.lost:
-                    link.transport.resume_reading()
+            self._reading()
             self._advance()
 
     def _finish(self, reason: str) -> None:
@@ -337,6 +401,9 @@ class _Follower:
                         asyncio.ensure_future(self._subscribe()),
                         asyncio.ensure_future(self._repair_loop(repair)),
                     ]
+        except FetchError as exc:
+            self._finish(str(exc))  # the stats say why it stopped
+            raise
         finally:
             self._finish(self.stats.reason or "stopped")
             for task in tasks:
@@ -346,36 +413,60 @@ class _Follower:
             # Everything contiguous goes out, even past an output that is behind.
             session.flowing = lambda: True
             session.advance()
-            self.stats.lag = max(self.stats.published - self.stats.delivered, 0)
+            self._note_lag()
             self.stats.repaired = session.recovered
             self.stats.duplicates = self.store.duplicates
             self.stats.seconds = time.perf_counter() - self._started
         return self.stats
 
     async def _start(self) -> Link:
-        return await self._open_repair(first=True)
+        """Open the first repair connection; one reset before the hello's answer is retried."""
+        options = self.options
+        failures = 0
+        while True:
+            link = await self._open_repair(first=True)
+            if link.infos:
+                return link
+            # Reset (or failed otherwise) before the answer: retried like a refused connect.
+            self.session.forget(link)
+            failures += 1
+            if failures > options.retries:
+                raise FetchError(
+                    f"{options.host}:{options.port}: the connection failed before the "
+                    f"extension hello's answer {failures} times in a row ({link.why()})"
+                )
+            delay = backoff_delay(failures, options.backoff)
+            log.debug("connection lost before the hello's answer (%s); retrying in %.2f s",
+                      link.why(), delay)  # fmt: skip
+            await asyncio.sleep(delay)
 
     async def _open_repair(self, *, first: bool = False) -> Link:
         """Open the repair connection, send a hello; ask again for everything missing."""
         options = self.options
-        link = await self.session.open_link(recovering=True, sink=self._on_repair)
+        link = await self.session.open_link(
+            recovering=True, sink=self._on_repair, retry_level=logging.DEBUG
+        )
         self._repair = link
         if first:
             link.hello()
             await link.wait_info(1, options.timeout)
             if not link.infos:
                 link.close()
-                why = f" ({link.why()})" if link.lost else ""
+                if link.lost and link.error is not None:
+                    return link  # reset: the caller retries
+                what = "closed the connection without answering" if link.lost else (
+                    f"did not answer within {options.timeout:g} s")  # fmt: skip
                 raise FetchError(
-                    f"{options.host}:{options.port} did not answer the extension hello within "
-                    f"{options.timeout:g} s{why}: following needs a packetcore server"
+                    f"{options.host}:{options.port} {what} the extension hello: following "
+                    f"needs a packetcore server"
                 )
             info = link.infos[0]
             start = max(options.start or info.first, info.first)
             if options.stop is not None and options.stop < start:
                 raise FetchError(f"until {options.stop} lies before the first sequence {start}")
             self.store.bound(start, options.stop)
-            self._seen = start
+            self._seen = self._first = start
+            self._note_info(info)
             log.debug("following from %d; the server has published %d", start, info.last)
         else:
             missing = self.store.missing_ranges(self._seen)
@@ -389,27 +480,30 @@ class _Follower:
         failures = 0
         failed = False  # whether the last subscription ended otherwise than cleanly
         while not self._done.is_set():
-            link = await self.session.open_link(sink=self._on_stream)
+            while not self._room() and not self._done.is_set():
+                await asyncio.sleep(POLL)  # the repairs are behind: they catch up first
+            link = await self.session.open_link(sink=self._on_stream, retry_level=logging.DEBUG)
             if self._done.is_set():
                 link.abort()
                 return
             if failed:
                 self.stats.reconnects += 1
             self._sub = link
-            if self._paused and link.transport is not None:
-                link.transport.pause_reading()
+            self._reading()
             start = self._seen
             self._sub_top = start - 1
             link.hello()
             link.send(subscribe_request(start))
-            before = self._sub_packets
-            self._sub_last = time.monotonic()
+            before = self._sub_fresh
+            self._sub_last = self._sub_fresh_at = time.monotonic()
             state = await self._watch(link)
-            got = self._sub_packets - before
+            got = self._sub_fresh - before  # repeats of what was seen are no progress
             link.abort()
             self.session.forget(link)
             if self._done.is_set():
                 return
+            if self._held_link is link:
+                continue  # closed for the window, not failed
             info = link.infos[0] if link.infos else None
             if state == "lost" and link.clean_end and not got and info and info.last < start:
                 # Subscribed beyond the last sequence published and closed at once: the
@@ -429,25 +523,32 @@ class _Follower:
             failures = 0 if got else failures + 1
             if failures > options.retries:
                 raise FetchError(
-                    f"{options.host}:{options.port}: the subscription brought nothing "
-                    f"{failures} times in a row ({link.why()})"
+                    f"{options.host}:{options.port}: the subscription brought nothing new "
+                    f"{failures} times in a row ({state if state == 'silent' else link.why()})"
                 )
             if failures:
                 await asyncio.sleep(backoff_delay(failures, options.backoff))
 
     async def _watch(self, link: Link) -> str:
-        """Wait until the subscription ends, or is silent while the server publishes on."""
+        """Wait until the subscription ends, or brings nothing new while the server publishes on."""
         timeout = self.options.timeout
-        while True:
-            state = await link.wait(self._done.is_set, timeout)
-            if state != "idle":
-                return state
+
+        def stale() -> bool:
+            # Silent, or repeating what was seen (nothing new in order), while the server
+            # says it published more.
+            now = time.monotonic()
             if self._paused:
-                continue  # reading stopped on purpose: the consumer is behind
-            moved_on = self.stats.published > self._sub_top
-            if time.monotonic() - self._sub_last >= timeout and moved_on:
-                log.info(
-                    "no packet on the subscription for %g s while the server published on "
+                self._sub_fresh_at = now  # reading stopped on purpose: the consumer is behind
+                return False
+            return now - self._sub_fresh_at >= timeout and self.stats.published > self._sub_top
+
+        while True:
+            state = await link.wait(lambda: self._done.is_set() or stale(), timeout)
+            if self._done.is_set() or state == "lost":
+                return state
+            if state == "done":
+                log.debug(
+                    "nothing new on the subscription for %g s while the server published on "
                     "to %d: reconnecting", timeout, self.stats.published,
                 )  # fmt: skip
                 return "silent"
@@ -456,6 +557,8 @@ class _Follower:
         """Poll with hellos; catch tail losses and unanswered asks; replace a lost link."""
         options = self.options
         failures = 0
+        unanswered = 0  # hellos in a row answered with the same sequence still missing
+        stuck = -1
         while not self._done.is_set():
             if self._paused:
                 self._resume()
@@ -473,10 +576,18 @@ class _Follower:
             if state == "done":
                 failures = 0
                 last = link.infos[-1].last
-                if quiet and packets == self._sub_packets:
+                if quiet and packets == self._sub_packets and not self._held:
                     self._ask_tail(last if options.stop is None else min(last, options.stop))
                 # Every answer to what was asked before the hello came before its answer.
                 missing = self.store.missing_ranges(seen)
+                lowest = int(missing[0, 0]) if len(missing) else -1
+                unanswered = unanswered + 1 if lowest >= 0 and lowest == stuck else 0
+                stuck = lowest
+                if unanswered > options.retries:
+                    raise FetchError(
+                        f"{options.host}:{options.port}: the repair connection did not answer "
+                        f"sequence {lowest} asked for {unanswered + 1} times in a row"
+                    )
                 if len(missing):
                     log.debug("%d gap(s) below %d unanswered: asking again", len(missing), seen)
                     link.send(range_requests(missing))
@@ -492,7 +603,7 @@ class _Follower:
                     f"{options.host}:{options.port}: the repair connection failed {failures} "
                     f"times in a row ({'silent' if state == 'idle' else link.why()})"
                 )
-            log.info("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
+            log.debug("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
             await asyncio.sleep(backoff_delay(failures, options.backoff))
             link = await self._open_repair()
 
@@ -505,14 +616,16 @@ async def run_follow(
     stopped: asyncio.Future[str] | None = None,
     flowing: Callable[[], bool] | None = None,
     stats: Callable[[FollowStats], None] | None = None,
+    window: int = WINDOW,
 ) -> FollowStats:
     """Follow with ``options`` (``start``: from; ``stop``: until), passing batches to ``sink``.
 
     ``stopped`` ends the follow as a normal completion when it completes (with a reason);
     while ``flowing()`` is false the prefix waits and reading stops.  ``stats`` is called
-    at once with the stats object the follow updates as it runs.
+    at once with the stats object the follow updates as it runs.  ``window`` bounds
+    the out-of-order window in packets (see :data:`WINDOW`).
     """
-    follower = _Follower(options, sink, progress, flowing)
+    follower = _Follower(options, sink, progress, flowing, window)
     if stats is not None:
         stats(follower.stats)
     return await follower.run(stopped)
@@ -525,12 +638,12 @@ class Follow:
     early does not stop the follow: use ``async with`` or call :meth:`aclose`.
     """
 
-    def __init__(self, options: FetchOptions) -> None:
+    def __init__(self, options: FetchOptions, window: int = WINDOW) -> None:
         self.options = options
         self._batches: deque[Packets] = deque()
         self._queued = 0
         self._arrived = asyncio.Event()
-        self._follower = _Follower(options, self._put, flowing=self._flowing)
+        self._follower = _Follower(options, self._put, flowing=self._flowing, window=window)
         self.stats: FollowStats = self._follower.stats
         self._task: asyncio.Task[FollowStats] | None = None
         self._stopped: asyncio.Future[str] | None = None
@@ -592,6 +705,7 @@ def follow(
     *,
     start: int | None = None,
     until: int | None = None,
+    window: int = WINDOW,
     **options: Any,
 ) -> Follow:
     """Follow the live feed at ``host:port`` from ``start`` (default: its first) to ``until``.
@@ -599,8 +713,9 @@ def follow(
     Return an async iterator of :class:`~packetcore.Packets` batches, each contiguous
     and in sequence order, with ``stats`` (:class:`FollowStats`) readable during and
     after.  ``options`` are the fields of :class:`FetchOptions` (``timeout``,
-    ``retries``, ``backoff``, ...).  The iteration ends at ``until`` or at the end of a
+    ``retries``, ``backoff``, ...); ``window`` bounds the packets held out of order
+    (:data:`WINDOW`).  The iteration ends at ``until`` or at the end of a
     finite feed; it raises :class:`~packetcore.FetchError` if the server cannot be
     followed (no server, no extension, connections failing past ``retries``).
     """
-    return Follow(FetchOptions(host=host, port=port, start=start, stop=until, **options))
+    return Follow(FetchOptions(host=host, port=port, start=start, stop=until, **options), window)

@@ -559,11 +559,13 @@ class Session:
         )  # fmt: skip
 
     async def open_link(
-        self, *, recovering: bool = False, sink: Callable[[Packets], None] | None = None
-    ) -> Link:
+        self, *, recovering: bool = False, sink: Callable[[Packets], None] | None = None,
+        retry_level: int = logging.INFO,
+    ) -> Link:  # fmt: skip
         """Connect to the server, retrying with exponential backoff; raise FetchError.
 
-        ``sink`` receives the decoded batches instead of the session's store.
+        ``sink`` receives the decoded batches instead of the session's store; each retry
+        is logged at ``retry_level``.
         """
         options = self.options
         loop = asyncio.get_running_loop()
@@ -605,8 +607,8 @@ class Session:
                     f"({failures} attempt{'' if failures == 1 else 's'})"
                 )
             delay = backoff_delay(failures, options.backoff)
-            log.info(
-                "connecting to %s:%d: %s; retrying in %.2f s",
+            log.log(
+                retry_level, "connecting to %s:%d: %s; retrying in %.2f s",
                 options.host, options.port, reason, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)

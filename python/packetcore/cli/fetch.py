@@ -84,7 +84,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         choices=FORMATS,
         default=None,
         help="json (the default), ndjson, csv, parquet (needs the 'parquet' extra) or bin "
-        "(raw 17-byte packets); default: from the output's extension",
+        "(raw 17-byte packets); default: from the output's extension, and ndjson for "
+        "--follow to stdout ('-o -')",
     )
     add(
         "--from",
@@ -159,18 +160,18 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     add(
         "--confidence",
         type=confidence,
-        default=defaults.confidence,
+        default=None,  # None: not given (refused with --follow), the default applies
         metavar="P",
         help="base protocol: make stream-all passes until the chance that a packet after "
         "the highest seen exists unseen (a truncated output) is below P; at most "
-        f"{MAX_CONFIDENCE:g} (default: %(default)s)",
+        f"{MAX_CONFIDENCE:g} (default: {defaults.confidence})",
     )
     add(
         "--max-passes",
         type=_at_least_one,
-        default=defaults.max_passes,
+        default=None,
         metavar="N",
-        help="base protocol: give up after N stream-all passes (default: %(default)s)",
+        help=f"base protocol: give up after N stream-all passes (default: {defaults.max_passes})",
     )
     add(
         "--strict",
@@ -208,11 +209,14 @@ def _age() -> float:
 def _fetch(args: argparse.Namespace, started: float) -> int:
     from ..session import FetchOptions
 
+    defaults = FetchOptions()
+    confidence = defaults.confidence if args.confidence is None else args.confidence
+    passes = defaults.max_passes if args.max_passes is None else args.max_passes
     try:
         options = FetchOptions(
             host=args.host, port=args.port, protocol=args.protocol,
             hello_timeout=args.hello_timeout, timeout=args.timeout, retries=args.retries,
-            backoff=args.backoff, confidence=args.confidence, max_passes=args.max_passes,
+            backoff=args.backoff, confidence=confidence, max_passes=passes,
             deadline=args.deadline, start=args.start, stop=args.stop,
         )  # fmt: skip
     except ValueError as exc:
@@ -220,11 +224,17 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
     if args.follow:
         if args.protocol == "base":
             raise UserError("--follow needs the packetcore extension: not --protocol base", 2)
-        if args.strict:
-            raise UserError("--strict does not apply to --follow", 2)
+        unused = {"--strict": args.strict, "--confidence": args.confidence is not None,
+                  "--max-passes": args.max_passes is not None}  # fmt: skip
+        for name, given in unused.items():
+            if given:
+                raise UserError(f"{name} does not apply to --follow", 2)
         from .follow import follow_into
 
-        return follow_into(options, args.output, args.format, verbosity=args.verbosity,
+        form = args.format
+        if form is None and args.output == "-":
+            form = "ndjson"  # a follow streams: one record a line, not one endless array
+        return follow_into(options, args.output, form, verbosity=args.verbosity,
                            started=started)  # fmt: skip
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started)  # fmt: skip
@@ -343,6 +353,8 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
     installed: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN:
+            continue  # ignored by whoever started it (a shell's `&`): it stays ignored
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, interrupt, signum)
             installed[signum] = previous

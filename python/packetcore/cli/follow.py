@@ -6,6 +6,10 @@ output is finished (a closed JSON array, a complete Parquet file) and put in pla
 summary is printed and the exit status is 0.  A second signal while it finishes aborts
 (130 / 143, the output left as it was).  A follow that fails (no server, connections
 failing past ``--retries``) saves what it wrote to ``OUTPUT.partial`` and exits 1.
+
+To stdout, a stop signal gives the reader :data:`_DRAIN` seconds to take what is still
+to be written (past it: one line, exit 1); a reader that leaves (``| head``) is a normal
+end, since a follow has no end of its own: exit 0, no error.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from .fetch import Interrupted, open_output, progress_bar
 if TYPE_CHECKING:
     from ..following import FollowStats
     from ..output import Output
+    from ..packets import Packets
     from ..session import FetchOptions, Progress
 
 __all__ = ["follow_into"]
 
 # Packets waiting for the writer before the follow stops taking more from the store.
 _BACKLOG = 1 << 20
+# Seconds a stopped follow waits for a stdout reader to take the rest.
+_DRAIN = 2.0
 
 
 def follow_into(
@@ -42,16 +49,35 @@ def follow_into(
     """Follow into ``output``, print the summary; return the exit status (or raise UserError)."""
     import asyncio
 
+    from ..errors import OutputError
+
     if started is None:
         started = time.perf_counter()
     out = open_output(output, form)  # checks what can be checked before connecting
     try:
         with progress_bar(verbosity) as progress:
             stats, failure = asyncio.run(_run(options, out, progress))
-        if failure is not None and not stats.packets:
+        to_stdout = output == "-"
+        if to_stdout and isinstance(out.error, BrokenPipeError):
+            out.abort()  # the reader left (`| head`): a follow's normal end
+            failure, where = None, "stdout"
+            stats.reason = "the reader closed stdout"
+        elif failure is not None and not stats.packets:
             out.abort()  # nothing came: the output stays as it was
             raise UserError(failure)
-        where = out.close(failure is None)
+        else:
+            signalled = stats.reason.startswith("stopped by ")
+            try:
+                where = out.close(failure is None, _DRAIN if to_stdout and signalled else None)
+            except OutputError:
+                if to_stdout and signalled and out.error is None:  # the reader took nothing
+                    raise UserError(
+                        f"{stats.reason}; stdout took nothing for {_DRAIN:g} s: what was "
+                        f"still to be written is dropped (what reached it is in order)"
+                    ) from None
+                if not (to_stdout and isinstance(out.error, BrokenPipeError)):
+                    raise
+                where = "stdout"  # the reader left while the rest was written: no matter
     except (Interrupted, KeyboardInterrupt) as exc:
         out.abort()
         default = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
@@ -78,7 +104,7 @@ async def _run(
     """Follow into ``out``; return the stats and, if it failed, why."""
     import asyncio
 
-    from ..errors import FetchError
+    from ..errors import FetchError, OutputError
     from ..following import FollowStats, run_follow
 
     loop = asyncio.get_running_loop()
@@ -94,6 +120,13 @@ async def _run(
         loop.call_soon_threadsafe(stop, reason)  # from the writer thread
 
     out.on_failure(on_failure)
+
+    def put(batch: Packets) -> None:
+        # A failed output stops the follow (on_failure): what comes meanwhile goes
+        # nowhere, and is no error of the connection that brought it.
+        with contextlib.suppress(OutputError):
+            out.put(batch)
+
     task = asyncio.current_task()
     assert task is not None
     received: list[int] = []
@@ -108,6 +141,8 @@ async def _run(
     installed: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN:
+            continue  # ignored by whoever started it (a shell's `&`): it stays ignored
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, interrupt, signum)
             installed[signum] = previous
@@ -117,7 +152,7 @@ async def _run(
     holder: list[FollowStats] = []
     try:
         stats = await run_follow(
-            options, out.put, progress, stopped=stopped,
+            options, put, progress, stopped=stopped,
             flowing=lambda: out.backlog < _BACKLOG, stats=holder.append,
         )  # fmt: skip
     except asyncio.CancelledError:
