@@ -252,8 +252,10 @@ def test_a_silent_subscription_is_replaced() -> None:
         later.join()
     assert_exactly(packets, 1, 1000)
     assert stats.reconnects == 1
-    # The stalled one, its replacement, and one from past the end that confirmed it.
-    assert stub.subscriptions == [1, 501, 1001]
+    # The stalled one, then its replacement from the first sequence still needed; maybe
+    # one from past the end that confirmed it (when the replacement ended first).
+    assert stub.subscriptions[:2] == [1, 501]
+    assert stub.subscriptions[2:] in ([], [1001])
 
 
 def test_no_extension_is_a_fetch_error() -> None:
