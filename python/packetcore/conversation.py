@@ -42,7 +42,7 @@ class ServerStats:
     refused: int = 0  #: connections closed at once for lack of a slot (max_connections)
     active: int = 0  #: connections open now
     streams: int = 0  #: stream-all requests answered
-    packets_sent: int = 0  #: packets written by stream-all
+    packets_sent: int = 0  #: packets written by stream-all and subscriptions
     packets_resent: int = 0  #: packets written by resend and resend-range requests
     packets_dropped: int = 0  #: packets the loss simulation dropped
     bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks

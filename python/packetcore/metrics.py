@@ -78,7 +78,7 @@ class StatsLike(Protocol):
 COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("packetcore_connections", "connections", "Connections accepted and served."),
     ("packetcore_streams", "streams", "Stream-all requests answered."),
-    ("packetcore_packets_sent", "packets_sent", "Packets written by stream-all."),
+    ("packetcore_packets_sent", "packets_sent", "Packets written by stream-all and subscriptions."),
     ("packetcore_packets_resent", "packets_resent", "Packets written by resend requests."),
     ("packetcore_packets_dropped", "packets_dropped", "Packets the loss simulation dropped."),
     (
