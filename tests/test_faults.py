@@ -315,6 +315,15 @@ def test_scenario_chooses_faults_by_connection_and_time(clean: Server, tmp_path:
         ("[[connection]]\nnumber = -1\nloss = 0.1\n", "connection numbers"),
         ("speed = 1\n", "unknown key 'speed'"),
         ("[faults\n", "not valid TOML"),
+        # Values of the wrong shape: one line naming the file, never a traceback.
+        ("faults = 5\n", "wrong type"),
+        ("phase = [1, 2]\n", "wrong type"),
+        ("[[connection]]\nnumbers = 5\n", "wrong type"),
+        ("[[connection]]\nnumbers = [[1]]\n", "wrong type"),
+        ("[faults]\nbandwidth = [1]\n", "wrong type"),
+        # Rules valid alone but not together, and packet faults on the client's requests.
+        ("[[phase]]\nloss = 0.9\n[[connection]]\nfrom = 0\nburst = 3\n", "bursts"),
+        ("upstream-faults = true\n[[phase]]\nafter = 1\nloss = 0.5\n", "upstream-faults"),
     ],
 )
 def test_bad_scenarios_are_refused(tmp_path: Path, text: str, message: str) -> None:
@@ -395,6 +404,7 @@ BAD = [
     ("proxy", ["--scenario", "no-such.toml"], "cannot read"),
     ("proxy", ["--upstream-faults", "--loss", "0.1"], "not with --upstream-faults"),
     ("proxy", ["--close-after", "-1"], "byte count"),
+    ("proxy", ["--listen", "4567", "--upstream", "localhost:4567"], "connect to itself"),
     ("serve", ["--corrupt", "x"], "not a number"),
     ("serve", ["--reset-after", "-1"], "byte count"),
     ("serve", ["--duplicate", "0.5", "--scenario", "no-such.toml"], "cannot read"),

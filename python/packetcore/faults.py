@@ -344,8 +344,24 @@ class FaultPlan:
         try:
             with open(path, "rb") as file:
                 data = tomllib.load(file)
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{name}: not valid TOML: {exc}") from None
+        try:
+            return cls._from_table(data, name, faults, seed, upstream)
+        except (TypeError, AttributeError) as exc:
+            # A value of the wrong shape deep in a table (a list for a number, a number
+            # for a table): one line naming the file, as for every other mistake in it.
+            raise ValueError(f"{name}: a value of the wrong type ({exc})") from None
+
+    @classmethod
+    def _from_table(
+        cls,
+        data: dict[str, Any],
+        name: str,
+        faults: Faults | None,
+        seed: int | None,
+        upstream: bool,
+    ) -> FaultPlan:
         unknown = set(data) - {"seed", "upstream-faults", "faults", "phase", "connection"}
         if unknown:
             raise ValueError(f"{name}: unknown key {sorted(unknown)[0]!r}")
@@ -363,8 +379,24 @@ class FaultPlan:
         if not isinstance(up, bool):
             raise ValueError(f"{name}: upstream-faults must be true or false")
         plan = cls(base, seed=plan_seed, upstream=up, rules=tuple(rules))
-        for rule in rules:  # every combination must be valid now, not at some connection
-            base.replace(**rule.changes)
+        # Every set of faults a connection can get must be valid now, not at some
+        # connection: each phase over the ones before it, and each connection rule (alone
+        # and all together) over each of those.
+        states = [base]
+        for rule in rules:
+            if rule.numbers is None and rule.first == 0 and rule.last is None:
+                states.append(states[-1].replace(**rule.changes))
+        for state in list(states):
+            together = state
+            for rule in rules:
+                states.append(state.replace(**rule.changes))
+                together = together.replace(**rule.changes)
+            states.append(together)
+        if up and any(state.packet_faults for state in states):
+            raise ValueError(
+                f"{name}: loss, duplicate, reorder and corrupt act on the server's packets: "
+                "not with upstream-faults"
+            )
         return plan
 
 

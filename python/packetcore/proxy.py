@@ -36,9 +36,12 @@ from .protocol import (
 )
 from .service import Service
 
-__all__ = ["ConnectionRecord", "Proxy", "ProxyStats"]
+__all__ = ["MAX_RECORDS", "ConnectionRecord", "Proxy", "ProxyStats"]
 
 log = logging.getLogger("packetcore.proxy")
+
+#: Connection records a proxy keeps (the latest); its stats count every connection.
+MAX_RECORDS = 10_000
 
 #: Bytes read per step from either side.
 CHUNK = 1 << 18
@@ -562,7 +565,8 @@ class Proxy(Service):
         self.connect_timeout = connect_timeout
         self.linger = linger
         self.stats = ProxyStats()
-        self._records: list[ConnectionRecord] = []
+        # The latest connections' records: a proxy that runs for days keeps a bounded few.
+        self._records: deque[ConnectionRecord] = deque(maxlen=MAX_RECORDS)
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -575,7 +579,7 @@ class Proxy(Service):
 
     @property
     def records(self) -> list[ConnectionRecord]:
-        """Return one record per accepted connection, in accept order."""
+        """Return one record per accepted connection (the latest MAX_RECORDS), in order."""
         return list(self._records)
 
     @property
@@ -659,7 +663,7 @@ class Proxy(Service):
             writer.transport.abort()
             return
         self._tasks.add(task)
-        number = len(self._records)
+        number = self.stats.connections
         record = ConnectionRecord(number=number, faults=Faults())
         self._records.append(record)
         stats = self.stats

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -85,7 +87,26 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     return run(PROGRAM, build_parser(prog), _proxy, argv)
 
 
+def _refuse_itself(host: str, listen: int, upstream: tuple[str, int]) -> None:
+    """Refuse an upstream that is the proxy's own port: it would connect to itself."""
+    up_host, up_port = upstream
+    if listen == 0 or up_port != listen:
+        return
+    try:
+        ups = {str(i[4][0]) for i in socket.getaddrinfo(up_host, up_port, type=socket.SOCK_STREAM)}
+        ours = {str(i[4][0]) for i in socket.getaddrinfo(host, listen, type=socket.SOCK_STREAM)}
+    except OSError:
+        return  # the connection will say what is wrong with it
+    if ups & ours or any(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in ups):
+        raise UserError(
+            f"--upstream {up_host}:{up_port} is the proxy's own --listen port: every "
+            "connection would connect to itself",
+            2,
+        )
+
+
 def _proxy(args: argparse.Namespace) -> int:
+    _refuse_itself(args.host, args.listen, args.upstream)
     check_metrics(args, args.listen, args.host, "--listen")
     plan = fault_plan(args) or FaultPlan(seed=args.seed)
     proxy = Proxy(args.upstream, plan, host=args.host, port=args.listen)
