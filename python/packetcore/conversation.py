@@ -120,7 +120,9 @@ class Conversation:
             # handler task as an error, and stop() only waits for the task to end.
             # A reset: an end of file would say that the answer (the feed) ended.
             reset_transport(self._writer.transport)
-        except ConnectionError as exc:
+        except OSError as exc:
+            # ConnectionError, or what a socket says when the faults' delivery writes to
+            # it after the peer left (ENOTCONN on the end of file, ...): the peer is gone.
             if not self.timed_out:
                 log.info("connection to %s lost: %s", self.peer, exc)
             self._writer.transport.abort()
