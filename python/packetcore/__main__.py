@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 PROG = "python -m packetcore"
 USAGE = """usage: python -m packetcore {serve,fetch,proxy,demo} [options]
@@ -47,12 +49,31 @@ def _run(command: str, argv: Sequence[str], prog: str) -> int:
     # the engine load (a second, on a busy machine), and Python's KeyboardInterrupt
     # traceback would be all the user saw.
     try:
-        module = importlib.import_module(f"packetcore.cli.{command}")
+        with _stop_signals_held():
+            module = importlib.import_module(f"packetcore.cli.{command}")
+            # The slow part of loading, and one that turns a Ctrl-C inside it into an
+            # ImportError: held off until it is done, the signal lands right after.
+            importlib.import_module("numpy")
         code: int = module.main(argv, prog=prog)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return _EXIT_INTERRUPTED
     return code
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs; deliver them after it."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: nothing to hold them with
+        yield
+        return
+    # Threads started meanwhile (numpy's BLAS pool) keep them blocked for good, so the
+    # signals always reach the main thread.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def serve() -> int:
