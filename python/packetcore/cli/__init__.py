@@ -15,19 +15,25 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from ..errors import PacketcoreError, UserError
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "EXIT_USAGE",
+    "STOP_SIGNALS",
     "Terminated",
     "UserError",
     "add_verbosity",
     "run",
     "setup_logging",
+    "stop_signal",
 ]
 
 #: What a :class:`UserError` returns unless it says otherwise.
@@ -39,6 +45,24 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 log = logging.getLogger("packetcore")
+
+
+#: The signals that stop a command.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_signal(loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]:
+    """Return a future that ``loop`` resolves with the number of the first stop signal."""
+    stopped: asyncio.Future[int] = loop.create_future()
+
+    def stop(signum: int) -> None:
+        if not stopped.done():
+            stopped.set_result(signum)
+
+    for signum in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+            loop.add_signal_handler(signum, stop, signum)
+    return stopped
 
 
 class Terminated(KeyboardInterrupt):

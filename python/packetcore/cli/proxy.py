@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from ..faults import FaultPlan
 from ..proxy import Proxy
-from . import UserError, add_verbosity, run
+from . import STOP_SIGNALS, UserError, add_verbosity, run, stop_signal
 from .options import (
     add_faults,
     add_metrics,
@@ -44,7 +44,6 @@ The line naming the port is printed even with -q.  An unreachable upstream costs
 connection that needed it (one line in the log), not the proxy."""
 
 _port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _upstream(text: str) -> tuple[str, int]:
@@ -127,15 +126,7 @@ async def _run(proxy: Proxy) -> int:
     except OSError as exc:
         raise UserError(str(exc.strerror or exc)) from None
     loop = asyncio.get_running_loop()
-    stopped: asyncio.Future[int] = loop.create_future()
-
-    def stop(signum: int) -> None:
-        if not stopped.done():
-            stopped.set_result(signum)
-
-    for signum in _STOP_SIGNALS:
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop, signum)
+    stopped = stop_signal(loop)
     host, port = proxy.upstream
     # Printed even with -q: with --listen 0 it is the one thing the user must know.
     print(
@@ -147,7 +138,7 @@ async def _run(proxy: Proxy) -> int:
     try:
         return await stopped
     finally:
-        for signum in _STOP_SIGNALS:
+        for signum in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
         await proxy.stop_async()

@@ -33,7 +33,7 @@ from ..workers import (
     run_loop,
     worker_seed,
 )
-from . import EXIT_FAILURE, UserError, add_verbosity, run
+from . import EXIT_FAILURE, STOP_SIGNALS, UserError, add_verbosity, run, stop_signal
 from .logqueue import queued_stderr
 from .options import (
     add_drop,
@@ -76,7 +76,6 @@ others go on serving, and the exit status is then 1."""
 _port = integer(0, 0xFFFF, what="a port in 0..65535 (0 picks a free one)")
 _seconds = number(0.0, what="a duration of 0 seconds or more")
 _count = integer(1, what="1 or more")
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: The --live rates served: slower is years between packets; faster publishes a whole
 #: endless feed at once.  0 is a finished feed.
 MIN_RATE = 0.001
@@ -276,7 +275,7 @@ def _server(
 @contextlib.contextmanager
 def _signals_kept() -> Iterator[None]:
     """Put back the stop signals' handlers that an event loop replaced or reset."""
-    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -375,18 +374,10 @@ async def _run(
     except OSError as exc:
         raise UserError(str(exc.strerror or exc)) from None
     loop = asyncio.get_running_loop()
-    stopped: asyncio.Future[int] = loop.create_future()
-
-    def stop(signum: int) -> None:
-        if not stopped.done():
-            stopped.set_result(signum)
-
-    for signum in _STOP_SIGNALS:
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
-            loop.add_signal_handler(signum, stop, signum)
+    stopped = stop_signal(loop)
     if sockets is not None:
         # A worker starts with them blocked (see Workers): handled now, they may come.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if sockets is None:
         where = ", ".join(str(address[0]) for address in server.addresses)
         # Printed even with -q: with --port 0 it is the one thing the user must know.
