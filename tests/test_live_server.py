@@ -426,8 +426,10 @@ def test_server_faults_shape_a_subscription() -> None:
     # latency after it was published.
     plan = FaultPlan(Faults(loss=0.2, burst=3.0, latency=0.05), seed=9)
     server = Server(host="127.0.0.1", port=0, live=40_000, until=4000, drop=0.0, faults=plan)
+    # The latency counts from publication, which starts with the server: timed from
+    # before it starts, not from the subscription (the first packet may predate it).
+    started = time.monotonic()
     with server, subscribe(server, 1) as sock:
-        started = time.monotonic()
         first = recv_exact(sock, PACKET)
         waited = time.monotonic() - started
         data = first + recv_all(sock)  # EOF after the final packet, as without faults
