@@ -7,6 +7,7 @@ import struct
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -228,6 +229,13 @@ def test_decoder_pending_detects_truncated_stream(engine: ModuleType) -> None:
     assert decoder.pending == 16
 
 
+def test_gather_refuses_float_flags(engine: ModuleType) -> None:
+    # 0.5 was a kept packet.
+    with pytest.raises(TypeError, match="keep must be bools or integers"):
+        engine.gather(wire((b"A", b"B", 1, 2, 3)), [0.5])
+    assert engine.gather(wire((b"A", b"B", 1, 2, 3)), np.array([1], np.uint8)) != b""
+
+
 # ---- GapTracker ------------------------------------------------------------------
 
 
@@ -271,6 +279,39 @@ def test_tracker_rejects_bad_bounds(engine: ModuleType) -> None:
         tracker.last = 49
     with pytest.raises(ValueError):
         tracker.last = MAX_SEQ + 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda e: e.GapTracker(first=1.5), "first must be an integer, got 1.5 (float)"),
+        (lambda e: e.GapTracker(first=True), "first must be an integer, got True (bool)"),
+        (lambda e: e.GapTracker(first=np.float64(2.0)), "first must be an integer"),
+        (lambda e: e.GapTracker(1, 10.5), "last must be an integer, got 10.5"),
+        (lambda e: e.GapTracker(1, "10"), "last must be an integer, got '10' (str)"),
+        (lambda e: setattr(e.GapTracker(), "last", 3.5), "last must be an integer"),
+        (lambda e: e.GapTracker().add([1, 1.5]), "a sequence must be an integer, got 1.5"),
+        (lambda e: e.GapTracker().add([True]), "a sequence must be an integer, got True"),
+        (lambda e: e.GapTracker().add(["2"]), "a sequence must be an integer, got '2'"),
+        (lambda e: e.GapTracker().add(np.array([2.5])), "integers, got an array of float64"),
+        (lambda e: e.GapTracker().add(np.array([2.0])), "integers, got an array of float64"),
+        (lambda e: e.GapTracker().add(np.array([True])), "integers, got an array of bool"),
+    ],
+)
+def test_tracker_refuses_what_it_would_truncate(
+    engine: ModuleType, call: Any, message: str
+) -> None:
+    # GapTracker.add([1.5]) marked sequence 1 seen; GapTracker(1.5) began at 1.
+    with pytest.raises(TypeError) as info:
+        call(engine)
+    assert message in str(info.value)
+
+
+def test_tracker_takes_numpy_integers(engine: ModuleType) -> None:
+    tracker = engine.GapTracker(np.int64(2), np.uint8(9))
+    assert tracker.add([np.int32(3), 4, np.uint64(2**63)]) == 2
+    assert tracker.out_of_range == 1
+    assert (tracker.first, tracker.last) == (2, 9)
 
 
 def test_tracker_at_the_top_of_the_sequence_space(engine: ModuleType) -> None:

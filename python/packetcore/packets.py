@@ -74,12 +74,10 @@ class Packets:
         invalid: npt.ArrayLike | None = None,
     ) -> None:
         columns = (symbol, buysellindicator, quantity, price, sequence)
-        arrays = []
-        for (name, dtype), values in zip(COLUMNS.items(), columns, strict=True):
-            array = np.ascontiguousarray(values, dtype=dtype)
-            if array.ndim != 1:
-                raise ValueError(f"column {name!r} must be one-dimensional")
-            arrays.append(array)
+        arrays = [
+            _column(name, dtype, values)
+            for (name, dtype), values in zip(COLUMNS.items(), columns, strict=True)
+        ]
         lengths = {len(a) for a in arrays}
         if len(lengths) > 1:
             raise ValueError(f"columns differ in length: {sorted(lengths)}")
@@ -209,6 +207,40 @@ class Packets:
         head = ", ".join(repr(tuple(p)) for p in self[:3])
         more = f", ... {len(self) - 3} more" if len(self) > 3 else ""
         return f"Packets([{head}{more}])"
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _column(name: str, dtype: np.dtype[Any], values: npt.ArrayLike) -> npt.NDArray[Any]:
+    # One column as its dtype, refusing what numpy would silently change: a float or a
+    # bool or a text as an integer, an integer beyond int32, a text longer than its field.
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"column {name!r} must be one-dimensional")
+    if array.dtype != dtype and array.size:
+        kind = array.dtype.kind
+        if dtype.kind == "i":
+            if kind == "O" and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in array.tolist()
+            ):
+                kind = "i"
+            if kind not in "iu":
+                raise TypeError(f"column {name!r} must hold integers, got {array.dtype}")
+            low, high = array.min(), array.max()
+            if low < _INT32.min or high > _INT32.max:
+                value = low if low < _INT32.min else high
+                raise ValueError(f"column {name!r}: {value} does not fit int32")
+        else:
+            if kind not in "SU":
+                raise TypeError(f"column {name!r} must hold bytes, got {array.dtype}")
+            long = np.flatnonzero(np.char.str_len(array) > dtype.itemsize)
+            if len(long):
+                value = array[long[0]].item()
+                raise ValueError(
+                    f"column {name!r}: {value!r} is longer than {dtype.itemsize} byte(s)"
+                )
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def _field_bytes(value: Any, width: int) -> bytes:

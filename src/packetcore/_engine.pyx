@@ -37,6 +37,8 @@ import numpy as np
 
 from .errors import ProtocolError
 from .packets import Packets
+# Argument checks both engines share, so that they refuse the same things alike.
+from ._pure import integer, keep_flags, sequence_array
 
 cnp.import_array()
 

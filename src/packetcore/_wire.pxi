@@ -295,7 +295,7 @@ def gather(wire, keep) -> bytes:
 
 
 cdef bytes _gather(const unsigned char *src, Py_ssize_t size, object keep):
-    flags = np.ascontiguousarray(keep, dtype=np.bool_)
+    flags = keep_flags(keep)
     cdef Py_ssize_t n = len(flags)
     if flags.ndim != 1 or n * _PACKET_SIZE != size:
         raise ValueError(
