@@ -229,6 +229,49 @@ def test_decoder_pending_detects_truncated_stream(engine: ModuleType) -> None:
     assert decoder.pending == 16
 
 
+def symbol_words() -> list[bytes]:
+    # Every byte value in every position of a symbol, around valid ones, and random words.
+    words = {b"AAPL", b"T\0\0\0", b" \0\0\0", b"~~~~", b"\0\0\0\0", b"A\0B\0", b"\0ABC"}
+    for base in (b"AAPL", b"A\0\0\0", b"AB\0\0"):
+        for position in range(4):
+            for value in range(256):
+                word = bytearray(base)
+                word[position] = value
+                words.add(bytes(word))
+    rng = np.random.default_rng(16)
+    words.update(rng.integers(0, 256, (4000, 4), dtype=np.uint8).view("S4").ravel().tolist())
+    return sorted(w.ljust(4, b"\0") for w in words)
+
+
+def test_valid_symbols_is_the_decoders_rule(engine: ModuleType) -> None:
+    from packetcore.packets import valid_symbol
+
+    from packetcore import _pure
+
+    words = symbol_words()
+    column = np.frombuffer(b"".join(words), dtype="S4")
+    mask = engine.valid_symbols(column)
+    assert mask.dtype == np.bool_ and len(mask) == len(words)
+    # The scalar rule (1-4 printable ASCII characters, then NUL padding) ...
+    assert mask.tolist() == [valid_symbol(w.rstrip(b"\0")) for w in words]
+    # ... is what the decoder accepts on the wire, and the twin's mask.
+    packets = decode_all(engine, [wire((w, b"B", 1, 2, 3)) for w in words])
+    accepted = set(packets.symbol.tolist())
+    assert mask.tolist() == [w.rstrip(b"\0") in accepted for w in words]
+    assert mask.tolist() == _pure.valid_symbols(column).tolist()
+    assert mask[column == b"AAPL"].all() and not mask[column == b""].any()
+    # A column of narrower bytes is padded; one that would be truncated is refused.
+    assert engine.valid_symbols(np.array([b"A", b"\xe9"])).tolist() == [True, False]
+    assert engine.valid_symbols(np.empty(0, "S4")).tolist() == []
+    for bad in (np.array([b"TOOLONG"]), np.array(["AAPL"]), np.zeros((2, 2), "S4")):
+        with pytest.raises(TypeError, match="S4"):
+            engine.valid_symbols(bad)
+
+
+def decode_all(engine: ModuleType, packets: list[bytes]) -> Packets:
+    return engine.decode(b"".join(packets))
+
+
 def test_gather_refuses_float_flags(engine: ModuleType) -> None:
     # 0.5 was a kept packet.
     with pytest.raises(TypeError, match="keep must be bools or integers"):

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from ._pure_text import TextParser, text_rows
 from .errors import ProtocolError
-from .packets import Packets
+from .packets import Packets, valid_symbol
 
 __all__ = [
     "MAX_SEQUENCE",
@@ -34,6 +34,7 @@ __all__ = [
     "gather",
     "text_rows",
     "to_json",
+    "valid_symbols",
 ]
 
 PACKET_SIZE = 17
@@ -41,14 +42,12 @@ MAX_SEQUENCE = 2**31 - 1
 
 # Response packet: symbol[4] side[1] quantity:int32 price:int32 sequence:int32, big-endian.
 _PACKET = struct.Struct(">4s1siii")
-_PRINTABLE = frozenset(range(0x20, 0x7F))
 _SIDES = (b"B", b"S")
 
 
 def _invalid_field(symbol: bytes, side: bytes, sequence: int) -> str | None:
     # Checks run in wire order, so the field named is the first bad one.
-    name = symbol.rstrip(b"\0")
-    if not name or not _PRINTABLE.issuperset(name):
+    if not valid_symbol(symbol.rstrip(b"\0")):
         return "symbol"
     if side not in _SIDES:
         return "buysellindicator"
@@ -141,6 +140,32 @@ def encode(packets: Packets) -> bytes:
     for i, (symbol, side, quantity, price, sequence) in enumerate(columns):
         pack_into(out, i * PACKET_SIZE, symbol, side, quantity, price, sequence)
     return bytes(out)
+
+
+def valid_symbols(symbols: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Return a mask of a symbol column: True where a symbol keeps the protocol's rule.
+
+    The rule is :data:`packetcore.packets.SYMBOL_RULE`: 1-4 printable ASCII characters,
+    NUL-padded to 4 bytes.  ``symbols`` is a numpy bytes column of width 4 at most.
+    """
+    raw = symbol_column(symbols).view(np.uint8).reshape(-1, 4)
+    printable = (raw >= 0x20) & (raw <= 0x7E)
+    padding = raw == 0
+    # A character first, then characters or padding, and no character after padding.
+    mask: npt.NDArray[np.bool_] = printable[:, 0] & (printable | padding).all(axis=1)
+    mask &= ~(padding[:, :-1] & ~padding[:, 1:]).any(axis=1)
+    return mask
+
+
+def symbol_column(symbols: npt.ArrayLike) -> npt.NDArray[np.bytes_]:
+    """Return ``symbols`` as a contiguous ``S4`` column, never truncating one (both engines)."""
+    column = np.asarray(symbols)
+    if column.dtype.kind != "S" or column.dtype.itemsize > 4 or column.ndim != 1:
+        raise TypeError(
+            f"symbols must be a one-dimensional column of up to 4 bytes each (S4), "
+            f"got {column.ndim} dimension(s) of {column.dtype}"
+        )
+    return np.ascontiguousarray(column, dtype="S4")
 
 
 def integer(value: object, name: str) -> int:

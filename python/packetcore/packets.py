@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, overload
+from typing import Any, Final, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["COLUMNS", "JSON_KEYS", "Packet", "Packets"]
+from .errors import FeedError
+
+__all__ = [
+    "COLUMNS",
+    "JSON_KEYS",
+    "SYMBOL_RULE",
+    "Packet",
+    "Packets",
+    "check_symbols",
+    "packet_error",
+    "shown_symbol",
+    "symbol_error",
+    "valid_symbol",
+]
 
 #: Column name -> numpy dtype, in wire order.  Symbols are 4 bytes on the wire,
 #: right-padded with NUL bytes; numpy's ``S4`` strips that padding on read.
@@ -22,6 +36,70 @@ COLUMNS: dict[str, np.dtype[Any]] = {
 
 #: The keys of one packet in ``output.json``, in output order.
 JSON_KEYS = ("symbol", "buysellindicator", "quantity", "price", "packetSequence")
+
+# ---------------------------------------------------------------------------- symbols
+# The one rule of what a symbol may be, everywhere: on the wire (the engines' decoders),
+# in every file format read or written, in a feed served.  The protocol's symbol field
+# is 4 bytes of ASCII: a symbol is 1 to 4 printable ASCII characters (space to tilde,
+# 0x20-0x7E), right-padded with NUL bytes to 4 on the wire.  In an ``S4`` column the
+# padding is gone, so a valid item is exactly those 1-4 characters.  The engines hold
+# the same rule as a vectorised check over a column, ``engine.valid_symbols``.
+
+#: The symbol rule, as every error message states it.
+SYMBOL_RULE: Final = "1-4 printable ASCII characters"
+_SYMBOL = re.compile(rb"[ -~]{1,4}\Z")
+_SHOWN_MAX = 40
+_ESCAPED_BYTE = re.compile(r"(?<!\\)\\udc([89a-f][0-9a-f])")
+
+
+def valid_symbol(symbol: bytes) -> bool:
+    """Whether ``symbol`` (its bytes without NUL padding) keeps :data:`SYMBOL_RULE`."""
+    return _SYMBOL.match(symbol) is not None
+
+
+def shown_symbol(raw: bytes) -> str:
+    """Return how messages show a symbol's bytes: quoted, UTF-8 where they are, else escaped."""
+    shown = repr(raw[:_SHOWN_MAX].decode("utf-8", "surrogateescape"))
+    # A byte that is no UTF-8 shows as \xNN, as in a bytes literal.
+    shown = _ESCAPED_BYTE.sub(r"\\x\1", shown)
+    return shown + ("..." if len(raw) > _SHOWN_MAX else "")
+
+
+def symbol_error(index: int, raw: bytes) -> FeedError:
+    """Return the error naming record ``index`` whose symbol ``raw`` breaks the rule."""
+    return FeedError(
+        f"record {index}, field 'symbol': expected {SYMBOL_RULE}, got {shown_symbol(raw)}",
+        index,
+        "symbol",
+    )
+
+
+def packet_error(index: int, field: str, packet: bytes) -> FeedError:
+    """Return the error naming record ``index``, a 17-byte wire packet bad in ``field``."""
+    if field == "symbol":
+        return symbol_error(index, packet[:4].rstrip(b"\0"))
+    if field == "buysellindicator":
+        got = shown_symbol(packet[4:5])
+    else:
+        got = str(int.from_bytes(packet[13:17], "big", signed=True))
+    expected = "'B' or 'S'" if field == "buysellindicator" else "1 or above"
+    return FeedError(
+        f"record {index}, field {field!r}: expected {expected}, got {got}", index, field
+    )
+
+
+def check_symbols(symbols: npt.ArrayLike, start: int = 0) -> None:
+    """Raise :func:`symbol_error` for the first symbol of the column that breaks the rule.
+
+    ``start`` is the record index of the column's first item, for the message.
+    """
+    from .engine import valid_symbols  # deferred: the engine imports this module
+
+    mask = valid_symbols(symbols)
+    if not mask.all():
+        i = int(np.argmin(mask))
+        raise symbol_error(start + i, bytes(np.asarray(symbols)[i]))
+
 
 _EMPTY_OFFSETS = np.zeros(0, dtype=np.int64)
 _EMPTY_OFFSETS.flags.writeable = False
