@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import orjson
 import pytest
 from packetcore.packets import Packets
 
-from packetcore import _engine, _pure
+from packetcore import _engine, _pure, formats
 
 ENGINES = {"c": _engine, "py": _pure}
 PURE_ROUNDS = 3
@@ -62,3 +63,36 @@ def test_text_parser(benchmark: Any, impl: str, packets: Packets, document: byte
     else:
         got = benchmark(parse_all, engine, document)
     assert got == packets
+
+
+def write_document(packets: Packets, form: str) -> int:
+    """Write one whole document through the format layer, as a fetch's output does."""
+    stream = io.BytesIO()
+    writer = formats.open_writer(stream, form)
+    writer.write(packets)
+    writer.close()
+    return len(stream.getvalue())
+
+
+@pytest.mark.parametrize("form", ["json", "csv", "bin"])
+def test_format_write(benchmark: Any, form: str, packets: Packets) -> None:
+    """The writers, symbol check (``engine.valid_symbols``) included, compiled engine."""
+    benchmark.group = f"format_write_{form}"
+    assert benchmark(write_document, packets, form) > len(packets)
+
+
+@pytest.mark.parametrize("form", ["json", "csv"])
+def test_format_parse(benchmark: Any, form: str, packets: Packets) -> None:
+    """The compiled parser of each text form, whose symbol check is per character."""
+    benchmark.group = f"format_parse_{form}"
+    stream = io.BytesIO()
+    writer = formats.open_writer(stream, form)
+    writer.write(packets)
+    writer.close()
+    doc = stream.getvalue()
+
+    def parse() -> Packets:
+        parser = _engine.TextParser(form)
+        return parser.feed(doc) + parser.close()
+
+    assert benchmark(parse) == packets

@@ -7,6 +7,7 @@ import struct
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -228,6 +229,56 @@ def test_decoder_pending_detects_truncated_stream(engine: ModuleType) -> None:
     assert decoder.pending == 16
 
 
+def symbol_words() -> list[bytes]:
+    # Every byte value in every position of a symbol, around valid ones, and random words.
+    words = {b"AAPL", b"T\0\0\0", b" \0\0\0", b"~~~~", b"\0\0\0\0", b"A\0B\0", b"\0ABC"}
+    for base in (b"AAPL", b"A\0\0\0", b"AB\0\0"):
+        for position in range(4):
+            for value in range(256):
+                word = bytearray(base)
+                word[position] = value
+                words.add(bytes(word))
+    rng = np.random.default_rng(16)
+    words.update(rng.integers(0, 256, (4000, 4), dtype=np.uint8).view("S4").ravel().tolist())
+    return sorted(w.ljust(4, b"\0") for w in words)
+
+
+def test_valid_symbols_is_the_decoders_rule(engine: ModuleType) -> None:
+    from packetcore.packets import valid_symbol
+
+    from packetcore import _pure
+
+    words = symbol_words()
+    column = np.frombuffer(b"".join(words), dtype="S4")
+    mask = engine.valid_symbols(column)
+    assert mask.dtype == np.bool_ and len(mask) == len(words)
+    # The scalar rule (1-4 printable ASCII characters, then NUL padding) ...
+    assert mask.tolist() == [valid_symbol(w.rstrip(b"\0")) for w in words]
+    # ... is what the decoder accepts on the wire, and the twin's mask.
+    packets = decode_all(engine, [wire((w, b"B", 1, 2, 3)) for w in words])
+    accepted = set(packets.symbol.tolist())
+    assert mask.tolist() == [w.rstrip(b"\0") in accepted for w in words]
+    assert mask.tolist() == _pure.valid_symbols(column).tolist()
+    assert mask[column == b"AAPL"].all() and not mask[column == b""].any()
+    # A column of narrower bytes is padded; one that would be truncated is refused.
+    assert engine.valid_symbols(np.array([b"A", b"\xe9"])).tolist() == [True, False]
+    assert engine.valid_symbols(np.empty(0, "S4")).tolist() == []
+    for bad in (np.array([b"TOOLONG"]), np.array(["AAPL"]), np.zeros((2, 2), "S4")):
+        with pytest.raises(TypeError, match="S4"):
+            engine.valid_symbols(bad)
+
+
+def decode_all(engine: ModuleType, packets: list[bytes]) -> Packets:
+    return engine.decode(b"".join(packets))
+
+
+def test_gather_refuses_float_flags(engine: ModuleType) -> None:
+    # 0.5 was a kept packet.
+    with pytest.raises(TypeError, match="keep must be bools or integers"):
+        engine.gather(wire((b"A", b"B", 1, 2, 3)), [0.5])
+    assert engine.gather(wire((b"A", b"B", 1, 2, 3)), np.array([1], np.uint8)) != b""
+
+
 # ---- GapTracker ------------------------------------------------------------------
 
 
@@ -271,6 +322,39 @@ def test_tracker_rejects_bad_bounds(engine: ModuleType) -> None:
         tracker.last = 49
     with pytest.raises(ValueError):
         tracker.last = MAX_SEQ + 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda e: e.GapTracker(first=1.5), "first must be an integer, got 1.5 (float)"),
+        (lambda e: e.GapTracker(first=True), "first must be an integer, got True (bool)"),
+        (lambda e: e.GapTracker(first=np.float64(2.0)), "first must be an integer"),
+        (lambda e: e.GapTracker(1, 10.5), "last must be an integer, got 10.5"),
+        (lambda e: e.GapTracker(1, "10"), "last must be an integer, got '10' (str)"),
+        (lambda e: setattr(e.GapTracker(), "last", 3.5), "last must be an integer"),
+        (lambda e: e.GapTracker().add([1, 1.5]), "a sequence must be an integer, got 1.5"),
+        (lambda e: e.GapTracker().add([True]), "a sequence must be an integer, got True"),
+        (lambda e: e.GapTracker().add(["2"]), "a sequence must be an integer, got '2'"),
+        (lambda e: e.GapTracker().add(np.array([2.5])), "integers, got an array of float64"),
+        (lambda e: e.GapTracker().add(np.array([2.0])), "integers, got an array of float64"),
+        (lambda e: e.GapTracker().add(np.array([True])), "integers, got an array of bool"),
+    ],
+)
+def test_tracker_refuses_what_it_would_truncate(
+    engine: ModuleType, call: Any, message: str
+) -> None:
+    # GapTracker.add([1.5]) marked sequence 1 seen; GapTracker(1.5) began at 1.
+    with pytest.raises(TypeError) as info:
+        call(engine)
+    assert message in str(info.value)
+
+
+def test_tracker_takes_numpy_integers(engine: ModuleType) -> None:
+    tracker = engine.GapTracker(np.int64(2), np.uint8(9))
+    assert tracker.add([np.int32(3), 4, np.uint64(2**63)]) == 2
+    assert tracker.out_of_range == 1
+    assert (tracker.first, tracker.last) == (2, 9)
 
 
 def test_tracker_at_the_top_of_the_sequence_space(engine: ModuleType) -> None:

@@ -193,3 +193,49 @@ def test_feed_error_lives_in_errors() -> None:
     from packetcore.errors import FeedError as Moved
 
     assert Moved is FeedError
+
+
+@pytest.mark.parametrize("form", ["json", "ndjson", "csv", "parquet", "bin"])
+def test_serve_refuses_a_feed_file_with_a_symbol_beyond_ascii(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str
+) -> None:
+    # read() garbled a UTF-8 CSV's "ÄPL" while serve refused it: one rule now, one line.
+    from packetcore.cli.serve import main as serve_main
+
+    from packetcore import write
+
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    path = tmp_path / f"feed.{form}"
+    feed = synthetic(5, seed=1)
+    feed.symbol[3] = b"XPL"
+    write(path, feed)
+    if form == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        symbols = table.column("symbol").to_pylist()
+        symbols[3] = "ÄPL"
+        pq.write_table(table.set_column(0, "symbol", [symbols]), path)
+    else:
+        placeholder = b"XPL\0" if form == "bin" else b"XPL"  # ÄPL is 4 bytes of UTF-8
+        path.write_bytes(path.read_bytes().replace(placeholder, "ÄPL".encode()))
+    assert serve_main(["--feed", str(path), "--port", "0", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"feed file {str(path)!r}: record 3, field 'symbol': expected 1-4 printable " in err
+    assert "ÄPL" in err
+    with pytest.raises(FeedError) as info:
+        load_feed(str(path))
+    assert (info.value.index, info.value.field) == (3, "symbol")
+
+
+def test_every_printable_symbol_is_served(tmp_path: Path) -> None:
+    symbols = [b" ", b"~", b'"', b"\\", b",", b"A B", b'a,b"']
+    n = len(symbols)
+    feed = Packets(symbols, [b"B"] * n, [1] * n, [2] * n, range(1, n + 1))
+    for name in ("f.csv", "f.json", "f.bin"):
+        from packetcore import write
+
+        write(tmp_path / name, feed)
+        assert load_feed(str(tmp_path / name)) == feed

@@ -20,7 +20,10 @@ from packetcore.feeds import book
 from packetcore import Packets, formats, read, to_json, write
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
-TRICKY = [b'A"B', b"\\", b"a,b", b"\x01\n\r\t", b"\xe9\xff", b"X", b'""""', b" ,;"]
+# Symbols are 1-4 printable ASCII characters (packets.SYMBOL_RULE): these are the ones
+# that need quoting or escaping somewhere.
+TRICKY = [b'A"B', b"\\", b"a,b", b" \\/~", b"{}[]", b"X", b'""""', b" ,;"]
+PRINTABLE = "".join(map(chr, range(0x20, 0x7F)))
 
 
 def tricky() -> Packets:
@@ -37,11 +40,9 @@ def tricky() -> Packets:
 @st.composite
 def packet_batches(draw: st.DrawFn) -> Packets:
     n = draw(st.integers(0, 30))
-    symbols = draw(st.lists(st.binary(min_size=1, max_size=4), min_size=n, max_size=n))
-    # NUL is the wire's padding: never a symbol's character.
-    symbols = [s.replace(b"\0", b"\x01") for s in symbols]
+    symbol = st.text(PRINTABLE, min_size=1, max_size=4).map(str.encode)
     return Packets(
-        symbols,
+        draw(st.lists(symbol, min_size=n, max_size=n)),
         draw(st.lists(st.sampled_from([b"B", b"S"]), min_size=n, max_size=n)),
         draw(st.lists(INT32, min_size=n, max_size=n)),
         draw(st.lists(INT32, min_size=n, max_size=n)),
@@ -115,13 +116,13 @@ def test_any_whitespace_key_order_and_escapes(engine: ModuleType) -> None:
     assert parse(engine, "json", raw.read_bytes()) == book()
     doc = (
         b' [ {"price" :-7,\r\n"packetSequence":9 ,"quantity": 0,"buysellindicator":"\\u0053",'
-        b'"symbol":"\\"\\\\\\/\\u00e9"} ]\n'
+        b'"symbol":"\\"\\\\\\/\\u0041"} ]\n'
     )
     got = parse(engine, "json", doc)
-    assert got == Packets([b'"\\/\xe9'], [b"S"], [0], [-7], [9])
-    line = b'{"symbol": "\xc3\xa9", "buysellindicator": "S", "quantity": 0, "price": -7, '
+    assert got == Packets([b'"\\/A'], [b"S"], [0], [-7], [9])
+    line = b'{"symbol": "~", "buysellindicator": "S", "quantity": 0, "price": -7, '
     line += b'"packetSequence": 9} \r\n\n'
-    assert parse(engine, "ndjson", b"\n" + line) == Packets([b"\xe9"], [b"S"], [0], [-7], [9])
+    assert parse(engine, "ndjson", b"\n" + line) == Packets([b"~"], [b"S"], [0], [-7], [9])
 
 
 GOOD = b'{"symbol": "A", "buysellindicator": "B", "quantity": 1, "price": 2, "packetSequence": %d}'
@@ -138,6 +139,11 @@ def records(*bodies: bytes) -> bytes:
         (records(GOOD % 1, GOOD.replace(b'"A"', b"12") % 2), 1, "symbol"),
         (records(GOOD.replace(b'"A"', b'"\\u0100"') % 1), 0, "symbol"),
         (records(GOOD.replace(b'"A"', b'"\\u0000"') % 1), 0, "symbol"),
+        (records(GOOD.replace(b'"A"', b'"\\u00e9"') % 1), 0, "symbol"),
+        (records(GOOD.replace(b'"A"', b'"\xc3\x84PL"') % 1), 0, "symbol"),
+        (records(GOOD.replace(b'"A"', b'"\xe9"') % 1), 0, "symbol"),
+        (records(GOOD.replace(b'"A"', b'"A\\tB"') % 1), 0, "symbol"),
+        (records(GOOD.replace(b'"A"', b'"\x7f"') % 1), 0, "symbol"),
         (records(GOOD.replace(b'"B"', b'"b"') % 1), 0, "buysellindicator"),
         (records(GOOD.replace(b": 1,", b": 1.5,") % 1), 0, "quantity"),
         (records(GOOD.replace(b": 1,", b": true,") % 1), 0, "quantity"),
@@ -180,6 +186,11 @@ def test_malformed_json(engine: ModuleType, doc: bytes, index: int, field: str) 
         (CSV_HEADER + b"\nA,B,1,2,3\nA,B,1,2\n", 1, ""),
         (CSV_HEADER + b"\nA,B,1,2,3,4\n", 0, ""),
         (CSV_HEADER + b"\nABCDE,B,1,2,3\n", 0, "symbol"),
+        (CSV_HEADER + b"\nA,B,1,2,1\n\xc3\x84PL,B,1,2,3\n", 1, "symbol"),
+        (CSV_HEADER + b"\n\xe9,B,1,2,3\n", 0, "symbol"),
+        (CSV_HEADER + b"\nA\tB,B,1,2,3\n", 0, "symbol"),
+        (CSV_HEADER + b'\n"A\nB",B,1,2,3\n', 0, "symbol"),
+        (CSV_HEADER + b"\nA\x00,B,1,2,3\n", 0, "symbol"),
         (CSV_HEADER + b'\n"A""B,S,1,2,3\n', 0, ""),
         (CSV_HEADER + b'\nA"B,S,1,2,3\n', 0, ""),
         (CSV_HEADER + b"\nA,X,1,2,3\n", 0, "buysellindicator"),
@@ -188,9 +199,29 @@ def test_malformed_json(engine: ModuleType, doc: bytes, index: int, field: str) 
     ],
 )
 def test_malformed_csv(engine: ModuleType, doc: bytes, index: int, field: str) -> None:
+    from packetcore import _pure
+
     with pytest.raises(FeedError) as info:
         parse(engine, "csv", doc)
     assert (info.value.index, info.value.field) == (index, field)
+    with pytest.raises(FeedError) as twin:
+        parse(_pure, "csv", doc[:60], doc[60:])
+    assert str(twin.value) == str(info.value)
+
+
+@pytest.mark.parametrize("form", ["json", "ndjson", "csv"])
+def test_a_symbol_beyond_ascii_is_one_line_naming_it(engine: ModuleType, form: str) -> None:
+    # A UTF-8 file's "ÄPL" was read as the four latin-1 characters "Ã\x84PL".
+    good = Packets([b"A"], [b"B"], [1], [2], [1])
+    doc = document(engine, good + Packets([b"XPL"], [b"S"], [3], [4], [2]), form)
+    doc = doc.replace(b"XPL", "ÄPL".encode())
+    with pytest.raises(FeedError) as info:
+        parse(engine, form, doc)
+    assert (info.value.index, info.value.field) == (1, "symbol")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "record 1, field 'symbol': expected 1-4 printable ASCII characters" in message
+    assert "ÄPL" in message
 
 
 def test_ndjson_needs_one_record_a_line(engine: ModuleType) -> None:
@@ -345,6 +376,77 @@ def test_the_partial_file_keeps_its_format(tmp_path: Path) -> None:
     assert format_for("out.csv.partial") == "csv"
     assert format_for("out.bin.partial") == "bin"
     assert format_for("out.partial") == "json"
+
+
+def bad_symbol_file(path: Path) -> None:
+    # Record 1 of the file holds the symbol "ÄPL", in UTF-8 as an editor saves it.
+    form = formats.format_for(path)
+    if form == "parquet":
+        pa = pytest.importorskip("pyarrow")
+        pq = pytest.importorskip("pyarrow.parquet")
+        table = pa.table({
+            "symbol": ["A", "ÄPL"], "buysellindicator": ["B", "S"],
+            "quantity": pa.array([1, 2], pa.int32()), "price": pa.array([3, 4], pa.int32()),
+            "packetSequence": pa.array([1, 2], pa.int32()),
+        })  # fmt: skip
+        pq.write_table(table, path)
+        return
+    good = Packets([b"A", b"XPL"], [b"B", b"S"], [1, 2], [3, 4], [1, 2])
+    write(path, good)
+    path.write_bytes(path.read_bytes().replace(b"XPL", "ÄPL".encode()))
+
+
+@pytest.mark.parametrize("form", formats.FORMATS)
+def test_read_refuses_a_symbol_beyond_ascii_in_one_line(tmp_path: Path, form: str) -> None:
+    path = tmp_path / f"in.{form}"
+    bad_symbol_file(path)
+    with pytest.raises(FeedError) as info:
+        read(path)
+    assert (info.value.index, info.value.field) == (1, "symbol")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: record 1, field 'symbol': expected ")
+    assert "1-4 printable ASCII characters" in message
+    assert "ÄPL" in message
+
+
+@pytest.mark.parametrize("form", formats.FORMATS)
+def test_write_refuses_a_symbol_outside_the_rule(tmp_path: Path, form: str) -> None:
+    # write() used to make a .bin that read() refused, and a latin-1 CSV.
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    path = tmp_path / f"out.{form}"
+    path.write_bytes(b"before")
+    for symbol, shown in (("ÄPL".encode(), "'ÄPL'"), (b"A\tB", "'A\\tB'"), (b"\xe9", "'\\xe9'")):
+        bad = Packets([b"A", symbol], [b"B", b"S"], [1, 2], [3, 4], [1, 2])
+        with pytest.raises(ValueError) as info:
+            write(path, bad)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message == (
+            f"{path}: cannot write record 1, field 'symbol': expected 1-4 printable ASCII "
+            f"characters, got {shown} (packetSequence 2)"
+        )
+        assert path.read_bytes() == b"before"
+    stream = io.BytesIO()
+    writer = formats.open_writer(stream, form)
+    opened = stream.getvalue()  # parquet's magic bytes; nothing for the others
+    with pytest.raises(ValueError, match="record 1, field 'symbol'"):
+        writer.write(bad)
+    writer.abandon()
+    assert stream.getvalue() == opened
+
+
+@pytest.mark.parametrize("form", formats.FORMATS)
+def test_every_printable_character_round_trips(tmp_path: Path, form: str) -> None:
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    symbols = [PRINTABLE[i : i + 4].encode() for i in range(0, len(PRINTABLE), 4)]
+    symbols += [b" ", b"  A", b"A  "]
+    n = len(symbols)
+    packets = Packets(symbols, [b"B"] * n, [0] * n, [0] * n, range(1, n + 1))
+    write(tmp_path / f"out.{form}", packets)
+    assert read(tmp_path / f"out.{form}") == packets
 
 
 def test_write_refuses_a_sequence_twice(tmp_path: Path) -> None:

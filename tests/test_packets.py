@@ -73,6 +73,33 @@ def test_from_records_refuses_what_numpy_would_truncate(
         Packets.from_records([record])
 
 
+@pytest.mark.parametrize(
+    ("columns", "error", "message"),
+    [
+        (([b"A"], [b"B"], [1], [1], [1.5]), TypeError, "'sequence' must hold integers"),
+        (([b"A"], [b"B"], [True], [1], [1]), TypeError, "'quantity' must hold integers"),
+        (([b"A"], [b"B"], ["5"], [1], [1]), TypeError, "'quantity' must hold integers"),
+        (([b"A"], [b"B"], [1], np.array([2**40]), [1]), ValueError, "'price': 1099511627776"),
+        (([b"A"], [b"B"], [1], [2**70], [1]), ValueError, "does not fit int32"),
+        ((["TOOLONG"], [b"B"], [1], [1], [1]), ValueError, "'TOOLONG' is longer than 4"),
+        (([b"A"], [b"BS"], [1], [1], [1]), ValueError, "b'BS' is longer than 1"),
+        (([1], [b"B"], [1], [1], [1]), TypeError, "'symbol' must hold bytes"),
+    ],
+)
+def test_columns_refuse_what_numpy_would_change(
+    columns: tuple[object, ...], error: type[Exception], message: str
+) -> None:
+    # Packets(..., sequence=[1.5]) held sequence 1; np.int64 2**40 became 0; "TOOLONG" "TOOL".
+    with pytest.raises(error, match=message):
+        Packets(*columns)  # type: ignore[arg-type]
+
+
+def test_columns_take_any_integer_dtype_in_range() -> None:
+    packets = Packets([b"A"], [b"B"], np.array([7], np.uint8), [-(2**31)], np.array([2**31 - 1]))
+    assert packets.rows().__next__() == (b"A", b"B", 7, -(2**31), 2**31 - 1)
+    assert Packets() == Packets.empty()
+
+
 def test_from_records_names_a_missing_key() -> None:
     record = book_records()[0]
     del record["price"]

@@ -117,7 +117,9 @@ def test_methods_have_the_same_parameters(compiled: ModuleType, name: str) -> No
             assert parameters(mine) == parameters(other), f"{name}.{member}"
 
 
-@pytest.mark.parametrize("name", ["decode", "encode", "gather", "text_rows", "to_json"])
+@pytest.mark.parametrize(
+    "name", ["decode", "encode", "gather", "text_rows", "to_json", "valid_symbols"]
+)
 def test_functions_have_the_same_parameters(compiled: ModuleType, name: str) -> None:
     assert parameters(getattr(twin, name)) == parameters(getattr(compiled, name))
 
@@ -128,4 +130,4 @@ def test_functions_are_all_checked(compiled: ModuleType) -> None:
         for name in compiled.__all__
         if callable(getattr(compiled, name)) and not isinstance(getattr(compiled, name), type)
     }
-    assert functions == {"decode", "encode", "gather", "text_rows", "to_json"}
+    assert functions == {"decode", "encode", "gather", "text_rows", "to_json", "valid_symbols"}

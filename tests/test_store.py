@@ -375,6 +375,37 @@ def test_bound_validates_and_drops(engine: ModuleType) -> None:
     assert store.complete and store.take(13).sequence.tolist() == list(range(3, 13))
 
 
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda e: e.PacketStore(first=1.5), "first must be an integer, got 1.5 (float)"),
+        (lambda e: e.PacketStore(first=False), "first must be an integer, got False (bool)"),
+        (lambda e: e.PacketStore(1, 9.5), "last must be an integer, got 9.5 (float)"),
+        (lambda e: e.PacketStore().bound(2.5, None), "first must be an integer, got 2.5"),
+        (lambda e: e.PacketStore().bound(1, "9"), "last must be an integer, got '9' (str)"),
+        (lambda e: setattr(e.PacketStore(), "last", 9.0), "last must be an integer, got 9.0"),
+        (lambda e: e.PacketStore().take(2.5), "stop must be an integer, got 2.5 (float)"),
+        (lambda e: e.PacketStore(1, 9).missing_ranges(2.5), "stop must be an integer"),
+        (lambda e: e.PacketStore().discard([1.5]), "a sequence must be an integer, got 1.5"),
+        (lambda e: e.PacketStore().peek([True]), "a sequence must be an integer, got True"),
+        (lambda e: e.PacketStore().peek(np.array([1.0])), "integers, got an array of float64"),
+    ],
+)
+def test_store_refuses_what_it_would_truncate(engine: ModuleType, call: Any, message: str) -> None:
+    # PacketStore(first=1.5) began at 1; take(2.5) took up to 2.
+    with pytest.raises(TypeError) as info:
+        call(engine)
+    assert message in str(info.value)
+
+
+def test_store_takes_numpy_integers(engine: ModuleType) -> None:
+    store = engine.PacketStore(np.int32(1), np.int64(5))
+    store.add(packets_at(np.arange(1, 6)))
+    assert store.take(np.uint8(3)).sequence.tolist() == [1, 2]
+    assert store.discard(np.array([3], np.uint16)) == 1
+    assert store.missing_ranges(np.int64(5)).tolist() == [[3, 1]]
+
+
 def test_peek_reads_held_packets_without_taking(engine: ModuleType) -> None:
     store = engine.PacketStore()
     feed = Packets([b"A", b"B", b"C", b"D"], [b"B", b"S", b"B", b"S"], [1, 2, 3, 4],

@@ -19,6 +19,7 @@ __all__ = [
     "gather",
     "text_rows",
     "to_json",
+    "valid_symbols",
 ]
 
 PACKET_SIZE: int
@@ -46,6 +47,9 @@ def decode(buf: bytes | bytearray | memoryview, strict: bool = False) -> Packets
 
 def encode(packets: Packets) -> bytes:
     """Encode packets as their wire bytes (the inverse of :func:`decode`)."""
+
+def valid_symbols(symbols: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Return a mask of a symbol column: True where a symbol keeps the protocol's rule."""
 
 def gather(wire: bytes | bytearray | memoryview, keep: npt.ArrayLike) -> bytes:
     """Return the wire bytes of the packets whose ``keep`` flag is set, in order."""

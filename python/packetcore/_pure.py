@@ -8,6 +8,7 @@ the benchmarks measure the compiled engine against it.
 from __future__ import annotations
 
 import bisect
+import operator
 import struct
 import sys
 from array import array
@@ -19,7 +20,7 @@ import numpy.typing as npt
 
 from ._pure_text import TextParser, text_rows
 from .errors import ProtocolError
-from .packets import Packets
+from .packets import Packets, valid_symbol
 
 __all__ = [
     "MAX_SEQUENCE",
@@ -33,6 +34,7 @@ __all__ = [
     "gather",
     "text_rows",
     "to_json",
+    "valid_symbols",
 ]
 
 PACKET_SIZE = 17
@@ -40,14 +42,12 @@ MAX_SEQUENCE = 2**31 - 1
 
 # Response packet: symbol[4] side[1] quantity:int32 price:int32 sequence:int32, big-endian.
 _PACKET = struct.Struct(">4s1siii")
-_PRINTABLE = frozenset(range(0x20, 0x7F))
 _SIDES = (b"B", b"S")
 
 
 def _invalid_field(symbol: bytes, side: bytes, sequence: int) -> str | None:
     # Checks run in wire order, so the field named is the first bad one.
-    name = symbol.rstrip(b"\0")
-    if not name or not _PRINTABLE.issuperset(name):
+    if not valid_symbol(symbol.rstrip(b"\0")):
         return "symbol"
     if side not in _SIDES:
         return "buysellindicator"
@@ -142,9 +142,76 @@ def encode(packets: Packets) -> bytes:
     return bytes(out)
 
 
+def valid_symbols(symbols: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Return a mask of a symbol column: True where a symbol keeps the protocol's rule.
+
+    The rule is :data:`packetcore.packets.SYMBOL_RULE`: 1-4 printable ASCII characters,
+    NUL-padded to 4 bytes.  ``symbols`` is a numpy bytes column of width 4 at most.
+    """
+    raw = symbol_column(symbols).view(np.uint8).reshape(-1, 4)
+    printable = (raw >= 0x20) & (raw <= 0x7E)
+    padding = raw == 0
+    # A character first, then characters or padding, and no character after padding.
+    mask: npt.NDArray[np.bool_] = printable[:, 0] & (printable | padding).all(axis=1)
+    mask &= ~(padding[:, :-1] & ~padding[:, 1:]).any(axis=1)
+    return mask
+
+
+def symbol_column(symbols: npt.ArrayLike) -> npt.NDArray[np.bytes_]:
+    """Return ``symbols`` as a contiguous ``S4`` column, never truncating one (both engines)."""
+    column = np.asarray(symbols)
+    if column.dtype.kind != "S" or column.dtype.itemsize > 4 or column.ndim != 1:
+        raise TypeError(
+            f"symbols must be a one-dimensional column of up to 4 bytes each (S4), "
+            f"got {column.ndim} dimension(s) of {column.dtype}"
+        )
+    return np.ascontiguousarray(column, dtype="S4")
+
+
+def integer(value: object, name: str) -> int:
+    """Return ``value`` if it is an integer (a numpy one too), else raise TypeError.
+
+    Both engines check their integer arguments here: a float (even 2.0), a bool or a
+    string is refused, never truncated or parsed.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+
+
+def sequence_array(sequences: Iterable[int] | npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Return sequences as a contiguous int64 array (both engines take them through here).
+
+    An integer array's dtype is checked once, not its items; anything else is taken item
+    by item through :func:`integer`.  A value no int64 holds is out of every feed's range,
+    so it becomes 0 (below every first).
+    """
+    if isinstance(sequences, np.ndarray):
+        kind = sequences.dtype.kind
+        if kind == "i" or kind == "u":
+            if kind == "u" and sequences.dtype.itemsize == 8:
+                sequences = np.where(sequences > MAX_SEQUENCE, 0, sequences)
+            return np.ascontiguousarray(sequences.ravel(), dtype=np.int64)
+        if kind != "O":
+            raise TypeError(f"sequences must be integers, got an array of {sequences.dtype}")
+        sequences = sequences.ravel().tolist()
+    values = [integer(s, "a sequence") for s in cast("Iterable[object]", sequences)]
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        return np.array([v if -(2**63) <= v < 2**63 else 0 for v in values], dtype=np.int64)
+
+
+def _optional(value: int | None, name: str) -> int | None:
+    return None if value is None else integer(value, name)
+
+
 def gather(wire: bytes | bytearray | memoryview, keep: npt.ArrayLike) -> bytes:
     """Return the wire bytes of the packets whose ``keep`` flag is set, in order."""
-    flags = np.asarray(keep, dtype=np.bool_)
+    flags = keep_flags(keep)
     view = memoryview(wire).cast("B")
     if flags.ndim != 1 or len(flags) * PACKET_SIZE != view.nbytes:
         raise ValueError(
@@ -160,11 +227,17 @@ def gather(wire: bytes | bytearray | memoryview, keep: npt.ArrayLike) -> bytes:
     )
 
 
+def keep_flags(keep: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Return ``keep`` as bool flags: bools or integers only, never floats (both engines)."""
+    flags = np.asarray(keep)
+    if flags.size and flags.dtype.kind not in "biu":
+        raise TypeError(f"keep must be bools or integers, got an array of {flags.dtype}")
+    return np.ascontiguousarray(flags, dtype=np.bool_)
+
+
 def _as_ints(sequences: Iterable[int] | npt.ArrayLike) -> list[int]:
-    if isinstance(sequences, np.ndarray):
-        values: list[int] = sequences.ravel().tolist()
-        return values
-    return [int(s) for s in cast("Iterable[int]", sequences)]
+    values: list[int] = sequence_array(sequences).tolist()
+    return values
 
 
 class GapTracker:
@@ -175,6 +248,7 @@ class GapTracker:
     """
 
     def __init__(self, first: int = 1, last: int | None = None) -> None:
+        first = integer(first, "first")
         if not 1 <= first <= MAX_SEQUENCE:
             raise ValueError(f"first must be in 1..{MAX_SEQUENCE}, got {first}")
         self._first = first
@@ -199,7 +273,7 @@ class GapTracker:
 
     @last.setter
     def last(self, value: int) -> None:
-        value = int(value)
+        value = integer(value, "last")
         if not self._first <= value <= MAX_SEQUENCE:
             raise ValueError(f"last must be in {self._first}..{MAX_SEQUENCE}, got {value}")
         if self._highest is not None and value < self._highest:
@@ -384,7 +458,8 @@ class PacketStore:
     """
 
     def __init__(self, first: int = 1, last: int | None = None) -> None:
-        first = int(first)
+        first = integer(first, "first")
+        last = _optional(last, "last")
         if not 1 <= first <= MAX_SEQUENCE:
             raise ValueError(f"first must be in 1..{MAX_SEQUENCE}, got {first}")
         # Chunk c covers sequences base + c * 2**16 onwards; base never moves.
@@ -599,12 +674,12 @@ class PacketStore:
 
     def bound(self, first: int, last: int | None) -> None:
         """Narrow the feed to ``first..last``; held packets outside are dropped."""
-        first = int(first)
+        first = integer(first, "first")
         if not 1 <= first <= MAX_SEQUENCE:
             raise ValueError(f"first must be in 1..{MAX_SEQUENCE}, got {first}")
         if first < self._first:
             raise ValueError(f"first may only rise: {first} is below {self._first}")
-        fixed = self._fixed if last is None else int(last)
+        fixed = self._fixed if last is None else integer(last, "last")
         if fixed is not None and not first <= fixed <= MAX_SEQUENCE:
             raise ValueError(f"last must be in {first}..{MAX_SEQUENCE}, got {fixed}")
         if self._fixed is not None and fixed is not None and fixed > self._fixed:
@@ -718,7 +793,7 @@ class PacketStore:
 
     def _query_end(self, stop: int | None) -> int:
         end = self._end() if (self._fixed is not None or self._highest) else self._cursor
-        return end if stop is None else min(end, int(stop))
+        return end if stop is None else min(end, integer(stop, "stop"))
 
     def contiguous(self) -> int:
         """Return the first sequence from the cursor on that is not held."""
@@ -817,7 +892,7 @@ class PacketStore:
 
     def take(self, stop: int) -> Packets:
         """Return the held packets below ``stop`` from the cursor on, and forget them."""
-        stop = min(int(stop), MAX_SEQUENCE + 1)
+        stop = min(integer(stop, "stop"), MAX_SEQUENCE + 1)
         lo = self._cursor
         if stop <= lo:
             return _batch([], [])
@@ -870,7 +945,7 @@ class PacketStore:
     def discard(self, sequences: npt.ArrayLike) -> int:
         """Forget held sequences not yet taken, so they are missing again; count them."""
         forgotten = 0
-        for s in _as_ints(np.asarray(sequences).ravel()):
+        for s in _as_ints(sequences):
             try:
                 chunk, i = self._slot_of(s)
             except KeyError:
@@ -893,7 +968,7 @@ class PacketStore:
 
     def peek(self, sequences: npt.ArrayLike) -> Packets:
         """Return the packets held and not yet taken among ``sequences``, in order."""
-        wanted = sorted(set(_as_ints(np.asarray(sequences).ravel())))
+        wanted = sorted(set(_as_ints(sequences)))
         return Packets.concat([self._gather(s, s + 1) for s in wanted if s in self])
 
 

@@ -14,7 +14,7 @@ from typing import Final
 import numpy as np
 
 from .errors import FeedError
-from .packets import JSON_KEYS, Packets
+from .packets import JSON_KEYS, SYMBOL_RULE, Packets, valid_symbol
 
 __all__ = ["TEXT_FORMS", "TextParser", "text_error", "text_rows"]
 
@@ -38,7 +38,7 @@ _E_FIELDS = 8
 _E_HEADER = 9
 
 _EXPECTED = (
-    "a string of 1-4 characters in \\u0001..\\u00ff",
+    SYMBOL_RULE,
     "'B' or 'S'",
     f"an integer in {_INT32_MIN}..{_INT32_MAX}",
     f"an integer in {_INT32_MIN}..{_INT32_MAX}",
@@ -48,7 +48,9 @@ _GOT_MAX = 40
 
 
 def _shown(token: bytes) -> str:
-    text = token[:_GOT_MAX].decode("latin-1")
+    # A file's text is UTF-8 (ASCII in what packetcore writes): shown so, bytes that are
+    # not UTF-8 escaped.
+    text = token[:_GOT_MAX].decode("utf-8", "backslashreplace")
     return text + "..." if len(token) > _GOT_MAX else text
 
 
@@ -162,7 +164,7 @@ _FAST_JSON = re.compile(
     rb"([1-9][0-9]{0,9})\}"
 )
 _FAST_CSV = re.compile(
-    rb'([^,"\r\n\x00]{1,4}),([BS]),' + _INT_TEXT + b"," + _INT_TEXT + b"," + _INT_TEXT + b"\n"
+    rb"([ !#-+\--~]{1,4}),([BS])," + _INT_TEXT + b"," + _INT_TEXT + b"," + _INT_TEXT + b"\n"
 )
 
 
@@ -195,7 +197,7 @@ def _parse_int(text: bytes, low: int) -> int | None:
 
 def _check_field(field: int, text: bytes, bad: bool) -> bytes | int | None:
     if field == 0:
-        return text if not bad and 1 <= len(text) <= 4 else None
+        return text if not bad and valid_symbol(text) else None
     if field == 1:
         return text if not bad and text in (b"B", b"S") else None
     return _parse_int(text, 1 if field == 4 else _INT32_MIN)
@@ -423,7 +425,7 @@ class _Scan:
         end = i
         for field in range(5):
             text, end = self.csv_field(i)
-            value = _check_field(field, text, field == 0 and 0 in text)
+            value = _check_field(field, text, False)
             if value is None:
                 raise _Fail(_E_VALUE, self.index, field, i, end)
             values.append(value)

@@ -26,6 +26,7 @@ __all__ = [
     "implementation",
     "text_rows",
     "to_json",
+    "valid_symbols",
 ]
 
 implementation: Literal["cython", "python"]
@@ -44,6 +45,7 @@ if TYPE_CHECKING or forced_twin():
         gather,
         text_rows,
         to_json,
+        valid_symbols,
     )
 
     implementation = "python"
@@ -61,6 +63,7 @@ else:
             gather,
             text_rows,
             to_json,
+            valid_symbols,
         )
 
         implementation = "cython"
@@ -80,6 +83,7 @@ else:
             gather,
             text_rows,
             to_json,
+            valid_symbols,
         )
 
         implementation = "python"

@@ -21,7 +21,14 @@ import numpy as np
 from .engine import MAX_SEQUENCE, PACKET_SIZE, decode
 from .errors import FeedError, ProtocolError
 from .formats import FORMATS, format_for, iter_packets
-from .packets import JSON_KEYS, Packets
+from .packets import (
+    JSON_KEYS,
+    Packets,
+    check_symbols,
+    packet_error,
+    symbol_error,
+    valid_symbol,
+)
 
 __all__ = [
     "SYMBOLS",
@@ -90,7 +97,7 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
     source = f"feed file {os.fspath(path)!r}"
     try:
         form = format_for(path)
-        feed = Packets.concat(list(iter_packets(path, form)))
+        feed = Packets.concat(list(iter_packets(path, form, source=source)))
     except FileNotFoundError:
         raise FeedError(
             f"feed {spec!r}: no such file (a feed is 'book', 'synthetic:N' or a file "
@@ -98,8 +105,6 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
         ) from None
     except OSError as exc:
         raise FeedError(f"feed {spec!r}: cannot read it: {exc.strerror or exc}") from None
-    except FeedError as exc:
-        raise FeedError(f"{source}: {exc}", exc.index, exc.field) from None
     return check_feed(feed, source)
 
 
@@ -192,12 +197,8 @@ def _check_sample(fd: int, count: int, source: str) -> tuple[int, int]:
         packets = decode(sample, strict=True)
     except ProtocolError as exc:
         index = int(rows[exc.offset // PACKET_SIZE])
-        raise FeedError(
-            f"{source}: record {index}, field {exc.field!r}: invalid in the packet at byte "
-            f"offset {index * PACKET_SIZE}",
-            index,
-            exc.field,
-        ) from None
+        error = packet_error(index, exc.field, sample[exc.offset : exc.offset + PACKET_SIZE])
+        raise FeedError(f"{source}: {error}", index, exc.field) from None
     first = int(packets.sequence[0])
     if first < 1:
         raise FeedError(
@@ -220,27 +221,16 @@ def _check_sample(fd: int, count: int, source: str) -> tuple[int, int]:
 def check_feed(feed: Packets, source: str = "feed") -> Packets:
     """Return ``feed`` if it can be served, else raise :class:`FeedError` naming the record.
 
-    A feed holds packets, its symbols are 1-4 printable ASCII characters and its
-    sequences run contiguously from the first.
+    A feed holds packets, its symbols keep :data:`~packetcore.packets.SYMBOL_RULE` and
+    its sequences run contiguously from the first.
     """
     count = len(feed)
     if count == 0:
         raise FeedError(f"{source}: holds no packets")
-    raw = feed.symbol.view(np.uint8).reshape(count, 4)
-    # Printable ASCII, then only NUL padding: the symbol rule of the wire protocol.
-    printable = (raw >= 0x20) & (raw <= 0x7E)
-    padding = raw == 0
-    bad = ~(printable | padding).all(axis=1) | ~printable[:, 0]
-    bad |= (padding[:, :-1] & ~padding[:, 1:]).any(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        symbol = feed.symbol[i].decode("latin-1")
-        raise FeedError(
-            f"{source}: record {i}, field 'symbol': expected 1-4 printable ASCII "
-            f"characters, got {symbol!r}",
-            i,
-            "symbol",
-        )
+    try:
+        check_symbols(feed.symbol)
+    except FeedError as exc:
+        raise FeedError(f"{source}: {exc}", exc.index, exc.field) from None
     first = int(feed.sequence[0])
     expected = np.arange(first, first + count, dtype=np.int64)
     wrong = np.flatnonzero(feed.sequence != expected)
@@ -273,13 +263,14 @@ def parse_records(records: Any, source: str = "feed") -> Packets:
         if record.keys() != _KEY_SET:
             _bad_keys(source, i, record)
         symbol = record["symbol"]
-        if not _good_symbol(symbol):
+        if type(symbol) is not str:
             raise FeedError(
-                f"{source}: record {i}, field 'symbol': expected 1-4 printable ASCII "
-                f"characters, got {symbol!r}",
+                f"{source}: record {i}, field 'symbol': expected a string, got {symbol!r}",
                 i,
                 "symbol",
             )
+        if not valid_symbol(symbol.encode("utf-8")):
+            raise FeedError(f"{source}: {symbol_error(i, symbol.encode('utf-8'))}", i, "symbol")
         side = record["buysellindicator"]
         if side not in _SIDES or type(side) is not str:
             raise FeedError(
@@ -328,12 +319,6 @@ def _bad_keys(source: str, index: int, record: dict[str, Any]) -> None:
         f"(expected {', '.join(JSON_KEYS)})",
         index,
         extra[0],
-    )
-
-
-def _good_symbol(symbol: object) -> bool:
-    return (
-        type(symbol) is str and 1 <= len(symbol) <= 4 and all(" " <= char <= "~" for char in symbol)
     )
 
 

@@ -17,10 +17,17 @@ from typing import Any, BinaryIO, Final
 
 import numpy as np
 
-from .engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows
+from .engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows, valid_symbols
 from .errors import FeedError, MissingDependencyError, ProtocolError
 from .output import PARTIAL_SUFFIX, STDOUT, AtomicFile
-from .packets import JSON_KEYS, Packets
+from .packets import (
+    JSON_KEYS,
+    Packets,
+    check_symbols,
+    packet_error,
+    shown_symbol,
+    symbol_error,
+)
 
 __all__ = [
     "BLOCK_SIZE",
@@ -54,6 +61,7 @@ _EXTENSIONS = {
 }
 _CSV_HEADER = ",".join(JSON_KEYS).encode("ascii") + b"\n"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_B, _S = ord("B"), ord("S")
 _PARQUET_EXTRA = 'parquet needs pyarrow: pip install "packetcore[parquet]"'
 
 
@@ -87,7 +95,12 @@ def _in_order(packets: Packets) -> Packets:
 
 
 class FormatWriter:
-    """Write one document to a binary stream, a batch of packets at a time."""
+    """Write one document to a binary stream, a batch of packets at a time.
+
+    Only what every format reads back is written: a batch with a packet that breaks the
+    protocol (a symbol outside :data:`~packetcore.packets.SYMBOL_RULE`, a side that is
+    not B or S, a sequence below 1) raises ValueError naming it, and none of it is written.
+    """
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
@@ -99,6 +112,7 @@ class FormatWriter:
         if self._closed:
             raise ValueError("write() after close()")
         if len(packets):
+            _check_writable(packets, self.records)
             self._write(packets)
             self.records += len(packets)
 
@@ -134,12 +148,16 @@ class _NdjsonWriter(FormatWriter):
 
 
 class _CsvWriter(FormatWriter):
-    def __init__(self, stream: BinaryIO) -> None:
-        super().__init__(stream)
-        stream.write(_CSV_HEADER)
-
+    # The header goes with the first rows (or alone at the end): nothing is written
+    # before a batch passed its check.
     def _write(self, packets: Packets) -> None:
+        if not self.records:
+            self.stream.write(_CSV_HEADER)
         self.stream.write(text_rows(packets, "csv"))
+
+    def _finish(self) -> None:
+        if not self.records:
+            self.stream.write(_CSV_HEADER)
 
 
 class _BinWriter(FormatWriter):
@@ -248,8 +266,29 @@ def _seekable(stream: BinaryIO) -> bool:
 
 
 def _latin1(column: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    # Each byte is the latin-1 character it stands for, as in the JSON forms.
+    # The columns written hold ASCII only (_check_writable): each byte its character.
     return np.char.decode(column, "latin-1")
+
+
+def _check_writable(packets: Packets, start: int) -> None:
+    # One pass per column: what read() would refuse is never written.
+    symbol_ok = valid_symbols(packets.symbol)
+    side = np.ascontiguousarray(packets.buysellindicator).view(np.uint8)  # bytes compare slowly
+    side_ok = (side == _B) | (side == _S)
+    wrong = ~(symbol_ok & side_ok) | (packets.sequence < 1)
+    if not wrong.any():
+        return
+    i = int(np.argmax(wrong))
+    if not symbol_ok[i]:
+        reason = str(symbol_error(start + i, bytes(packets.symbol[i])))
+    elif not side_ok[i]:
+        reason = (
+            f"record {start + i}, field 'buysellindicator': expected 'B' or 'S', "
+            f"got {shown_symbol(bytes(packets.buysellindicator[i]))}"
+        )
+    else:
+        reason = f"record {start + i}, field 'packetSequence': expected 1 or above"
+    raise ValueError(f"cannot write {reason} (packetSequence {int(packets.sequence[i])})")
 
 
 _WRITERS: dict[str, type[FormatWriter]] = {
@@ -267,7 +306,12 @@ def open_writer(stream: BinaryIO, form: str) -> FormatWriter:
 
 
 def write(path: str | os.PathLike[str], packets: Packets, format: str | None = None) -> None:
-    """Write ``packets`` to ``path`` (``-``: stdout) in sequence order, atomically."""
+    """Write ``packets`` to ``path`` (``-``: stdout) in sequence order, atomically.
+
+    Packets that break the protocol (a symbol outside
+    :data:`~packetcore.packets.SYMBOL_RULE`, among others) raise ValueError naming the
+    file and the first such record; ``path`` is then left as it was.
+    """
     if not isinstance(packets, Packets):
         raise TypeError(f"write() takes Packets, not {type(packets).__name__}")
     form = format_for(path, format)
@@ -278,36 +322,58 @@ def write(path: str | os.PathLike[str], packets: Packets, format: str | None = N
     if os.fspath(path) == STDOUT:
         out = sys.stdout.buffer
         writer = open_writer(out, form)
-        writer.write(packets)
+        _write_named(writer, packets, "stdout")
         writer.close()
         out.flush()
         return
     with AtomicFile(path) as file:
         writer = open_writer(file.stream, form)
-        writer.write(packets)
+        _write_named(writer, packets, os.fspath(path))
         writer.close()
 
 
+def _write_named(writer: FormatWriter, packets: Packets, name: str) -> None:
+    try:
+        writer.write(packets)
+    except BaseException as exc:
+        writer.abandon()
+        if isinstance(exc, ValueError):
+            raise ValueError(f"{name}: {exc}") from None
+        raise
+
+
 def iter_packets(
-    path: str | os.PathLike[str], form: str | None = None, block: int = BLOCK_SIZE
+    path: str | os.PathLike[str],
+    form: str | None = None,
+    block: int = BLOCK_SIZE,
+    source: str | None = None,
 ) -> Iterator[Packets]:
-    """Yield the packets of the file at ``path``, parsed ``block`` bytes at a time."""
+    """Yield the packets of the file at ``path``, parsed ``block`` bytes at a time.
+
+    A file that breaks its format or the protocol (a symbol outside
+    :data:`~packetcore.packets.SYMBOL_RULE`, ...) raises :class:`FeedError`, one line
+    that starts with ``source`` (default: the path) and names the record.
+    """
     form = format_for(path, form)
-    if form == "parquet":
-        yield from _iter_parquet(path, block)
-        return
-    with open(path, "rb") as file:
-        if form == "bin":
-            yield from _iter_bin(file, block)
+    try:
+        if form == "parquet":
+            yield from _iter_parquet(path, block)
             return
-        parser = TextParser(form)
-        while chunk := file.read(block):
-            batch = parser.feed(chunk)
+        with open(path, "rb") as file:
+            if form == "bin":
+                yield from _iter_bin(file, block)
+                return
+            parser = TextParser(form)
+            while chunk := file.read(block):
+                batch = parser.feed(chunk)
+                if len(batch):
+                    yield batch
+            batch = parser.close()
             if len(batch):
                 yield batch
-        batch = parser.close()
-        if len(batch):
-            yield batch
+    except FeedError as exc:
+        where = os.fspath(path) if source is None else source
+        raise FeedError(f"{where}: {exc}", exc.index, exc.field) from None
 
 
 def _iter_bin(file: BinaryIO, block: int) -> Iterator[Packets]:
@@ -316,12 +382,9 @@ def _iter_bin(file: BinaryIO, block: int) -> Iterator[Packets]:
         try:
             batch = decoder.feed(chunk)
         except ProtocolError as exc:
-            index = exc.offset // PACKET_SIZE
-            raise FeedError(
-                f"record {index}, field {exc.field!r}: invalid in the packet at byte "
-                f"offset {exc.offset}",
-                index,
-                exc.field,
+            file.seek(exc.offset)
+            raise packet_error(
+                exc.offset // PACKET_SIZE, exc.field, file.read(PACKET_SIZE)
             ) from None
         if len(batch):
             yield batch
@@ -337,7 +400,7 @@ def _iter_parquet(path: str | os.PathLike[str], block: int) -> Iterator[Packets]
     try:
         file = pq.ParquetFile(path)
     except pa.ArrowException as exc:
-        raise FeedError(f"{os.fspath(path)}: not a readable parquet file ({exc})") from None
+        raise FeedError(f"not a readable parquet file ({exc})") from None
     names = file.schema_arrow.names
     if names != list(JSON_KEYS):
         raise FeedError(f"parquet columns are {names}, expected {list(JSON_KEYS)}")
@@ -347,23 +410,23 @@ def _iter_parquet(path: str | os.PathLike[str], block: int) -> Iterator[Packets]
         try:
             batch = next(batches, None)
         except pa.ArrowException as exc:
-            raise FeedError(f"{os.fspath(path)}: a broken parquet file ({exc})") from None
+            raise FeedError(f"a broken parquet file ({exc})") from None
         if batch is None:
             return
-        packets = _from_arrow(batch, start)
+        packets = _from_arrow(pa, batch, start)
         start += len(packets)
         yield packets
 
 
-def _from_arrow(batch: Any, start: int) -> Packets:
+def _from_arrow(pa: ModuleType, batch: Any, start: int) -> Packets:
     columns = [batch.column(i) for i in range(5)]
     for i, key in enumerate(JSON_KEYS):
         if columns[i].null_count:
             index = start + int(np.flatnonzero(columns[i].is_null().to_numpy(False))[0])
             raise FeedError(f"record {index}, field {key!r}: missing", index, key)
-    texts = [np.asarray(c.to_numpy(zero_copy_only=False)).astype(str) for c in columns[:2]]
-    symbol = _encode_latin1(texts[0], 4, start, JSON_KEYS[0])
-    side = _encode_latin1(texts[1], 1, start, JSON_KEYS[1])
+    symbol = _symbols_from_arrow(pa, columns[0], start)
+    texts = np.asarray(columns[1].to_numpy(zero_copy_only=False)).astype(str)
+    side = _encode_latin1(texts, 1, start, JSON_KEYS[1])
     bad_side = np.flatnonzero((side != b"B") & (side != b"S"))
     if len(bad_side):
         _bad_value(start + int(bad_side[0]), JSON_KEYS[1], "'B' or 'S'")
@@ -383,6 +446,28 @@ def _from_arrow(batch: Any, start: int) -> Packets:
     if len(bad_sequence):
         _bad_value(start + int(bad_sequence[0]), JSON_KEYS[4], "an integer >= 1")
     return Packets._from_columns(symbol, side, ints[0], ints[1], ints[2])
+
+
+def _symbols_from_arrow(pa: ModuleType, column: Any, start: int) -> np.ndarray[Any, Any]:
+    # Text to an S4 column, then the one symbol rule; what the conversion would lose (a
+    # character beyond ASCII, a fifth one, a trailing NUL) is refused first.
+    import pyarrow.compute as pc  # type: ignore[import-untyped,unused-ignore]
+
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        raise FeedError(
+            f"field 'symbol': expected a string column, got {column.type}", -1, "symbol"
+        )
+    ascii_ok = np.asarray(pc.string_is_ascii(column).to_numpy(zero_copy_only=False))
+    lengths = np.asarray(pc.binary_length(column).to_numpy(zero_copy_only=False))
+    lossy = ~ascii_ok | (lengths > 4)
+    if not lossy.any():
+        symbol = np.asarray(column.to_numpy(zero_copy_only=False)).astype("S4")
+        lossy = np.char.str_len(symbol) != lengths
+        if not lossy.any():
+            check_symbols(symbol, start)
+            return symbol
+    i = int(np.argmax(lossy))
+    raise symbol_error(start + i, str(column[i].as_py()).encode("utf-8"))
 
 
 def _encode_latin1(

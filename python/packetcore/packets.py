@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, overload
+from typing import Any, Final, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["COLUMNS", "JSON_KEYS", "Packet", "Packets"]
+from .errors import FeedError
+
+__all__ = [
+    "COLUMNS",
+    "JSON_KEYS",
+    "SYMBOL_RULE",
+    "Packet",
+    "Packets",
+    "check_symbols",
+    "packet_error",
+    "shown_symbol",
+    "symbol_error",
+    "valid_symbol",
+]
 
 #: Column name -> numpy dtype, in wire order.  Symbols are 4 bytes on the wire,
 #: right-padded with NUL bytes; numpy's ``S4`` strips that padding on read.
@@ -22,6 +36,70 @@ COLUMNS: dict[str, np.dtype[Any]] = {
 
 #: The keys of one packet in ``output.json``, in output order.
 JSON_KEYS = ("symbol", "buysellindicator", "quantity", "price", "packetSequence")
+
+# ---------------------------------------------------------------------------- symbols
+# The one rule of what a symbol may be, everywhere: on the wire (the engines' decoders),
+# in every file format read or written, in a feed served.  The protocol's symbol field
+# is 4 bytes of ASCII: a symbol is 1 to 4 printable ASCII characters (space to tilde,
+# 0x20-0x7E), right-padded with NUL bytes to 4 on the wire.  In an ``S4`` column the
+# padding is gone, so a valid item is exactly those 1-4 characters.  The engines hold
+# the same rule as a vectorised check over a column, ``engine.valid_symbols``.
+
+#: The symbol rule, as every error message states it.
+SYMBOL_RULE: Final = "1-4 printable ASCII characters"
+_SYMBOL = re.compile(rb"[ -~]{1,4}\Z")
+_SHOWN_MAX = 40
+_ESCAPED_BYTE = re.compile(r"(?<!\\)\\udc([89a-f][0-9a-f])")
+
+
+def valid_symbol(symbol: bytes) -> bool:
+    """Whether ``symbol`` (its bytes without NUL padding) keeps :data:`SYMBOL_RULE`."""
+    return _SYMBOL.match(symbol) is not None
+
+
+def shown_symbol(raw: bytes) -> str:
+    """Return how messages show a symbol's bytes: quoted, UTF-8 where they are, else escaped."""
+    shown = repr(raw[:_SHOWN_MAX].decode("utf-8", "surrogateescape"))
+    # A byte that is no UTF-8 shows as \xNN, as in a bytes literal.
+    shown = _ESCAPED_BYTE.sub(r"\\x\1", shown)
+    return shown + ("..." if len(raw) > _SHOWN_MAX else "")
+
+
+def symbol_error(index: int, raw: bytes) -> FeedError:
+    """Return the error naming record ``index`` whose symbol ``raw`` breaks the rule."""
+    return FeedError(
+        f"record {index}, field 'symbol': expected {SYMBOL_RULE}, got {shown_symbol(raw)}",
+        index,
+        "symbol",
+    )
+
+
+def packet_error(index: int, field: str, packet: bytes) -> FeedError:
+    """Return the error naming record ``index``, a 17-byte wire packet bad in ``field``."""
+    if field == "symbol":
+        return symbol_error(index, packet[:4].rstrip(b"\0"))
+    if field == "buysellindicator":
+        got = shown_symbol(packet[4:5])
+    else:
+        got = str(int.from_bytes(packet[13:17], "big", signed=True))
+    expected = "'B' or 'S'" if field == "buysellindicator" else "1 or above"
+    return FeedError(
+        f"record {index}, field {field!r}: expected {expected}, got {got}", index, field
+    )
+
+
+def check_symbols(symbols: npt.ArrayLike, start: int = 0) -> None:
+    """Raise :func:`symbol_error` for the first symbol of the column that breaks the rule.
+
+    ``start`` is the record index of the column's first item, for the message.
+    """
+    from .engine import valid_symbols  # deferred: the engine imports this module
+
+    mask = valid_symbols(symbols)
+    if not mask.all():
+        i = int(np.argmin(mask))
+        raise symbol_error(start + i, bytes(np.asarray(symbols)[i]))
+
 
 _EMPTY_OFFSETS = np.zeros(0, dtype=np.int64)
 _EMPTY_OFFSETS.flags.writeable = False
@@ -74,12 +152,10 @@ class Packets:
         invalid: npt.ArrayLike | None = None,
     ) -> None:
         columns = (symbol, buysellindicator, quantity, price, sequence)
-        arrays = []
-        for (name, dtype), values in zip(COLUMNS.items(), columns, strict=True):
-            array = np.ascontiguousarray(values, dtype=dtype)
-            if array.ndim != 1:
-                raise ValueError(f"column {name!r} must be one-dimensional")
-            arrays.append(array)
+        arrays = [
+            _column(name, dtype, values)
+            for (name, dtype), values in zip(COLUMNS.items(), columns, strict=True)
+        ]
         lengths = {len(a) for a in arrays}
         if len(lengths) > 1:
             raise ValueError(f"columns differ in length: {sorted(lengths)}")
@@ -209,6 +285,40 @@ class Packets:
         head = ", ".join(repr(tuple(p)) for p in self[:3])
         more = f", ... {len(self) - 3} more" if len(self) > 3 else ""
         return f"Packets([{head}{more}])"
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _column(name: str, dtype: np.dtype[Any], values: npt.ArrayLike) -> npt.NDArray[Any]:
+    # One column as its dtype, refusing what numpy would silently change: a float or a
+    # bool or a text as an integer, an integer beyond int32, a text longer than its field.
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"column {name!r} must be one-dimensional")
+    if array.dtype != dtype and array.size:
+        kind = array.dtype.kind
+        if dtype.kind == "i":
+            if kind == "O" and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in array.tolist()
+            ):
+                kind = "i"
+            if kind not in "iu":
+                raise TypeError(f"column {name!r} must hold integers, got {array.dtype}")
+            low, high = array.min(), array.max()
+            if low < _INT32.min or high > _INT32.max:
+                value = low if low < _INT32.min else high
+                raise ValueError(f"column {name!r}: {value} does not fit int32")
+        else:
+            if kind not in "SU":
+                raise TypeError(f"column {name!r} must hold bytes, got {array.dtype}")
+            long = np.flatnonzero(np.char.str_len(array) > dtype.itemsize)
+            if len(long):
+                value = array[long[0]].item()
+                raise ValueError(
+                    f"column {name!r}: {value!r} is longer than {dtype.itemsize} byte(s)"
+                )
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def _field_bytes(value: Any, width: int) -> bytes:

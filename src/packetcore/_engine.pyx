@@ -17,7 +17,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from packetcore._cursor cimport (
     Cursor,
@@ -37,6 +37,8 @@ import numpy as np
 
 from .errors import ProtocolError
 from .packets import Packets
+# Argument checks both engines share, so that they refuse the same things alike.
+from ._pure import integer, keep_flags, sequence_array, symbol_column
 
 cnp.import_array()
 
@@ -52,6 +54,7 @@ __all__ = [
     "gather",
     "text_rows",
     "to_json",
+    "valid_symbols",
 ]
 
 PACKET_SIZE = 17

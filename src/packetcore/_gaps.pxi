@@ -125,6 +125,7 @@ cdef class GapTracker:
         free(self._words)
 
     def __init__(self, first: int = 1, last: int | None = None) -> None:
+        first = integer(first, "first")
         if not 1 <= first <= MAX_SEQUENCE:
             raise ValueError(f"first must be in 1..{MAX_SEQUENCE}, got {first}")
         self._first = first
@@ -153,7 +154,7 @@ cdef class GapTracker:
 
     @last.setter
     def last(self, value: int) -> None:
-        value = int(value)
+        value = integer(value, "last")
         if not self._first <= value <= MAX_SEQUENCE:
             raise ValueError(f"last must be in {self._first}..{MAX_SEQUENCE}, got {value}")
         if self._highest and value < self._highest:
@@ -216,7 +217,7 @@ cdef class GapTracker:
 
     def add(self, sequences) -> int:
         """Mark sequences seen; return how many were new."""
-        values = _sequences(sequences)
+        values = sequence_array(sequences)
         cdef const int64_t *seq = <const int64_t *>_data(values)
         cdef Py_ssize_t n = len(values)
         cdef Py_ssize_t k
@@ -300,21 +301,3 @@ cdef class GapTracker:
         """Return how many sequences from ``first`` to ``last`` were not seen."""
         return self._span() - self.received
 
-
-cdef object _sequences(object sequences):
-    # Sequences as a contiguous int64 array; a value no int64 holds is out of range anyway,
-    # so it becomes 0 (below every first).
-    if isinstance(sequences, np.ndarray):
-        kind = sequences.dtype.kind
-        if kind == "b" or kind == "i" or kind == "u":
-            if kind == "u" and sequences.dtype.itemsize == 8:
-                sequences = np.where(sequences > _MAX_SEQUENCE, 0, sequences)
-            return np.ascontiguousarray(sequences.ravel(), dtype=_INT64)
-        if kind != "O":
-            raise TypeError(f"sequences must be integers, got an array of {sequences.dtype}")
-        sequences = sequences.ravel().tolist()
-    values = [int(s) for s in sequences]
-    try:
-        return np.array(values, dtype=_INT64)
-    except OverflowError:
-        return np.array([v if -2**63 <= v < 2**63 else 0 for v in values], dtype=_INT64)

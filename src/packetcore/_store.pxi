@@ -97,6 +97,9 @@ cdef class PacketStore:
         free(self._skipped)
 
     def __init__(self, first: int = 1, last: int | None = None) -> None:
+        first = integer(first, "first")
+        if last is not None:
+            last = integer(last, "last")
         if not 1 <= first <= MAX_SEQUENCE:
             raise ValueError(f"first must be in 1..{MAX_SEQUENCE}, got {first}")
         self._base = first
@@ -412,12 +415,12 @@ cdef class PacketStore:
 
     def bound(self, first: int, last: int | None) -> None:
         """Narrow the feed to ``first..last``; held packets outside are dropped."""
-        first = int(first)
+        first = integer(first, "first")
         if not 1 <= first <= MAX_SEQUENCE:
             raise ValueError(f"first must be in 1..{MAX_SEQUENCE}, got {first}")
         if first < self._first:
             raise ValueError(f"first may only rise: {first} is below {self._first}")
-        fixed = (self._fixed if self._fixed >= 0 else None) if last is None else int(last)
+        fixed = (self._fixed if self._fixed >= 0 else None) if last is None else integer(last, "last")
         if fixed is not None and not first <= fixed <= MAX_SEQUENCE:
             raise ValueError(f"last must be in {first}..{MAX_SEQUENCE}, got {fixed}")
         if self._fixed >= 0 and fixed is not None and fixed > self._fixed:
@@ -626,7 +629,7 @@ cdef class PacketStore:
         """Return the missing runs from the cursor on as ``(n, 2)`` ``(start, count)``."""
         cdef long long lo = self._cursor, hi = self._query_end()
         if stop is not None:
-            hi = min(hi, max(int(stop), lo))
+            hi = min(hi, max(integer(stop, "stop"), lo))
         keys = self._sparse_keys(lo, hi)
         cdef Py_ssize_t n = self._runs(lo, hi, keys, NULL)
         out = np.empty((n, 2), _INT64)
@@ -732,7 +735,7 @@ cdef class PacketStore:
     def take(self, stop: int) -> Packets:
         """Return the held packets below ``stop`` from the cursor on, and forget them."""
         cdef long long lo = self._cursor, hi, top, r
-        stop = min(int(stop), _MAX_SEQUENCE + 1)
+        stop = min(integer(stop, "stop"), _MAX_SEQUENCE + 1)
         if stop <= lo:
             return _batch([])
         hi = min(<long long>stop, self._query_end())
@@ -782,7 +785,7 @@ cdef class PacketStore:
 
     def discard(self, sequences) -> int:
         """Forget held sequences not yet taken, so they are missing again; count them."""
-        values = _sequences(sequences)
+        values = sequence_array(sequences)
         cdef const int64_t *seq = <const int64_t *>_data(values)
         cdef Py_ssize_t k, slot, c
         cdef long long s, forgotten = 0
@@ -816,7 +819,7 @@ cdef class PacketStore:
 
     def peek(self, sequences) -> Packets:
         """Return the packets held and not yet taken among ``sequences``, in order."""
-        values = np.unique(_sequences(sequences))
+        values = np.unique(sequence_array(sequences))
         cdef const int64_t *seq = <const int64_t *>_data(values)
         cdef Py_ssize_t k, slot, n = 0, count = len(values)
         cdef _Chunk *chunk

@@ -407,9 +407,14 @@ cdef int _check_field(
 ) noexcept nogil:
     # 0 when the field's content t[:length] is valid (and stored in r), else 1.
     cdef long long v
+    cdef int k
     if field == _F_SYMBOL:
+        # packets.SYMBOL_RULE: 1-4 printable ASCII characters.
         if bad or length < 1 or length > 4:
             return 1
+        for k in range(length):
+            if t[k] < 0x20 or t[k] > 0x7E:
+                return 1
         memset(r.symbol, 0, 4)
         memcpy(r.symbol, t, length)
         return 0
@@ -576,17 +581,13 @@ cdef int _csv_row(_Scan *s, Py_ssize_t i) noexcept nogil:
     cdef int field, rc, length
     cdef unsigned char out[16]
     cdef const unsigned char *text
-    cdef bint bad
     cdef _Record r
     memset(&r, 0, sizeof(r))
     for field in range(5):
         rc = _csv_field(s, i, out, &length, &end, &text)
         if rc != _OK:
             return rc
-        bad = False
-        if field == _F_SYMBOL and memchr(text, 0, min(length, 16)) != NULL:
-            bad = True
-        if _check_field(s, field, text, length, bad, &r):
+        if _check_field(s, field, text, length, False, &r):
             return _fail(s, _E_VALUE, field, i, end, s.index)
         if field < 4:
             if end >= n or b[end] != 0x2C:

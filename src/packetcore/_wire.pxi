@@ -284,6 +284,25 @@ def encode(packets: Packets) -> bytes:
     return out
 
 
+def valid_symbols(symbols) -> np.ndarray:
+    """Return a mask of a symbol column: True where a symbol keeps the protocol's rule.
+
+    The rule is :data:`packetcore.packets.SYMBOL_RULE`: 1-4 printable ASCII characters,
+    NUL-padded to 4 bytes.  ``symbols`` is a numpy bytes column of width 4 at most.
+    """
+    column = symbol_column(symbols)
+    cdef Py_ssize_t n = len(column), k
+    mask = np.empty(n, np.bool_)
+    cdef const unsigned char *sym = <const unsigned char *>_data(column)
+    cdef uint8_t *out = <uint8_t *>_data(mask)
+    cdef uint32_t word
+    with nogil:
+        for k in range(n):
+            memcpy(&word, sym + 4 * k, 4)
+            out[k] = pc_symbol_bad(word) == 0
+    return mask
+
+
 def gather(wire, keep) -> bytes:
     """Return the wire bytes of the packets whose ``keep`` flag is set, in order."""
     cdef Py_buffer view
@@ -295,7 +314,7 @@ def gather(wire, keep) -> bytes:
 
 
 cdef bytes _gather(const unsigned char *src, Py_ssize_t size, object keep):
-    flags = np.ascontiguousarray(keep, dtype=np.bool_)
+    flags = keep_flags(keep)
     cdef Py_ssize_t n = len(flags)
     if flags.ndim != 1 or n * _PACKET_SIZE != size:
         raise ValueError(
