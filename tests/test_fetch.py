@@ -576,3 +576,20 @@ def test_a_slice_outside_the_feed_says_so(capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert "the slice 100..end starts past the feed's last sequence, 14" in err
     assert "bad answer" not in err and err.count("starts past") == 1  # said once
+
+
+# -- issue 16: repair traffic, slices and their reports, the event loop ----------------------
+
+
+@pytest.mark.timeout(60)
+def test_repair_traffic_follows_what_is_missing() -> None:
+    # At 25 % loss a gap is every few packets: joining every gap across the runs between
+    # them asked for the whole feed again (4x what was missing).  The server counts what
+    # it resent.
+    feed = synthetic(100_000, seed=8)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.25, seed=12) as server:
+        result = fetch(port=server.port, **FAST)
+        resent = server.stats.packets_resent
+    assert result.complete and result.packets == feed
+    assert result.recovered > 20_000
+    assert result.recovered <= resent <= 1.2 * result.recovered
