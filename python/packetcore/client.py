@@ -75,6 +75,9 @@ class FetchResult:
     #: The highest sequence a hello named; above ``last``, the feed grew while the
     #: fetch ran (a live server): the output is what was published when it started.
     published: int | None = None
+    #: Packets of the output that rest on one copy only: no second copy confirmed
+    #: them (see :mod:`packetcore.judge` for what a single copy is judged by).
+    single_copy: int = 0
 
     @property
     def snapshot(self) -> bool:
@@ -90,7 +93,8 @@ class FetchResult:
         """Return the one-line account of the fetch (``seconds``: the wall time to quote)."""
         passes = f"{self.passes} pass" + ("" if self.passes == 1 else "es")
         parts = [
-            f"{self.count} packets ({self.recovered} recovered by resend)",
+            f"{self.count} packets ({self.recovered} recovered by resend, "
+            f"{self.single_copy} on one copy only)",
             f"{self.duplicates} duplicates",
             f"{self.conflicts} conflicts",
         ]
@@ -359,4 +363,5 @@ async def _finish(
         conflicting=store.conflicting(),
         invalid_offsets=tuple(session.invalid_offsets),
         published=session.published,
+        single_copy=max(session.written - session.copies.confirmed(end), 0),
     )
