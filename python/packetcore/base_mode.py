@@ -189,6 +189,11 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     )  # fmt: skip
     if not (end and gaps == 0 and outcome.chance < options.confidence):
         return False
+    if end < store.first:
+        # The feed ends before the slice starts (what the extension's hello says at once).
+        raise FetchError(
+            f"the slice {store.first}..{stop or 'end'} starts past the feed's last sequence, {end}"
+        )
     if suspects:
         before = len(store)
         store.bound(store.first, end)

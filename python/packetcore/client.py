@@ -72,17 +72,26 @@ class FetchResult:
     reason: str = ""
     conflicting: Packets = field(default_factory=Packets.empty)
     invalid_offsets: tuple[tuple[int, int], ...] = ()
-    #: The highest sequence a hello named; above ``last``, the feed grew while the
-    #: fetch ran (a live server): the output is what was published when it started.
+    #: The highest sequence a hello named; above ``announced``, the feed grew while
+    #: the fetch ran (a live server): the output is what was published when it started.
     published: int | None = None
+    #: The feed's last sequence as the first hello named it (extended protocol).
+    announced: int | None = None
     #: Packets of the output that rest on one copy only: no second copy confirmed
     #: them (see :mod:`packetcore.judge` for what a single copy is judged by).
     single_copy: int = 0
 
     @property
     def snapshot(self) -> bool:
-        """Return whether the feed grew past what this fetch took (a live feed)."""
-        return self.published is not None and self.last is not None and self.published > self.last
+        """Return whether the feed grew while this fetch ran (a live feed).
+
+        A slice that ends below the feed's end is no snapshot: the feed did not grow.
+        """
+        return (
+            self.published is not None
+            and self.announced is not None
+            and self.published > self.announced
+        )
 
     @property
     def missing_count(self) -> int:
@@ -363,5 +372,6 @@ async def _finish(
         conflicting=store.conflicting(),
         invalid_offsets=tuple(session.invalid_offsets),
         published=session.published,
+        announced=session.info.last if session.info is not None else None,
         single_copy=max(session.written - session.copies.confirmed(end), 0),
     )

@@ -98,6 +98,7 @@ async def _repair(
     store = session.store
     failures = 0
     link: Link | None = None
+    sliced = False  # whether the first round of a slice (the fetch itself) is done
     while not store.complete:
         running = streaming is not None and not streaming.done()
         # Below the stream's position, every sequence not held was dropped by it.
@@ -109,9 +110,13 @@ async def _repair(
                 await _progress(session, streaming)
                 continue
             break  # pragma: no cover - complete, or nothing left that can be asked for
+        # A slice is fetched by range requests only: its first round is the fetch, not
+        # a recovery (its packets are not counted as recovered by resend), and it goes
+        # on a connection of its own.
+        fetching = stream is None and options.sliced and not sliced
         if link is None:
             try:
-                link = await session.open_link(recovering=True)
+                link = await session.open_link(recovering=not fetching)
             except FetchError as exc:
                 outcome.reason = str(exc)
                 break
@@ -126,17 +131,23 @@ async def _repair(
         due = len(link.infos) + 1
         link.hello()  # closes the round: its answer comes after every packet asked for
         before = link.new
-        outcome.resend_rounds += 1
+        if not fetching:
+            outcome.resend_rounds += 1
         state = await link.wait_info(due, options.timeout)
         session.ceiling = _unbounded
         session.advance()
         gained = link.new - before
         log.debug(
-            "round %d: %d gap(s), %d packet(s) recovered, %s",
-            outcome.resend_rounds, len(missing), gained, state,
+            "round %d: %d gap(s), %d packet(s) %s, %s",
+            outcome.resend_rounds, len(missing), gained,
+            "fetched" if fetching else "recovered", state,
         )  # fmt: skip
         if state != "done":
             link.abort()
+            link = None
+        elif fetching:
+            sliced = True
+            link.close()  # the next round, if any, recovers on a connection of its own
             link = None
         if gained:
             failures = 0
