@@ -630,3 +630,11 @@ def test_a_slice_past_the_end_of_the_feed_is_one_clear_error(
     assert "starts past the feed's last sequence, 14" in err
     assert "must be in" not in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_fetch_inside_a_running_event_loop_points_at_fetch_async() -> None:
+    async def inside() -> None:
+        with pytest.raises(RuntimeError, match=r"await packetcore\.fetch_async"):
+            fetch(port=_free_port(), **FAST)
+
+    asyncio.run(inside())

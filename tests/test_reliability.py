@@ -742,3 +742,19 @@ def test_single_copy_counts_what_no_second_copy_confirmed(lossless: Server) -> N
         twice = fetch(port=proxy.port, timeout=TIMEOUT, retries=RETRIES)
     assert once.complete and once.single_copy == len(FEED)
     assert twice.complete and twice.packets == FEED and twice.single_copy == len(FEED) - 100
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol", ["auto", "base", "extended"])
+def test_a_server_that_closes_without_answering_is_named(protocol: str) -> None:
+    # A proxy whose upstream is gone accepts each connection and closes it at once.  The
+    # fetch says so after --retries such connections (not 100 passes later).
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        dead = hole.getsockname()[1]
+        with Proxy(("127.0.0.1", dead)) as proxy:
+            with pytest.raises(packetcore.FetchError, match="closed the connection without"):
+                fetch(port=proxy.port, protocol=protocol, timeout=TIMEOUT, retries=RETRIES,
+                      backoff=0.02)  # fmt: skip
+            connections = proxy.stats.connections
+    assert connections <= RETRIES + 2

@@ -156,8 +156,25 @@ def fetch(
     progress: Progress | None = None,
     **options: Any,
 ) -> FetchResult:
-    """Fetch the feed from ``host:port`` (see :func:`fetch_async`), in a new event loop."""
+    """Fetch the feed from ``host:port`` (see :func:`fetch_async`), in a new event loop.
+
+    Raise :class:`RuntimeError` if called inside a running event loop: there, await
+    :func:`fetch_async` instead.
+    """
+    _no_running_loop("packetcore.fetch()", "await packetcore.fetch_async(...)")
     return asyncio.run(fetch_async(host, port, progress=progress, **options))
+
+
+def _no_running_loop(call: str, instead: str) -> None:
+    """Raise a clear RuntimeError if an event loop runs in this thread (asyncio.run's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{call} starts an event loop of its own and cannot run inside a running one: "
+        f"{instead} instead"
+    )
 
 
 async def run_fetch(
@@ -261,6 +278,11 @@ async def _probe(session: Session) -> Link | None:
         link.close()
         if link.error is not None:
             raise FetchError(f"{options.host}:{options.port}: {link.why()}")
+        if state == "lost":
+            raise FetchError(
+                f"{options.host}:{options.port}: the server closed the connection without "
+                "answering the extension hello"
+            )
         raise FetchError(
             f"{options.host}:{options.port} did not answer the extension hello within "
             f"{options.timeout:g} s: a base-protocol server? (try --protocol auto or base)"
