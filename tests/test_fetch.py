@@ -576,3 +576,65 @@ def test_a_slice_outside_the_feed_says_so(capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert "the slice 100..end starts past the feed's last sequence, 14" in err
     assert "bad answer" not in err and err.count("starts past") == 1  # said once
+
+
+# -- issue 16: repair traffic, slices and their reports, the event loop ----------------------
+
+
+@pytest.mark.timeout(60)
+def test_repair_traffic_follows_what_is_missing() -> None:
+    # At 25 % loss a gap is every few packets: joining every gap across the runs between
+    # them asked for the whole feed again (4x what was missing).  The server counts what
+    # it resent.
+    feed = synthetic(100_000, seed=8)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.25, seed=12) as server:
+        result = fetch(port=server.port, **FAST)
+        resent = server.stats.packets_resent
+    assert result.complete and result.packets == feed
+    assert result.recovered > 20_000
+    assert result.recovered <= resent <= 1.2 * result.recovered
+
+
+def test_a_slice_of_a_finished_feed_is_no_snapshot_and_recovers_nothing_at_drop_0() -> None:
+    feed = synthetic(1000, seed=4)
+    with Server(feed, host="127.0.0.1", port=0, drop=0.0) as server:
+        result = fetch(port=server.port, stop=10, **FAST)
+        middle = fetch(port=server.port, start=5, stop=999, **FAST)
+    assert result.complete and result.count == 10 and result.last == 10
+    assert not result.snapshot and "meanwhile" not in result.summary()
+    assert result.recovered == 0 and "(0 recovered by resend" in result.summary()
+    assert middle.complete and middle.count == 995 and middle.recovered == 0
+    assert middle.resend_rounds == 0 and not middle.snapshot
+
+
+def test_a_lossy_slice_counts_only_its_repairs_as_recovered() -> None:
+    # A slice is fetched by range requests, which drop_resends (not drop) thins out.
+    with Server(BIG, host="127.0.0.1", port=0, drop=0.0, drop_resends=0.5, seed=3) as server:
+        result = fetch(port=server.port, start=1001, stop=3000, **FAST)
+    assert result.complete and result.packets == BIG[1000:3000]
+    # Half the slice came with its first round, the rest by asking again.
+    assert 500 < result.recovered < 1500 and result.resend_rounds >= 1
+
+
+@pytest.mark.parametrize("protocol", ["base", "extended", "auto"])
+def test_a_slice_past_the_end_of_the_feed_is_one_clear_error(
+    protocol: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's own example against the default server (the 14-packet book).
+    with Server(host="127.0.0.1", port=0, drop=0.25, seed=2) as server:
+        with pytest.raises(FetchError, match=r"the slice 100..200 starts past .*, 14\b"):
+            fetch(port=server.port, protocol=protocol, deadline=30, start=100, stop=200, **FAST)
+        assert _cli(server.port, "--protocol", protocol, "--from", "100", "--to", "200",
+                    "--timeout", "0.5", "-o", "-") == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "starts past the feed's last sequence, 14" in err
+    assert "must be in" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_fetch_inside_a_running_event_loop_points_at_fetch_async() -> None:
+    async def inside() -> None:
+        with pytest.raises(RuntimeError, match=r"await packetcore\.fetch_async"):
+            fetch(port=_free_port(), **FAST)
+
+    asyncio.run(inside())

@@ -6,11 +6,13 @@ with the complete, byte-correct ``output.json``, or it exits non-zero with a cle
 message and the missing ranges and leaves ``output.json`` as it was.  Never a wrong
 packet, never a hang past the configured timeouts (``pytest.mark.timeout``).
 
-What a client cannot detect: the protocol has no checksum, so a corrupted quantity or
-price byte in a packet received only once yields a valid packet with a wrong payload.
-The client detects what the protocol does reveal (an invalid symbol, side or sequence,
-a sequence outside the feed, two copies of a sequence that differ, sequences out of
-order on one connection) and settles every such doubt by asking the server again;
+What a client cannot detect: the protocol has no checksum, so a corrupted low-order
+quantity or price byte in a packet received only once yields a valid packet with a
+wrong payload.  The client detects what the protocol does reveal (an invalid symbol,
+side or sequence, a sequence outside the feed, two copies of a sequence that differ,
+sequences out of order on one connection) and what a single copy can be judged by (a
+symbol no other packet carries, a quantity or price far above the rest:
+packetcore.judge), and settles every such doubt by asking the server again;
 :func:`test_corrupt_payload_seen_once_is_undetectable` pins the limit down.
 """
 
@@ -399,7 +401,7 @@ def test_corrupt_last_sequence_never_resent_in_base_mode() -> None:
 
 @pytest.mark.timeout(20)
 def test_corrupt_payload_seen_once_is_undetectable(lossless: Server) -> None:
-    # The protocol carries no checksum: a flipped quantity byte in the one copy of a
+    # The protocol carries no checksum: a flipped low quantity byte in the one copy of a
     # packet the fetch receives is a valid packet with a wrong quantity, and nothing
     # tells the client.  This pins the limit down so it is never claimed otherwise.
     faults = Faults(corrupt_at=(INFO + 17 * 9 + 8,), corrupt_xor=0x01)
@@ -709,3 +711,50 @@ def test_hung_probe_is_not_taken_for_a_base_server(
     assert status == 0, err
     assert output.read_bytes() == FEED_JSON
     assert "[extended protocol]" in err
+
+
+# -- issue 16: what a single copy is judged by; a dead upstream ------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_corrupt_symbol_or_high_byte_seen_once_is_asked_again(
+    lossless: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Packet 1000's symbol loses a bit of its first letter (still printable: a valid
+    # packet, but a symbol no other packet of the feed carries), packet 2000's quantity
+    # gains one in its high byte (16 million more than any other): each arrives once.
+    # Both are doubted, asked for again and voted on: the output is the feed.
+    output = tmp_path / "out.json"
+    faults = Faults(corrupt_at=(INFO + 17 * 999, INFO + 17 * 1999 + 5), corrupt_xor=0x01)
+    with Proxy(("127.0.0.1", lossless.port), only(faults, 0)) as proxy:
+        status, err = fetch_cli(proxy.port, output, capsys)
+        assert proxy.records[0].counts.get("corrupt") == 2
+    assert_outcome(status, err, output, 0)
+    # The two asked for again rest on two copies; every other packet came once.
+    assert f"{len(FEED) - 2} on one copy only" in err
+
+
+@pytest.mark.timeout(20)
+def test_single_copy_counts_what_no_second_copy_confirmed(lossless: Server) -> None:
+    once = fetch(port=lossless.port, timeout=TIMEOUT, retries=RETRIES)
+    faults = Faults(duplicate_at=set(range(100)))
+    with Proxy(("127.0.0.1", lossless.port), only(faults, 0)) as proxy:
+        twice = fetch(port=proxy.port, timeout=TIMEOUT, retries=RETRIES)
+    assert once.complete and once.single_copy == len(FEED)
+    assert twice.complete and twice.packets == FEED and twice.single_copy == len(FEED) - 100
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol", ["auto", "base", "extended"])
+def test_a_server_that_closes_without_answering_is_named(protocol: str) -> None:
+    # A proxy whose upstream is gone accepts each connection and closes it at once.  The
+    # fetch says so after --retries such connections (not 100 passes later).
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        dead = hole.getsockname()[1]
+        with Proxy(("127.0.0.1", dead)) as proxy:
+            with pytest.raises(packetcore.FetchError, match="closed the connection without"):
+                fetch(port=proxy.port, protocol=protocol, timeout=TIMEOUT, retries=RETRIES,
+                      backoff=0.02)  # fmt: skip
+            connections = proxy.stats.connections
+    assert connections <= RETRIES + 2

@@ -132,7 +132,18 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
             session.pass_ends[link.last_sequence] += 1
         if session.info is not None:
             return True
-        if state == "done" and link.clean_end:
+        if state == "done" and link.clean_end and not link.packets and not session.received:
+            # Closed with nothing sent, and nothing ever came: no server of the feed
+            # answers so (a proxy whose upstream is gone does); a failure, not a pass.
+            failures += 1
+            log.debug("pass %d: the server closed the connection without answering", outcome.passes)
+            if failures > options.retries:
+                raise FetchError(
+                    f"{options.host}:{options.port}: the server closed the connection "
+                    f"without answering, {failures} times in a row"
+                )
+            await asyncio.sleep(backoff_delay(failures, options.backoff))
+        elif state == "done" and link.clean_end:
             passes.counts.append(link.packets)
             passes.highs.append(link.highest)
             failures = 0
@@ -189,6 +200,11 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     )  # fmt: skip
     if not (end and gaps == 0 and outcome.chance < options.confidence):
         return False
+    if end < store.first:
+        # The feed ends before the slice starts (what the extension's hello says at once).
+        raise FetchError(
+            f"the slice {store.first}..{stop or 'end'} starts past the feed's last sequence, {end}"
+        )
     if suspects:
         before = len(store)
         store.bound(store.first, end)

@@ -72,14 +72,26 @@ class FetchResult:
     reason: str = ""
     conflicting: Packets = field(default_factory=Packets.empty)
     invalid_offsets: tuple[tuple[int, int], ...] = ()
-    #: The highest sequence a hello named; above ``last``, the feed grew while the
-    #: fetch ran (a live server): the output is what was published when it started.
+    #: The highest sequence a hello named; above ``announced``, the feed grew while
+    #: the fetch ran (a live server): the output is what was published when it started.
     published: int | None = None
+    #: The feed's last sequence as the first hello named it (extended protocol).
+    announced: int | None = None
+    #: Packets of the output that rest on one copy only: no second copy confirmed
+    #: them (see :mod:`packetcore.judge` for what a single copy is judged by).
+    single_copy: int = 0
 
     @property
     def snapshot(self) -> bool:
-        """Return whether the feed grew past what this fetch took (a live feed)."""
-        return self.published is not None and self.last is not None and self.published > self.last
+        """Return whether the feed grew while this fetch ran (a live feed).
+
+        A slice that ends below the feed's end is no snapshot: the feed did not grow.
+        """
+        return (
+            self.published is not None
+            and self.announced is not None
+            and self.published > self.announced
+        )
 
     @property
     def missing_count(self) -> int:
@@ -90,7 +102,8 @@ class FetchResult:
         """Return the one-line account of the fetch (``seconds``: the wall time to quote)."""
         passes = f"{self.passes} pass" + ("" if self.passes == 1 else "es")
         parts = [
-            f"{self.count} packets ({self.recovered} recovered by resend)",
+            f"{self.count} packets ({self.recovered} recovered by resend, "
+            f"{self.single_copy} on one copy only)",
             f"{self.duplicates} duplicates",
             f"{self.conflicts} conflicts",
         ]
@@ -143,8 +156,25 @@ def fetch(
     progress: Progress | None = None,
     **options: Any,
 ) -> FetchResult:
-    """Fetch the feed from ``host:port`` (see :func:`fetch_async`), in a new event loop."""
+    """Fetch the feed from ``host:port`` (see :func:`fetch_async`), in a new event loop.
+
+    Raise :class:`RuntimeError` if called inside a running event loop: there, await
+    :func:`fetch_async` instead.
+    """
+    _no_running_loop("packetcore.fetch()", "await packetcore.fetch_async(...)")
     return asyncio.run(fetch_async(host, port, progress=progress, **options))
+
+
+def _no_running_loop(call: str, instead: str) -> None:
+    """Raise a clear RuntimeError if an event loop runs in this thread (asyncio.run's)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{call} starts an event loop of its own and cannot run inside a running one: "
+        f"{instead} instead"
+    )
 
 
 async def run_fetch(
@@ -248,6 +278,11 @@ async def _probe(session: Session) -> Link | None:
         link.close()
         if link.error is not None:
             raise FetchError(f"{options.host}:{options.port}: {link.why()}")
+        if state == "lost":
+            raise FetchError(
+                f"{options.host}:{options.port}: the server closed the connection without "
+                "answering the extension hello"
+            )
         raise FetchError(
             f"{options.host}:{options.port} did not answer the extension hello within "
             f"{options.timeout:g} s: a base-protocol server? (try --protocol auto or base)"
@@ -359,4 +394,6 @@ async def _finish(
         conflicting=store.conflicting(),
         invalid_offsets=tuple(session.invalid_offsets),
         published=session.published,
+        announced=session.info.last if session.info is not None else None,
+        single_copy=max(session.written - session.copies.confirmed(end), 0),
     )

@@ -23,19 +23,22 @@ import numpy.typing as npt
 from .errors import FetchError
 from .outcome import Outcome
 from .protocol import range_requests, stream_all_request
-from .ranges import asked_for_again, coalesce
+from .ranges import asked_for_again
 from .session import Link, Session, backoff_delay
 
 __all__ = ["recover_extended"]
 
 log = logging.getLogger("packetcore.fetch")
 
-# Gaps split into range requests only where more than this many held packets lie
-# between them; shorter runs of held packets are asked for again.  A packetcore server
-# spends on one range request about what sending 60 packets costs, so at 25 % loss one
-# range covering everything missing is three to five times faster than 190,000 exact
-# ones.  The repeats are not counted as duplicates.
+# Gaps may be joined into one range request across a run of at most this many held
+# packets, which are then asked for again (the repeats are not counted as duplicates,
+# and each is compared with the copy held: a second copy).  Which runs are joined is
+# bounded by REASK_SHARE: the repair traffic follows what is missing.
 REASK_GAP = 64
+#: Held packets asked for again in a round, at most, as a share of the packets missing:
+#: the shortest runs between gaps are joined first, until the share is spent.  (Joining
+#: everything at 25 % loss asked for the whole feed again: four times what was missing.)
+REASK_SHARE = 0.15
 
 
 async def recover_extended(session: Session, stream: Link | None, outcome: Outcome) -> None:
@@ -95,6 +98,7 @@ async def _repair(
     store = session.store
     failures = 0
     link: Link | None = None
+    sliced = False  # whether the first round of a slice (the fetch itself) is done
     while not store.complete:
         running = streaming is not None and not streaming.done()
         # Below the stream's position, every sequence not held was dropped by it.
@@ -106,14 +110,18 @@ async def _repair(
                 await _progress(session, streaming)
                 continue
             break  # pragma: no cover - complete, or nothing left that can be asked for
+        # A slice is fetched by range requests only: its first round is the fetch, not
+        # a recovery (its packets are not counted as recovered by resend), and it goes
+        # on a connection of its own.
+        fetching = stream is None and options.sliced and not sliced
         if link is None:
             try:
-                link = await session.open_link(recovering=True)
+                link = await session.open_link(recovering=not fetching)
             except FetchError as exc:
                 outcome.reason = str(exc)
                 break
         last = store.last if store.last is not None else store.first
-        ranges = coalesce(missing, REASK_GAP)
+        ranges = _join(missing)
         link.ask(
             range_requests(ranges),
             repeats=asked_for_again(missing, store.first, last),
@@ -123,17 +131,23 @@ async def _repair(
         due = len(link.infos) + 1
         link.hello()  # closes the round: its answer comes after every packet asked for
         before = link.new
-        outcome.resend_rounds += 1
+        if not fetching:
+            outcome.resend_rounds += 1
         state = await link.wait_info(due, options.timeout)
         session.ceiling = _unbounded
         session.advance()
         gained = link.new - before
         log.debug(
-            "round %d: %d gap(s), %d packet(s) recovered, %s",
-            outcome.resend_rounds, len(missing), gained, state,
+            "round %d: %d gap(s), %d packet(s) %s, %s",
+            outcome.resend_rounds, len(missing), gained,
+            "fetched" if fetching else "recovered", state,
         )  # fmt: skip
         if state != "done":
             link.abort()
+            link = None
+        elif fetching:
+            sliced = True
+            link.close()  # the next round, if any, recovers on a connection of its own
             link = None
         if gained:
             failures = 0
@@ -162,6 +176,28 @@ async def _repair(
         await asyncio.sleep(delay)
     if link is not None:
         link.close()
+
+
+def _join(missing: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Return the gaps ``missing`` as the ranges of one round (see REASK_SHARE).
+
+    The runs of held packets between the gaps are joined shortest first while the
+    packets they hold stay within ``REASK_SHARE`` of the packets missing, and none
+    longer than ``REASK_GAP``: fewer requests, and little asked for again.
+    """
+    if len(missing) < 2:
+        return missing
+    ends = missing[:, 0] + missing[:, 1]
+    runs = missing[1:, 0] - ends[:-1]
+    budget = REASK_SHARE * float(missing[:, 1].sum())
+    order = np.argsort(runs, kind="stable")
+    fit = int(np.searchsorted(np.cumsum(runs[order]), budget, side="right"))
+    joined = np.zeros(len(runs), dtype=bool)
+    joined[order[:fit]] = True
+    breaks = np.flatnonzero(~(joined & (runs <= REASK_GAP)))
+    starts = missing[np.concatenate(([0], breaks + 1)), 0]
+    stops = ends[np.concatenate((breaks, [len(missing) - 1]))]
+    return np.stack((starts, stops - starts), axis=1)
 
 
 def _unbounded() -> int | None:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from .engine import MAX_SEQUENCE, Decoder, PacketStore
 from .errors import FetchError, OutputError, PacketcoreError
+from .judge import CopyCount, Judge
 from .packets import Packets
 from .protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
 
@@ -367,6 +368,9 @@ class Session:
         #: Sequences whose held packet may be wrong (see Link._check_order).
         self.doubts: set[int] = set()
         self._first_doubt: int | None = None
+        #: What a single copy is judged by (packetcore.judge), and how many had two.
+        self.judge = Judge()
+        self.copies = CopyCount()
         #: How many stream-all passes ended on each sequence (base protocol).
         self.pass_ends: Counter[int] = Counter()
         #: Set whenever packets arrive: what the repair of gaps waits on.
@@ -433,6 +437,10 @@ class Session:
         """
         store = self.store
         duplicates, conflicts = store.duplicates, store.conflicts
+        self.copies.see(batch.sequence, store.cursor, store.last if store.last_known else None)
+        suspects = self.judge(batch)
+        if len(suspects):
+            self.doubt(suspects)
         new = store.add(batch)
         if store.conflicts > conflicts:
             self._doubt_conflicts(batch)

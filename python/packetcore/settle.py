@@ -1,8 +1,10 @@
 """Packets in doubt: asked for again until two copies agree, or left out.
 
-A packet is in doubt when two copies of its sequence differed (a conflict) or it came
-out of order on its connection (``Link._check_order``): one copy may carry a corrupted
-byte, and the first arrival is not more likely right than a later one.  The protocol
+A packet is in doubt when two copies of its sequence differed (a conflict), it came
+out of order on its connection (``Link._check_order``), or its one copy looks changed
+on the way (:class:`~packetcore.judge.Judge`): one copy may carry a corrupted byte, and
+the first arrival is not more likely right than a later one.  A held packet that two
+identical copies brought, and no differing one, counts as agreed on already.  The protocol
 has no checksum, so a vote decides: the payload at least two copies agree on, more
 than on any other, is kept (:meth:`PacketStore.replace`); a sequence no two copies
 agree on is left out (:meth:`PacketStore.discard`) and reported missing.
@@ -60,7 +62,12 @@ async def settle(session: Session, copies: Copies) -> list[int]:
         return []
     votes: dict[int, dict[_Row, int]] = {s: {} for s in doubts}
     held = store.peek(np.array(doubts, dtype=np.int64))
-    for sequence, row in _rows(held) + _rows(conflicting):
+    # A held packet that two identical copies brought (none differing) is agreed on.
+    differed = set(conflicting.sequence.tolist())
+    for sequence, row in _rows(held):
+        twice = sequence not in differed and session.copies.twice(sequence)
+        votes[sequence][row] = 2 if twice else 1
+    for sequence, row in _rows(conflicting):
         if sequence in votes:
             votes[sequence][row] = votes[sequence].get(row, 0) + 1
     options = session.options
@@ -93,6 +100,8 @@ async def settle(session: Session, copies: Copies) -> list[int]:
     if agreed:
         columns = list(zip(*((*row, s) for s, row in agreed), strict=True))
         store.replace(Packets(*columns))
+        session.copies.confirm([s for s, _ in agreed])
     if unsettled:
         store.discard(np.array(unsettled, dtype=np.int64))
+        session.copies.forget(unsettled)
     return unsettled
