@@ -21,6 +21,7 @@ import pytest
 from packetcore.feeds import synthetic
 from packetcore.protocol import (
     FeedInfo,
+    encode_info,
     hello_request,
     range_request,
     resend_request,
@@ -217,6 +218,38 @@ def test_large_range_and_stream_span_many_chunks() -> None:
             == wire[6 * PACKET : (6 + 2 * STREAM_CHUNK) * PACKET]
         )
         assert exchange(running, STREAM_ALL) == wire
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["contiguous", "with-gaps"])
+def test_thousands_of_pipelined_ranges_are_answered_in_order(sparse: bool) -> None:
+    # A repair asks for thousands of small ranges in one write, with a hello and a
+    # range larger than a chunk among them: each answered in request order, clamped.
+    feed = synthetic(3 * STREAM_CHUNK, seed=5)
+    if sparse:
+        feed = feed[feed.sequence % 3 != 0]
+    wire = wire_of(feed)
+    rows = {int(s): i for i, s in enumerate(feed.sequence.tolist())}
+    asks = [(s, 1 + s % 4) for s in range(1, 3 * STREAM_CHUNK, 7)]
+    asks[len(asks) // 2 : len(asks) // 2] = [(5, 2 * STREAM_CHUNK), (0, 0), (10**9, 3)]
+    hello_at = 3000
+    with Server(feed, host="127.0.0.1", port=0, drop=0.0) as running:
+        info = encode_info(running.info)
+        requests = b"".join(range_request(s, n) for s, n in asks[:hello_at]) + HELLO
+        answer = exchange(
+            running, requests + b"".join(range_request(s, n) for s, n in asks[hello_at:])
+        )
+        resent = running.stats.packets_resent
+    expected = bytearray()
+    packets = 0
+    for number, (start, count) in enumerate(asks):
+        if number == hello_at:
+            expected += info
+        for sequence in range(start, start + count):
+            if sequence in rows:
+                expected += wire[rows[sequence] * PACKET : (rows[sequence] + 1) * PACKET]
+                packets += 1
+    assert answer == bytes(expected)
+    assert resent == packets
 
 
 def test_unsorted_feed_with_gaps_is_served_in_sequence_order() -> None:

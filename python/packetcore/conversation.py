@@ -12,13 +12,16 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from .errors import FeedError
 from .faults import Delivery, FaultCounts
 from .listener import peer_name
 from .live import LiveFeed, Publisher, Subscription, reset_transport
 from .loss import LossModel
 from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
-from .wire_index import WireIndex
+from .wire_index import WireIndex, gather_spans
 
 __all__ = ["STREAM_CHUNK", "Conversation", "ServerStats"]
 
@@ -239,15 +242,21 @@ class Conversation:
     async def _answer(self, requests: list[Request]) -> bool:
         """Answer ``requests`` in order; return False when the connection must close."""
         out = bytearray()
+        # Pipelined range requests (a client repairing many small gaps sends thousands at
+        # once) are answered together, in order, before the next request of another kind.
+        ranges: list[Request] = []
         try:
             for request in requests:
                 kind = request.call_type
                 if self._delivery is not None:
                     self._delivery.request(kind)
+                if kind == RESEND_RANGE:
+                    ranges.append(request)
+                    continue
+                if ranges:
+                    await self._resend_ranges(ranges, out)
                 if kind == RESEND:
                     self._resend(request.start, out)
-                elif kind == RESEND_RANGE:
-                    await self._resend_range(request.start, request.count, out)
                 elif kind == HELLO:
                     out += self._index.info_frame
                     log.debug("hello from %s", self.peer)
@@ -266,6 +275,8 @@ class Conversation:
                     log.debug("ignored unknown callType %d from %s", kind, self.peer)
                 if len(out) >= _FLUSH_SIZE:
                     await self._flush(out)
+            if ranges:
+                await self._resend_ranges(ranges, out)
             await self._flush(out)
             return True
         finally:
@@ -354,6 +365,59 @@ class Conversation:
         out += index.rows(lo, hi)
         self._count(resent=1)
         self._tally.resent_log.append(sequence)
+
+    async def _resend_ranges(self, requests: list[Request], out: bytearray) -> None:
+        """Answer a run of range requests in order, then empty ``requests``.
+
+        Small ranges are gathered together, a batch of up to STREAM_CHUNK packets at a
+        time (one index lookup, one loss draw, one count for thousands of requests); a
+        range larger than that is answered on its own, chunk by chunk.
+        """
+        count = len(requests)
+        starts = np.fromiter((r.start for r in requests), dtype=np.int64, count=count)
+        stops = starts + np.fromiter((r.count for r in requests), dtype=np.int64, count=count)
+        requests.clear()
+        lo, hi = self._index.locate_many(starts, stops)
+        sizes = hi - lo
+        packets = np.cumsum(sizes)  # packets in the spans up to and including each
+        # Batches end where the packets so far pass STREAM_CHUNK, and around a large range.
+        at = 0
+        while at < count:
+            if sizes[at] > STREAM_CHUNK:
+                await self._resend_range(int(starts[at]), int(stops[at] - starts[at]), out)
+                at += 1
+                continue
+            before = int(packets[at] - sizes[at])
+            end = int(np.searchsorted(packets, before + STREAM_CHUNK, side="right"))
+            self._resend_batch(starts[at:end], stops[at:end], lo[at:end], hi[at:end], out)
+            if len(out) >= _FLUSH_SIZE:
+                await self._flush(out)
+            at = end
+
+    def _resend_batch(
+        self,
+        starts: npt.NDArray[np.int64],
+        stops: npt.NDArray[np.int64],
+        lo: npt.NDArray[np.int64],
+        hi: npt.NDArray[np.int64],
+        out: bytearray,
+    ) -> None:
+        loss = self._loss
+        rows = gather_spans(self._index.rows, lo, hi)
+        chunk, kept = loss.select(rows, self._resend_rng, loss.drop_resends)
+        out += chunk
+        total = int((hi - lo).sum())
+        self._count(resent=kept, dropped=total - kept)
+        if len(starts) == 1:
+            log.info(
+                "packets resent: %d of range %d+%d to %s (%d in the feed)",
+                kept, int(starts[0]), int(stops[0] - starts[0]), self.peer, total,
+            )  # fmt: skip
+        else:
+            log.info(
+                "packets resent: %d of %d ranges within %d..%d to %s (%d in the feed)",
+                kept, len(starts), int(starts[0]), int(stops.max()) - 1, self.peer, total,
+            )  # fmt: skip
 
     async def _resend_range(self, start: int, count: int, out: bytearray) -> None:
         loss, index = self._loss, self._index

@@ -203,6 +203,13 @@ class LiveFeed:
             min(max(stop - self.first, 0), size),
         )
 
+    def locate_many(
+        self, starts: npt.NDArray[np.int64], stops: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Return the row spans of many sequence spans at once, as :meth:`locate` does."""
+        size = self.published_rows()
+        return np.clip(starts - self.first, 0, size), np.clip(stops - self.first, 0, size)
+
     def rows(self, lo: int, hi: int) -> memoryview:
         """Return the wire bytes of rows ``lo:hi`` (published or not: callers clamp)."""
         if self.source is not None:

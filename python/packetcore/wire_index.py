@@ -7,6 +7,7 @@ is the file itself, mapped, and is never copied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
@@ -17,7 +18,7 @@ from .feeds import MappedFeed
 from .packets import Packets
 from .protocol import FeedInfo, encode_info
 
-__all__ = ["WireIndex"]
+__all__ = ["WireIndex", "gather_spans"]
 
 
 class WireIndex:
@@ -82,6 +83,19 @@ class WireIndex:
         lo, hi = np.searchsorted(self._sequences, (start, stop), side="left")
         return int(lo), int(hi)
 
+    def locate_many(
+        self, starts: npt.NDArray[np.int64], stops: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Return the row spans of many sequence spans at once, as :meth:`locate` does."""
+        if self._sequences is None:
+            return (
+                np.clip(starts - self.first, 0, self.count),
+                np.clip(stops - self.first, 0, self.count),
+            )
+        lo = np.searchsorted(self._sequences, starts, side="left").astype(np.int64)
+        hi = np.searchsorted(self._sequences, stops, side="left").astype(np.int64)
+        return lo, hi
+
     def rows(self, lo: int, hi: int) -> memoryview:
         """Return the wire bytes of rows ``lo:hi``, without copying.
 
@@ -91,3 +105,29 @@ class WireIndex:
         if self._mapped is not None:
             self._mapped.check()
         return self.wire[lo * PACKET_SIZE : hi * PACKET_SIZE]
+
+
+def gather_spans(
+    rows: Callable[[int, int], memoryview],
+    lo: npt.NDArray[np.int64],
+    hi: npt.NDArray[np.int64],
+) -> memoryview:
+    """Return the wire bytes of the row spans ``lo[i]:hi[i]`` end to end, read by ``rows``.
+
+    ``rows(lo, hi)`` is a feed's reader of one span (:meth:`WireIndex.rows`, or a live
+    feed's).  Spans close together are cut out of one read of the rows around them; spans
+    spread far apart are read one by one.
+    """
+    sizes = np.maximum(hi - lo, 0)
+    total = int(sizes.sum())
+    if total == 0:
+        return memoryview(b"")
+    low, high = int(lo[sizes > 0].min()), int(hi[sizes > 0].max())
+    if high - low > 4 * total + 1024:
+        spans = zip(lo.tolist(), hi.tolist(), strict=True)
+        return memoryview(b"".join([rows(a, b) for a, b in spans if b > a]))
+    # Row numbers of every span, end to end, relative to the window read.
+    starts_at = np.cumsum(sizes) - sizes
+    picks = np.arange(total, dtype=np.int64) + np.repeat(lo - low - starts_at, sizes)
+    table = np.frombuffer(rows(low, high), dtype=np.uint8).reshape(-1, PACKET_SIZE)
+    return memoryview(table[picks].reshape(-1))
