@@ -220,8 +220,9 @@ def test_large_range_and_stream_span_many_chunks() -> None:
         assert exchange(running, STREAM_ALL) == wire
 
 
+@pytest.mark.parametrize("step", [7, 50], ids=["close", "spread"])
 @pytest.mark.parametrize("sparse", [False, True], ids=["contiguous", "with-gaps"])
-def test_thousands_of_pipelined_ranges_are_answered_in_order(sparse: bool) -> None:
+def test_thousands_of_pipelined_ranges_are_answered_in_order(sparse: bool, step: int) -> None:
     # A repair asks for thousands of small ranges in one write, with a hello and a
     # range larger than a chunk among them: each answered in request order, clamped.
     feed = synthetic(3 * STREAM_CHUNK, seed=5)
@@ -229,9 +230,9 @@ def test_thousands_of_pipelined_ranges_are_answered_in_order(sparse: bool) -> No
         feed = feed[feed.sequence % 3 != 0]
     wire = wire_of(feed)
     rows = {int(s): i for i, s in enumerate(feed.sequence.tolist())}
-    asks = [(s, 1 + s % 4) for s in range(1, 3 * STREAM_CHUNK, 7)]
+    asks = [(s, 1 + s % 4) for s in range(1, 3 * STREAM_CHUNK, step)]
     asks[len(asks) // 2 : len(asks) // 2] = [(5, 2 * STREAM_CHUNK), (0, 0), (10**9, 3)]
-    hello_at = 3000
+    hello_at = len(asks) // 3
     with Server(feed, host="127.0.0.1", port=0, drop=0.0) as running:
         info = encode_info(running.info)
         requests = b"".join(range_request(s, n) for s, n in asks[:hello_at]) + HELLO
