@@ -5,7 +5,7 @@ Exit codes: 0 complete; 1 failure (no server, unwritable output, a reader that l
 ``<output>.partial``); 4 ``--strict`` and the server sent conflicting or invalid
 packets; 130 / 143 interrupted by SIGINT / SIGTERM (the output left as it was).
 ``--follow`` follows a live feed instead (:mod:`packetcore.cli.follow`): there a signal
-is the normal end, exit 0.
+is the normal end, exit 0.  Signals follow the rule of :mod:`packetcore.cli.signals`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FetchError
-from . import Terminated, UserError, add_verbosity, run
+from . import UserError, add_verbosity, run, signals
 from .options import integer, number
 
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
@@ -188,9 +187,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     started = time.perf_counter() - _age()  # the summary quotes the wall time waited
     try:
         parser = build_parser(prog)  # loads the fetch machinery
-    except KeyboardInterrupt:
-        print(f"{PROGRAM}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        interrupted = signals.interruption(exc)
+        assert interrupted is not None
+        what = "terminated" if isinstance(interrupted, signals.Terminated) else "interrupted"
+        print(f"{PROGRAM}: {what}", file=sys.stderr)
+        return 128 + interrupted.signum
     return run(PROGRAM, parser, lambda args: _fetch(args, started), argv)
 
 
@@ -262,7 +264,11 @@ def fetch_into(
     verbosity: int = 0,
     started: float | None = None,
 ) -> int:
-    """Fetch into ``output``, print the summary; return the exit status (or raise UserError)."""
+    """Fetch into ``output``, print the summary; return the exit status (or raise UserError).
+
+    A stop signal gives the fetch up (see :mod:`packetcore.cli.signals`): the output is
+    left as it was, 130 / 143; once the output is in place, signals are ignored.
+    """
     from ..output import STDOUT
 
     if started is None:
@@ -272,7 +278,8 @@ def fetch_into(
 
     try:
         with progress_bar(verbosity) as progress:
-            result = asyncio.run(_run(options, out, progress))
+            with signals.in_loop():
+                result = asyncio.run(_run(options, out, progress))
             # In extended mode the server announced the feed's extent: a packet outside it
             # is a corrupted sequence, not a packet of another slice.
             strange = result.out_of_range if result.mode == "extended" else 0
@@ -296,14 +303,17 @@ def fetch_into(
 
                 end = started + options.deadline + DEADLINE_GRACE
                 wait = max(end - time.perf_counter(), 0.1)
-            where = out.close(result.complete, wait)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        # From the event loop's handlers (Interrupted), or from cli.run's outside it.
+            out.finish(wait)
+            with signals.placing():  # in place: the fetch has succeeded, signals are moot
+                where = out.place(result.complete)
+    except KeyboardInterrupt as exc:
         out.abort()
-        signum = getattr(exc, "signum", signal.SIGTERM if isinstance(exc, Terminated) else 2)
-        name = signal.Signals(signum).name
+        interrupted = signals.interruption(exc)
+        assert interrupted is not None
         fate = "stdout has what was written" if output == "-" else f"{output} left as it was"
-        raise UserError(f"interrupted by {name}; {fate}", 128 + signum) from None
+        raise UserError(
+            f"interrupted by {interrupted.name}; {fate}", 128 + interrupted.signum
+        ) from None
     except BaseException:
         out.abort()
         raise
@@ -318,15 +328,8 @@ def fetch_into(
     return 0
 
 
-class Interrupted(BaseException):
-    """A stop signal, raised out of the event loop by the command's own handler."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 async def _run(options: FetchOptions, out: Output, progress: Progress | None) -> FetchResult:
+    """Fetch into ``out``; return the result."""
     import asyncio
 
     from ..client import run_fetch
@@ -342,39 +345,16 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
         loop.call_soon_threadsafe(failed, reason)  # from the writer thread
 
     out.on_failure(on_failure)
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
-
-    def interrupt(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
-
-    installed: dict[int, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(signum)
-        if previous is signal.SIG_IGN:
-            continue  # ignored by whoever started it (a shell's `&`): it stays ignored
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, interrupt, signum)
-            installed[signum] = previous
-    try:
-        result = await run_fetch(
-            options, out.put, progress, stopped=stopped,
-            flowing=lambda: out.backlog < _BACKLOG,
-        )  # fmt: skip
-    except asyncio.CancelledError:
-        if received:
-            raise Interrupted(received[0]) from None
-        raise
-    except FetchError as exc:
-        raise UserError(str(exc)) from exc
-    finally:
-        for number, previous in installed.items():
-            loop.remove_signal_handler(number)
-            # Back to what was there (cli.run's handlers), not to asyncio's defaults: a
-            # signal while the output is put in place must still clean up.
-            signal.signal(number, previous)
+    # A fetch has no normal end before the feed's: a stop request gives it up, which
+    # signals.watch does by cancelling this task (raised by signals.in_loop).
+    with signals.watch(lambda signum: None):
+        try:
+            result = await run_fetch(
+                options, out.put, progress, stopped=stopped,
+                flowing=lambda: out.backlog < _BACKLOG,
+            )  # fmt: skip
+        except FetchError as exc:
+            raise UserError(str(exc)) from exc
     if stopped.done():
         raise UserError(stopped.result())
     return result
