@@ -232,7 +232,8 @@ class Output:
     hands a batch over without waiting; :meth:`close` finishes the document
     (:meth:`finish`) and puts it in place (:meth:`place`); :meth:`abort` drops it.  A
     write that fails stops the writer and is reported through the callback given to
-    :meth:`on_failure`, from the writer thread.
+    :meth:`on_failure`, from the writer thread.  Nothing reaches stdout before the first
+    packet (or the end of an empty feed): a fetch that cannot connect writes nothing.
     """
 
     def __init__(self, path: str, form: str) -> None:
@@ -245,16 +246,19 @@ class Output:
         if os.fspath(path) == STDOUT:
             self.name = "stdout"
             self._stream = _stdout()
+            # Opened on the first packet (a format's header is bytes on the pipe): here
+            # only what would fail then is tried (a format without its library).
+            open_writer(io.BytesIO(), form).abandon()
         else:
             self.name = os.fspath(path)
             _check_target(self.name)
             self._file = AtomicFile(path)
             self._stream = self._file.stream
-        try:
-            self._writer = open_writer(self._stream, form)
-        except BaseException:
-            self.abort()
-            raise
+            try:
+                self._writer = open_writer(self._stream, form)
+            except BaseException:
+                self.abort()
+                raise
         self._queue: queue.SimpleQueue[Packets | None] = queue.SimpleQueue()
         self.queued = 0
         self.written = 0
