@@ -191,7 +191,7 @@ def test_a_later_signal_while_a_follow_finishes_gives_up(live: Server, form: str
         pytest.importorskip("pyarrow")
     before = live.stats.subscriptions
     sent = live.stats.packets_sent
-    process = start("--port", str(live.port), "--follow", "-o", "-", "--format", form,
+    process = start("--port", str(live.port), "--follow", "-o", "-", "--format", form, "-q",
                     stdout=subprocess.PIPE)  # fmt: skip
     # Far more than a pipe holds: the writer is blocked on it.
     wait_for(
