@@ -496,3 +496,88 @@ def test_serve_live_bounds_are_accepted() -> None:
     assert parse(["--live", str(MIN_RATE)]).live == MIN_RATE == 0.001
     assert parse(["--live", str(MAX_RATE)]).live == MAX_RATE == 1e9
     assert parse(["--live", "0"]).live == 0.0  # a finished feed
+
+
+# -- packetcore-fetch: one rule for stdout and for --format -----------------------------------
+
+
+def _fetch_script(*args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """Start the installed ``packetcore-fetch`` (its module if not installed)."""
+    script = Path(sys.executable).parent / "packetcore-fetch"
+    line = [str(script)] if script.exists() else [sys.executable, "-m", "packetcore", "fetch"]
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [*line, *args], stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_reader_that_leaves_stdout_is_a_normal_end(follow: bool) -> None:
+    # `fetch -o - | head` was exit 1 ("broken pipe") while `fetch --follow -o - | head`
+    # was 0: one rule, as for `yes | head`: the reader had what it wanted.
+    from packetcore.feeds import synthetic
+    from packetcore.server import Server
+
+    with Server(synthetic(300_000, seed=5), host="127.0.0.1", port=0, drop=0.0,
+                **({"live": 200_000.0} if follow else {})) as server:  # fmt: skip
+        process = _fetch_script(
+            "--port", str(server.port), "-o", "-", "--format", "ndjson",
+            *(["--follow"] * follow),
+        )  # fmt: skip
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(b"{")  # `| head -1`
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        status = process.wait(TIMEOUT)
+    assert status == 0, err
+    assert "Traceback" not in err and "error" not in err, err
+    assert err.strip().count("\n") == 0, err
+
+
+@pytest.mark.parametrize(
+    ("output", "form"),
+    [("x.json", "csv"), ("x.csv", "parquet"), ("x.jsonl", "json"), ("x.bin.partial", "csv")],
+)
+def test_a_format_that_contradicts_the_extension_is_refused(
+    tmp_path: Path, output: str, form: str
+) -> None:
+    # `-o x.json --format csv` used to write CSV into x.json without a word.
+    process = _fetch_script("--port", str(_free_port()), "-o", str(tmp_path / output),
+                            "--format", form, "--retries", "0")  # fmt: skip
+    _, err = process.communicate(timeout=TIMEOUT)
+    text = err.decode()
+    assert process.returncode == 2, text
+    assert text.count("\n") == 1 and f"--format {form} contradicts" in text, text
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(("output", "form"), [("x.csv", "csv"), ("x.dat", "csv"), ("-", "bin")])
+def test_a_format_the_extension_agrees_with_or_does_not_name_is_taken(
+    tmp_path: Path, output: str, form: str
+) -> None:
+    target = output if output == "-" else str(tmp_path / output)
+    process = _fetch_script("--port", str(_free_port()), "-o", target, "--format", form,
+                            "--retries", "0")  # fmt: skip
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1, err  # no server: a runtime failure, not a bad option
+    assert b"cannot connect" in err or b"refused" in err, err
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet", "json"])
+def test_nothing_reaches_stdout_before_the_feed_is_reached(form: str) -> None:
+    # `--format parquet -o -` wrote its header before connecting (csv too): a fetch
+    # that cannot connect must leave stdout empty.
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    process = _fetch_script("--port", str(_free_port()), "-o", "-", "--format", form,
+                            "--retries", "0")  # fmt: skip
+    out, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 1, err
+    assert out == b""

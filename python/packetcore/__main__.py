@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,8 +22,6 @@ USAGE = """usage: python -m packetcore {serve,fetch,proxy,demo} [options]
 
 #: The commands: their module under packetcore.cli and their name as a program.
 COMMANDS = {"serve": "packetcore-serve", "fetch": "packetcore-fetch", "proxy": "packetcore-proxy"}
-#: 128 + SIGINT, as cli.EXIT_INTERRUPTED (not imported: this module loads nothing).
-_EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,26 +38,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in (*COMMANDS, "demo"):
         print(f"{PROG}: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    # Each command's usage and errors name it as it was typed.
-    return _run(command, rest, f"{PROG} {command}")
+    # Each command's usage and errors name it as it was typed.  Called with no argv,
+    # this is the process's command (python -m packetcore): its signals are the command's.
+    return _run(command, rest, f"{PROG} {command}", owner=argv is None)
 
 
-def _run(command: str, argv: Sequence[str], prog: str) -> int:
-    """Load ``command`` and run it; a Ctrl-C while it loads is one line, as later ones."""
-    # The command's own handling of SIGINT starts once it runs; before that, numpy and
-    # the engine load (a second, on a busy machine), and Python's KeyboardInterrupt
-    # traceback would be all the user saw.
+def _run(command: str, argv: Sequence[str], prog: str, *, owner: bool = True) -> int:
+    """Load ``command`` and run it; a signal at any moment is handled by cli.signals' rule."""
+    # Before the command runs, numpy and the engine load (a second, on a busy machine):
+    # the stop signals are held meanwhile (a Ctrl-C inside numpy's import became an
+    # ImportError), and the command's handler is in place before they are let through,
+    # so that no signal ever meets the default action (SIGTERM: killed without a word).
     try:
         with _stop_signals_held():
             module = importlib.import_module(f"packetcore.cli.{command}")
-            # The slow part of loading, and one that turns a Ctrl-C inside it into an
-            # ImportError: held off until it is done, the signal lands right after.
             importlib.import_module("numpy")
+            if owner:  # not when called in-process (a test): that process's signals are its own
+                from .cli import signals
+
+                signals.take_over()  # for the rest of the process: after the end, ignored
         code: int = module.main(argv, prog=prog)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return _EXIT_INTERRUPTED
-    return code
+    except KeyboardInterrupt as exc:  # held until here, or before the command's run()
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"{prog}: {what}", file=sys.stderr)
+        code = 128 + signum
+    if not owner:
+        return code
+    from .cli import signals
+
+    signals.settle()  # said and done: ignored until the process has exited
+    return _exit_now_if_busy(code)
+
+
+def _exit_now_if_busy(code: int) -> int:
+    """Return ``code``, or exit at once if a thread still works (a writer a reader left).
+
+    A daemon thread still inside a C extension (pyarrow writing parquet, a write to a
+    pipe nobody reads) while the interpreter finalizes can crash it (SIGSEGV) or hang
+    it: with the command's outcome reported, the process ends without finalizing.
+    """
+    import threading
+
+    busy = [t for t in threading.enumerate() if t.daemon and t.is_alive()]
+    if not busy:
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ __all__ = [
     "ROW_GROUP_ROWS",
     "FormatWriter",
     "format_for",
+    "format_named_by",
     "iter_packets",
     "open_writer",
     "read",
@@ -71,10 +72,15 @@ def format_for(path: str | os.PathLike[str], explicit: str | None = None) -> str
         if explicit not in FORMATS:
             raise ValueError(f"unknown format {explicit!r}: choose one of {', '.join(FORMATS)}")
         return explicit
+    return format_named_by(path) or DEFAULT_FORMAT
+
+
+def format_named_by(path: str | os.PathLike[str]) -> str | None:
+    """Return the format ``path``'s extension names (``.csv``: csv), None if it names none."""
     name = Path(path)
     if name.suffix == PARTIAL_SUFFIX:
         name = name.with_suffix("")  # out.csv.partial is what a fetch into out.csv saved
-    return _EXTENSIONS.get(name.suffix.lower(), DEFAULT_FORMAT)
+    return _EXTENSIONS.get(name.suffix.lower())
 
 
 def _pyarrow() -> tuple[ModuleType, ModuleType]:

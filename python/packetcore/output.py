@@ -16,6 +16,7 @@ import queue
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -38,6 +39,10 @@ __all__ = [
 STDOUT = "-"
 #: Appended to the output path for the packets of an incomplete fetch.
 PARTIAL_SUFFIX = ".partial"
+#: How long :meth:`Output.abort` waits for the writer to leave the batch it writes.
+ABORT_WAIT = 5.0
+# On stdout the writer may be blocked on a reader that stopped reading: not long.
+_ABORT_WAIT_STDOUT = 0.2
 
 
 def partial_path(path: str | os.PathLike[str]) -> Path:
@@ -84,6 +89,7 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.target = Path(os.path.realpath(path))
         self._temp: Path | None = None
+        self._synced = False
         special = False
         with contextlib.suppress(FileNotFoundError):
             special = not stat.S_ISREG(self.target.stat().st_mode)
@@ -108,17 +114,27 @@ class AtomicFile:
         """Return the temporary file's path (``None`` when writing into a special file)."""
         return self._temp
 
+    def sync(self) -> None:
+        """Make the bytes written durable (flush, fsync, close), not yet in place."""
+        if self._temp is None or self._synced:
+            return
+        try:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            self.stream.close()
+        except BaseException:
+            self.discard()
+            raise
+        self._synced = True
+
     def commit(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Make the bytes written durable and put them at ``path`` (default: the target)."""
-        stream = self.stream
         if self._temp is None:
-            stream.close()
+            self.stream.close()
             return self.target
         destination = self.target if path is None else Path(path)
+        self.sync()
         try:
-            stream.flush()
-            os.fsync(stream.fileno())
-            stream.close()
             os.replace(self._temp, destination)
         except BaseException:
             self.discard()
@@ -213,30 +229,36 @@ class Output:
 
     ``path`` is a file (written atomically, see :class:`AtomicFile`) or ``-`` for
     stdout, flushed after every batch so a reader sees records at once.  :meth:`put`
-    hands a batch over without waiting; :meth:`close` finishes the document and puts it
-    in place; :meth:`abort` drops it.  A write that fails stops the writer and is
-    reported through the callback given to :meth:`on_failure`, from the writer thread.
+    hands a batch over without waiting; :meth:`close` finishes the document
+    (:meth:`finish`) and puts it in place (:meth:`place`); :meth:`abort` drops it.  A
+    write that fails stops the writer and is reported through the callback given to
+    :meth:`on_failure`, from the writer thread.  Nothing reaches stdout before the first
+    packet (or the end of an empty feed): a fetch that cannot connect writes nothing.
     """
 
     def __init__(self, path: str, form: str) -> None:
-        from .formats import open_writer
+        from .formats import FormatWriter, open_writer
 
         self.form = form
         self._file: AtomicFile | None = None
         self._aborted = threading.Event()
+        self._writer: FormatWriter | None = None
         if os.fspath(path) == STDOUT:
             self.name = "stdout"
             self._stream = _stdout()
+            # Opened on the first packet (a format's header is bytes on the pipe): here
+            # only what would fail then is tried (a format without its library).
+            open_writer(io.BytesIO(), form).abandon()
         else:
             self.name = os.fspath(path)
             _check_target(self.name)
             self._file = AtomicFile(path)
             self._stream = self._file.stream
-        try:
-            self._writer = open_writer(self._stream, form)
-        except BaseException:
-            self.abort()
-            raise
+            try:
+                self._writer = open_writer(self._stream, form)
+            except BaseException:
+                self.abort()
+                raise
         self._queue: queue.SimpleQueue[Packets | None] = queue.SimpleQueue()
         self.queued = 0
         self.written = 0
@@ -269,6 +291,13 @@ class Output:
             return f"cannot write {self.name}: {exc.strerror or exc}"
         return f"cannot write {self.name}: {exc}"
 
+    def _opened(self) -> Any:
+        if self._writer is None:
+            from .formats import open_writer
+
+            self._writer = open_writer(self._stream, self.form)
+        return self._writer
+
     def _run(self) -> None:
         while True:
             batch = self._queue.get()
@@ -276,8 +305,10 @@ class Output:
                 return
             if self.error is not None or self._aborted.is_set():
                 continue  # failed or dropped already: drain what was handed over
+            if not len(batch):
+                continue
             try:
-                self._writer.write(batch)
+                self._opened().write(batch)
             except Exception as exc:
                 if self._aborted.is_set():
                     continue  # the file went away under it on purpose
@@ -287,16 +318,28 @@ class Output:
                 continue
             self.written += len(batch)
 
-    def close(self, complete: bool, timeout: float | None = None) -> str:
-        """Finish the document and put it in place; return where it went.
+    def _join(self, timeout: float | None) -> bool:
+        """Wait for the writer thread (at most ``timeout``); return whether it ended.
 
-        Complete: at the target, and a stale ``.partial`` beside it goes.  Incomplete:
-        at ``<target>.partial``, the target left as it was.  ``timeout`` bounds the wait
-        for the writer (a reader that stopped reading); past it, OutputError.
+        In short slices: the main thread runs a signal's handler between them, even when
+        the signal woke another thread.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread.is_alive():
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0:
+                break
+            self._thread.join(left)
+        return not self._thread.is_alive()
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Write what was handed over and end the document; make it durable, not yet in place.
+
+        ``timeout`` bounds the wait for the writer (a reader that stopped reading); past
+        it, OutputError.
         """
         self._queue.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        if not self._join(timeout):
             self.abort()
             raise OutputError(
                 f"{self.name} took nothing for long past the deadline (a reader that "
@@ -305,11 +348,20 @@ class Output:
         try:
             if self.error is not None:
                 raise self.error
-            self._writer.close()
+            self._opened().close()
             self._stream.flush()
+            if self._file is not None:
+                self._file.sync()
         except Exception as exc:
             self.abort()
             raise OutputError(self.describe(exc)) from exc
+
+    def place(self, complete: bool) -> str:
+        """Put the finished document in place; return where it went.
+
+        Complete: at the target, and a stale ``.partial`` beside it goes.  Incomplete:
+        at ``<target>.partial``, the target left as it was.
+        """
         if self._file is None:
             with contextlib.suppress(OSError):
                 self._stream.close()
@@ -324,18 +376,28 @@ class Output:
                 partial.unlink()  # superseded by the complete output
         return os.fspath(where)
 
+    def close(self, complete: bool, timeout: float | None = None) -> str:
+        """:meth:`finish`, then :meth:`place`; return where the output went."""
+        self.finish(timeout)
+        return self.place(complete)
+
     def abort(self) -> None:
         """Drop the output: the target stays as it was, no temporary file is left.
 
-        Never waits for the writer thread: it may be blocked on a pipe nobody reads.
+        The writer thread is given :data:`ABORT_WAIT` seconds (0.2 s on stdout, where a
+        reader may have stopped reading) to leave the batch it is writing: the format's
+        library must not be used from two threads at once, nor left running at exit.
         Whatever it still writes goes to a file already removed, or to stdout.
         """
         self._aborted.set()
-        writer = getattr(self, "_writer", None)
-        if writer is not None:
-            writer.abandon()
         queued = getattr(self, "_queue", None)
         if queued is not None:
             queued.put(None)
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            self._join(ABORT_WAIT if self._file is not None else _ABORT_WAIT_STDOUT)
+        writer = self._writer
+        if writer is not None:
+            writer.abandon()
         if self._file is not None:
             self._file.discard()

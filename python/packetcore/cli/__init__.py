@@ -1,26 +1,21 @@
 """Command-line plumbing shared by ``packetcore-serve`` and ``packetcore-fetch``.
 
 Every failure a user can cause ends in one line on stderr and a non-zero exit;
-``-v`` adds the traceback.  SIGINT and SIGTERM end a command the same way: one line,
-exit 130 or 143 (128 + the signal's number), as a shell reports them.
+``-v`` adds the traceback.  SIGINT and SIGTERM follow one rule, written down in
+:mod:`packetcore.cli.signals`: a command that gives its work up says so in one line and
+exits 130 or 143 (128 + the signal's number), as a shell reports them.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from types import FrameType
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from ..errors import PacketcoreError, UserError
-
-if TYPE_CHECKING:
-    import asyncio
+from . import signals
 
 __all__ = [
     "EXIT_FAILURE",
@@ -47,29 +42,10 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 log = logging.getLogger("packetcore")
 
 
-#: The signals that stop a command.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def stop_signal(loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]:
-    """Return a future that ``loop`` resolves with the number of the first stop signal."""
-    stopped: asyncio.Future[int] = loop.create_future()
-
-    def stop(signum: int) -> None:
-        if not stopped.done():
-            stopped.set_result(signum)
-
-    for signum in STOP_SIGNALS:
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
-            loop.add_signal_handler(signum, stop, signum)
-    return stopped
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread while :func:`run` runs a command.
-
-    A KeyboardInterrupt, so that every cleanup written for Ctrl-C runs for SIGTERM too.
-    """
+#: What becomes of SIGINT and SIGTERM is :mod:`packetcore.cli.signals`'s rule.
+Terminated = signals.Terminated
+STOP_SIGNALS = signals.STOP_SIGNALS
+stop_signal = signals.stop_signal
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -109,17 +85,22 @@ def run(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Parse ``argv`` and call ``body``; turn any failure or signal into one line and a code."""
-    with _sigterm_raises():
+    import asyncio
+
+    with signals.handled():
         try:
             args = parser.parse_args(argv)
             setup_logging(args.verbosity)
             return _call(program, body, args)
-        except Terminated:
-            print(f"{program}: terminated", file=sys.stderr)
-            return EXIT_TERMINATED
-        except KeyboardInterrupt:
-            print(f"{program}: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            # A Ctrl-C, or a request that gave up (signals): it cancelled a loop's task.
+            interrupted = signals.interruption(exc) or signals.abandoned()
+            if interrupted is None:
+                raise
+            signals.settle()  # said: nothing more to do but exit
+            what = "terminated" if interrupted.signum == signal.SIGTERM else "interrupted"
+            print(f"{program}: {what}", file=sys.stderr)
+            return 128 + interrupted.signum
 
 
 def _call(program: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -135,28 +116,6 @@ def _call(program: str, body: Callable[[argparse.Namespace], int], args: argpars
         _report(program, MemoryError(f"not enough memory ({exc or 'allocation failed'})"),
                 args.verbosity)  # fmt: skip
         return EXIT_FAILURE
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Make SIGTERM raise :class:`Terminated` in the main thread while the block runs."""
-    # Only where SIGTERM would kill the process outright: a handler someone installed,
-    # or SIG_IGN, stays as it is; and only the main thread may set handlers.
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    ):
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
 
 
 def _report(program: str, exc: BaseException, verbosity: int) -> None:

@@ -1,11 +1,13 @@
 """``packetcore-fetch``: fetch a whole feed into ``output.json``, or say exactly why not.
 
-Exit codes: 0 complete; 1 failure (no server, unwritable output, a reader that left,
-...); 2 bad option; 3 incomplete (missing sequences listed, packets saved to
-``<output>.partial``); 4 ``--strict`` and the server sent conflicting or invalid
-packets; 130 / 143 interrupted by SIGINT / SIGTERM (the output left as it was).
-``--follow`` follows a live feed instead (:mod:`packetcore.cli.follow`): there a signal
-is the normal end, exit 0.
+Exit codes: 0 complete, or the reader of stdout left (``| head``: a normal end, as for
+``yes | head``); 1 failure (no server, unwritable output, ...); 2 bad option (a
+``--format`` that contradicts the output's extension too); 3 incomplete (missing
+sequences listed, packets saved to ``<output>.partial``); 4 ``--strict`` and the server
+sent conflicting or invalid packets; 130 / 143 interrupted by SIGINT / SIGTERM (the
+output left as it was).  ``--follow`` follows a live feed instead
+(:mod:`packetcore.cli.follow`): there a signal is the normal end, exit 0.  Signals
+follow the rule of :mod:`packetcore.cli.signals`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FetchError
-from . import Terminated, UserError, add_verbosity, run
+from ..errors import FetchError, OutputError
+from . import UserError, add_verbosity, run, signals
 from .options import integer, number
 
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
@@ -29,6 +30,7 @@ from .options import integer, number
 if TYPE_CHECKING:
     from ..client import FetchResult
     from ..output import Output
+    from ..packets import Packets
     from ..session import FetchOptions, Progress
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
@@ -85,7 +87,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         default=None,
         help="json (the default), ndjson, csv, parquet (needs the 'parquet' extra) or bin "
         "(raw 17-byte packets); default: from the output's extension, and ndjson for "
-        "--follow to stdout ('-o -')",
+        "--follow to stdout ('-o -'); one that contradicts the extension is refused",
     )
     add(
         "--from",
@@ -188,9 +190,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     started = time.perf_counter() - _age()  # the summary quotes the wall time waited
     try:
         parser = build_parser(prog)  # loads the fetch machinery
-    except KeyboardInterrupt:
-        print(f"{PROGRAM}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        interrupted = signals.interruption(exc)
+        assert interrupted is not None
+        what = "terminated" if isinstance(interrupted, signals.Terminated) else "interrupted"
+        print(f"{PROGRAM}: {what}", file=sys.stderr)
+        return 128 + interrupted.signum
     return run(PROGRAM, parser, lambda args: _fetch(args, started), argv)
 
 
@@ -221,6 +226,7 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
         )  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc), 2) from exc
+    _check_format(args.output, args.format)
     if args.follow:
         if args.protocol == "base":
             raise UserError("--follow needs the packetcore extension: not --protocol base", 2)
@@ -238,6 +244,20 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
                            started=started)  # fmt: skip
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started)  # fmt: skip
+
+
+def _check_format(output: str, form: str | None) -> None:
+    """Refuse (exit 2) a --format that contradicts the format the output's name says."""
+    from ..formats import format_named_by
+    from ..output import STDOUT
+
+    named = None if output == STDOUT or form is None else format_named_by(output)
+    if named is not None and named != form:
+        raise UserError(
+            f"--format {form} contradicts the output's name {output} (a {named} name): "
+            f"name the file for its format, or leave --format out",
+            2,
+        )
 
 
 def open_output(output: str, form: str | None = None) -> Output:
@@ -262,7 +282,11 @@ def fetch_into(
     verbosity: int = 0,
     started: float | None = None,
 ) -> int:
-    """Fetch into ``output``, print the summary; return the exit status (or raise UserError)."""
+    """Fetch into ``output``, print the summary; return the exit status (or raise UserError).
+
+    A stop signal gives the fetch up (see :mod:`packetcore.cli.signals`): the output is
+    left as it was, 130 / 143; once the output is in place, signals are ignored.
+    """
     from ..output import STDOUT
 
     if started is None:
@@ -272,7 +296,10 @@ def fetch_into(
 
     try:
         with progress_bar(verbosity) as progress:
-            result = asyncio.run(_run(options, out, progress))
+            with signals.in_loop():
+                result = asyncio.run(_run(options, out, progress))
+            if result is None:  # the reader of stdout left (`| head`): a normal end
+                return _reader_left(out, verbosity)
             # In extended mode the server announced the feed's extent: a packet outside it
             # is a corrupted sequence, not a packet of another slice.
             strange = result.out_of_range if result.mode == "extended" else 0
@@ -296,14 +323,22 @@ def fetch_into(
 
                 end = started + options.deadline + DEADLINE_GRACE
                 wait = max(end - time.perf_counter(), 0.1)
-            where = out.close(result.complete, wait)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        # From the event loop's handlers (Interrupted), or from cli.run's outside it.
+            try:
+                out.finish(wait)
+            except OutputError as exc:
+                if output == STDOUT and isinstance(exc.__cause__, BrokenPipeError):
+                    return _reader_left(out, verbosity)
+                raise
+            with signals.placing():  # in place: the fetch has succeeded, signals are moot
+                where = out.place(result.complete)
+    except KeyboardInterrupt as exc:
         out.abort()
-        signum = getattr(exc, "signum", signal.SIGTERM if isinstance(exc, Terminated) else 2)
-        name = signal.Signals(signum).name
+        interrupted = signals.interruption(exc)
+        assert interrupted is not None
         fate = "stdout has what was written" if output == "-" else f"{output} left as it was"
-        raise UserError(f"interrupted by {name}; {fate}", 128 + signum) from None
+        raise UserError(
+            f"interrupted by {interrupted.name}; {fate}", 128 + interrupted.signum
+        ) from None
     except BaseException:
         out.abort()
         raise
@@ -318,15 +353,18 @@ def fetch_into(
     return 0
 
 
-class Interrupted(BaseException):
-    """A stop signal, raised out of the event loop by the command's own handler."""
+def _reader_left(out: Output, verbosity: int) -> int:
+    """The reader of stdout left (``| head``): a normal end, as for ``yes | head``."""
+    out.abort()
+    signals.settle()
+    if verbosity >= 0:
+        print(f"{PROGRAM}: {out.written} packet(s) written to stdout, then the reader "
+              "closed it: stopped", file=sys.stderr)  # fmt: skip
+    return 0
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
-
-async def _run(options: FetchOptions, out: Output, progress: Progress | None) -> FetchResult:
+async def _run(options: FetchOptions, out: Output, progress: Progress | None) -> FetchResult | None:
+    """Fetch into ``out``; return the result, or None if the reader of stdout left."""
     import asyncio
 
     from ..client import run_fetch
@@ -342,40 +380,26 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
         loop.call_soon_threadsafe(failed, reason)  # from the writer thread
 
     out.on_failure(on_failure)
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
 
-    def interrupt(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
+    def put(batch: Packets) -> None:
+        # A failed output stops the fetch (on_failure, through `stopped`): what comes
+        # meanwhile goes nowhere.
+        with contextlib.suppress(OutputError):
+            out.put(batch)
 
-    installed: dict[int, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(signum)
-        if previous is signal.SIG_IGN:
-            continue  # ignored by whoever started it (a shell's `&`): it stays ignored
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, interrupt, signum)
-            installed[signum] = previous
-    try:
-        result = await run_fetch(
-            options, out.put, progress, stopped=stopped,
-            flowing=lambda: out.backlog < _BACKLOG,
-        )  # fmt: skip
-    except asyncio.CancelledError:
-        if received:
-            raise Interrupted(received[0]) from None
-        raise
-    except FetchError as exc:
-        raise UserError(str(exc)) from exc
-    finally:
-        for number, previous in installed.items():
-            loop.remove_signal_handler(number)
-            # Back to what was there (cli.run's handlers), not to asyncio's defaults: a
-            # signal while the output is put in place must still clean up.
-            signal.signal(number, previous)
+    # A fetch has no normal end before the feed's: a stop request gives it up, which
+    # signals.watch does by cancelling this task (raised by signals.in_loop).
+    with signals.watch(lambda signum: None):
+        try:
+            result = await run_fetch(
+                options, put, progress, stopped=stopped,
+                flowing=lambda: out.backlog < _BACKLOG,
+            )  # fmt: skip
+        except FetchError as exc:
+            raise UserError(str(exc)) from exc
     if stopped.done():
+        if out.name == "stdout" and isinstance(out.error, BrokenPipeError):
+            return None
         raise UserError(stopped.result())
     return result
 

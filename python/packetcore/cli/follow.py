@@ -3,8 +3,10 @@
 A follow ends normally at ``--until``, at the end of a finite feed, after
 ``--deadline`` seconds, or on SIGINT/SIGTERM: everything contiguous is written, the
 output is finished (a closed JSON array, a complete Parquet file) and put in place, the
-summary is printed and the exit status is 0.  A second signal while it finishes aborts
-(130 / 143, the output left as it was).  A follow that fails (no server, connections
+summary is printed and the exit status is 0.  Signals follow :mod:`packetcore.cli.signals`:
+signals within 0.5 s of each other are one request (``timeout`` sends two); a separate,
+later one while the follow finishes gives up (130 / 143, the output left as it was);
+once the output is in place, signals are ignored.  A follow that fails (no server, connections
 failing past ``--retries``) saves what it wrote to ``OUTPUT.partial`` and exits 1.
 
 To stdout, a stop signal gives the reader :data:`_DRAIN` seconds to take what is still
@@ -19,10 +21,10 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import Terminated, UserError
-from .fetch import Interrupted, open_output, progress_bar
+from . import UserError, signals
+from .fetch import open_output, progress_bar
 
 if TYPE_CHECKING:
     from ..following import FollowStats
@@ -53,13 +55,15 @@ def follow_into(
 
     if started is None:
         started = time.perf_counter()
+    signals.graceful()  # a request to stop is a follow's normal end
     out = open_output(output, form)  # checks what can be checked before connecting
+    to_stdout = output == "-"
     try:
-        with progress_bar(verbosity) as progress:
+        with progress_bar(verbosity) as progress, signals.in_loop():
             stats, failure = asyncio.run(_run(options, out, progress))
-        to_stdout = output == "-"
         if to_stdout and isinstance(out.error, BrokenPipeError):
             out.abort()  # the reader left (`| head`): a follow's normal end
+            signals.settle()
             failure, where = None, "stdout"
             stats.reason = "the reader closed stdout"
         elif failure is not None and not stats.packets:
@@ -68,30 +72,36 @@ def follow_into(
         else:
             signalled = stats.reason.startswith("stopped by ")
             try:
-                where = out.close(failure is None, _DRAIN if to_stdout and signalled else None)
-            except OutputError:
-                if to_stdout and signalled and out.error is None:  # the reader took nothing
-                    raise UserError(
+                out.finish(_DRAIN if to_stdout and signalled else None)
+                with signals.placing():  # in place: the follow has ended, signals are moot
+                    where = out.place(failure is None)
+            except OutputError as exc:
+                if to_stdout and signalled and out.error is None and exc.__cause__ is None:
+                    raise UserError(  # the reader took nothing
                         f"{stats.reason}; stdout took nothing for {_DRAIN:g} s: what was "
                         f"still to be written is dropped (what reached it is in order)"
                     ) from None
-                if not (to_stdout and isinstance(out.error, BrokenPipeError)):
+                if not (to_stdout and isinstance(exc.__cause__, BrokenPipeError)):
                     raise
+                signals.settle()
                 where = "stdout"  # the reader left while the rest was written: no matter
-    except (Interrupted, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt as exc:
+        # A second request to stop, while the first one's end was being written.
         out.abort()
-        default = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-        signum = getattr(exc, "signum", default)
-        name = signal.Signals(signum).name
-        fate = "stdout has what was written" if output == "-" else f"{output} left as it was"
-        raise UserError(f"interrupted by {name} while finishing; {fate}", 128 + signum) from None
+        interrupted = signals.interruption(exc)
+        assert interrupted is not None
+        fate = "stdout has what was written" if to_stdout else f"{output} left as it was"
+        raise UserError(
+            f"interrupted by {interrupted.name} while finishing; {fate}",
+            128 + interrupted.signum,
+        ) from None
     except BaseException:
         out.abort()
         raise
     stats.seconds = time.perf_counter() - started
-    shown = "stdout" if output == "-" else output
+    shown = "stdout" if to_stdout else output
     if failure is not None:
-        saved = "written to stdout" if output == "-" else f"saved to {where}"
+        saved = "written to stdout" if to_stdout else f"saved to {where}"
         raise UserError(f"{failure}; {stats.packets} packet(s) in order {saved}")
     if verbosity >= 0:
         print(stats.summary(shown if not os.path.islink(output) else where), file=sys.stderr)
@@ -127,44 +137,21 @@ async def _run(
         with contextlib.suppress(OutputError):
             out.put(batch)
 
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[int] = []
-
-    def interrupt(signum: int) -> None:
-        received.append(signum)
-        if len(received) == 1:
-            stop(f"stopped by {signal.Signals(signum).name}")  # a normal end
-        else:
-            task.cancel()  # the second signal: give up at once
-
-    installed: dict[int, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(signum)
-        if previous is signal.SIG_IGN:
-            continue  # ignored by whoever started it (a shell's `&`): it stays ignored
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, interrupt, signum)
-            installed[signum] = previous
     timer = None
     if options.deadline is not None:
         timer = loop.call_later(options.deadline, stop, f"{options.deadline:g} s passed")
     holder: list[FollowStats] = []
-    try:
-        stats = await run_follow(
-            options, put, progress, stopped=stopped,
-            flowing=lambda: out.backlog < _BACKLOG, stats=holder.append,
-        )  # fmt: skip
-    except asyncio.CancelledError:
-        if received:
-            raise Interrupted(received[-1]) from None
-        raise
-    except FetchError as exc:
-        return (holder[0] if holder else FollowStats()), str(exc)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for number, previous in installed.items():
-            loop.remove_signal_handler(number)
-            signal.signal(number, previous)
+    # The first request to stop ends the follow normally; a later one cancels this task
+    # (signals.watch), raised as Interrupted once the loop has ended.
+    with signals.watch(lambda signum: stop(f"stopped by {signal.Signals(signum).name}")):
+        try:
+            stats = await run_follow(
+                options, put, progress, stopped=stopped,
+                flowing=lambda: out.backlog < _BACKLOG, stats=holder.append,
+            )  # fmt: skip
+        except FetchError as exc:
+            return (holder[0] if holder else FollowStats()), str(exc)
+        finally:
+            if timer is not None:
+                timer.cancel()
     return stats, (failed[0] if failed else None)

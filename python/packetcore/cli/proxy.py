@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import signal
 import socket
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 
 from ..faults import FaultPlan
 from ..proxy import Proxy
-from . import STOP_SIGNALS, UserError, add_verbosity, run, stop_signal
+from . import UserError, add_verbosity, run
 from .options import (
     add_faults,
     add_metrics,
@@ -26,6 +25,7 @@ from .options import (
     metrics_served,
     seed,
 )
+from .signals import stop_signal
 
 __all__ = ["build_parser", "main"]
 
@@ -138,9 +138,6 @@ async def _run(proxy: Proxy) -> int:
     try:
         return await stopped
     finally:
-        for signum in STOP_SIGNALS:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
         await proxy.stop_async()
 
 

@@ -12,8 +12,7 @@ import contextlib
 import signal
 import socket
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from ..engine import MAX_SEQUENCE
 from ..feeds import MappedFeed, open_feed
@@ -213,10 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _serve_workers(args, loop, feed)
     server = _server(args, feed, args.seed)
-    # The event loop's handlers replace these while it runs, and closing it leaves
-    # SIG_DFL behind: put back what run() installed.
     with (
-        _signals_kept(),
         queued_stderr() as say,
         metrics_served(PROGRAM, args, lambda: server.stats, say),
     ):
@@ -272,19 +268,6 @@ def _server(
     )
 
 
-@contextlib.contextmanager
-def _signals_kept() -> Iterator[None]:
-    """Put back the stop signals' handlers that an event loop replaced or reset."""
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            for number, handler in previous.items():
-                if handler is not None:
-                    signal.signal(number, handler)
-
-
 def _serve_workers(
     args: argparse.Namespace, loop: str, feed: Packets | MappedFeed | LiveFeed
 ) -> int:
@@ -311,14 +294,14 @@ def _serve_workers(
         if metrics is not None:
             metrics.stop()  # the worker's copy of the parent's metrics socket
         server = _server(args, index, worker_seed(args.seed, number))
-        with _signals_kept(), queued_stderr() as say:
+        with queued_stderr() as say:
             run_loop(loop, answer.serving(server.stats, _run(server, say, loop, sockets)))
         return server.stats
 
     where = ", ".join(str(sock.getsockname()[0]) for sock in sets[0])
     sharing = "SO_REUSEPORT" if REUSE_PORT else "one shared socket"
     workers = Workers(sets, serve, program=PROGRAM)
-    with _signals_kept(), contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         if metrics is not None:
             stack.callback(metrics.stop)
         try:
