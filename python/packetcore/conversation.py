@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from .engine import MAX_SEQUENCE
 from .errors import FeedError
 from .faults import Delivery, FaultCounts
 from .listener import peer_name
@@ -258,6 +259,16 @@ class Conversation:
                 elif kind == SUBSCRIBE:
                     # The connection is a subscription from now on: later requests unread.
                     await self._flush(out)
+                    if request.start > MAX_SEQUENCE:
+                        # No packet can carry such a sequence: the subscription would wait
+                        # for ever, silent.  A bad request; the connection closes (nothing
+                        # will ever come from there).
+                        self._stats.bad_requests += 1
+                        log.warning(
+                            "%s subscribed from %d, beyond any sequence (%d): closed",
+                            self.peer, request.start, MAX_SEQUENCE,
+                        )  # fmt: skip
+                        return False
                     await self._subscribe(request.start)
                     return False
                 else:

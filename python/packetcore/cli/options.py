@@ -29,6 +29,7 @@ __all__ = [
     "bind_metrics",
     "check_metrics",
     "fault_plan",
+    "feed_spec",
     "integer",
     "metrics_served",
     "number",
@@ -92,10 +93,26 @@ def _server_default(name: str) -> Any:
     return inspect.signature(Server).parameters[name].default
 
 
+def feed_spec(text: str) -> str:
+    """An argparse type for ``--feed``: a bad ``synthetic:N`` is a usage error (exit 2).
+
+    A file is read later, when the feed loads: one that cannot be read is a failure (1).
+    """
+    if text.startswith("synthetic:"):
+        from ..errors import FeedError
+        from ..feeds import synthetic_count
+
+        try:
+            synthetic_count(text)
+        except FeedError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_feed(parser: argparse.ArgumentParser) -> None:
     """Add ``--feed`` (a feed spec, as ``args.feed``) to ``parser``."""
     parser.add_argument(
-        "--feed", default="book", metavar="FEED",
+        "--feed", type=feed_spec, default="book", metavar="FEED",
         help="what to serve: 'book' (default, the reference's 14-packet order book), "
         "'synthetic:N' (N random packets, sequences 1..N, drawn from --seed) or the path "
         "of a feed file, in any format packetcore-fetch writes (json, ndjson, csv, "
