@@ -46,7 +46,9 @@ class ServerStats:
     packets_sent: int = 0  #: packets written by stream-all and subscriptions
     packets_resent: int = 0  #: packets written by resend and resend-range requests
     packets_dropped: int = 0  #: packets the loss simulation dropped
-    bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks
+    #: unknown callTypes (ignored), resends of sequences the feed lacks, subscriptions from
+    #: beyond 2**31-1 (closed)
+    bad_requests: int = 0
     timeouts: int = 0  #: connections closed for idling past idle_timeout
     bytes_written: int = 0  #: bytes handed to the clients' sockets (packets and info frames)
     subscriptions: int = 0  #: subscribe requests (callType 5) answered
