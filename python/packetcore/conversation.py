@@ -55,8 +55,9 @@ class ServerStats:
     slow_disconnects: int = 0  #: subscribers disconnected for falling too far behind
     faults: dict[str, int] = field(default_factory=FaultCounts)  #: injected faults by kind
 
-    def summary(self) -> str:
-        """Return the counters as one line."""
+    def summary(self, faults: bool = False) -> str:
+        """Return the counters as one line; the injected faults by kind too, if any were
+        injected or ``faults`` (the server has faults to inject)."""
         line = (
             f"{self.connections} connections ({self.refused} refused), {self.streams} streams, "
             f"{self.packets_sent} packets sent, {self.packets_resent} resent, "
@@ -64,6 +65,9 @@ class ServerStats:
         )
         if self.subscriptions:
             line += f", {self.subscriptions} subscriptions ({self.slow_disconnects} too slow)"
+        if faults or self.faults:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()) if v)
+            line += f"; faults: {kinds or 'none injected'}"
         return line
 
 

@@ -201,10 +201,11 @@ def add_faults(parser: argparse.ArgumentParser, *, upstream: bool = False) -> No
             "split and the byte limits only)")  # fmt: skip
 
 
-def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
+def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan | None:
     """Return the plan the fault options of ``args`` describe; None if they describe none.
 
-    A combination no connection can have (or a bad scenario file) is a usage error.
+    A combination no connection can have (or a bad scenario file) is a usage error;
+    ``server``: the plan is a server's, and what only a proxy can do is refused too.
     """
     from ..errors import UserError
     from ..faults import FaultPlan, Faults
@@ -234,6 +235,18 @@ def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
                 "--loss, --duplicate, --reorder and --corrupt act on the server's packets: "
                 "not with --upstream-faults"
             )
+        if server:
+            # A server shapes its own answers: these act in packetcore-proxy only, and
+            # a scenario naming them would be accepted and do nothing.
+            unsupported = ["hang"] if plan.sets("hang") else []
+            if plan.upstream:
+                unsupported.append("upstream-faults")
+            if unsupported:
+                verb = "act" if len(unsupported) > 1 else "acts"
+                raise ValueError(
+                    f"{args.scenario}: {' and '.join(unsupported)} {verb} in "
+                    "packetcore-proxy only, not in a server's scenario"
+                )
     except OSError as exc:
         raise UserError(f"cannot read {args.scenario}: {exc.strerror or exc}", 2) from None
     except ValueError as exc:

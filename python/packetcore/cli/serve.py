@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     check_metrics(args, args.port, args.host, "--port")
-    args.faults = fault_plan(args)  # a bad combination fails before any port opens
+    args.faults = fault_plan(args, server=True)  # a bad combination fails before any port opens
     try:
         loop, _ = loop_factory(args.loop)
     except LoopUnavailable as exc:
@@ -223,7 +223,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Serving never waits on stderr: a log nobody reads must not freeze the clients.
         signum = run_loop(loop, _run(server, say, loop))
         name = signal.Signals(signum).name
-        say(f"{PROGRAM}: stopped by {name}: {server.stats.summary()}")
+        summary = server.stats.summary(faults=server.faults is not None)
+        say(f"{PROGRAM}: stopped by {name}: {summary}")
     return 128 + signum
 
 
