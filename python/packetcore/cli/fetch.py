@@ -273,10 +273,8 @@ def fetch_into(
     try:
         with progress_bar(verbosity) as progress:
             result = asyncio.run(_run(options, out, progress))
-            # In extended mode the server announced the feed's extent: a packet outside it
-            # is a corrupted sequence, not a packet of another slice.
-            strange = result.out_of_range if result.mode == "extended" else 0
-            if strict and (result.conflicts or result.invalid or result.corrupt or strange):
+            conflicting, invalid, corrupted = result.untrusted
+            if strict and (conflicting or invalid or corrupted):
                 # stdout got the records as they came: it cannot be taken back.
                 fate = (
                     "what reached stdout is not to be trusted"
@@ -284,9 +282,8 @@ def fetch_into(
                     else (f"{output} left as it was")
                 )
                 raise UserError(
-                    f"--strict: the server sent {result.conflicts} conflicting, "
-                    f"{result.invalid} invalid and {result.corrupt + strange} corrupted "
-                    f"packet(s); {fate}",
+                    f"--strict: the server sent {conflicting} conflicting, "
+                    f"{invalid} invalid and {corrupted} corrupted packet(s); {fate}",
                     EXIT_STRICT,
                 )
             _warn_conflicts(result)
