@@ -45,8 +45,12 @@ def follow_into(
     *,
     verbosity: int = 0,
     started: float | None = None,
+    progress: float | None = None,
 ) -> int:
-    """Follow into ``output``, print the summary; return the exit status (or raise UserError)."""
+    """Follow into ``output``, print the summary; return the exit status (or raise UserError).
+
+    ``progress``: a status line every so many seconds where stderr is no terminal.
+    """
     import asyncio
 
     from ..errors import OutputError
@@ -55,8 +59,8 @@ def follow_into(
         started = time.perf_counter()
     out = open_output(output, form)  # checks what can be checked before connecting
     try:
-        with progress_bar(verbosity) as progress:
-            stats, failure = asyncio.run(_run(options, out, progress))
+        with progress_bar(verbosity, progress) as report:
+            stats, failure = asyncio.run(_run(options, out, report))
         to_stdout = output == "-"
         if to_stdout and isinstance(out.error, BrokenPipeError):
             out.abort()  # the reader left (`| head`): a follow's normal end

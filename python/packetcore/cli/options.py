@@ -8,8 +8,11 @@ import argparse
 import contextlib
 import inspect
 import ipaddress
+import json
+import logging
 import math
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
     from ..metrics import MetricsServer, StatsLike
 
 __all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "add_common",
     "add_drop",
     "add_faults",
     "add_feed",
@@ -37,6 +43,46 @@ __all__ = [
     "say_metrics",
     "seed",
 ]
+
+
+#: What ``--log-format`` takes.
+LOG_FORMATS = ("text", "json")
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Add what every command takes: ``--version`` and ``--log-format``."""
+    from .. import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}",
+        help="print the version and exit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text",
+        help="text (default): one line a log record; json: one JSON object a record "
+        '({"time", "level", "logger", "message"}, and "exception" with -v), for a log '
+        "collector.  The command's own lines (where it listens, its summary, an error) "
+        "stay text",
+    )  # fmt: skip
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a log record as one JSON object on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` as ``{"time", "level", "logger", "message"[, "exception"]}``."""
+        seconds = record.created
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        entry = {
+            "time": f"{stamp}.{int(seconds % 1 * 1000):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        # ensure_ascii: one line whatever the message holds, newlines included.
+        return json.dumps(entry, ensure_ascii=True)
 
 
 def integer(low: int, high: int | None = None, *, what: str) -> Callable[[str], int]:
