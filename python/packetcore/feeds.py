@@ -97,7 +97,7 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
     source = f"feed file {os.fspath(path)!r}"
     try:
         form = format_for(path)
-        feed = Packets.concat(list(iter_packets(path, form)))
+        feed = Packets.concat(iter_packets(path, form))  # blocks not kept: see concat
     except FileNotFoundError:
         raise FeedError(
             f"feed {spec!r}: no such file (a feed is 'book', 'synthetic:N' or a file "

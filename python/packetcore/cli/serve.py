@@ -228,8 +228,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 128 + signum
 
 
-def _live_feed(args: argparse.Namespace) -> Packets | MappedFeed | LiveFeed:
-    """Return the feed to serve; a live one (clock not started) with ``--live``."""
+def _live_feed(args: argparse.Namespace) -> WireIndex | LiveFeed:
+    """Return the feed to serve, encoded; a live one (clock not started) with ``--live``.
+
+    Encoded here, so that no frame of the command holds the loaded columns: the wire
+    bytes are all a server keeps.
+    """
     if not args.live:
         for option, value in (
             ("--until", args.until),
@@ -238,7 +242,7 @@ def _live_feed(args: argparse.Namespace) -> Packets | MappedFeed | LiveFeed:
         ):
             if value is not None:
                 raise UserError(f"{option} needs --live RATE (a rate above 0)", 2)
-        return open_feed(args.feed or "book", args.seed)
+        return WireIndex(open_feed(args.feed or "book", args.seed))
     source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
     try:
         return LiveFeed(args.live, source, seed=args.seed, until=args.until)
@@ -286,11 +290,8 @@ def _signals_kept() -> Iterator[None]:
                     signal.signal(number, handler)
 
 
-def _serve_workers(
-    args: argparse.Namespace, loop: str, feed: Packets | MappedFeed | LiveFeed
-) -> int:
+def _serve_workers(args: argparse.Namespace, loop: str, index: WireIndex | LiveFeed) -> int:
     # Encoded (or mapped) once, before the fork: the workers share it copy-on-write.
-    index = feed if isinstance(feed, LiveFeed) else WireIndex(feed)
     try:
         sets, port = bind_workers(
             args.host, args.port, args.workers, max(128, args.max_connections)
