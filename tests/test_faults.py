@@ -468,10 +468,11 @@ def test_proxy_command_refuses_a_port_in_use() -> None:
     assert stderr.count("\n") == 1 and "packetcore-proxy: error: cannot listen" in stderr
 
 
-def test_serve_command_applies_the_faults(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_command_applies_the_faults(workers: str) -> None:
     process = python(
         "serve", "--host", "127.0.0.1", "--port", "0", "--feed", f"synthetic:{N}",
-        "--seed", "11", "--drop", "0", "--close-after", "170", "-q",
+        "--seed", "11", "--drop", "0", "--close-after", "170", "-q", "--workers", workers,
     )  # fmt: skip
     try:
         assert process.stderr is not None
@@ -484,7 +485,28 @@ def test_serve_command_applies_the_faults(tmp_path: Path) -> None:
         # docs/faults.md: the counts are printed when it stops, on its last line.
         last = stderr.splitlines()[-1]
         assert last.startswith("packetcore-serve: stopped by SIGINT: "), stderr
-        assert last.endswith("; faults: close 1"), stderr
+        assert "; faults: close 1" in last, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_server_with_faults_says_so_when_none_were_injected(workers: str) -> None:
+    process = python(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--loss", "0.5", "-q",
+        "--workers", workers,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        assert "listening on port" in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130
+        last = stderr.splitlines()[-1]
+        assert last.startswith("packetcore-serve: stopped by SIGINT: "), stderr
+        assert "; faults: none injected" in last, stderr
     finally:
         if process.poll() is None:
             process.kill()

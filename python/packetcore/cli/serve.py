@@ -351,7 +351,7 @@ def _supervise(
         )
         signum = asyncio.run(workers.supervise())
         how = "all workers died" if signum is None else f"stopped by {signal.Signals(signum).name}"
-        say(f"{PROGRAM}: {how}: {workers.summary()}")
+        say(f"{PROGRAM}: {how}: {workers.summary(args.faults is not None)}")
     if workers.died or signum is None:
         return EXIT_FAILURE
     return 128 + signum
