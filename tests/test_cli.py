@@ -86,14 +86,14 @@ def test_no_command_is_a_usage_error_on_stderr(capsys: pytest.CaptureFixture[str
     assert packetcore_main([]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("usage: python -m packetcore {serve,fetch,proxy,demo}")
+    assert err.startswith("usage: python -m packetcore {serve,fetch,proxy,info,convert,demo}")
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_help_is_usage_on_stdout(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert packetcore_main([flag]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("usage: python -m packetcore {serve,fetch,proxy,demo}")
+    assert out.startswith("usage: python -m packetcore {serve,fetch,proxy,info,convert,demo}")
     assert err == ""
 
 
@@ -143,12 +143,29 @@ def test_command_modules_run_as_scripts(module: str, prog: str) -> None:
 def test_synthetic_feed_size_message_matches_the_check(
     count: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert serve_main(["--feed", f"synthetic:{count}", "--port", "0", "-q"]) == 1
+    # A usage error (exit 2), as every other bad option: refused before anything loads.
+    with pytest.raises(SystemExit) as exited:
+        serve_main(["--feed", f"synthetic:{count}", "--port", "0", "-q"])
+    assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [
-        f"packetcore-serve: error: feed 'synthetic:{count}': a synthetic feed holds "
-        f"1..2147483647 packets (at least 1 packet, at most one per positive int32 sequence)"
-    ]
+    assert lines[-1] == (
+        f"packetcore-serve: error: argument --feed: feed 'synthetic:{count}': a synthetic "
+        f"feed holds 1..2147483647 packets (at least 1 packet, at most one per positive "
+        f"int32 sequence)"
+    )
+
+
+def test_a_synthetic_feed_that_is_no_count_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        serve_main(["--feed", "synthetic:abc", "--port", "0", "-q"])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        "packetcore-serve: error: argument --feed: feed 'synthetic:abc': 'abc' is not a "
+        "packet count"
+    )
 
 
 # -- run(): signals ---------------------------------------------------------------------------

@@ -394,6 +394,13 @@ def python(*args: str) -> subprocess.Popen[str]:
     )
 
 
+#: Scenarios a server must refuse: what they name acts in a proxy only, or is nothing.
+SCENARIOS = Path(__file__).parent / "data" / "scenarios"
+HANG = str(SCENARIOS / "hang.toml")
+HANG_ONE = str(SCENARIOS / "hang-one.toml")
+UPSTREAM = str(SCENARIOS / "upstream.toml")
+UNKNOWN_KEY = str(SCENARIOS / "unknown.toml")
+
 BAD = [
     ("proxy", ["--loss", "2"], "not a probability"),
     ("proxy", ["--bandwidth", "fast"], "not a rate"),
@@ -408,6 +415,10 @@ BAD = [
     ("serve", ["--corrupt", "x"], "not a number"),
     ("serve", ["--reset-after", "-1"], "byte count"),
     ("serve", ["--duplicate", "0.5", "--scenario", "no-such.toml"], "cannot read"),
+    ("serve", ["--scenario", HANG], "hang acts in packetcore-proxy only"),
+    ("serve", ["--scenario", HANG_ONE], "hang acts in packetcore-proxy only"),
+    ("serve", ["--scenario", UPSTREAM], "upstream-faults acts in packetcore-proxy only"),
+    ("serve", ["--scenario", UNKNOWN_KEY], "unknown fault 'freeze'"),
 ]
 
 
@@ -457,10 +468,11 @@ def test_proxy_command_refuses_a_port_in_use() -> None:
     assert stderr.count("\n") == 1 and "packetcore-proxy: error: cannot listen" in stderr
 
 
-def test_serve_command_applies_the_faults(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_command_applies_the_faults(workers: str) -> None:
     process = python(
         "serve", "--host", "127.0.0.1", "--port", "0", "--feed", f"synthetic:{N}",
-        "--seed", "11", "--drop", "0", "--close-after", "170", "-q",
+        "--seed", "11", "--drop", "0", "--close-after", "170", "-q", "--workers", workers,
     )  # fmt: skip
     try:
         assert process.stderr is not None
@@ -468,8 +480,33 @@ def test_serve_command_applies_the_faults(tmp_path: Path) -> None:
         port = int(line.split()[4])
         assert ask(port) == WIRE[:170]
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=30)
         assert process.returncode == 130
+        # docs/faults.md: the counts are printed when it stops, on its last line.
+        last = stderr.splitlines()[-1]
+        assert last.startswith("packetcore-serve: stopped by SIGINT: "), stderr
+        assert "; faults: close 1" in last, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_server_with_faults_says_so_when_none_were_injected(workers: str) -> None:
+    process = python(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--loss", "0.5", "-q",
+        "--workers", workers,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        assert "listening on port" in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130
+        last = stderr.splitlines()[-1]
+        assert last.startswith("packetcore-serve: stopped by SIGINT: "), stderr
+        assert "; faults: none injected" in last, stderr
     finally:
         if process.poll() is None:
             process.kill()

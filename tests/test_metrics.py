@@ -424,3 +424,59 @@ def _scrapes(port: int) -> bool:
         return scrape(port)["packetcore_connections_total"] == 0
     except (OSError, ValueError):
         return False
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _readme_metrics() -> set[str]:
+    """Return the metric names the README's metrics table lists."""
+    names = set()
+    for line in README.read_text(encoding="utf-8").splitlines():
+        row = re.match(r"\| `(packetcore_\w+)(?:\{[^}]*\})?`( \(gauge\))? \|", line)
+        if row:
+            names.add(row.group(1))
+    return names
+
+
+def _exposed(port: int) -> set[str]:
+    """Return the metric names ``/metrics`` declares (families with no sample too)."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    names = set()
+    for line in text.splitlines():
+        declared = re.fullmatch(r"# TYPE (\w+) (\w+)", line)
+        if declared:
+            name, kind = declared.groups()
+            # Some versions of prometheus-client declare a counter without its _total.
+            counter = kind == "counter" and not name.endswith("_total")
+            names.add(name + "_total" if counter else name)
+    return names
+
+
+def test_the_readme_lists_exactly_the_metrics_a_server_exposes() -> None:
+    # A live server with faults: every metric the server can expose is there.
+    faults = FaultPlan(Faults(loss=0.1), seed=1)
+    live = Server(host="127.0.0.1", port=0, live=1000, until=10, seed=1, faults=faults)
+    with live, serve_metrics("127.0.0.1", 0, lambda: live.stats) as metrics:
+        exposed = _exposed(metrics.port)
+    listed = _readme_metrics()
+    assert "packetcore_connections_total" in listed  # the table was found at all
+    assert listed == exposed, (
+        f"in the README only: {sorted(listed - exposed)}; exposed only: {sorted(exposed - listed)}"
+    )
+
+
+def test_the_readme_names_the_attributes_serve_metrics_reads() -> None:
+    from packetcore.metrics import _OPTIONAL_COUNTERS, COUNTERS
+
+    text = README.read_text(encoding="utf-8")
+    paragraph = text[text.index("`packetcore.metrics.serve_metrics(host, port, source)`") :]
+    paragraph = paragraph[: paragraph.index("\n\n")]
+    named = set(re.findall(r"`([a-z_]+)`", paragraph))
+    read = {attribute for _, attribute, _ in COUNTERS + _OPTIONAL_COUNTERS}
+    assert read | {"active", "faults"} <= named
+    # Every name it gives is one a server's stats have.
+    fields = {f.name for f in dataclasses.fields(ServerStats)}
+    assert named - {"source"} <= fields

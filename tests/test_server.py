@@ -590,6 +590,7 @@ def test_cli_help_explains_every_option() -> None:
         (["--max-connections", "0"], "not 1 or more"),
         (["--idle-timeout", "-1"], "0 seconds or more"),
         (["--seed", "-3"], "negative"),
+        (["--feed", "synthetic:zero"], "'zero' is not a packet count"),
     ],
 )
 def test_cli_bad_option_is_one_line(args: list[str], message: str) -> None:
@@ -606,7 +607,6 @@ def test_cli_bad_feed_is_one_line(tmp_path: Path) -> None:
     cases = [
         (str(path), "record 0, field 'buysellindicator'"),
         ("nowhere.json", "no such file"),
-        ("synthetic:zero", "packet count"),
     ]
     for feed, message in cases:
         result = run_cli("--feed", feed, "--port", "0")

@@ -21,15 +21,18 @@ if TYPE_CHECKING:
         Decoder,
         GapTracker,
         PacketStore,
+        TextParser,
         decode,
         encode,
         implementation,
+        text_rows,
         to_json,
     )
     from .errors import FeedError, FetchError, PacketcoreError, ProtocolError
     from .following import Follow, FollowStats, follow
     from .formats import FORMATS, read, write
     from .packets import Packet, Packets
+    from .session import FetchOptions
 
 __version__ = "0.1.0"
 
@@ -40,6 +43,7 @@ __all__ = [
     "Decoder",
     "FeedError",
     "FetchError",
+    "FetchOptions",
     "FetchResult",
     "Follow",
     "FollowStats",
@@ -49,6 +53,7 @@ __all__ = [
     "PacketcoreError",
     "Packets",
     "ProtocolError",
+    "TextParser",
     "__version__",
     "decode",
     "encode",
@@ -57,6 +62,7 @@ __all__ = [
     "follow",
     "implementation",
     "read",
+    "text_rows",
     "to_json",
     "write",
 ]
@@ -71,9 +77,11 @@ _WHERE = {
     "Decoder": ".engine",
     "GapTracker": ".engine",
     "PacketStore": ".engine",
+    "TextParser": ".engine",
     "decode": ".engine",
     "encode": ".engine",
     "implementation": ".engine",
+    "text_rows": ".engine",
     "to_json": ".engine",
     "FeedError": ".errors",
     "FetchError": ".errors",
@@ -87,6 +95,7 @@ _WHERE = {
     "write": ".formats",
     "Packet": ".packets",
     "Packets": ".packets",
+    "FetchOptions": ".session",
 }
 
 

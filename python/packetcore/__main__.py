@@ -1,4 +1,4 @@
-"""``python -m packetcore serve|fetch|proxy|demo``."""
+"""``packetcore serve|fetch|proxy|info|convert|demo`` (also ``python -m packetcore ...``)."""
 
 from __future__ import annotations
 
@@ -10,37 +10,53 @@ import sys
 from collections.abc import Iterator, Sequence
 
 PROG = "python -m packetcore"
-USAGE = """usage: python -m packetcore {serve,fetch,proxy,demo} [options]
+USAGE = """usage: {prog} {{serve,fetch,proxy,info,convert,demo}} [options]
+       {prog} --version
 
-  serve   run the exchange (same as packetcore-serve)
-  fetch   fetch a feed into output.json (same as packetcore-fetch)
-  proxy   forward to a server with faults (same as packetcore-proxy)
-  demo    start a server on a free port, fetch from it, stop it
+  serve    run the exchange (same as packetcore-serve)
+  fetch    fetch a feed into output.json (same as packetcore-fetch)
+  proxy    forward to a server with faults (same as packetcore-proxy)
+  info     count, sequences, gaps and format of a feed file (no server)
+  convert  convert a feed file from any format to any other (no server)
+  demo     start a server on a free port, fetch from it, stop it
 
-'python -m packetcore COMMAND --help' explains each command's options."""
+'{prog} COMMAND --help' explains each command's options."""
+#: The commands with no program of their own: only ``packetcore COMMAND``.
+SUBCOMMANDS = ("info", "convert", "demo")
 
 
 #: The commands: their module under packetcore.cli and their name as a program.
 COMMANDS = {"serve": "packetcore-serve", "fetch": "packetcore-fetch", "proxy": "packetcore-proxy"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to the command named by the first argument."""
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Dispatch to the command named by the first argument (``prog``: how it was typed)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    usage = USAGE.format(prog=prog)
     if not args:
         # No command is a usage error: the usage goes where errors go.
-        print(USAGE, file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     if args[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage)
+        return 0
+    if args[0] == "--version":
+        from . import __version__
+
+        print(f"{prog} {__version__}")
         return 0
     command, rest = args[0], args[1:]
-    if command not in (*COMMANDS, "demo"):
-        print(f"{PROG}: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    if command not in (*COMMANDS, *SUBCOMMANDS):
+        print(f"{prog}: error: unknown command {command!r}\n\n{usage}", file=sys.stderr)
         return 2
     # Each command's usage and errors name it as it was typed.  Called with no argv,
     # this is the process's command (python -m packetcore): its signals are the command's.
-    return _run(command, rest, f"{PROG} {command}", owner=argv is None)
+    return _run(command, rest, f"{prog} {command}", owner=argv is None)
+
+
+def packetcore() -> int:
+    """Run ``packetcore COMMAND`` (its console script)."""
+    return main(prog="packetcore")
 
 
 def _run(command: str, argv: Sequence[str], prog: str, *, owner: bool = True) -> int:

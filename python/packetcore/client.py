@@ -94,6 +94,17 @@ class FetchResult:
         )
 
     @property
+    def untrusted(self) -> tuple[int, int, int]:
+        """Return the (conflicting, invalid, corrupted) packets the server sent.
+
+        What ``strict`` (``--strict``) refuses.  In extended mode the server announced
+        the feed's extent: a packet outside it is a corrupted sequence, not a packet of
+        another slice.
+        """
+        strange = self.out_of_range if self.mode == "extended" else 0
+        return self.conflicts, self.invalid, self.corrupt + strange
+
+    @property
     def missing_count(self) -> int:
         """Return how many sequences are missing."""
         return sum(last - first + 1 for first, last in self.missing)
@@ -130,6 +141,7 @@ async def fetch_async(
     port: int = FetchOptions.port,
     *,
     progress: Progress | None = None,
+    strict: bool = False,
     **options: Any,
 ) -> FetchResult:
     """Fetch the feed from ``host:port`` and recover every missing packet.
@@ -137,7 +149,9 @@ async def fetch_async(
     ``options`` are the fields of :class:`FetchOptions` (``protocol``, ``timeout``,
     ``retries``, ``backoff``, ``confidence``, ``max_passes``, ``deadline``, ``start``,
     ``stop``, ...), which holds their defaults.  ``progress`` is called with
-    ``(packets in order so far, packets expected or None)``.
+    ``(packets in order so far, packets expected or None)``.  ``strict``, as the
+    command's ``--strict``: raise :class:`FetchError` if the server sent conflicting,
+    invalid or corrupted packets (:attr:`FetchResult.untrusted`).
 
     Raise :class:`FetchError` if no packet could be fetched at all (no server, or
     ``protocol="extended"`` against one without the extension); any other shortfall
@@ -146,6 +160,12 @@ async def fetch_async(
     settings = FetchOptions(host=host, port=port, **options)
     batches: list[Packets] = []
     result = await run_fetch(settings, batches.append, progress)
+    if strict and any(result.untrusted):
+        conflicting, invalid, corrupted = result.untrusted
+        raise FetchError(
+            f"strict: the server sent {conflicting} conflicting, {invalid} invalid and "
+            f"{corrupted} corrupted packet(s)"
+        )
     return dataclasses.replace(result, packets=Packets.concat(batches))
 
 
@@ -154,6 +174,7 @@ def fetch(
     port: int = FetchOptions.port,
     *,
     progress: Progress | None = None,
+    strict: bool = False,
     **options: Any,
 ) -> FetchResult:
     """Fetch the feed from ``host:port`` (see :func:`fetch_async`), in a new event loop.
@@ -162,7 +183,7 @@ def fetch(
     :func:`fetch_async` instead.
     """
     _no_running_loop("packetcore.fetch()", "await packetcore.fetch_async(...)")
-    return asyncio.run(fetch_async(host, port, progress=progress, **options))
+    return asyncio.run(fetch_async(host, port, progress=progress, strict=strict, **options))
 
 
 def _no_running_loop(call: str, instead: str) -> None:

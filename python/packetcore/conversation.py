@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from .engine import MAX_SEQUENCE
 from .errors import FeedError
 from .faults import Delivery, FaultCounts
 from .listener import peer_name
@@ -48,15 +49,18 @@ class ServerStats:
     packets_sent: int = 0  #: packets written by stream-all and subscriptions
     packets_resent: int = 0  #: packets written by resend and resend-range requests
     packets_dropped: int = 0  #: packets the loss simulation dropped
-    bad_requests: int = 0  #: unknown callTypes (ignored) and resends of sequences the feed lacks
+    #: unknown callTypes (ignored), resends of sequences the feed lacks, subscriptions from
+    #: beyond 2**31-1 (closed)
+    bad_requests: int = 0
     timeouts: int = 0  #: connections closed for idling past idle_timeout
     bytes_written: int = 0  #: bytes handed to the clients' sockets (packets and info frames)
     subscriptions: int = 0  #: subscribe requests (callType 5) answered
     slow_disconnects: int = 0  #: subscribers disconnected for falling too far behind
     faults: dict[str, int] = field(default_factory=FaultCounts)  #: injected faults by kind
 
-    def summary(self) -> str:
-        """Return the counters as one line."""
+    def summary(self, faults: bool = False) -> str:
+        """Return the counters as one line; the injected faults by kind too, if any were
+        injected or ``faults`` (the server has faults to inject)."""
         line = (
             f"{self.connections} connections ({self.refused} refused), {self.streams} streams, "
             f"{self.packets_sent} packets sent, {self.packets_resent} resent, "
@@ -64,6 +68,9 @@ class ServerStats:
         )
         if self.subscriptions:
             line += f", {self.subscriptions} subscriptions ({self.slow_disconnects} too slow)"
+        if faults or self.faults:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()) if v)
+            line += f"; faults: {kinds or 'none injected'}"
         return line
 
 
@@ -267,6 +274,16 @@ class Conversation:
                 elif kind == SUBSCRIBE:
                     # The connection is a subscription from now on: later requests unread.
                     await self._flush(out)
+                    if request.start > MAX_SEQUENCE:
+                        # No packet can carry such a sequence: the subscription would wait
+                        # for ever, silent.  A bad request; the connection closes (nothing
+                        # will ever come from there).
+                        self._stats.bad_requests += 1
+                        log.warning(
+                            "%s subscribed from %d, beyond any sequence (%d): closed",
+                            self.peer, request.start, MAX_SEQUENCE,
+                        )  # fmt: skip
+                        return False
                     await self._subscribe(request.start)
                     return False
                 else:

@@ -319,6 +319,16 @@ class FaultPlan:
         sequence = np.random.SeedSequence(self.entropy, spawn_key=(_SPAWN, number))
         return np.random.Generator(np.random.PCG64(sequence))
 
+    def sets(self, name: str) -> bool:
+        """Return whether ``name`` (a :class:`Faults` field) is set for any connection.
+
+        Looks at the faults for every connection and the scenario's rules (a script, a
+        choice made per connection by code, is not looked into).
+        """
+        return bool(getattr(self.faults, name)) or any(
+            bool(rule.changes.get(name)) for rule in self.rules
+        )
+
     @property
     def active(self) -> bool:
         """Return whether any connection can suffer a fault."""

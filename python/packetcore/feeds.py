@@ -40,6 +40,7 @@ __all__ = [
     "open_feed",
     "parse_records",
     "synthetic",
+    "synthetic_count",
 ]
 
 _INT32_MIN = -(2**31)
@@ -77,27 +78,34 @@ def synthetic(count: int, seed: int | None = None) -> Packets:
     )
 
 
+def synthetic_count(spec: str) -> int:
+    """Return the N of a ``synthetic:N`` spec; raise :class:`FeedError` if it is no count."""
+    text = spec.partition(":")[2]
+    try:
+        count = int(text)
+    except ValueError:
+        raise FeedError(f"feed {spec!r}: {text!r} is not a packet count") from None
+    if not 1 <= count <= MAX_SEQUENCE:
+        raise FeedError(
+            f"feed {spec!r}: a synthetic feed holds 1..{MAX_SEQUENCE} packets "
+            f"(at least 1 packet, at most one per positive int32 sequence)"
+        )
+    return count
+
+
 def load_feed(spec: str, seed: int | None = None) -> Packets:
     """Return the feed ``spec`` names: ``book``, ``synthetic:N`` or a file in any format."""
     if spec == "book":
         return book()
     if spec.startswith("synthetic:"):
-        text = spec.partition(":")[2]
-        try:
-            count = int(text)
-        except ValueError:
-            raise FeedError(f"feed {spec!r}: {text!r} is not a packet count") from None
-        if not 1 <= count <= MAX_SEQUENCE:
-            raise FeedError(
-                f"feed {spec!r}: a synthetic feed holds 1..{MAX_SEQUENCE} packets "
-                f"(at least 1 packet, at most one per positive int32 sequence)"
-            )
+        count = synthetic_count(spec)
         return synthetic(count, seed)
     path = Path(spec)
     source = f"feed file {os.fspath(path)!r}"
     try:
         form = format_for(path)
-        feed = Packets.concat(list(iter_packets(path, form, source=source)))
+        # The blocks are not kept beside their copy: see concat.
+        feed = Packets.concat(iter_packets(path, form, source=source))
     except FileNotFoundError:
         raise FeedError(
             f"feed {spec!r}: no such file (a feed is 'book', 'synthetic:N' or a file "

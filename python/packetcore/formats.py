@@ -496,4 +496,4 @@ def _bad_value(index: int, key: str, expected: str) -> None:
 
 def read(path: str | os.PathLike[str], format: str | None = None) -> Packets:
     """Return the packets of the file at ``path``, its format named or by extension."""
-    return Packets.concat(list(iter_packets(path, format)))
+    return Packets.concat(iter_packets(path, format))  # blocks not kept: see concat

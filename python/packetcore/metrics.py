@@ -53,7 +53,8 @@ MAX_SCRAPES = 8
 class StatsLike(Protocol):
     """What a metrics source returns: the counters of a server or a proxy.
 
-    ``faults`` (kind -> count), ``refused`` and ``timeouts`` are read where present.
+    ``faults`` (kind -> count), ``refused``, ``timeouts``, ``subscriptions`` and
+    ``slow_disconnects`` are read where present.
     """
 
     @property
@@ -84,7 +85,7 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     (
         "packetcore_bad_requests",
         "bad_requests",
-        "Unknown callTypes and resends of sequences the feed lacks.",
+        "Unknown callTypes, resends of sequences the feed lacks, subscriptions beyond 2^31-1.",
     ),
     ("packetcore_bytes_written", "bytes_written", "Bytes written to clients."),
 )

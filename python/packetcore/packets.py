@@ -207,17 +207,32 @@ class Packets:
 
     @classmethod
     def concat(cls, batches: Iterable[Packets]) -> Packets:
-        """Return the batches one after another as one batch."""
-        parts = list(batches)
-        if not parts:
+        """Return the batches one after another as one batch.
+
+        Given an iterator (a file read block by block), the batches are not kept: their
+        columns are, and each column's parts are freed once joined, so the peak is the
+        packets once and one column more, not twice the packets.
+        """
+        parts: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in (*COLUMNS, "invalid")}
+        first: Packets | None = None
+        for count, batch in enumerate(batches):
+            if count == 0:
+                first = batch  # kept alone: one batch is returned as it is, not copied
+            elif count == 1:
+                assert first is not None
+                for name, columns in parts.items():
+                    columns.append(getattr(first, name))
+                first = None
+            if count:
+                for name, columns in parts.items():
+                    columns.append(getattr(batch, name))
+        if first is not None:
+            return first
+        if not parts["sequence"]:
             return cls.empty()
-        if len(parts) == 1:
-            return parts[0]
-        symbol, side, quantity, price, sequence = (
-            np.concatenate([getattr(p, name) for p in parts]) for name in COLUMNS
-        )
-        invalid = np.concatenate([p.invalid for p in parts])
-        return cls._from_columns(symbol, side, quantity, price, sequence, invalid)
+        # One column at a time, its parts dropped as soon as it is joined.
+        joined = [np.concatenate(parts.pop(name)) for name in (*COLUMNS, "invalid")]
+        return cls._from_columns(*joined)
 
     def __add__(self, other: object) -> Packets:
         if not isinstance(other, Packets):

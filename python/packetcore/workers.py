@@ -530,13 +530,16 @@ class Workers:
                     setattr(total, name, mine + value)
         return total
 
-    def summary(self) -> str:
-        """Return the summed stats, the connections of each worker and the deaths, one line."""
+    def summary(self, faults: bool = False) -> str:
+        """Return the summed stats, the connections of each worker and the deaths, one line.
+
+        ``faults``: the workers have faults to inject (their counts are named, if none).
+        """
         per_worker = ", ".join(
             "-" if r.stats is None else str(r.stats.connections) for r in self.reports
         )
         line = (
-            f"{len(self.reports)} workers: {self.total().summary()}; "
+            f"{len(self.reports)} workers: {self.total().summary(faults)}; "
             f"connections per worker: {per_worker}"
         )
         if self.died:

@@ -49,7 +49,13 @@ stop_signal = signals.stop_signal
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
-    """Add ``-q``/``-v`` to a parser (as ``args.verbosity``: -1, 0, 1)."""
+    """Add ``-q``/``-v`` to a parser (as ``args.verbosity``: -1, 0, 1).
+
+    Every command calls it: ``--version`` and ``--log-format`` come with it.
+    """
+    from .options import add_common
+
+    add_common(parser)
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "-q",
@@ -70,12 +76,21 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def setup_logging(verbosity: int) -> None:
-    """Log to stderr at ERROR (-q: errors only), INFO (default) or DEBUG (-v)."""
+def setup_logging(verbosity: int, form: str = "text") -> None:
+    """Log to stderr at ERROR (-q: errors only), INFO (default) or DEBUG (-v).
+
+    ``form``: ``text``, or ``json`` (one JSON object a record).
+    """
     level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(
         level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
+    if form == "json":
+        from .options import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setFormatter(JsonFormatter())
 
 
 def run(
@@ -90,7 +105,7 @@ def run(
     with signals.handled():
         try:
             args = parser.parse_args(argv)
-            setup_logging(args.verbosity)
+            setup_logging(args.verbosity, getattr(args, "log_format", "text"))
             return _call(program, body, args)
         except (KeyboardInterrupt, asyncio.CancelledError) as exc:
             # A Ctrl-C, or a request that gave up (signals): it cancelled a loop's task.

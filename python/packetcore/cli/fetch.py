@@ -54,6 +54,7 @@ log = logging.getLogger("packetcore.fetch")
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """Return the parser of the fetch options (defaults from :class:`FetchOptions`)."""
     from ..session import MAX_BACKOFF, MAX_CONFIDENCE, FetchOptions
+    from .progress import DEFAULT_INTERVAL
 
     defaults = FetchOptions()  # the one place defaults come from
     backoff = number(0.0, MAX_BACKOFF, what=f"0 to {MAX_BACKOFF:g} seconds")
@@ -176,6 +177,13 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         help=f"base protocol: give up after N stream-all passes (default: {defaults.max_passes})",
     )
     add(
+        "--progress", type=_positive, nargs="?", const=DEFAULT_INTERVAL, default=None,
+        metavar="SECONDS",
+        help="where stderr is no terminal (a log file, a pipe): a one-line status every "
+        f"SECONDS (default: {DEFAULT_INTERVAL:g}), even with -q; on a terminal a bar shows "
+        "progress anyway",
+    )  # fmt: skip
+    add(
         "--strict",
         action="store_true",
         help="fail (exit 4, nothing written) if the server sent conflicting duplicates, "
@@ -241,9 +249,10 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
         if form is None and args.output == "-":
             form = "ndjson"  # a follow streams: one record a line, not one endless array
         return follow_into(options, args.output, form, verbosity=args.verbosity,
-                           started=started)  # fmt: skip
+                           started=started, progress=args.progress)  # fmt: skip
     return fetch_into(options, args.output, args.format, strict=args.strict,
-                      verbosity=args.verbosity, started=started)  # fmt: skip
+                      verbosity=args.verbosity, started=started,
+                      progress=args.progress)  # fmt: skip
 
 
 def _check_format(output: str, form: str | None) -> None:
@@ -281,11 +290,14 @@ def fetch_into(
     strict: bool = False,
     verbosity: int = 0,
     started: float | None = None,
+    progress: float | None = None,
 ) -> int:
     """Fetch into ``output``, print the summary; return the exit status (or raise UserError).
 
     A stop signal gives the fetch up (see :mod:`packetcore.cli.signals`): the output is
     left as it was, 130 / 143; once the output is in place, signals are ignored.
+
+    ``progress``: a status line every so many seconds where stderr is no terminal.
     """
     from ..output import STDOUT
 
@@ -295,15 +307,13 @@ def fetch_into(
     import asyncio
 
     try:
-        with progress_bar(verbosity) as progress:
+        with progress_bar(verbosity, progress) as report:
             with signals.in_loop():
-                result = asyncio.run(_run(options, out, progress))
+                result = asyncio.run(_run(options, out, report))
             if result is None:  # the reader of stdout left (`| head`): a normal end
                 return _reader_left(out, verbosity)
-            # In extended mode the server announced the feed's extent: a packet outside it
-            # is a corrupted sequence, not a packet of another slice.
-            strange = result.out_of_range if result.mode == "extended" else 0
-            if strict and (result.conflicts or result.invalid or result.corrupt or strange):
+            conflicting, invalid, corrupted = result.untrusted
+            if strict and (conflicting or invalid or corrupted):
                 # stdout got the records as they came: it cannot be taken back.
                 fate = (
                     "what reached stdout is not to be trusted"
@@ -311,9 +321,8 @@ def fetch_into(
                     else (f"{output} left as it was")
                 )
                 raise UserError(
-                    f"--strict: the server sent {result.conflicts} conflicting, "
-                    f"{result.invalid} invalid and {result.corrupt + strange} corrupted "
-                    f"packet(s); {fate}",
+                    f"--strict: the server sent {conflicting} conflicting, "
+                    f"{invalid} invalid and {corrupted} corrupted packet(s); {fate}",
                     EXIT_STRICT,
                 )
             _warn_conflicts(result)
@@ -437,8 +446,18 @@ def _incomplete(result: FetchResult, output: str, where: str) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(verbosity: int) -> Iterator[Progress | None]:
-    """Yield a progress callback drawing a tqdm bar, or None when stderr is no terminal."""
+def progress_bar(verbosity: int, every: float | None = None) -> Iterator[Progress | None]:
+    """Yield a progress callback drawing a tqdm bar, or None when stderr is no terminal.
+
+    ``every`` (``--progress``): where stderr is no terminal, a status line every
+    ``every`` seconds instead (even with -q: it was asked for).
+    """
+    if every is not None and not sys.stderr.isatty():
+        from .progress import status_lines
+
+        with status_lines(PROGRAM, every) as lines:
+            yield lines
+        return
     if verbosity < 0 or not sys.stderr.isatty():
         yield None
         return

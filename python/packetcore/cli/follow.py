@@ -47,8 +47,12 @@ def follow_into(
     *,
     verbosity: int = 0,
     started: float | None = None,
+    progress: float | None = None,
 ) -> int:
-    """Follow into ``output``, print the summary; return the exit status (or raise UserError)."""
+    """Follow into ``output``, print the summary; return the exit status (or raise UserError).
+
+    ``progress``: a status line every so many seconds where stderr is no terminal.
+    """
     import asyncio
 
     from ..errors import OutputError
@@ -59,8 +63,8 @@ def follow_into(
     out = open_output(output, form)  # checks what can be checked before connecting
     to_stdout = output == "-"
     try:
-        with progress_bar(verbosity) as progress, signals.in_loop():
-            stats, failure = asyncio.run(_run(options, out, progress))
+        with progress_bar(verbosity, progress) as report, signals.in_loop():
+            stats, failure = asyncio.run(_run(options, out, report))
         if to_stdout and isinstance(out.error, BrokenPipeError):
             out.abort()  # the reader left (`| head`): a follow's normal end
             signals.settle()

@@ -8,8 +8,11 @@ import argparse
 import contextlib
 import inspect
 import ipaddress
+import json
+import logging
 import math
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
     from ..metrics import MetricsServer, StatsLike
 
 __all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "add_common",
     "add_drop",
     "add_faults",
     "add_feed",
@@ -29,6 +35,7 @@ __all__ = [
     "bind_metrics",
     "check_metrics",
     "fault_plan",
+    "feed_spec",
     "integer",
     "metrics_served",
     "number",
@@ -36,6 +43,46 @@ __all__ = [
     "say_metrics",
     "seed",
 ]
+
+
+#: What ``--log-format`` takes.
+LOG_FORMATS = ("text", "json")
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Add what every command takes: ``--version`` and ``--log-format``."""
+    from .. import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}",
+        help="print the version and exit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text",
+        help="text (default): one line a log record; json: one JSON object a record "
+        '({"time", "level", "logger", "message"}, and "exception" with -v), for a log '
+        "collector.  The command's own lines (where it listens, its summary, an error) "
+        "stay text",
+    )  # fmt: skip
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a log record as one JSON object on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` as ``{"time", "level", "logger", "message"[, "exception"]}``."""
+        seconds = record.created
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        entry = {
+            "time": f"{stamp}.{int(seconds % 1 * 1000):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        # ensure_ascii: one line whatever the message holds, newlines included.
+        return json.dumps(entry, ensure_ascii=True)
 
 
 def integer(low: int, high: int | None = None, *, what: str) -> Callable[[str], int]:
@@ -92,10 +139,26 @@ def _server_default(name: str) -> Any:
     return inspect.signature(Server).parameters[name].default
 
 
+def feed_spec(text: str) -> str:
+    """An argparse type for ``--feed``: a bad ``synthetic:N`` is a usage error (exit 2).
+
+    A file is read later, when the feed loads: one that cannot be read is a failure (1).
+    """
+    if text.startswith("synthetic:"):
+        from ..errors import FeedError
+        from ..feeds import synthetic_count
+
+        try:
+            synthetic_count(text)
+        except FeedError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_feed(parser: argparse.ArgumentParser) -> None:
     """Add ``--feed`` (a feed spec, as ``args.feed``) to ``parser``."""
     parser.add_argument(
-        "--feed", default="book", metavar="FEED",
+        "--feed", type=feed_spec, default="book", metavar="FEED",
         help="what to serve: 'book' (default, the reference's 14-packet order book), "
         "'synthetic:N' (N random packets, sequences 1..N, drawn from --seed) or the path "
         "of a feed file, in any format packetcore-fetch writes (json, ndjson, csv, "
@@ -184,10 +247,11 @@ def add_faults(parser: argparse.ArgumentParser, *, upstream: bool = False) -> No
             "split and the byte limits only)")  # fmt: skip
 
 
-def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
+def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan | None:
     """Return the plan the fault options of ``args`` describe; None if they describe none.
 
-    A combination no connection can have (or a bad scenario file) is a usage error.
+    A combination no connection can have (or a bad scenario file) is a usage error;
+    ``server``: the plan is a server's, and what only a proxy can do is refused too.
     """
     from ..errors import UserError
     from ..faults import FaultPlan, Faults
@@ -217,6 +281,18 @@ def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
                 "--loss, --duplicate, --reorder and --corrupt act on the server's packets: "
                 "not with --upstream-faults"
             )
+        if server:
+            # A server shapes its own answers: these act in packetcore-proxy only, and
+            # a scenario naming them would be accepted and do nothing.
+            unsupported = ["hang"] if plan.sets("hang") else []
+            if plan.upstream:
+                unsupported.append("upstream-faults")
+            if unsupported:
+                verb = "act" if len(unsupported) > 1 else "acts"
+                raise ValueError(
+                    f"{args.scenario}: {' and '.join(unsupported)} {verb} in "
+                    "packetcore-proxy only, not in a server's scenario"
+                )
     except OSError as exc:
         raise UserError(f"cannot read {args.scenario}: {exc.strerror or exc}", 2) from None
     except ValueError as exc:

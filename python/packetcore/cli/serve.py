@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     check_metrics(args, args.port, args.host, "--port")
-    args.faults = fault_plan(args)  # a bad combination fails before any port opens
+    args.faults = fault_plan(args, server=True)  # a bad combination fails before any port opens
     try:
         loop, _ = loop_factory(args.loop)
     except LoopUnavailable as exc:
@@ -219,12 +219,17 @@ def _serve(args: argparse.Namespace) -> int:
         # Serving never waits on stderr: a log nobody reads must not freeze the clients.
         signum = run_loop(loop, _run(server, say, loop))
         name = signal.Signals(signum).name
-        say(f"{PROGRAM}: stopped by {name}: {server.stats.summary()}")
+        summary = server.stats.summary(faults=server.faults is not None)
+        say(f"{PROGRAM}: stopped by {name}: {summary}")
     return 128 + signum
 
 
-def _live_feed(args: argparse.Namespace) -> Packets | MappedFeed | LiveFeed:
-    """Return the feed to serve; a live one (clock not started) with ``--live``."""
+def _live_feed(args: argparse.Namespace) -> WireIndex | LiveFeed:
+    """Return the feed to serve, encoded; a live one (clock not started) with ``--live``.
+
+    Encoded here, so that no frame of the command holds the loaded columns: the wire
+    bytes are all a server keeps.
+    """
     if not args.live:
         for option, value in (
             ("--until", args.until),
@@ -233,7 +238,7 @@ def _live_feed(args: argparse.Namespace) -> Packets | MappedFeed | LiveFeed:
         ):
             if value is not None:
                 raise UserError(f"{option} needs --live RATE (a rate above 0)", 2)
-        return open_feed(args.feed or "book", args.seed)
+        return WireIndex(open_feed(args.feed or "book", args.seed))
     source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
     try:
         return LiveFeed(args.live, source, seed=args.seed, until=args.until)
@@ -268,11 +273,8 @@ def _server(
     )
 
 
-def _serve_workers(
-    args: argparse.Namespace, loop: str, feed: Packets | MappedFeed | LiveFeed
-) -> int:
+def _serve_workers(args: argparse.Namespace, loop: str, index: WireIndex | LiveFeed) -> int:
     # Encoded (or mapped) once, before the fork: the workers share it copy-on-write.
-    index = feed if isinstance(feed, LiveFeed) else WireIndex(feed)
     try:
         sets, port = bind_workers(
             args.host, args.port, args.workers, max(128, args.max_connections)
@@ -332,7 +334,7 @@ def _supervise(
         )
         signum = asyncio.run(workers.supervise())
         how = "all workers died" if signum is None else f"stopped by {signal.Signals(signum).name}"
-        say(f"{PROGRAM}: {how}: {workers.summary()}")
+        say(f"{PROGRAM}: {how}: {workers.summary(args.faults is not None)}")
     if workers.died or signum is None:
         return EXIT_FAILURE
     return 128 + signum
