@@ -469,10 +469,24 @@ class _Follower:
             self._note_info(info)
             log.debug("following from %d; the server has published %d", start, info.last)
         else:
-            missing = self.store.missing_ranges(self._seen)
+            missing = self._missing(self._seen)
             if len(missing):
                 link.send(range_requests(missing))
         return link
+
+    def _missing(self, stop: int) -> npt.NDArray[np.int64]:
+        """Return the runs below ``stop`` not held, as ``(start, count)`` rows.
+
+        Below ``_seen`` every one of them was asked for.  The store's own account ends
+        at the highest sequence it held: the runs asked for beyond it (a feed's last
+        packets, whose answers were lost) are missing too.
+        """
+        store = self.store
+        missing = store.missing_ranges(stop)
+        tail = max(store.last or 0, store.cursor - 1) + 1
+        if tail < stop:
+            missing = np.concatenate((missing, np.array([[tail, stop - tail]], np.int64)))
+        return missing
 
     async def _subscribe(self) -> None:
         """Keep a subscription open from the first sequence not yet received or asked for."""
@@ -579,7 +593,7 @@ class _Follower:
                 if quiet and packets == self._sub_packets and not self._held:
                     self._ask_tail(last if options.stop is None else min(last, options.stop))
                 # Every answer to what was asked before the hello came before its answer.
-                missing = self.store.missing_ranges(seen)
+                missing = self._missing(seen)
                 lowest = int(missing[0, 0]) if len(missing) else -1
                 unanswered = unanswered + 1 if lowest >= 0 and lowest == stuck else 0
                 stuck = lowest
