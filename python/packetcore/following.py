@@ -584,6 +584,8 @@ class _Follower:
         packets, whose answers were lost) are missing too.
         """
         store = self.store
+        if self.options.stop is not None:
+            stop = min(stop, self.options.stop + 1)  # nothing beyond until is asked for
         missing = store.missing_ranges(stop)
         tail = max(store.last or 0, store.cursor - 1) + 1
         if tail < stop:

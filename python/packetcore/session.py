@@ -162,6 +162,7 @@ class Link(asyncio.Protocol):
         self.decoder = Decoder()
         #: The sequence of the last packet decoded: answers come in ascending order.
         self.last_sequence = 0
+        self._last_payload: tuple[object, ...] | None = None
         #: Packets decoded on this connection, the new ones among them, the highest
         #: sequence among them, and the info frames received.
         self.packets = 0
@@ -237,7 +238,7 @@ class Link(asyncio.Protocol):
         if len(batch.invalid):
             self.session.note_invalid(self.number, batch.invalid + self._skipped)
         if len(batch):
-            self._check_order(batch.sequence)
+            self._check_order(batch)
             self.packets += len(batch)
             self.highest = max(self.highest, int(batch.sequence.max()))
             if self._sink is not None:
@@ -246,20 +247,37 @@ class Link(asyncio.Protocol):
                 asked = self._asked(batch) if self._asked is not None else 0
                 self.new += self.session.add(batch, recovered=self.recovering, asked=asked)
 
-    def _check_order(self, sequences: npt.NDArray[np.int32]) -> None:
+    def _check_order(self, batch: Packets) -> None:
         # Every answer on one connection comes in ascending sequence order: a stream-all,
         # the ranges of a round (asked in order), pipelined resends (asked in order).  A
         # packet at or below its predecessor was duplicated or reordered on the way, or
         # one of the two has a corrupted sequence field: both are asked for again before
-        # the fetch trusts them (Session.doubt).
+        # the fetch trusts them (Session.doubt).  An exact repeat of the packet before it
+        # (duplicated on the way) says nothing against either.
+        sequences = batch.sequence
         previous = np.empty_like(sequences)
         previous[0] = self.last_sequence
         previous[1:] = sequences[:-1]
         broken = sequences <= previous
         if broken.any():
-            self.session.doubt(sequences[broken])
-            self.session.doubt(previous[broken][previous[broken] > 0])
+            repeat = broken & (sequences == previous)
+            if repeat.any():
+                columns = (batch.symbol, batch.buysellindicator, batch.quantity, batch.price)
+                same = np.ones(len(sequences), dtype=bool)
+                for column in columns:
+                    same[1:] &= column[1:] == column[:-1]
+                same[0] = self._last_payload == tuple(column[0] for column in columns)
+                broken &= ~(repeat & same)
+            if broken.any():
+                self.session.doubt(sequences[broken])
+                self.session.doubt(previous[broken][previous[broken] > 0])
         self.last_sequence = int(sequences[-1])
+        self._last_payload = (
+            batch.symbol[-1],
+            batch.buysellindicator[-1],
+            batch.quantity[-1],
+            batch.price[-1],
+        )
 
     # control
 
