@@ -128,3 +128,16 @@ def test_repair_traffic_follows_what_is_missing(duplicate: float) -> None:
     assert dropped > 3000  # (some beyond the end: the subscription runs on a little)
     assert resent <= 1.2 * missing + 500, (resent, dropped, corrupted)
     assert stats.repair_max_ms < 1000 * TIMEOUT / 10  # no gap waits on packets to come
+
+
+def test_a_slow_feed_without_loss_costs_no_resend() -> None:
+    # Ten packets a second: the subscription is quiet between them.  Its last packet
+    # waits for the next to confirm its sequence; the hello saying it was published
+    # confirms it too, rather than having it asked for again as a tail loss.
+    feed = synthetic(12, seed=1)
+    with Server(feed, host="127.0.0.1", port=0, live=10, drop=0.0, seed=1) as server:
+        packets, stats = collect(server.port)
+        resent = server.stats.packets_resent
+    assert encode(packets) == encode(feed)
+    assert resent == 0 and stats.repaired == 0
+    assert stats.reason == "the feed ended"

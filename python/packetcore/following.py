@@ -303,7 +303,7 @@ class _Follower:
         self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
 
     def _confirm_last(self, ended: bool) -> None:
-        """At a subscription's end: its last sequence counts if it ended it or was published."""
+        """Let the subscription's last sequence count: it ended there, or it was published."""
         pending, self._pending = self._pending, None
         if pending is None or self._held:
             return
@@ -698,6 +698,8 @@ class _Follower:
                 last = link.infos[-1].last
                 steady, published = last == published, last
                 if quiet and steady and packets == self._sub_packets and not self._held:
+                    # The subscription's last packet was published: it counts (no resend).
+                    self._confirm_last(False)
                     self._ask_tail(last if options.stop is None else min(last, options.stop))
                 # Every answer to what was asked before the hello came before its answer.
                 missing = self._missing(seen)
