@@ -7,6 +7,7 @@ loopback, with feeds small enough to take a second or two.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -81,23 +82,35 @@ def _moved(got: Packets, truth: bytes) -> list[tuple[int, int]]:
     return moved
 
 
-def _through_proxy(
-    count: int, faults: FaultPlan
-) -> tuple[Packets, FollowStats, bytes, int, int, int]:
-    """Follow ``count`` packets of a live feed (5 % dropped) through a proxy with ``faults``.
+@dataclass
+class Run:
+    """A follow through the proxy, and what the server and the proxy counted."""
 
-    Return the packets, the stats, the true feed's bytes, the packets the server resent,
-    those its loss simulation dropped, and the packets the proxy corrupted.
-    """
+    packets: Packets
+    stats: FollowStats
+    truth: bytes  #: the feed's true bytes, as many packets as followed
+    resent: int  #: packets the server resent
+    dropped: int  #: packets its loss simulation dropped
+    corrupted: int  #: packets the proxy corrupted
+    connections: int  #: connections the proxy accepted
+
+
+def _through_proxy(count: int, faults: FaultPlan) -> Run:
+    """Follow ``count`` packets of a live feed (5 % dropped) through a proxy with ``faults``."""
     with (
         Server(None, host="127.0.0.1", port=0, live=100_000, drop=0.05, seed=44) as server,
         Proxy(("127.0.0.1", server.port), faults) as proxy,
     ):
         packets, stats = collect(proxy.port, until=count)
-        truth = bytes(server.index.rows(0, count))
-        resent, dropped = server.stats.packets_resent, server.stats.packets_dropped
-        applied = proxy.stats.faults.get("corrupt", 0)
-    return packets, stats, truth, resent, dropped, applied
+        return Run(
+            packets,
+            stats,
+            bytes(server.index.rows(0, count)),
+            server.stats.packets_resent,
+            server.stats.packets_dropped,
+            proxy.stats.faults.get("corrupt", 0),
+            proxy.stats.connections,
+        )
 
 
 def test_a_corrupted_sequence_never_replaces_the_real_packet() -> None:
@@ -105,13 +118,13 @@ def test_a_corrupted_sequence_never_replaces_the_real_packet() -> None:
     # field: such a packet stands at another sequence.  The follow kept the first copy of
     # a sequence and handed it on; now a packet out of order on its connection, or in
     # copies that differ, is asked for again and settled by vote before it is handed on.
-    packets, stats, truth, _, _, corrupted = _through_proxy(
-        100_000, FaultPlan(Faults(corrupt=0.002), seed=5)
-    )
-    assert corrupted > 100
-    assert packets.sequence.tolist() == list(range(1, 100_001))
-    assert _moved(packets, truth) == []
-    assert stats.reason == "until reached"
+    run = _through_proxy(100_000, FaultPlan(Faults(corrupt=0.002), seed=5))
+    assert run.corrupted > 100
+    assert run.packets.sequence.tolist() == list(range(1, 100_001))
+    assert _moved(run.packets, run.truth) == []
+    assert run.stats.reason == "until reached"
+    # The subscription, the repair connection, and one for the copies, kept open.
+    assert run.connections <= 4 + run.stats.reconnects
 
 
 @pytest.mark.parametrize("duplicate", [0.0, 0.02])
@@ -122,12 +135,12 @@ def test_repair_traffic_follows_what_is_missing(duplicate: float) -> None:
     # missing), and held the repair latency up to seconds.  A packet duplicated on the
     # way (an exact repeat of the one before it) costs no copy.
     plan = FaultPlan(Faults(corrupt=0.002, duplicate=duplicate), seed=5)
-    packets, stats, _, resent, dropped, corrupted = _through_proxy(100_000, plan)
-    assert len(packets) == 100_000
-    missing = dropped + corrupted  # each corrupted packet is missing or in doubt, at most
-    assert dropped > 3000  # (some beyond the end: the subscription runs on a little)
-    assert resent <= 1.2 * missing + 500, (resent, dropped, corrupted)
-    assert stats.repair_max_ms < 1000 * TIMEOUT / 10  # no gap waits on packets to come
+    run = _through_proxy(100_000, plan)
+    assert len(run.packets) == 100_000
+    missing = run.dropped + run.corrupted  # each corrupted one is missing or doubted, at most
+    assert run.dropped > 3000  # (some beyond the end: the subscription runs on a little)
+    assert run.resent <= 1.2 * missing + 500, (run.resent, run.dropped, run.corrupted)
+    assert run.stats.repair_max_ms < 1000 * TIMEOUT / 10  # no gap waits on packets to come
 
 
 def test_a_slow_feed_without_loss_costs_no_resend() -> None:

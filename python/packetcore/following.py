@@ -217,6 +217,9 @@ class _Follower:
         #: Gaps asked for and not yet all held: (start, stop, monotonic time seen).
         self._gaps: deque[tuple[int, int, float]] = deque()
         self._repair: Link | None = None
+        #: The connection that asks for copies of packets in doubt, and what it brought.
+        self._checker: Link | None = None
+        self._copied: list[Packets] = []
         self._sub: Link | None = None
         self._sub_packets = 0
         #: The highest sequence the current subscription brought (or its start - 1).
@@ -455,23 +458,34 @@ class _Follower:
                 session.doubt(np.array(unsettled, dtype=np.int64))
             self._advance()
 
+    def _on_copy(self, batch: Packets) -> None:
+        self._copied.append(batch)
+
     async def _copies(self, wanted: list[int]) -> list[Packets]:
-        """Return fresh copies of the packets ``wanted``, asked for on a connection of their own."""
-        batches: list[Packets] = []
+        """Return fresh copies of the packets ``wanted``, asked for on a connection of their own.
+
+        The connection stays open from one vote to the next; one that fails or stays
+        silent for ``timeout`` is dropped, and the next vote opens another.
+        """
         session = self.session
-        try:
-            link = await session.open_link(sink=batches.append, retry_level=logging.DEBUG)
-        except FetchError as exc:
-            log.debug("cannot ask again for the packets in doubt: %s", exc)
-            return batches
-        try:
-            ranges = np.array([(s, 1) for s in wanted], dtype=np.int64).reshape(-1, 2)
-            link.send(range_requests(coalesce(ranges, 0)))
-            link.hello()  # its answer comes after every copy
-            await link.wait_info(1, self.options.timeout)
-        finally:
+        link = self._checker
+        if link is None or link.lost:
+            try:
+                link = await session.open_link(sink=self._on_copy, retry_level=logging.DEBUG)
+            except FetchError as exc:
+                log.debug("cannot ask again for the packets in doubt: %s", exc)
+                return []
+            self._checker = link
+        batches: list[Packets] = []
+        self._copied = batches
+        ranges = np.array([(s, 1) for s in wanted], dtype=np.int64).reshape(-1, 2)
+        link.hello(restart=True)  # lower than the last vote's, maybe: a new ascending run
+        link.send(range_requests(coalesce(ranges, 0)))
+        link.hello()  # its answer comes after every copy
+        if await link.wait_info(link.hellos, self.options.timeout) != "done":
             link.abort()
             session.forget(link)
+            self._checker = None
         return batches
 
     # the run
