@@ -445,8 +445,9 @@ class _Follower:
             stop = store.contiguous()
             if doubted is None or doubted >= stop:
                 continue
-            # settle() trusts them at once; the ceiling holds the prefix until the vote.
-            session.ceiling = functools.partial(int, doubted - 1)
+            # settle() trusts them at once (and settles copies that differ too, doubted
+            # or not): the ceiling holds the prefix where it is until the vote is done.
+            session.ceiling = functools.partial(int, store.cursor - 1)
             try:
                 unsettled = await settle(session, self._copies, below=stop, level=logging.DEBUG)
             finally:
