@@ -9,7 +9,9 @@ sequence arrives on the subscription, or when the hello, sent on the repair conn
 every :data:`POLL` seconds, says the server published further than what arrived while the
 subscription stayed quiet (tail loss).  The packets go into the session's
 :class:`~packetcore.PacketStore`, and the contiguous prefix leaves it at once, so only
-the out-of-order window is ever held.
+the out-of-order window is ever held.  A packet in doubt (out of order on its
+connection, or in copies that differ: a corrupted sequence field) stops the prefix, as
+in a fetch, until fresh copies settle it by vote (:func:`~packetcore.settle.settle`).
 
 A subscription that ends, fails, or stays silent for ``timeout`` while the server
 publishes on is replaced, with backoff, by one from the first sequence not yet received
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -38,7 +41,9 @@ import numpy.typing as npt
 from .errors import FetchError
 from .packets import Packets
 from .protocol import FeedInfo, range_requests, subscribe_request
+from .ranges import coalesce
 from .session import FetchOptions, Link, Progress, Session, Sink, backoff_delay
+from .settle import settle
 
 __all__ = ["POLL", "WINDOW", "Follow", "FollowStats", "follow", "run_follow"]
 
@@ -48,7 +53,9 @@ log = logging.getLogger("packetcore.follow")
 #: and how fresh the server's published sequence (the lag) is.
 POLL = 0.02
 #: How long the subscription must have been quiet before a hello for a tail loss to be
-#: taken as such (the server writes to subscribers every few milliseconds).
+#: taken as such (the server writes to subscribers every few milliseconds).  Only while
+#: the server publishes nothing new: a subscription quiet while the feed goes on is
+#: behind or stalled (a stalled one is replaced), and what it will bring is not asked for.
 TAIL_QUIET = 0.05
 #: Packets handed on and not yet consumed (the API's queue) beyond which reading stops,
 #: so that a slow consumer holds the connections back rather than memory growing.
@@ -161,9 +168,11 @@ class _FollowSession(Session):
     """A session whose info frames report what is published, not the feed's extent."""
 
     def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None,
-                 on_info: Callable[[FeedInfo], None]) -> None:  # fmt: skip
+                 on_info: Callable[[FeedInfo], None],
+                 on_doubt: Callable[[], None]) -> None:  # fmt: skip
         super().__init__(options, sink, progress)
         self._on_info = on_info
+        self._on_doubt = on_doubt
 
     def note_info(self, info: FeedInfo) -> None:
         # On a live server every hello's answer says how far it has published; the
@@ -176,10 +185,13 @@ class _FollowSession(Session):
             self.links.remove(link)
 
     def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
-        # Repair answers come in the order the gaps were asked, not the feed's, and a
-        # resubscription starts lower than the last one ended: the first copy held is
-        # the one handed on (copies that differ are counted as conflicts by the store).
-        return
+        # As in a fetch, the prefix stops at a packet in doubt; the follow settles it by
+        # vote as soon as the prefix reaches it (_Follower._settle_loop).  Each connection
+        # checks its own order: a subscription is one ascending run, the repair
+        # connection one per round of requests (Link.hello(restart=True)), and each
+        # subscription or connection starts a run of its own.
+        super().doubt(sequences)
+        self._on_doubt()
 
 
 class _Follower:
@@ -194,7 +206,8 @@ class _Follower:
         self._window = window
         self.stats = FollowStats()
         self._sink = sink
-        self.session = _FollowSession(options, self._deliver, progress, self._note_info)
+        self.session = _FollowSession(options, self._deliver, progress, self._note_info,
+                                      self._doubted)  # fmt: skip
         if flowing is not None:
             self.session.flowing = flowing
         self.store = self.session.store
@@ -204,10 +217,17 @@ class _Follower:
         #: Gaps asked for and not yet all held: (start, stop, monotonic time seen).
         self._gaps: deque[tuple[int, int, float]] = deque()
         self._repair: Link | None = None
+        #: The connection that asks for copies of packets in doubt, and what it brought.
+        self._checker: Link | None = None
+        self._copied: list[Packets] = []
         self._sub: Link | None = None
         self._sub_packets = 0
         #: The highest sequence the current subscription brought (or its start - 1).
         self._sub_top = 0
+        #: The last sequence the subscription brought, until the next one confirms it.
+        self._pending: int | None = None
+        #: Set when a packet in doubt may hold the prefix back: the vote is due.
+        self._settle_due = asyncio.Event()
         self._sub_last = time.monotonic()  # the subscription counts as quiet from now
         #: Packets the subscriptions brought beyond what was seen (progress, not repeats).
         self._sub_fresh = 0
@@ -242,34 +262,57 @@ class _Follower:
         now = time.monotonic()
         self._sub_last = now
         self._sub_packets += len(batch)
-        sequences = batch.sequence
+        sequences = batch.sequence.astype(np.int64)
+        chain = sequences if self._pending is None else np.concatenate(([self._pending], sequences))
+        # A sequence counts as the subscription's progress once the next packet on it lies
+        # above: a sequence corrupted far ahead is followed by lower ones (and doubted, see
+        # Link._check_order), so it opens no gap of packets yet to come, nor fills the
+        # window.  The last one waits for the next batch (or the subscription's end).
+        confirmed = chain[:-1][chain[:-1] < chain[1:]]
+        self._pending = int(chain[-1])
         limit = self.store.cursor + self._window  # the window's end: not taken now
-        if int(sequences[-1]) >= limit:
+        if len(confirmed) and int(confirmed.max()) >= limit:
             # Full: what lies beyond is left to the next subscription, opened once the
             # repairs caught up.
             self._hold()
+            confirmed = confirmed[confirmed < limit]
+        if int(sequences.max()) >= limit:
             batch = batch[sequences < limit]
-            if not len(batch):
-                return
-            sequences = batch.sequence
-        self._sub_top = max(self._sub_top, int(sequences[-1]))
-        seen = self._seen
-        if int(sequences[-1]) >= seen:
-            ahead = sequences[sequences >= seen] if int(sequences[0]) < seen else sequences
-            previous = np.empty(len(ahead), dtype=np.int64)
-            previous[0] = seen - 1
-            previous[1:] = ahead[:-1]
-            holes = np.flatnonzero(ahead > previous + 1)
-            if len(holes):
-                starts = previous[holes] + 1
-                stops = ahead[holes].astype(np.int64)
-                self._ask(starts, stops, now)
-            self._seen = int(ahead[-1]) + 1
-            self._sub_fresh += len(ahead)
-            self._sub_fresh_at = now
-            self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
-        self.session.add(batch, recovered=False)
+        self._progress(confirmed, chain, now)
+        if len(batch):
+            self.session.add(batch, recovered=False)
         self._advance()
+
+    def _progress(self, confirmed: npt.NDArray[np.int64], arrived: npt.NDArray[np.int64],
+                  now: float) -> None:  # fmt: skip
+        """Move past the highest of the ``confirmed`` sequences, asking for what did not arrive."""
+        if not len(confirmed):
+            return
+        top = int(confirmed.max())
+        self._sub_top = max(self._sub_top, top)
+        seen = self._seen
+        if top < seen:
+            return
+        inside = np.unique(arrived[(arrived >= seen) & (arrived <= top)])
+        previous = np.empty(len(inside), dtype=np.int64)
+        previous[0] = seen - 1
+        previous[1:] = inside[:-1]
+        holes = np.flatnonzero(inside > previous + 1)
+        if len(holes):
+            self._ask(previous[holes] + 1, inside[holes], now)
+        self._seen = top + 1
+        self._sub_fresh += len(inside)
+        self._sub_fresh_at = now
+        self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
+
+    def _confirm_last(self, ended: bool) -> None:
+        """Let the subscription's last sequence count: it ended there, or it was published."""
+        pending, self._pending = self._pending, None
+        if pending is None or self._held:
+            return
+        if ended or pending <= self.stats.published:
+            last = np.array([pending], dtype=np.int64)
+            self._progress(last, last, time.monotonic())
 
     def _on_repair(self, batch: Packets) -> None:
         self.session.add(batch, recovered=True)
@@ -318,6 +361,10 @@ class _Follower:
             latency = self.stats._latency
             while gaps and gaps[0][1] <= filled:
                 latency.add(now - gaps.popleft()[2])
+        if session.doubts:
+            doubted = session.lowest_doubt()
+            if doubted is not None and doubted < self.store.contiguous():
+                self._settle_due.set()
         if not session.flowing():
             self._pause()
         cursor = self.store.cursor
@@ -373,6 +420,75 @@ class _Follower:
                 if link is not None:
                     link.abort()  # wakes whoever waits on it
 
+    # packets in doubt
+
+    def _doubted(self) -> None:
+        self._settle_due.set()
+
+    def _forget_doubts(self) -> None:
+        """Drop the doubts about sequences handed on or beyond the window (none held there)."""
+        session = self.session
+        if session.doubts:
+            low = self.store.cursor
+            high = low + self._window
+            gone = [s for s in session.doubts if not low <= s < high]
+            if gone:
+                session.trust(gone)
+
+    async def _settle_loop(self) -> None:
+        """Settle by vote the packets in doubt that hold the prefix back, as a fetch does."""
+        session, store = self.session, self.store
+        while not self._done.is_set():
+            await self._settle_due.wait()
+            self._settle_due.clear()
+            doubted = session.lowest_doubt()
+            stop = store.contiguous()
+            if doubted is None or doubted >= stop:
+                continue
+            # settle() trusts them at once (and settles copies that differ too, doubted
+            # or not): the ceiling holds the prefix where it is until the vote is done.
+            session.ceiling = functools.partial(int, store.cursor - 1)
+            try:
+                unsettled = await settle(session, self._copies, below=stop, level=logging.DEBUG)
+            finally:
+                session.ceiling = _unbounded
+            if unsettled:
+                # Left out: asked for again (they are missing now), and in doubt still.
+                log.debug("%d packet(s) in doubt without two copies agreeing: asking again",
+                          len(unsettled))  # fmt: skip
+                session.doubt(np.array(unsettled, dtype=np.int64))
+            self._advance()
+
+    def _on_copy(self, batch: Packets) -> None:
+        self._copied.append(batch)
+
+    async def _copies(self, wanted: list[int]) -> list[Packets]:
+        """Return fresh copies of the packets ``wanted``, asked for on a connection of their own.
+
+        The connection stays open from one vote to the next; one that fails or stays
+        silent for ``timeout`` is dropped, and the next vote opens another.
+        """
+        session = self.session
+        link = self._checker
+        if link is None or link.lost:
+            try:
+                link = await session.open_link(sink=self._on_copy, retry_level=logging.DEBUG)
+            except FetchError as exc:
+                log.debug("cannot ask again for the packets in doubt: %s", exc)
+                return []
+            self._checker = link
+        batches: list[Packets] = []
+        self._copied = batches
+        ranges = np.array([(s, 1) for s in wanted], dtype=np.int64).reshape(-1, 2)
+        link.hello(restart=True)  # lower than the last vote's, maybe: a new ascending run
+        link.send(range_requests(coalesce(ranges, 0)))
+        link.hello()  # its answer comes after every copy
+        if await link.wait_info(link.hellos, self.options.timeout) != "done":
+            link.abort()
+            session.forget(link)
+            self._checker = None
+        return batches
+
     # the run
 
     async def run(self, stopped: asyncio.Future[str] | None = None) -> FollowStats:
@@ -400,6 +516,7 @@ class _Follower:
                     tasks += [
                         asyncio.ensure_future(self._subscribe()),
                         asyncio.ensure_future(self._repair_loop(repair)),
+                        asyncio.ensure_future(self._settle_loop()),
                     ]
         except FetchError as exc:
             self._finish(str(exc))  # the stats say why it stopped
@@ -469,10 +586,26 @@ class _Follower:
             self._note_info(info)
             log.debug("following from %d; the server has published %d", start, info.last)
         else:
-            missing = self.store.missing_ranges(self._seen)
+            missing = self._missing(self._seen)
             if len(missing):
                 link.send(range_requests(missing))
         return link
+
+    def _missing(self, stop: int) -> npt.NDArray[np.int64]:
+        """Return the runs below ``stop`` not held, as ``(start, count)`` rows.
+
+        Below ``_seen`` every one of them was asked for.  The store's own account ends
+        at the highest sequence it held: the runs asked for beyond it (a feed's last
+        packets, whose answers were lost) are missing too.
+        """
+        store = self.store
+        if self.options.stop is not None:
+            stop = min(stop, self.options.stop + 1)  # nothing beyond until is asked for
+        missing = store.missing_ranges(stop)
+        tail = max(store.last or 0, store.cursor - 1) + 1
+        if tail < stop:
+            missing = np.concatenate((missing, np.array([[tail, stop - tail]], np.int64)))
+        return missing
 
     async def _subscribe(self) -> None:
         """Keep a subscription open from the first sequence not yet received or asked for."""
@@ -492,14 +625,16 @@ class _Follower:
             self._reading()
             start = self._seen
             self._sub_top = start - 1
+            self._pending = None
             link.hello()
             link.send(subscribe_request(start))
             before = self._sub_fresh
             self._sub_last = self._sub_fresh_at = time.monotonic()
             state = await self._watch(link)
-            got = self._sub_fresh - before  # repeats of what was seen are no progress
             link.abort()
             self.session.forget(link)
+            self._confirm_last(state == "lost" and link.clean_end)
+            got = self._sub_fresh - before  # repeats of what was seen are no progress
             if self._done.is_set():
                 return
             if self._held_link is link:
@@ -559,27 +694,30 @@ class _Follower:
         failures = 0
         unanswered = 0  # hellos in a row answered with the same sequence still missing
         stuck = -1
+        published = -1  # what the previous hello's answer said was published
         while not self._done.is_set():
             if self._paused:
                 self._resume()
                 await asyncio.sleep(POLL)
                 continue
             seen = self._seen
-            due = len(link.infos) + 1
             asked_at = time.monotonic()
             quiet = asked_at - self._sub_last >= TAIL_QUIET
             packets = self._sub_packets
             link.hello()
-            state = await link.wait_info(due, options.timeout)
+            state = await link.wait_info(link.hellos, options.timeout)  # every one answered
             if self._done.is_set():
                 return
             if state == "done":
                 failures = 0
                 last = link.infos[-1].last
-                if quiet and packets == self._sub_packets and not self._held:
+                steady, published = last == published, last
+                if quiet and steady and packets == self._sub_packets and not self._held:
+                    # The subscription's last packet was published: it counts (no resend).
+                    self._confirm_last(False)
                     self._ask_tail(last if options.stop is None else min(last, options.stop))
                 # Every answer to what was asked before the hello came before its answer.
-                missing = self.store.missing_ranges(seen)
+                missing = self._missing(seen)
                 lowest = int(missing[0, 0]) if len(missing) else -1
                 unanswered = unanswered + 1 if lowest >= 0 and lowest == stuck else 0
                 stuck = lowest
@@ -590,7 +728,10 @@ class _Follower:
                     )
                 if len(missing):
                     log.debug("%d gap(s) below %d unanswered: asking again", len(missing), seen)
+                    # Lower than what was asked since: a new ascending run of answers.
+                    link.hello(restart=True)
                     link.send(range_requests(missing))
+                self._forget_doubts()
                 self._resume()
                 self.session.advance()
                 await asyncio.sleep(POLL)
@@ -606,6 +747,10 @@ class _Follower:
             log.debug("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
             await asyncio.sleep(backoff_delay(failures, options.backoff))
             link = await self._open_repair()
+
+
+def _unbounded() -> int | None:
+    return None
 
 
 async def run_follow(

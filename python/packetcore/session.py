@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -163,12 +163,18 @@ class Link(asyncio.Protocol):
         self.decoder = Decoder()
         #: The sequence of the last packet decoded: answers come in ascending order.
         self.last_sequence = 0
+        self._last_payload: tuple[object, ...] | None = None
         #: Packets decoded on this connection, the new ones among them, the highest
         #: sequence among them, and the info frames received.
         self.packets = 0
         self.new = 0
         self.highest = 0
         self.infos: list[FeedInfo] = []
+        #: Hellos sent on this connection (each is answered by one info frame, in order).
+        self.hellos = 0
+        # The info frames (by count) after which the answers start again from low
+        # sequences: see hello(restart=True).
+        self._restarts: deque[int] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.error: BaseException | None = None
@@ -194,6 +200,9 @@ class Link(asyncio.Protocol):
                     self.session.note_info(item)  # first: a frame it refuses is not counted
                     self.infos.append(item)
                     self._skipped += 16
+                    if self._restarts and self._restarts[0] <= len(self.infos):
+                        self._restarts.popleft()
+                        self.last_sequence = 0
                 else:
                     self._packets(item)
         except Exception as exc:
@@ -230,7 +239,7 @@ class Link(asyncio.Protocol):
         if len(batch.invalid):
             self.session.note_invalid(self.number, batch.invalid + self._skipped)
         if len(batch):
-            self._check_order(batch.sequence)
+            self._check_order(batch)
             self.packets += len(batch)
             self.highest = max(self.highest, int(batch.sequence.max()))
             if self._sink is not None:
@@ -239,29 +248,54 @@ class Link(asyncio.Protocol):
                 asked = self._asked(batch) if self._asked is not None else 0
                 self.new += self.session.add(batch, recovered=self.recovering, asked=asked)
 
-    def _check_order(self, sequences: npt.NDArray[np.int32]) -> None:
+    def _check_order(self, batch: Packets) -> None:
         # Every answer on one connection comes in ascending sequence order: a stream-all,
         # the ranges of a round (asked in order), pipelined resends (asked in order).  A
         # packet at or below its predecessor was duplicated or reordered on the way, or
         # one of the two has a corrupted sequence field: both are asked for again before
-        # the fetch trusts them (Session.doubt).
+        # the fetch trusts them (Session.doubt).  An exact repeat of the packet before it
+        # (duplicated on the way) says nothing against either.
+        sequences = batch.sequence
         previous = np.empty_like(sequences)
         previous[0] = self.last_sequence
         previous[1:] = sequences[:-1]
         broken = sequences <= previous
         if broken.any():
-            self.session.doubt(sequences[broken])
-            self.session.doubt(previous[broken][previous[broken] > 0])
+            repeat = broken & (sequences == previous)
+            if repeat.any():
+                columns = (batch.symbol, batch.buysellindicator, batch.quantity, batch.price)
+                same = np.ones(len(sequences), dtype=bool)
+                for column in columns:
+                    same[1:] &= column[1:] == column[:-1]
+                same[0] = self._last_payload == tuple(column[0] for column in columns)
+                broken &= ~(repeat & same)
+            if broken.any():
+                self.session.doubt(sequences[broken])
+                self.session.doubt(previous[broken][previous[broken] > 0])
         self.last_sequence = int(sequences[-1])
+        self._last_payload = (
+            batch.symbol[-1],
+            batch.buysellindicator[-1],
+            batch.quantity[-1],
+            batch.price[-1],
+        )
 
     # control
 
-    def hello(self, *, late: bool = False) -> None:
-        """Send a hello; ``late``: a base server may ignore it, an answer may come first."""
+    def hello(self, *, late: bool = False, restart: bool = False) -> None:
+        """Send a hello; ``late``: a base server may ignore it, an answer may come first.
+
+        ``restart``: the requests sent after it ask again for lower sequences than those
+        before it, so the answers after its info frame start a new ascending run (the
+        order of each run is checked, not the order across them).
+        """
         if late:
             self.framer.expect_late()
         else:
             self.framer.expect()
+        self.hellos += 1
+        if restart:
+            self._restarts.append(self.hellos)
         self.send(hello_request())
 
     def ask(self, request: bytes, *, repeats: Callable[[Packets], int] | None = None,
@@ -443,7 +477,7 @@ class Session:
             self.doubt(suspects)
         new = store.add(batch)
         if store.conflicts > conflicts:
-            self._doubt_conflicts(batch)
+            self._doubt_conflicts(store.conflicts - conflicts)
         self.received += len(batch)
         if recovered:
             self.recovered += new
@@ -461,21 +495,12 @@ class Session:
                 self.advance()
         return new
 
-    def _doubt_conflicts(self, batch: Packets) -> None:
+    def _doubt_conflicts(self, count: int) -> None:
         # Copies that differ from the packet held: neither is trusted until a vote, so
-        # the output's prefix stops before them (the rare path: a compare per packet).
-        held = self.store.peek(batch.sequence)
-        at = np.minimum(np.searchsorted(held.sequence, batch.sequence), max(len(held) - 1, 0))
-        if not len(held):
-            return
-        same = held.sequence[at] == batch.sequence
-        differ = same & (
-            (held.symbol[at] != batch.symbol)
-            | (held.buysellindicator[at] != batch.buysellindicator)
-            | (held.quantity[at] != batch.quantity)
-            | (held.price[at] != batch.price)
-        )
-        self.doubt(batch.sequence[differ])
+        # the output's prefix stops before them.  The store keeps them, latest last: the
+        # batch's are its last ``count`` (rather than comparing the whole batch with the
+        # packets held, a cost per packet of the batch).
+        self.doubt(self.store.conflicting().sequence[-count:])
 
     def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
         """Mark ``sequences`` to be asked for again before their packets are trusted.
@@ -495,6 +520,10 @@ class Session:
         """Take ``sequences`` out of doubt (they were settled)."""
         self.doubts.difference_update(sequences)
         self._first_doubt = None
+
+    def lowest_doubt(self) -> int | None:
+        """Return the lowest sequence in doubt from the cursor on (where the prefix stops)."""
+        return self._lowest_doubt()
 
     def _lowest_doubt(self) -> int | None:
         # Cached: recomputed only after the doubts changed, not at every advance.

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from .engine import MAX_SEQUENCE
 from .packets import Packets
 from .session import Session, backoff_delay
 
@@ -44,18 +45,24 @@ def _agreed(votes: dict[_Row, int]) -> _Row | None:
     return max(votes, key=votes.__getitem__)
 
 
-async def settle(session: Session, copies: Copies) -> list[int]:
+async def settle(
+    session: Session, copies: Copies, *, below: int | None = None, level: int = logging.INFO
+) -> list[int]:
     """Settle every held packet in doubt; return the sequences left out, ascending.
 
     Copies are fetched until ``retries + 1`` attempts in a row bring none, or
-    ``max_passes`` attempts were made.
+    ``max_passes`` attempts were made.  ``below``: only the doubts below this sequence
+    (a follow settles those that hold its prefix back).  ``level``: of the log lines.
     """
     store = session.store
     cursor = store.cursor
+    top = below if below is not None else MAX_SEQUENCE + 1
     conflicting = store.conflicting()
-    conflicting = conflicting[conflicting.sequence >= cursor]
+    conflicting = conflicting[(conflicting.sequence >= cursor) & (conflicting.sequence < top)]
     doubts = sorted(
-        s for s in session.doubts | set(conflicting.sequence.tolist()) if s >= cursor and s in store
+        s
+        for s in session.doubts | set(conflicting.sequence.tolist())
+        if cursor <= s < top and s in store
     )
     session.trust(doubts)
     if not doubts:
@@ -78,7 +85,7 @@ async def settle(session: Session, copies: Copies) -> list[int]:
             break
         if fruitless:
             await asyncio.sleep(backoff_delay(fruitless, options.backoff))
-        log.info("asking again for %d packet(s) in doubt", len(wanted))
+        log.log(level, "asking again for %d packet(s) in doubt", len(wanted))
         batches = await copies(wanted)
         got = 0
         for batch in batches:
@@ -94,7 +101,10 @@ async def settle(session: Session, copies: Copies) -> list[int]:
         verdict = _agreed(tally)
         if verdict is None:
             unsettled.append(sequence)
-            log.warning("packet %d: in doubt, and no two copies agree; left out", sequence)
+            log.log(
+                logging.WARNING if level >= logging.INFO else level,
+                "packet %d: in doubt, and no two copies agree; left out", sequence,
+            )  # fmt: skip
         else:
             agreed.append((sequence, verdict))
     if agreed:
