@@ -26,6 +26,7 @@ __all__ = [
     "Terminated",
     "UserError",
     "add_verbosity",
+    "naming",
     "run",
     "setup_logging",
     "stop_signal",
@@ -46,6 +47,12 @@ log = logging.getLogger("packetcore")
 Terminated = signals.Terminated
 STOP_SIGNALS = signals.STOP_SIGNALS
 stop_signal = signals.stop_signal
+
+
+def naming(path: str, exc: BaseException) -> str:
+    """Return ``exc``'s message, led by ``path`` unless it names the file already."""
+    text = str(exc)
+    return text if text.startswith(f"{path}:") else f"{path}: {text}"
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import UserError, add_verbosity, run
+from . import UserError, add_verbosity, naming, run
 from .info import readable
 
 __all__ = ["build_parser", "convert", "main"]
@@ -95,7 +95,7 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         count = convert(args.source, args.target, args.format, args.input_format)
     except FeedError as exc:
-        raise UserError(f"{args.source}: {exc}; {args.target} left as it was") from None
+        raise UserError(f"{naming(args.source, exc)}; {args.target} left as it was") from None
     if args.verbosity >= 0:
         shown = "stdout" if args.target == "-" else args.target
         print(f"{PROGRAM}: {count} packets -> {shown}", file=sys.stderr)

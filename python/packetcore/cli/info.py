@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import UserError, add_verbosity, run
+from . import UserError, add_verbosity, naming, run
 
 __all__ = ["FeedSummary", "build_parser", "main", "readable", "summarize"]
 
@@ -181,7 +181,7 @@ def _info(args: argparse.Namespace) -> int:
     try:
         summary = summarize(args.file, args.format)
     except FeedError as exc:
-        raise UserError(f"{args.file}: {exc}") from None
+        raise UserError(naming(args.file, exc)) from None
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:
