@@ -65,5 +65,5 @@ lint: venv
 	$(PY) -m mypy
 
 clean:
-	rm -rf build dist *.egg-info python/*.egg-info src/packetcore/*.c src/packetcore/*.html
+	rm -rf build dist *.egg-info python/*.egg-info src/packetcore/engine/*.c src/packetcore/engine/*.html
 	find python -name '*.so' -delete

@@ -1,9 +1,9 @@
-"""Build packetcore: the Cython engine ``packetcore._engine`` inside the Python package.
+"""Build packetcore: the Cython engine ``packetcore.engine._engine`` inside the Python package.
 
 Environment switches (read at build time):
 
 * ``PACKETCORE_NO_EXTENSIONS=1`` builds the pure-Python package on purpose: no compiler
-  is needed and ``packetcore._pure`` is the only engine.  Without it a failed compile
+  is needed and ``packetcore.engine._pure`` is the only engine.  Without it a failed compile
   fails the build; there is no silent fallback.
 * ``PACKETCORE_DEBUG=1`` compiles with line tracing, assertions and an annotated HTML
   report beside each ``.pyx`` (for coverage and profiling, never for benchmarks).
@@ -40,9 +40,9 @@ def engine_extensions():
         directives.update(linetrace=True, boundscheck=True, wraparound=True)
 
     engine = Extension(
-        "packetcore._engine",
-        ["src/packetcore/_engine.pyx"],
-        include_dirs=[numpy.get_include(), "src/packetcore"],
+        "packetcore.engine._engine",
+        ["src/packetcore/engine/_engine.pyx"],
+        include_dirs=[numpy.get_include(), "src/packetcore/engine"],
         define_macros=macros,
         extra_compile_args=compile_args,
     )

@@ -1,7 +1,7 @@
 """Loading a 10-million-record JSON feed, as packetcore-serve --feed does: time and peak RSS.
 
 The README quotes what this prints.  Each load runs in a fresh process that reports its
-own peak RSS (VmHWM): ``load`` is :func:`packetcore.feeds.load_feed` (the columns),
+own peak RSS (VmHWM): ``load`` is :func:`packetcore.io.feeds.load_feed` (the columns),
 ``serve`` is ``packetcore-serve --feed FILE.json`` itself, from its start until it says
 it listens (the columns, then the feed's wire bytes, which are all it keeps).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from packetcore.feeds import synthetic
+from packetcore.io.feeds import synthetic
 
 import packetcore
 
@@ -24,7 +24,7 @@ COUNT = 10_000_000
 _LOAD = """
 import sys, time
 started = time.perf_counter()
-from packetcore.feeds import load_feed
+from packetcore.io.feeds import load_feed
 feed = load_feed(sys.argv[1])
 took = time.perf_counter() - started
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))

@@ -158,7 +158,7 @@ def _floor(count: int, output: Path, size: int) -> float:
 
 @pytest.mark.benchmark(group=GROUP)
 def test_fetch_command_against_the_floor(benchmark: Any, served: _Serve, tmp_path: Path) -> None:
-    from packetcore.feeds import synthetic
+    from packetcore.io.feeds import synthetic
 
     from packetcore import to_json
 
@@ -251,8 +251,8 @@ def test_compiled_against_the_twin(benchmark: Any, tmp_path: Path) -> None:
 @pytest.mark.benchmark(group="formats, 1M packets")
 def test_parquet_is_smaller_than_json(benchmark: Any, tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
-    from packetcore.feeds import synthetic
-    from packetcore.formats import read, write
+    from packetcore.io.feeds import synthetic
+    from packetcore.io.formats import read, write
 
     feed = synthetic(1_000_000, seed=SEED)
     sizes = {}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from packetcore.following import FollowStats, follow
+from packetcore.client.follow import FollowStats, follow
 
 SEED = 1
 GROUP = "follow a live server"

@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 import pytest
+from packetcore.io import formats
 from packetcore.packets import Packets
 
-from packetcore import _engine, _pure, formats
+from packetcore.engine import _engine, _pure
 
 ENGINES = {"c": _engine, "py": _pure}
 PURE_ROUNDS = 3

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from packetcore.live import LiveFeed
 from packetcore.protocol import subscribe_request
+from packetcore.server.live import LiveFeed
 from pytest_benchmark.fixture import BenchmarkFixture
 
 SECONDS = 2.0

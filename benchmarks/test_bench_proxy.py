@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from packetcore.feeds import synthetic
-from packetcore.server import Server
+from packetcore.io.feeds import synthetic
+from packetcore.server.server import Server
 from pytest_benchmark.fixture import BenchmarkFixture
 
 COUNT = 10_000_000

@@ -31,8 +31,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from packetcore.feeds import book, synthetic
-from packetcore.server import Server
+from packetcore.io.feeds import book, synthetic
+from packetcore.server.server import Server
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from packetcore import encode

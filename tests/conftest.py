@@ -11,8 +11,8 @@ import pytest
 NO_EXTENSIONS = os.environ.get("PACKETCORE_NO_EXTENSIONS", "") not in ("", "0")
 
 ENGINES = [
-    pytest.param("packetcore._engine", id="c", marks=pytest.mark.c_extension),
-    pytest.param("packetcore._pure", id="py"),
+    pytest.param("packetcore.engine._engine", id="c", marks=pytest.mark.c_extension),
+    pytest.param("packetcore.engine._pure", id="py"),
 ]
 
 

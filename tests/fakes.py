@@ -14,7 +14,7 @@ import socket
 from collections.abc import Sequence
 from types import TracebackType
 
-from packetcore.feeds import book
+from packetcore.io.feeds import book
 from packetcore.protocol import (
     HELLO,
     RESEND,

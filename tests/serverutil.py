@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from packetcore.server import Server
+from packetcore.server.server import Server
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from fakes import FakeBaseServer
-from packetcore.feeds import book
+from packetcore.io.feeds import book
 
 import packetcore
 from packetcore import FetchError, FetchOptions, TextParser, fetch, text_rows

@@ -327,9 +327,9 @@ def test_make_demo_prints_only_the_summary_line(tmp_path: Path) -> None:
 def test_errors_live_in_errors_and_keep_their_old_imports() -> None:
     import packetcore.cli
     import packetcore.errors
-    import packetcore.output
+    import packetcore.io.output
 
-    assert packetcore.output.OutputError is packetcore.errors.OutputError
+    assert packetcore.io.output.OutputError is packetcore.errors.OutputError
     assert packetcore.cli.UserError is packetcore.errors.UserError
     assert packetcore.errors.UserError("x").exit_code == packetcore.cli.EXIT_FAILURE == 1
     assert issubclass(packetcore.errors.OutputError, packetcore.errors.PacketcoreError)
@@ -539,8 +539,8 @@ def _free_port() -> int:
 def test_a_reader_that_leaves_stdout_is_a_normal_end(follow: bool) -> None:
     # `fetch -o - | head` was exit 1 ("broken pipe") while `fetch --follow -o - | head`
     # was 0: one rule, as for `yes | head`: the reader had what it wanted.
-    from packetcore.feeds import synthetic
-    from packetcore.server import Server
+    from packetcore.io.feeds import synthetic
+    from packetcore.server.server import Server
 
     with Server(synthetic(300_000, seed=5), host="127.0.0.1", port=0, drop=0.0,
                 **({"live": 200_000.0} if follow else {})) as server:  # fmt: skip

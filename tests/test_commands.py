@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from packetcore.cli.convert import convert
 from packetcore.cli.info import summarize
-from packetcore.faults import FaultPlan, Faults
-from packetcore.feeds import synthetic
-from packetcore.formats import FORMATS, open_writer
-from packetcore.server import Server
+from packetcore.faults.model import FaultPlan, Faults
+from packetcore.io.feeds import synthetic
+from packetcore.io.formats import FORMATS, open_writer
+from packetcore.server.server import Server
 
 import packetcore
 

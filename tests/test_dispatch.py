@@ -32,7 +32,7 @@ def test_compiled_engine_loads_by_default() -> None:
 
 @pytest.mark.c_extension
 def test_compiled_engine_is_what_the_package_exports() -> None:
-    import packetcore._engine as compiled
+    import packetcore.engine._engine as compiled
 
     import packetcore
 
@@ -55,7 +55,7 @@ def test_switch_set_to_zero_is_off() -> None:
 def test_the_build_records_whether_it_compiled_the_engine() -> None:
     from packetcore import _build  # written by setup.py into every installed build
 
-    compiled = importlib.util.find_spec("packetcore._engine") is not None
+    compiled = importlib.util.find_spec("packetcore.engine._engine") is not None
     assert _build.COMPILED_ENGINE is compiled
 
 

@@ -246,7 +246,7 @@ def symbol_words() -> list[bytes]:
 def test_valid_symbols_is_the_decoders_rule(engine: ModuleType) -> None:
     from packetcore.packets import valid_symbol
 
-    from packetcore import _pure
+    from packetcore.engine import _pure
 
     words = symbol_words()
     column = np.frombuffer(b"".join(words), dtype="S4")

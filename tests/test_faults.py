@@ -1,4 +1,4 @@
-"""The fault models, measured from a raw client: through packetcore.proxy, and in-process in
+"""The fault models, measured from a raw client: through packetcore.faults.proxy, and in-process in
 the server; the fault options of packetcore-proxy and packetcore-serve."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from packetcore.errors import PacketcoreError
-from packetcore.faults import FaultCounts, FaultPlan, Faults, Shaper, parse_rate
-from packetcore.feeds import synthetic
+from packetcore.faults.model import FaultCounts, FaultPlan, Faults, Shaper, parse_rate
+from packetcore.faults.proxy import ConnectionRecord, Proxy
+from packetcore.io.feeds import synthetic
 from packetcore.protocol import hello_request, resend_request, stream_all_request
-from packetcore.proxy import ConnectionRecord, Proxy
-from packetcore.server import Server
+from packetcore.server.server import Server
 
 import packetcore
 from packetcore import encode

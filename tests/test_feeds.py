@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from packetcore.feeds import SYMBOLS, FeedError, book, load_feed, synthetic
+from packetcore.io.feeds import SYMBOLS, FeedError, book, load_feed, synthetic
 from serverutil import reference_bytes
 
 from packetcore import Packets, encode, to_json

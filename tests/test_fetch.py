@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import FakeBaseServer, FlakyProxy
-from packetcore.base_mode import chance_unseen
 from packetcore.cli.fetch import EXIT_INCOMPLETE, EXIT_STRICT
 from packetcore.cli.fetch import main as fetch_main
-from packetcore.client import FetchError, fetch, fetch_async
-from packetcore.feeds import book, synthetic
+from packetcore.client.base_mode import chance_unseen
+from packetcore.client.fetch import FetchError, fetch, fetch_async
+from packetcore.client.ranges import asked_for_again, coalesce, format_ranges, merge
+from packetcore.client.session import FetchOptions, Link, Session
+from packetcore.io.feeds import book, synthetic
 from packetcore.protocol import (
     HELLO,
     RESEND_RANGE,
@@ -30,9 +32,7 @@ from packetcore.protocol import (
     range_request,
     range_requests,
 )
-from packetcore.ranges import asked_for_again, coalesce, format_ranges, merge
-from packetcore.server import Server
-from packetcore.session import FetchOptions, Link, Session
+from packetcore.server.server import Server
 from serverutil import RawServer
 
 from packetcore import Decoder, Packets, encode, to_json
@@ -536,7 +536,7 @@ def test_the_prefix_waits_for_the_repair_round() -> None:
     # The stream brought 1..10 but 4, and a corrupted copy of 5.  The repair round asks
     # for 4..10 again (coalesced); once it delivers 4, the prefix must not run on to 5
     # before the round's own copy of 5 has been compared: then it is a conflict.
-    from packetcore.extended import _behind
+    from packetcore.client.extended import _behind
 
     feed = synthetic(10, seed=2)
     wire = encode(feed)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from packetcore.engine import encode
-from packetcore.feeds import synthetic
-from packetcore.following import FollowStats, follow
+from packetcore.client.follow import FollowStats, follow
+from packetcore.io.feeds import synthetic
 from packetcore.packets import Packets
 from packetcore.protocol import (
     HELLO,
@@ -33,10 +32,11 @@ from packetcore.protocol import (
     RequestFramer,
     encode_info,
 )
-from packetcore.server import Server
+from packetcore.server.server import Server
 from serverutil import PACKET, RawServer
 
 import packetcore
+from packetcore.engine import encode
 
 TIMEOUT = 20.0
 
@@ -358,7 +358,7 @@ def test_until_is_the_same_option_as_to() -> None:
 
 
 def test_the_latency_histogram_is_close_to_exact() -> None:
-    from packetcore.following import _Latencies
+    from packetcore.client.follow import _Latencies
 
     latencies = _Latencies()
     values = np.random.default_rng(1).exponential(0.005, 10_000)

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from packetcore.engine import encode
-from packetcore.faults import FaultPlan, Faults
-from packetcore.feeds import synthetic
-from packetcore.following import FollowStats, follow
+from packetcore.client.follow import FollowStats, follow
+from packetcore.faults.model import FaultPlan, Faults
+from packetcore.faults.proxy import Proxy
+from packetcore.io.feeds import synthetic
 from packetcore.packets import Packets
-from packetcore.proxy import Proxy
-from packetcore.server import Server
+from packetcore.server.server import Server
 
 import packetcore
+from packetcore.engine import encode
 
 TIMEOUT = 30.0
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packetcore._pure_text import CSV_HEADER
+from packetcore.engine._pure_text import CSV_HEADER
 from packetcore.errors import FeedError, MissingDependencyError
-from packetcore.feeds import book
+from packetcore.io import formats
+from packetcore.io.feeds import book
 
-from packetcore import Packets, formats, read, to_json, write
+from packetcore import Packets, read, to_json, write
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 # Symbols are 1-4 printable ASCII characters (packets.SYMBOL_RULE): these are the ones
@@ -73,7 +74,7 @@ def test_json_rows_frame_to_the_to_json_document(engine: ModuleType) -> None:
 
 @pytest.mark.parametrize("form", ["json", "ndjson", "csv"])
 def test_engines_write_the_same_bytes(engine: ModuleType, form: str) -> None:
-    from packetcore import _pure
+    from packetcore.engine import _pure
 
     assert engine.text_rows(tricky(), form) == _pure.text_rows(tricky(), form)
 
@@ -165,7 +166,7 @@ def records(*bodies: bytes) -> bytes:
     ],
 )
 def test_malformed_json(engine: ModuleType, doc: bytes, index: int, field: str) -> None:
-    from packetcore import _pure
+    from packetcore.engine import _pure
 
     with pytest.raises(FeedError) as info:
         parse(engine, "json", doc)
@@ -199,7 +200,7 @@ def test_malformed_json(engine: ModuleType, doc: bytes, index: int, field: str) 
     ],
 )
 def test_malformed_csv(engine: ModuleType, doc: bytes, index: int, field: str) -> None:
-    from packetcore import _pure
+    from packetcore.engine import _pure
 
     with pytest.raises(FeedError) as info:
         parse(engine, "csv", doc)
@@ -313,7 +314,7 @@ def test_parquet_onto_a_pipe() -> None:
     import subprocess
 
     code = (
-        "import sys; from packetcore import formats; from packetcore.feeds import book; "
+        "import sys; from packetcore.io import formats; from packetcore.io.feeds import book; "
         "w = formats.open_writer(sys.stdout.buffer, 'parquet'); w.write(book()); w.close()"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
@@ -337,7 +338,7 @@ def test_parquet_values_outside_int32_are_refused_not_cast(tmp_path: Path) -> No
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     from packetcore.errors import FeedError
-    from packetcore.formats import read
+    from packetcore.io.formats import read
 
     def table(quantity: object) -> object:
         return pa.table({
@@ -362,7 +363,7 @@ def test_parquet_values_outside_int32_are_refused_not_cast(tmp_path: Path) -> No
 def test_a_broken_parquet_file_is_a_feed_error_naming_it(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     from packetcore.errors import FeedError
-    from packetcore.formats import read
+    from packetcore.io.formats import read
 
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 this is not parquet PAR1")
@@ -371,7 +372,7 @@ def test_a_broken_parquet_file_is_a_feed_error_naming_it(tmp_path: Path) -> None
 
 
 def test_the_partial_file_keeps_its_format(tmp_path: Path) -> None:
-    from packetcore.formats import format_for
+    from packetcore.io.formats import format_for
 
     assert format_for("out.csv.partial") == "csv"
     assert format_for("out.bin.partial") == "bin"
@@ -450,7 +451,7 @@ def test_every_printable_character_round_trips(tmp_path: Path, form: str) -> Non
 
 
 def test_write_refuses_a_sequence_twice(tmp_path: Path) -> None:
-    from packetcore.formats import write
+    from packetcore.io.formats import write
 
     twice = Packets([b"A", b"B"], [b"B", b"S"], [1, 2], [3, 4], [7, 7])
     with pytest.raises(ValueError, match="7 appears twice"):

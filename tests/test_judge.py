@@ -1,10 +1,10 @@
-"""What a single copy is judged by (packetcore.judge), and the count of second copies."""
+"""What a single copy is judged by (packetcore.client.judge), and the count of second copies."""
 
 from __future__ import annotations
 
 import numpy as np
-from packetcore.feeds import synthetic
-from packetcore.judge import ALPHABET_WARMUP, MAX_ALPHABET, CopyCount, Judge
+from packetcore.client.judge import ALPHABET_WARMUP, MAX_ALPHABET, CopyCount, Judge
+from packetcore.io.feeds import synthetic
 
 from packetcore import Packets
 

@@ -12,10 +12,8 @@ from typing import Any, cast
 import numpy as np
 import pytest
 from packetcore.cli.serve import main as serve_main
-from packetcore.faults import FaultPlan, Faults
-from packetcore.feeds import MappedFeed, book, open_feed, synthetic
-from packetcore.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
-from packetcore.loss import LossModel
+from packetcore.faults.model import FaultPlan, Faults
+from packetcore.io.feeds import MappedFeed, book, open_feed, synthetic
 from packetcore.protocol import (
     FeedInfo,
     decode_info,
@@ -25,7 +23,9 @@ from packetcore.protocol import (
     stream_all_request,
     subscribe_request,
 )
-from packetcore.server import Server
+from packetcore.server.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
+from packetcore.server.loss import LossModel
+from packetcore.server.server import Server
 from serverutil import PACKET, ServeProcess, connect, exchange, recv_all, recv_exact, wait_until
 
 import packetcore

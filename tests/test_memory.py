@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from packetcore.feeds import synthetic
+from packetcore.io.feeds import synthetic
 from packetcore.packets import Packets
-from packetcore.wire_index import WireIndex
+from packetcore.server.wire_index import WireIndex
 
 from packetcore import decode
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import packetcore.workers
+import packetcore.server.workers
 import pytest
 from packetcore.cli.serve import main as serve_main
-from packetcore.conversation import ServerStats
-from packetcore.faults import FaultPlan, Faults
-from packetcore.metrics import MetricsServer, serve_metrics
+from packetcore.faults.model import FaultPlan, Faults
+from packetcore.faults.proxy import Proxy
+from packetcore.net.metrics import MetricsServer, serve_metrics
 from packetcore.protocol import (
     INFO_SIZE,
     hello_request,
@@ -28,9 +28,9 @@ from packetcore.protocol import (
     stream_all_request,
     subscribe_request,
 )
-from packetcore.proxy import Proxy
-from packetcore.server import Server
-from packetcore.workers import WorkerReport, Workers
+from packetcore.server.conversation import ServerStats
+from packetcore.server.server import Server
+from packetcore.server.workers import WorkerReport, Workers
 from prometheus_client.parser import text_string_to_metric_families
 from serverutil import PACKET, TIMEOUT, ServeProcess, recv_all, recv_exact, wait_until
 
@@ -218,7 +218,7 @@ def test_workers_total_sums_dict_fields(monkeypatch: pytest.MonkeyPatch) -> None
         faults: dict[str, int] = field(default_factory=dict)
 
     # ServerStats gains a faults dict on the fault-injection branch: sum it by kind.
-    monkeypatch.setattr(packetcore.workers, "ServerStats", WithFaults)
+    monkeypatch.setattr(packetcore.server.workers, "ServerStats", WithFaults)
     workers = Workers([], lambda *_: WithFaults())
     workers.reports = [
         WorkerReport(0, 1, stats=WithFaults(connections=2, faults={"loss": 3, "split": 1})),
@@ -288,11 +288,11 @@ def test_metrics_port_in_use_fails_before_serving(
 def test_prometheus_client_is_imported_only_for_metrics() -> None:
     # The commands keep their start-up light: a server without --metrics-port never loads it.
     code = (
-        "import sys, packetcore.cli.serve as serve, packetcore.metrics; "
+        "import sys, packetcore.cli.serve as serve, packetcore.net.metrics; "
         "serve.build_parser().parse_args([]); "
         "print('prometheus_client' in sys.modules)"
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(packetcore.workers.__file__).parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.workers.__file__).parent.parent))
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT
     )
@@ -346,7 +346,7 @@ def test_the_proxy_command_serves_metrics() -> None:
             "127.0.0.1", "--upstream", f"127.0.0.1:{upstream.port}", "--metrics-port", "0",
             "--metrics-host", "127.0.0.1", "--loss", "0.5", "--seed", "2",
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(Path(packetcore.workers.__file__).parents[1]))
+        env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.workers.__file__).parents[1]))
         proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         try:
             assert proc.stderr is not None
@@ -378,9 +378,9 @@ def closed_by_the_server(sock: socket.socket) -> bool:
 
 def test_idle_connections_are_closed_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     # 400 half-open connections held 400 threads forever, and slowed every accept.
-    import packetcore.metrics
+    import packetcore.net.metrics
 
-    monkeypatch.setattr(packetcore.metrics, "CONNECTION_TIMEOUT", 0.2, raising=False)
+    monkeypatch.setattr(packetcore.net.metrics, "CONNECTION_TIMEOUT", 0.2, raising=False)
     with serve_metrics("127.0.0.1", 0, ServerStats) as metrics:
         idle = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(3)]
         half = socket.create_connection(("127.0.0.1", metrics.port))
@@ -398,10 +398,10 @@ def test_idle_connections_are_closed_after_the_timeout(monkeypatch: pytest.Monke
 def test_connections_beyond_the_cap_are_closed_and_scrapes_come_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import packetcore.metrics
+    import packetcore.net.metrics
 
-    monkeypatch.setattr(packetcore.metrics, "MAX_SCRAPES", 2, raising=False)
-    monkeypatch.setattr(packetcore.metrics, "CONNECTION_TIMEOUT", 60.0, raising=False)
+    monkeypatch.setattr(packetcore.net.metrics, "MAX_SCRAPES", 2, raising=False)
+    monkeypatch.setattr(packetcore.net.metrics, "CONNECTION_TIMEOUT", 60.0, raising=False)
     with serve_metrics("127.0.0.1", 0, ServerStats) as metrics:
         held = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(2)]
         try:
@@ -469,10 +469,10 @@ def test_the_readme_lists_exactly_the_metrics_a_server_exposes() -> None:
 
 
 def test_the_readme_names_the_attributes_serve_metrics_reads() -> None:
-    from packetcore.metrics import _OPTIONAL_COUNTERS, COUNTERS
+    from packetcore.net.metrics import _OPTIONAL_COUNTERS, COUNTERS
 
     text = README.read_text(encoding="utf-8")
-    paragraph = text[text.index("`packetcore.metrics.serve_metrics(host, port, source)`") :]
+    paragraph = text[text.index("`packetcore.net.metrics.serve_metrics(host, port, source)`") :]
     paragraph = paragraph[: paragraph.index("\n\n")]
     named = set(re.findall(r"`([a-z_]+)`", paragraph))
     read = {attribute for _, attribute, _ in COUNTERS + _OPTIONAL_COUNTERS}

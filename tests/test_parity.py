@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-import packetcore._pure as twin
+import packetcore.engine._pure as twin
 import pytest
 
 pytestmark = pytest.mark.c_extension
@@ -64,7 +64,7 @@ def _split_top_level(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def compiled() -> ModuleType:
     """The compiled engine, imported only when a test asks (the twin's runs deselect them)."""
-    return importlib.import_module("packetcore._engine")
+    return importlib.import_module("packetcore.engine._engine")
 
 
 def public(obj: object) -> set[str]:

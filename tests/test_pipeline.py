@@ -20,15 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from packetcore.client import fetch
-from packetcore.engine import implementation
+from packetcore.client.fetch import fetch
 from packetcore.errors import FetchError
-from packetcore.feeds import book, synthetic
+from packetcore.io.feeds import book, synthetic
 from packetcore.protocol import FeedInfo, encode_info
-from packetcore.server import Server
+from packetcore.server.server import Server
 from serverutil import RawServer, _package_root
 
 from packetcore import Packets, encode, to_json
+from packetcore.engine import implementation
 
 FAST = ("--timeout", "0.5", "--backoff", "0.02")
 
@@ -355,7 +355,7 @@ def test_streamed_json_is_the_document_byte_for_byte(big: Server, tmp_path: Path
 
 
 def _formats() -> list[str]:
-    from packetcore.formats import FORMATS
+    from packetcore.io.formats import FORMATS
 
     return list(FORMATS)
 
@@ -364,7 +364,7 @@ def _formats() -> list[str]:
 def test_every_format_from_its_extension(form: str, tmp_path: Path) -> None:
     if form == "parquet":
         pytest.importorskip("pyarrow")
-    from packetcore.formats import read
+    from packetcore.io.formats import read
 
     suffix = {"ndjson": "jsonl"}.get(form, form)
     output = tmp_path / f"output.{suffix}"
@@ -378,7 +378,7 @@ def test_every_format_from_its_extension(form: str, tmp_path: Path) -> None:
 def test_an_incomplete_fetch_saves_its_partial_in_the_chosen_format(
     form: str, tmp_path: Path
 ) -> None:
-    from packetcore.formats import read
+    from packetcore.io.formats import read
 
     feed = synthetic(5000, seed=4)
     wire = encode(feed)
@@ -413,9 +413,9 @@ def test_the_fetch_command_imports_only_what_it_uses() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True
     ).stdout.split()
-    for module in ("packetcore.server", "packetcore.feeds", "tqdm", "pyarrow", "orjson"):
+    for module in ("packetcore.server.server", "packetcore.io.feeds", "tqdm", "pyarrow", "orjson"):
         assert module not in loaded
-    assert "packetcore.client" in loaded
+    assert "packetcore.client.fetch" in loaded
 
 
 def test_a_base_slice_past_the_feeds_end_says_the_end_was_inferred() -> None:
@@ -552,7 +552,7 @@ def test_a_server_far_out_of_order_is_no_feed(tmp_path: Path) -> None:
 
 
 def test_write_takes_packets_only(tmp_path: Path) -> None:
-    from packetcore.formats import write
+    from packetcore.io.formats import write
 
     with pytest.raises(TypeError, match="Packets"):
         write(tmp_path / "x.json", [1, 2])  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""packetcore.proxy with exact faults, against a tiny packet server started here."""
+"""packetcore.faults.proxy with exact faults, against a tiny packet server started here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packetcore.faults import Faults, Shaper
+from packetcore.faults.model import Faults, Shaper
+from packetcore.faults.proxy import ConnectionRecord, Proxy
 from packetcore.protocol import (
     HELLO,
     RESEND,
@@ -29,7 +30,6 @@ from packetcore.protocol import (
     resend_request,
     stream_all_request,
 )
-from packetcore.proxy import ConnectionRecord, Proxy
 
 pytestmark = pytest.mark.timeout(30)
 

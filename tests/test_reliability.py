@@ -1,7 +1,7 @@
 """Reliability: packetcore-fetch and packetcore-serve under faults, bad input and load.
 
-Every fault test runs a real :class:`~packetcore.server.Server` on loopback with a
-:class:`~packetcore.proxy.Proxy` in front of it and holds the fetch to one rule: it ends
+Every fault test runs a real :class:`~packetcore.server.server.Server` on loopback with a
+:class:`~packetcore.faults.proxy.Proxy` in front of it and holds the fetch to one rule: it ends
 with the complete, byte-correct ``output.json``, or it exits non-zero with a clear
 message and the missing ranges and leaves ``output.json`` as it was.  Never a wrong
 packet, never a hang past the configured timeouts (``pytest.mark.timeout``).
@@ -12,7 +12,7 @@ wrong payload.  The client detects what the protocol does reveal (an invalid sym
 side or sequence, a sequence outside the feed, two copies of a sequence that differ,
 sequences out of order on one connection) and what a single copy can be judged by (a
 symbol no other packet carries, a quantity or price far above the rest:
-packetcore.judge), and settles every such doubt by asking the server again;
+packetcore.client.judge), and settles every such doubt by asking the server again;
 :func:`test_corrupt_payload_seen_once_is_undetectable` pins the limit down.
 """
 
@@ -39,19 +39,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packetcore.cli.fetch import EXIT_INCOMPLETE, EXIT_STRICT
 from packetcore.cli.fetch import main as fetch_main
-from packetcore.client import fetch
+from packetcore.client.fetch import fetch
 from packetcore.errors import ProtocolError
-from packetcore.faults import Faults
-from packetcore.feeds import book, synthetic
-from packetcore.output import partial_path
+from packetcore.faults.model import Faults
+from packetcore.faults.proxy import Proxy
+from packetcore.io.feeds import book, synthetic
+from packetcore.io.output import partial_path
 from packetcore.protocol import (
     hello_request,
     range_request,
     resend_request,
     stream_all_request,
 )
-from packetcore.proxy import Proxy
-from packetcore.server import Server
+from packetcore.server.server import Server
 from serverutil import ServeProcess
 
 import packetcore

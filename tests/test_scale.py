@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from packetcore.cli.logqueue import DroppingQueueHandler, FdHandler, _Drops
 from packetcore.errors import FeedError
-from packetcore.feeds import MappedFeed, book, open_feed, synthetic
-from packetcore.loss import LossModel
+from packetcore.io.feeds import MappedFeed, book, open_feed, synthetic
 from packetcore.packets import Packets
 from packetcore.protocol import (
     FeedInfo,
@@ -31,7 +30,8 @@ from packetcore.protocol import (
     resend_request,
     stream_all_request,
 )
-from packetcore.server import STREAM_CHUNK, Server
+from packetcore.server.loss import LossModel
+from packetcore.server.server import STREAM_CHUNK, Server
 from serverutil import PACKET, exchange, packets_of, recv_all, recv_exact, reference_bytes
 
 import packetcore
@@ -413,7 +413,7 @@ def test_the_parent_ends_when_every_worker_died(
 
 
 def test_bind_workers_shares_one_port() -> None:
-    from packetcore.workers import REUSE_PORT, bind_workers
+    from packetcore.server.workers import REUSE_PORT, bind_workers
 
     sets, port = bind_workers("127.0.0.1", 0, 3, 16)
     try:
@@ -427,7 +427,7 @@ def test_bind_workers_shares_one_port() -> None:
 
 
 def test_worker_seeds_are_seed_plus_index_and_worker_0_is_a_single_server() -> None:
-    from packetcore.workers import worker_seed
+    from packetcore.server.workers import worker_seed
 
     assert [worker_seed(5, w) for w in range(3)] == [5, 6, 7]
     assert worker_seed(None, 2) is None
@@ -457,7 +457,7 @@ def test_loop_uvloop_missing_is_one_clear_line(
 
 
 def test_loop_auto_falls_back_to_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
-    from packetcore.workers import loop_factory
+    from packetcore.server.workers import loop_factory
 
     monkeypatch.setitem(sys.modules, "uvloop", None)
     assert loop_factory("auto") == ("asyncio", asyncio.new_event_loop)
@@ -466,7 +466,7 @@ def test_loop_auto_falls_back_to_asyncio(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.parametrize("mapped", [False, True], ids=["packets", "mapped"])
 def test_uvloop_serves_byte_exact(mapped: bool, tmp_path: Path) -> None:
     pytest.importorskip("uvloop")
-    from packetcore.workers import loop_factory, run_loop
+    from packetcore.server.workers import loop_factory, run_loop
 
     assert loop_factory("auto")[0] == "uvloop"
     feed = synthetic(50_000, seed=3)
@@ -537,8 +537,8 @@ def test_a_mapped_feed_truncated_while_served_costs_connections_not_the_server(
 ) -> None:
     # Reading a mapped page that a truncation took away kills a process (SIGBUS): the
     # server checks the file's size before each read and drops that answer instead.
-    from packetcore.feeds import synthetic
-    from packetcore.formats import write
+    from packetcore.io.feeds import synthetic
+    from packetcore.io.formats import write
 
     feed = tmp_path / "live.bin"
     write(feed, synthetic(200_000, seed=1))  # 3.4 MB: pages past a truncation vanish

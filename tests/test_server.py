@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from packetcore.feeds import synthetic
+from packetcore.io.feeds import synthetic
 from packetcore.protocol import (
     FeedInfo,
     encode_info,
@@ -27,7 +27,7 @@ from packetcore.protocol import (
     resend_request,
     stream_all_request,
 )
-from packetcore.server import STREAM_CHUNK, Server
+from packetcore.server.server import STREAM_CHUNK, Server
 from serverutil import (
     PACKET,
     TIMEOUT,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from packetcore.cli import signals
-from packetcore.server import Server
+from packetcore.server.server import Server
 from serverutil import RawServer
 
 import packetcore

@@ -13,11 +13,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from packetcore.client import FetchError, fetch, fetch_async
-from packetcore.faults import Faults
-from packetcore.feeds import book, synthetic
-from packetcore.proxy import Proxy
-from packetcore.server import Server
+from packetcore.client.fetch import FetchError, fetch, fetch_async
+from packetcore.faults.model import Faults
+from packetcore.faults.proxy import Proxy
+from packetcore.io.feeds import book, synthetic
+from packetcore.server.server import Server
 from serverutil import ServeProcess
 
 from packetcore import to_json

@@ -14,7 +14,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .client import FetchResult, fetch, fetch_async
+    from .client.fetch import FetchResult, fetch, fetch_async
+    from .client.follow import Follow, FollowStats, follow
+    from .client.session import FetchOptions
     from .engine import (
         MAX_SEQUENCE,
         PACKET_SIZE,
@@ -29,10 +31,8 @@ if TYPE_CHECKING:
         to_json,
     )
     from .errors import FeedError, FetchError, PacketcoreError, ProtocolError
-    from .following import Follow, FollowStats, follow
-    from .formats import FORMATS, read, write
+    from .io.formats import FORMATS, read, write
     from .packets import Packet, Packets
-    from .session import FetchOptions
 
 __version__ = "0.1.0"
 
@@ -69,9 +69,9 @@ __all__ = [
 
 # Where each name of __all__ lives.
 _WHERE = {
-    "FetchResult": ".client",
-    "fetch": ".client",
-    "fetch_async": ".client",
+    "FetchResult": ".client.fetch",
+    "fetch": ".client.fetch",
+    "fetch_async": ".client.fetch",
     "MAX_SEQUENCE": ".engine",
     "PACKET_SIZE": ".engine",
     "Decoder": ".engine",
@@ -87,15 +87,15 @@ _WHERE = {
     "FetchError": ".errors",
     "PacketcoreError": ".errors",
     "ProtocolError": ".errors",
-    "Follow": ".following",
-    "FollowStats": ".following",
-    "follow": ".following",
-    "FORMATS": ".formats",
-    "read": ".formats",
-    "write": ".formats",
+    "Follow": ".client.follow",
+    "FollowStats": ".client.follow",
+    "follow": ".client.follow",
+    "FORMATS": ".io.formats",
+    "read": ".io.formats",
+    "write": ".io.formats",
     "Packet": ".packets",
     "Packets": ".packets",
-    "FetchOptions": ".session",
+    "FetchOptions": ".client.session",
 }
 
 

@@ -6,7 +6,7 @@ Imports nothing heavy: ``import packetcore`` runs :func:`check_build` at once, a
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.machinery
 import os
 
 __all__ = ["check_build", "forced_twin"]
@@ -29,8 +29,18 @@ def check_build() -> None:
         from ._build import COMPILED_ENGINE  # type: ignore[import-not-found,unused-ignore]
     except ModuleNotFoundError:
         return
-    if COMPILED_ENGINE and importlib.util.find_spec(f"{__package__}._engine") is None:
+    if COMPILED_ENGINE and not _compiled_engine_present():
         raise ImportError(
-            "packetcore was built with its compiled engine, but packetcore._engine is "
+            "packetcore was built with its compiled engine, but packetcore.engine._engine is "
             "missing: reinstall packetcore, or set PACKETCORE_NO_EXTENSIONS=1"
         )
+
+
+def _compiled_engine_present() -> bool:
+    # Looked for on disk: finding the module's spec would import packetcore.engine,
+    # and numpy with it, at ``import packetcore``.
+    folder = os.path.join(os.path.dirname(__file__), "engine")
+    return any(
+        os.path.exists(os.path.join(folder, "_engine" + suffix))
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+    )

@@ -25,8 +25,8 @@ def convert(
     source: str, target: str, form: str | None = None, source_form: str | None = None
 ) -> int:
     """Copy the packets of ``source`` into ``target`` in ``form``; return how many."""
-    from ..formats import format_for, iter_packets, open_writer
-    from ..output import STDOUT, AtomicFile
+    from ..io.formats import format_for, iter_packets, open_writer
+    from ..io.output import STDOUT, AtomicFile
 
     reading = format_for(source, source_form)
     writing = format_for(target, form)
@@ -58,7 +58,7 @@ def convert(
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """Return the parser of the convert options."""
-    from ..formats import FORMATS
+    from ..io.formats import FORMATS
 
     parser = argparse.ArgumentParser(
         prog=prog,

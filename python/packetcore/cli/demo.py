@@ -13,10 +13,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..feeds import load_feed
-from ..output import check_writable
-from ..server import Server
-from ..session import FetchOptions
+from ..client.session import FetchOptions
+from ..io.feeds import load_feed
+from ..io.output import check_writable
+from ..server.server import Server
 from . import UserError, add_verbosity, run
 from .fetch import fetch_into
 from .options import add_feed_options

@@ -28,10 +28,10 @@ from .options import integer, number
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
 # Ctrl-C while it loads is one line like any other; the module itself imports fast.
 if TYPE_CHECKING:
-    from ..client import FetchResult
-    from ..output import Output
+    from ..client.fetch import FetchResult
+    from ..client.session import FetchOptions, Progress
+    from ..io.output import Output
     from ..packets import Packets
-    from ..session import FetchOptions, Progress
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
 
@@ -53,7 +53,7 @@ log = logging.getLogger("packetcore.fetch")
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """Return the parser of the fetch options (defaults from :class:`FetchOptions`)."""
-    from ..session import MAX_BACKOFF, MAX_CONFIDENCE, FetchOptions
+    from ..client.session import MAX_BACKOFF, MAX_CONFIDENCE, FetchOptions
     from .progress import DEFAULT_INTERVAL
 
     defaults = FetchOptions()  # the one place defaults come from
@@ -220,7 +220,7 @@ def _age() -> float:
 
 
 def _fetch(args: argparse.Namespace, started: float) -> int:
-    from ..session import FetchOptions
+    from ..client.session import FetchOptions
 
     defaults = FetchOptions()
     confidence = defaults.confidence if args.confidence is None else args.confidence
@@ -257,8 +257,8 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
 
 def _check_format(output: str, form: str | None) -> None:
     """Refuse (exit 2) a --format that contradicts the format the output's name says."""
-    from ..formats import format_named_by
-    from ..output import STDOUT
+    from ..io.formats import format_named_by
+    from ..io.output import STDOUT
 
     named = None if output == STDOUT or form is None else format_named_by(output)
     if named is not None and named != form:
@@ -271,8 +271,8 @@ def _check_format(output: str, form: str | None) -> None:
 
 def open_output(output: str, form: str | None = None) -> Output:
     """Open ``output`` in ``form`` (default: from its name); a failure is one UserError."""
-    from ..formats import format_for
-    from ..output import Output, OutputError
+    from ..io.formats import format_for
+    from ..io.output import Output, OutputError
 
     try:
         return Output(output, format_for(output, form))
@@ -299,7 +299,7 @@ def fetch_into(
 
     ``progress``: a status line every so many seconds where stderr is no terminal.
     """
-    from ..output import STDOUT
+    from ..io.output import STDOUT
 
     if started is None:
         started = time.perf_counter()
@@ -328,7 +328,7 @@ def fetch_into(
             _warn_conflicts(result)
             wait = None
             if options.deadline is not None:  # the deadline and some grace, no more
-                from ..client import DEADLINE_GRACE
+                from ..client.fetch import DEADLINE_GRACE
 
                 end = started + options.deadline + DEADLINE_GRACE
                 wait = max(end - time.perf_counter(), 0.1)
@@ -376,7 +376,7 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
     """Fetch into ``out``; return the result, or None if the reader of stdout left."""
     import asyncio
 
-    from ..client import run_fetch
+    from ..client.fetch import run_fetch
 
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[str] = loop.create_future()
@@ -424,8 +424,8 @@ def _warn_conflicts(result: FetchResult) -> None:
 
 
 def _incomplete(result: FetchResult, output: str, where: str) -> None:
-    from ..output import STDOUT
-    from ..ranges import format_ranges
+    from ..client.ranges import format_ranges
+    from ..io.output import STDOUT
 
     if result.missing:
         log.debug("missing sequences: %s", format_ranges(result.missing))

@@ -27,10 +27,10 @@ from . import UserError, signals
 from .fetch import open_output, progress_bar
 
 if TYPE_CHECKING:
-    from ..following import FollowStats
-    from ..output import Output
+    from ..client.follow import FollowStats
+    from ..client.session import FetchOptions, Progress
+    from ..io.output import Output
     from ..packets import Packets
-    from ..session import FetchOptions, Progress
 
 __all__ = ["follow_into"]
 
@@ -118,8 +118,8 @@ async def _run(
     """Follow into ``out``; return the stats and, if it failed, why."""
     import asyncio
 
+    from ..client.follow import FollowStats, run_follow
     from ..errors import FetchError, OutputError
-    from ..following import FollowStats, run_follow
 
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[str] = loop.create_future()

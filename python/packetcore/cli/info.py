@@ -52,7 +52,7 @@ class FeedSummary:
 
     def lines(self) -> list[str]:
         """Return the summary as ``key: value`` lines."""
-        from ..ranges import format_ranges
+        from ..client.ranges import format_ranges
 
         if self.first is None:
             sequences = "none"
@@ -95,7 +95,7 @@ def summarize(path: str, form: str | None = None, shown: int = SHOWN_RANGES) -> 
     """
     import numpy as np
 
-    from ..formats import format_for, iter_packets
+    from ..io.formats import format_for, iter_packets
 
     form = format_for(path, form)
     summary = FeedSummary(path, form)
@@ -130,7 +130,7 @@ def summarize(path: str, form: str | None = None, shown: int = SHOWN_RANGES) -> 
 def _tracked(summary: FeedSummary, shown: int) -> None:
     """Count duplicates and gaps of a file out of order with a second pass."""
     from ..engine import GapTracker
-    from ..formats import iter_packets
+    from ..io.formats import iter_packets
 
     assert summary.first is not None and summary.last is not None
     tracker = GapTracker(first=summary.first, last=summary.last)
@@ -146,7 +146,7 @@ def _tracked(summary: FeedSummary, shown: int) -> None:
 
 def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     """Return the parser of the info options."""
-    from ..formats import FORMATS
+    from ..io.formats import FORMATS
 
     parser = argparse.ArgumentParser(
         prog=prog,

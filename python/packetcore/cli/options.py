@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..faults import FaultPlan
-    from ..metrics import MetricsServer, StatsLike
+    from ..faults.model import FaultPlan
+    from ..net.metrics import MetricsServer, StatsLike
 
 __all__ = [
     "LOG_FORMATS",
@@ -134,7 +134,7 @@ seed = integer(0, what="a seed: 0 or more, never negative")
 def _server_default(name: str) -> Any:
     # The default is decided once, by Server; imported here, not at the top, so that
     # packetcore-fetch (which uses the types above) does not load the server.
-    from ..server import Server
+    from ..server.server import Server
 
     return inspect.signature(Server).parameters[name].default
 
@@ -146,7 +146,7 @@ def feed_spec(text: str) -> str:
     """
     if text.startswith("synthetic:"):
         from ..errors import FeedError
-        from ..feeds import synthetic_count
+        from ..io.feeds import synthetic_count
 
         try:
             synthetic_count(text)
@@ -193,7 +193,7 @@ def add_feed_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _rate(text: str) -> float:
-    from ..faults import parse_rate
+    from ..faults.model import parse_rate
 
     try:
         return parse_rate(text)
@@ -254,7 +254,7 @@ def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan |
     ``server``: the plan is a server's, and what only a proxy can do is refused too.
     """
     from ..errors import UserError
-    from ..faults import FaultPlan, Faults
+    from ..faults.model import FaultPlan, Faults
 
     upstream = bool(getattr(args, "upstream_faults", False))
     try:
@@ -357,7 +357,7 @@ def bind_metrics(args: argparse.Namespace, source: Callable[[], StatsLike]) -> M
     if args.metrics_port is None:
         return None
     # prometheus-client is imported only when metrics are asked for.
-    from ..metrics import MetricsServer
+    from ..net.metrics import MetricsServer
 
     host = args.metrics_host or "localhost"
     try:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..session import Progress
+    from ..client.session import Progress
 
 __all__ = ["DEFAULT_INTERVAL", "status_lines"]
 

@@ -13,8 +13,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from ..faults import FaultPlan
-from ..proxy import Proxy
+from ..faults.model import FaultPlan
+from ..faults.proxy import Proxy
 from . import UserError, add_verbosity, run
 from .options import (
     add_faults,

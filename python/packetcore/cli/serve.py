@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..engine import MAX_SEQUENCE
-from ..feeds import MappedFeed, open_feed
-from ..live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed
+from ..io.feeds import MappedFeed, open_feed
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT
-from ..server import Server, ServerStats
-from ..wire_index import WireIndex
-from ..workers import (
+from ..server.live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed
+from ..server.server import Server, ServerStats
+from ..server.wire_index import WireIndex
+from ..server.workers import (
     LOOPS,
     REUSE_PORT,
     LoopUnavailable,

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from .errors import OutputError  # defined there, re-exported here as before
-from .packets import Packets
+from ..errors import OutputError  # defined there, re-exported here as before
+from ..packets import Packets
 
 __all__ = [
     "PARTIAL_SUFFIX",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from ._build_check import check_build, forced_twin
+from .._build_check import check_build, forced_twin
 
 __all__ = [
     "MAX_SEQUENCE",

@@ -4,7 +4,7 @@ A :class:`LiveFeed` publishes at ``rate`` packets a second from a start time ``t
 the packet of row k (sequence ``first + k``) is published at ``t0 + k / rate``.  What
 is published is a pure function of the clock, so server processes forked after ``t0``
 is chosen all publish the same packets at the same moments.  It answers the requests a
-:class:`~packetcore.wire_index.WireIndex` answers, clamped to what is published.
+:class:`~packetcore.server.wire_index.WireIndex` answers, clamped to what is published.
 
 Without a source, the feed is synthetic and endless (or ends at ``until``): packets are
 generated in blocks of :data:`BLOCK` from ``(seed, block number)``, so an old block a
@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import numpy.typing as npt
 
-from . import engine
-from .engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
-from .errors import FeedError
-from .feeds import SYMBOLS
+from .. import engine
+from ..engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
+from ..errors import FeedError
+from ..io.feeds import SYMBOLS
+from ..packets import Packets
+from ..protocol import FeedInfo, encode_info
 from .loss import LossModel
-from .packets import Packets
-from .protocol import FeedInfo, encode_info
 from .wire_index import WireIndex
 
 if TYPE_CHECKING:

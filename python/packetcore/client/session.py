@@ -23,11 +23,11 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from .engine import MAX_SEQUENCE, Decoder, PacketStore
-from .errors import FetchError, OutputError, PacketcoreError
+from ..engine import MAX_SEQUENCE, Decoder, PacketStore
+from ..errors import FetchError, OutputError, PacketcoreError
+from ..packets import Packets
+from ..protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
 from .judge import CopyCount, Judge
-from .packets import Packets
-from .protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
 
 __all__ = [
     "MAX_BACKOFF",
@@ -402,7 +402,7 @@ class Session:
         #: Sequences whose held packet may be wrong (see Link._check_order).
         self.doubts: set[int] = set()
         self._first_doubt: int | None = None
-        #: What a single copy is judged by (packetcore.judge), and how many had two.
+        #: What a single copy is judged by (packetcore.client.judge), and how many had two.
         self.judge = Judge()
         self.copies = CopyCount()
         #: How many stream-all passes ended on each sequence (base protocol).

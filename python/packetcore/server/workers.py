@@ -6,10 +6,10 @@ connections over ``SO_REUSEPORT`` listeners (Linux), each worker gets listening 
 of its own, all bound by the parent before the fork on one port; elsewhere the parent
 binds once and every worker accepts on the same inherited sockets.
 
-Worker W (from 0) runs a :class:`~packetcore.server.Server` seeded with ``seed + W``:
+Worker W (from 0) runs a :class:`~packetcore.server.server.Server` seeded with ``seed + W``:
 its Nth stream-all drops the same packets on every run with the same seed, and worker 0
 draws exactly what a single server does.  A worker stops on SIGTERM or SIGINT and sends
-its :class:`~packetcore.server.ServerStats` to the parent as one JSON line on a pipe;
+its :class:`~packetcore.server.server.ServerStats` to the parent as one JSON line on a pipe;
 the parent sums them.  A worker that ends without sending them, or before the parent
 asked it to stop, is reported as died.
 
@@ -42,8 +42,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
+from ..net.listener import bind
 from .conversation import ServerStats
-from .listener import bind
 
 __all__ = [
     "LOOPS",

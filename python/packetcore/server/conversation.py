@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from .engine import MAX_SEQUENCE
-from .errors import FeedError
-from .faults import Delivery, FaultCounts
-from .listener import peer_name
+from ..engine import MAX_SEQUENCE
+from ..errors import FeedError
+from ..faults.model import Delivery, FaultCounts
+from ..net.listener import peer_name
+from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
 from .live import LiveFeed, Publisher, Subscription, reset_transport
 from .loss import LossModel
-from .protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
 from .wire_index import WireIndex, gather_spans
 
 __all__ = ["STREAM_CHUNK", "Conversation", "ServerStats"]

@@ -1,11 +1,11 @@
-"""Type stub of the compiled engine ``packetcore._engine`` (the twin of ``_pure``)."""
+"""Type stub of the compiled engine ``packetcore.engine._engine`` (the twin of ``_pure``)."""
 
 from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
-from .packets import Packets
+from ..packets import Packets
 
 __all__ = [
     "MAX_SEQUENCE",

@@ -1,9 +1,9 @@
 """A fault-injecting TCP proxy for the feed protocol, in front of any server of it.
 
-:class:`Proxy` has the lifecycle of :class:`~packetcore.server.Server`: ``start_async``
+:class:`Proxy` has the lifecycle of :class:`~packetcore.server.server.Server`: ``start_async``
 / ``stop_async`` on a running loop, ``start`` / ``stop`` in a background thread, and
 both as context managers.  Every accepted connection (numbered from 0) gets its own
-upstream connection and the faults its :class:`~packetcore.faults.FaultPlan` chooses;
+upstream connection and the faults its :class:`~packetcore.faults.model.FaultPlan` chooses;
 the proxy frames the client's requests, so that info frames pass untouched and the
 faults hit whole packets.  ``stats`` counts what all connections did, ``records`` what
 each one did.
@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .faults import Delivery, FaultPlan, Faults, Script, Shaper, end_connection
-from .listener import bind, peer_name
-from .protocol import (
+from ..net.listener import bind, peer_name
+from ..net.service import Service
+from ..protocol import (
     HELLO,
     RESEND,
     RESEND_RANGE,
@@ -34,7 +34,7 @@ from .protocol import (
     SUBSCRIBE,
     RequestFramer,
 )
-from .service import Service
+from .model import Delivery, FaultPlan, Faults, Script, Shaper, end_connection
 
 __all__ = ["MAX_RECORDS", "ConnectionRecord", "Proxy", "ProxyStats"]
 

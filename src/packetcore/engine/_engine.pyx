@@ -1,5 +1,5 @@
 # cython: annotation_typing=False
-"""The compiled engine: the twin of ``packetcore._pure``, same API and behaviour.
+"""The compiled engine: the twin of ``packetcore.engine._pure``, same API and behaviour.
 
 Hot loops run over raw pointers into numpy columns and the caller's buffers, with no
 Python object per packet.  The code is split by concern, asyncpg-style:
@@ -19,7 +19,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
-from packetcore._cursor cimport (
+from packetcore.engine._cursor cimport (
     Cursor,
     cursor_init,
     cursor_read,
@@ -35,8 +35,8 @@ from packetcore._cursor cimport (
 
 import numpy as np
 
-from .errors import ProtocolError
-from .packets import Packets
+from ..errors import ProtocolError
+from ..packets import Packets
 # Argument checks both engines share, so that they refuse the same things alike.
 from ._pure import integer, keep_flags, sequence_array, symbol_column
 

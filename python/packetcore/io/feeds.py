@@ -2,7 +2,7 @@
 
 A feed is a :class:`~packetcore.Packets` batch whose sequences run contiguously from
 its first packet.  :func:`load_feed` turns the ``--feed`` option into one; a file is
-read in any format of :mod:`packetcore.formats`, streamed, never whole in memory.
+read in any format of :mod:`packetcore.io.formats`, streamed, never whole in memory.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .engine import MAX_SEQUENCE, PACKET_SIZE, decode
-from .errors import FeedError, ProtocolError
-from .formats import FORMATS, format_for, iter_packets
-from .packets import (
+from ..engine import MAX_SEQUENCE, PACKET_SIZE, decode
+from ..errors import FeedError, ProtocolError
+from ..packets import (
     JSON_KEYS,
     Packets,
     check_symbols,
@@ -29,6 +28,7 @@ from .packets import (
     symbol_error,
     valid_symbol,
 )
+from .formats import FORMATS, format_for, iter_packets
 
 __all__ = [
     "SYMBOLS",

@@ -2,7 +2,7 @@
 
 A packet is in doubt when two copies of its sequence differed (a conflict), it came
 out of order on its connection (``Link._check_order``), or its one copy looks changed
-on the way (:class:`~packetcore.judge.Judge`): one copy may carry a corrupted byte, and
+on the way (:class:`~packetcore.client.judge.Judge`): one copy may carry a corrupted byte, and
 the first arrival is not more likely right than a later one.  A held packet that two
 identical copies brought, and no differing one, counts as agreed on already.  The protocol
 has no checksum, so a vote decides: the payload at least two copies agree on, more
@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from .engine import MAX_SEQUENCE
-from .packets import Packets
+from ..engine import MAX_SEQUENCE
+from ..packets import Packets
 from .session import Session, backoff_delay
 
 __all__ = ["Copies", "settle"]

@@ -1,4 +1,4 @@
-"""The pure-Python engine: the twin of ``packetcore._engine``, same API and behaviour.
+"""The pure-Python engine: the twin of ``packetcore.engine._engine``, same API and behaviour.
 
 Loops here use only struct, bytearray and lists; numpy appears at the edges, where a
 batch comes in or goes out.  ``PACKETCORE_NO_EXTENSIONS=1`` selects this module, and
@@ -18,9 +18,9 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import ProtocolError
+from ..packets import Packets, valid_symbol
 from ._pure_text import TextParser, text_rows
-from .errors import ProtocolError
-from .packets import Packets, valid_symbol
 
 __all__ = [
     "MAX_SEQUENCE",

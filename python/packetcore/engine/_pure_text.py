@@ -13,8 +13,8 @@ from typing import Final
 
 import numpy as np
 
-from .errors import FeedError
-from .packets import JSON_KEYS, SYMBOL_RULE, Packets, valid_symbol
+from ..errors import FeedError
+from ..packets import JSON_KEYS, SYMBOL_RULE, Packets, valid_symbol
 
 __all__ = ["TEXT_FORMS", "TextParser", "text_error", "text_rows"]
 

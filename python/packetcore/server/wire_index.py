@@ -1,7 +1,7 @@
 """The wire bytes of a served feed and the index from sequences to their rows.
 
 Every answer of the server is a slice of these bytes or a selection from them.  A feed
-of :class:`~packetcore.Packets` is encoded once; a :class:`~packetcore.feeds.MappedFeed`
+of :class:`~packetcore.Packets` is encoded once; a :class:`~packetcore.io.feeds.MappedFeed`
 is the file itself, mapped, and is never copied.
 """
 
@@ -13,10 +13,10 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from .engine import PACKET_SIZE, decode, encode
-from .feeds import MappedFeed
-from .packets import Packets
-from .protocol import FeedInfo, encode_info
+from ..engine import PACKET_SIZE, decode, encode
+from ..io.feeds import MappedFeed
+from ..packets import Packets
+from ..protocol import FeedInfo, encode_info
 
 __all__ = ["WireIndex", "gather_spans"]
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import FetchError
+from ..errors import FetchError
+from ..protocol import range_requests, stream_all_request
 from .outcome import Outcome
-from .protocol import range_requests, stream_all_request
 from .ranges import asked_for_again
 from .session import Link, Session, backoff_delay
 

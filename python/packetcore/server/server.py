@@ -1,10 +1,10 @@
 """The exchange server: the base protocol byte-exact, the extension, and a loss simulation.
 
 :class:`Server` is the lifecycle: it binds (:mod:`.listener`), accepts, and hands each
-connection to a :class:`~packetcore.conversation.Conversation`, which answers from the
-feed's wire bytes (:class:`~packetcore.wire_index.WireIndex`) with the drops that the
-:class:`~packetcore.loss.LossModel` decides.  A feed is :class:`~packetcore.Packets`,
-encoded once, or a :class:`~packetcore.feeds.MappedFeed`, a ``.bin`` file served from
+connection to a :class:`~packetcore.server.conversation.Conversation`, which answers from the
+feed's wire bytes (:class:`~packetcore.server.wire_index.WireIndex`) with the drops that the
+:class:`~packetcore.server.loss.LossModel` decides.  A feed is :class:`~packetcore.Packets`,
+encoded once, or a :class:`~packetcore.io.feeds.MappedFeed`, a ``.bin`` file served from
 its mapping without a copy.
 """
 
@@ -17,15 +17,15 @@ import threading
 import time
 from typing import Any
 
+from ..faults.model import Delivery, FaultPlan, Shaper
+from ..io.feeds import MappedFeed
+from ..net.listener import bind, peer_name
+from ..net.service import Service
+from ..packets import Packets
+from ..protocol import DEFAULT_PORT, FeedInfo
 from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
-from .faults import Delivery, FaultPlan, Shaper
-from .feeds import MappedFeed
-from .listener import bind, peer_name
 from .live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed, Publisher
 from .loss import LossModel
-from .packets import Packets
-from .protocol import DEFAULT_PORT, FeedInfo
-from .service import Service
 from .wire_index import WireIndex
 
 __all__ = ["STREAM_CHUNK", "Server", "ServerStats"]
@@ -36,13 +36,13 @@ log = logging.getLogger("packetcore.server")
 class Server(Service):
     """Serve one feed over the base protocol and its extension.
 
-    ``feed`` may be a :class:`~packetcore.wire_index.WireIndex` already built, shared
+    ``feed`` may be a :class:`~packetcore.server.wire_index.WireIndex` already built, shared
     with other servers (the workers of one port) without encoding the feed again.
 
     ``live=RATE`` (packets a second; None or 0: a finished feed) publishes the feed at
     that pace from the start (:mod:`.live`): with no feed, an endless synthetic one
     drawn from ``seed``; ``until`` is the last sequence published.  A
-    :class:`~packetcore.live.LiveFeed` given as ``feed`` is served as it is, its clock
+    :class:`~packetcore.server.live.LiveFeed` given as ``feed`` is served as it is, its clock
     shared (the workers of one port).  A subscriber more than ``max_lag`` seconds of
     packets behind (at least 1 MiB unsent) is disconnected, and so are the furthest
     behind while all subscribers' unsent bytes together would pass ``max_buffer``.
@@ -79,7 +79,7 @@ class Server(Service):
             )
             feed = LiveFeed(live, source, seed=seed, until=until)
         if feed is None:
-            from .feeds import book
+            from ..io.feeds import book
 
             feed = book()
         self.loss = LossModel(drop, drop_resends, keep_last, seed)

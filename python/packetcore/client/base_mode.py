@@ -39,9 +39,9 @@ import asyncio
 import logging
 import math
 
-from .errors import FetchError
+from ..errors import FetchError
+from ..protocol import BASE_RESEND_MAX, resend_request, stream_all_request
 from .outcome import Outcome
-from .protocol import BASE_RESEND_MAX, resend_request, stream_all_request
 from .session import Link, Session, backoff_delay
 
 __all__ = ["chance_unseen", "recover_base", "trusted_highest"]

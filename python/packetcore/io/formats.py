@@ -17,10 +17,9 @@ from typing import Any, BinaryIO, Final
 
 import numpy as np
 
-from .engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows, valid_symbols
-from .errors import FeedError, MissingDependencyError, ProtocolError
-from .output import PARTIAL_SUFFIX, STDOUT, AtomicFile
-from .packets import (
+from ..engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows, valid_symbols
+from ..errors import FeedError, MissingDependencyError, ProtocolError
+from ..packets import (
     JSON_KEYS,
     Packets,
     check_symbols,
@@ -28,6 +27,7 @@ from .packets import (
     shown_symbol,
     symbol_error,
 )
+from .output import PARTIAL_SUFFIX, STDOUT, AtomicFile
 
 __all__ = [
     "BLOCK_SIZE",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import numpy.typing as npt
 
-from .packets import Packets
+from ..packets import Packets
 
 __all__ = [
     "asked_for_again",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from .engine import PACKET_SIZE, gather
+from ..engine import PACKET_SIZE, gather
 
 __all__ = ["LossModel"]
 

@@ -34,8 +34,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from .engine import PACKET_SIZE
-from .protocol import (
+from ..engine import PACKET_SIZE
+from ..protocol import (
     HELLO,
     INFO_MAGIC,
     INFO_SIZE,

@@ -11,7 +11,7 @@ subscription stayed quiet (tail loss).  The packets go into the session's
 :class:`~packetcore.PacketStore`, and the contiguous prefix leaves it at once, so only
 the out-of-order window is ever held.  A packet in doubt (out of order on its
 connection, or in copies that differ: a corrupted sequence field) stops the prefix, as
-in a fetch, until fresh copies settle it by vote (:func:`~packetcore.settle.settle`).
+in a fetch, until fresh copies settle it by vote (:func:`~packetcore.client.settle.settle`).
 
 A subscription that ends, fails, or stays silent for ``timeout`` while the server
 publishes on is replaced, with backoff, by one from the first sequence not yet received
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import FetchError
-from .packets import Packets
-from .protocol import FeedInfo, range_requests, subscribe_request
+from ..errors import FetchError
+from ..packets import Packets
+from ..protocol import FeedInfo, range_requests, subscribe_request
 from .ranges import coalesce
 from .session import FetchOptions, Link, Progress, Session, Sink, backoff_delay
 from .settle import settle

@@ -5,7 +5,7 @@ way, decodes as a valid packet unless the byte made its symbol unprintable, its 
 neither ``B`` nor ``S`` or its sequence out of order.  :class:`Judge` looks for what
 such a byte leaves behind in a packet that is otherwise valid, over a whole batch at a
 time (numpy, no Python per packet), and names the sequences to doubt
-(:meth:`~packetcore.session.Session.doubt`: asked for again and voted on):
+(:meth:`~packetcore.client.session.Session.doubt`: asked for again and voted on):
 
 * a symbol outside the feed's alphabet as seen so far: one no other packet carried
   (a symbol is in the alphabet once two packets have carried it; the hint starts once
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from .packets import Packets
+from ..packets import Packets
 
 __all__ = ["ALPHABET_WARMUP", "MAGNITUDE_MARGIN", "MAX_ALPHABET", "CopyCount", "Judge"]
 

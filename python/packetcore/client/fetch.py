@@ -2,9 +2,9 @@
 
 A fetch first asks for the extension (a hello, see the protocol in ``docs/``).  An
 extended server answers with the feed's first and last sequence: see
-:mod:`packetcore.extended`.  A server that stays silent is a base server: see
-:mod:`packetcore.base_mode`.  Either way the packets go into one store, and the
-settled prefix leaves it for the output as it grows (:class:`~packetcore.session.Session`).
+:mod:`packetcore.client.extended`.  A server that stays silent is a base server: see
+:mod:`packetcore.client.base_mode`.  Either way the packets go into one store, and the
+settled prefix leaves it for the output as it grows (:class:`~packetcore.client.session.Session`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import FetchError
+from ..packets import Packets
+from ..protocol import BASE_RESEND_MAX, range_requests, resend_request, stream_all_request
 from .base_mode import recover_base, trusted_highest
-from .errors import FetchError
 from .extended import recover_extended
 from .outcome import Mode, Outcome
-from .packets import Packets
-from .protocol import BASE_RESEND_MAX, range_requests, resend_request, stream_all_request
 from .ranges import format_ranges, inclusive, merge
 from .session import FetchOptions, Link, Progress, Session
 from .settle import settle
@@ -78,7 +78,7 @@ class FetchResult:
     #: The feed's last sequence as the first hello named it (extended protocol).
     announced: int | None = None
     #: Packets of the output that rest on one copy only: no second copy confirmed
-    #: them (see :mod:`packetcore.judge` for what a single copy is judged by).
+    #: them (see :mod:`packetcore.client.judge` for what a single copy is judged by).
     single_copy: int = 0
 
     @property

@@ -2,7 +2,7 @@
 # streaming reader.  Included by _engine.pyx after _json.pxi, whose escape and number
 # code the writers share.
 
-from .errors import FeedError
+from ..errors import FeedError
 from ._pure_text import TEXT_FORMS, text_error
 
 cdef enum:

@@ -1,0 +1,1 @@
+"""The fetch and the follow: connections, the store they fill, repair strategies."""

@@ -1,0 +1,1 @@
+"""Feed files and outputs: the formats, reading and writing them, and loading feeds."""

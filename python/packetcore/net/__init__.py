@@ -1,0 +1,1 @@
+"""What every networked command shares: the listener, the service lifecycle, metrics."""

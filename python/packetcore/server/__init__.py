@@ -1,0 +1,1 @@
+"""The exchange: the wire index, the loss model, conversations, live feeds, workers."""
