@@ -110,6 +110,16 @@ def test_synthetic_blocks_are_regenerated_identically() -> None:
     assert encode(packets) == first
 
 
+def test_a_feed_with_an_end_publishes_what_the_endless_feed_does() -> None:
+    # The same seed, the same packets: the last block of a feed that ends (cut short)
+    # holds what the endless feed's holds there.
+    until = BLOCK + 1234
+    ended = LiveFeed(1.0, seed=5, until=until)
+    endless = LiveFeed(1.0, seed=5)
+    assert bytes(ended.rows(0, until)) == bytes(endless.rows(0, until))
+    assert len(ended.rows(BLOCK, 2 * BLOCK)) == 1234 * PACKET
+
+
 def test_bad_live_arguments() -> None:
     with pytest.raises(ValueError, match="rate"):
         LiveFeed(0.0)

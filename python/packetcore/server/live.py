@@ -246,7 +246,9 @@ class LiveFeed:
     def _generate(self, number: int) -> bytes:
         """Return the wire bytes of synthetic block ``number``, drawn from (seed, number)."""
         lo = number * BLOCK
-        size = min(BLOCK, self.total - lo)
+        # Every block is drawn whole, the last of a feed with an end too, then cut: the
+        # same seed publishes the same packets whether the feed ends or not.
+        size = BLOCK
         sequence = np.random.SeedSequence(self.entropy, spawn_key=(_FEED_KIND, number))
         rng = np.random.Generator(np.random.PCG64(sequence))
         records = np.empty(size, dtype=_WIRE)
@@ -257,7 +259,7 @@ class LiveFeed:
         records["price"] = rng.integers(1, 1_000_000, size, dtype=np.int32, endpoint=True)
         start = self.first + lo
         records["sequence"] = np.arange(start, start + size, dtype=np.int64)
-        return records.tobytes()
+        return records[: min(BLOCK, self.total - lo)].tobytes()
 
     def __repr__(self) -> str:
         what = "synthetic" if self.source is None else "replay"
