@@ -426,13 +426,13 @@ def _scrapes(port: int) -> bool:
         return False
 
 
-README = Path(__file__).parent.parent / "README.md"
+METRICS_DOC = Path(__file__).parent.parent / "docs" / "metrics.md"
 
 
-def _readme_metrics() -> set[str]:
-    """Return the metric names the README's metrics table lists."""
+def _documented_metrics() -> set[str]:
+    """Return the metric names the metrics table of docs/metrics.md lists."""
     names = set()
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
         row = re.match(r"\| `(packetcore_\w+)(?:\{[^}]*\})?`( \(gauge\))? \|", line)
         if row:
             names.add(row.group(1))
@@ -455,25 +455,25 @@ def _exposed(port: int) -> set[str]:
     return names
 
 
-def test_the_readme_lists_exactly_the_metrics_a_server_exposes() -> None:
+def test_the_docs_list_exactly_the_metrics_a_server_exposes() -> None:
     # A live server with faults: every metric the server can expose is there.
     faults = FaultPlan(Faults(loss=0.1), seed=1)
     live = Server(host="127.0.0.1", port=0, live=1000, until=10, seed=1, faults=faults)
     with live, serve_metrics("127.0.0.1", 0, lambda: live.stats) as metrics:
         exposed = _exposed(metrics.port)
-    listed = _readme_metrics()
+    listed = _documented_metrics()
     assert "packetcore_connections_total" in listed  # the table was found at all
     assert listed == exposed, (
-        f"in the README only: {sorted(listed - exposed)}; exposed only: {sorted(exposed - listed)}"
+        f"in docs/metrics.md only: {sorted(listed - exposed)}; exposed only: {sorted(exposed - listed)}"
     )
 
 
-def test_the_readme_names_the_attributes_serve_metrics_reads() -> None:
+def test_the_docs_name_the_attributes_serve_metrics_reads() -> None:
     from packetcore.metrics import _OPTIONAL_COUNTERS, COUNTERS
 
-    text = README.read_text(encoding="utf-8")
+    text = METRICS_DOC.read_text(encoding="utf-8")
     paragraph = text[text.index("`packetcore.metrics.serve_metrics(host, port, source)`") :]
-    paragraph = paragraph[: paragraph.index("\n\n")]
+    paragraph = paragraph.split("\n\n")[0]  # to the paragraph's end, or the file's
     named = set(re.findall(r"`([a-z_]+)`", paragraph))
     read = {attribute for _, attribute, _ in COUNTERS + _OPTIONAL_COUNTERS}
     assert read | {"active", "faults"} <= named
