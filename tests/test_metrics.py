@@ -464,7 +464,8 @@ def test_the_docs_list_exactly_the_metrics_a_server_exposes() -> None:
     listed = _documented_metrics()
     assert "packetcore_connections_total" in listed  # the table was found at all
     assert listed == exposed, (
-        f"in docs/metrics.md only: {sorted(listed - exposed)}; exposed only: {sorted(exposed - listed)}"
+        f"in docs/metrics.md only: {sorted(listed - exposed)}; "
+        f"exposed only: {sorted(exposed - listed)}"
     )
 
 
