@@ -5,7 +5,8 @@ command by command with bash, ``python`` blocks as scripts, in a temporary direc
 shared by the blocks of one page, with the venv's ``bin`` first on the PATH; a command
 ending in ``&`` is a background service, awaited until it listens and stopped with
 SIGINT after its block; an HTML comment before a block (``<!-- docs-test: ... -->``)
-starts a server for it, writes it as a file, or skips it for a stated reason.
+starts a server for it, writes it as a file, checks it as the output of the block
+before, or skips it for a stated reason.
 """
 
 from __future__ import annotations
@@ -155,32 +156,36 @@ class Service:
         assert "Traceback" not in output, f"{self.where}: `{self.command}`:\n{output}"
 
 
-def run(argv: list[str], cwd: Path, where: Block, shown: str) -> None:
-    """Run one foreground command; it must exit 0 within LIMIT seconds."""
+def run(argv: list[str], cwd: Path, where: Block, shown: str) -> str:
+    """Run one foreground command; it must exit 0 within LIMIT seconds. Return its stdout."""
     process = subprocess.Popen(
         argv,
         cwd=cwd,
         env=environment(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
-        output, _ = process.communicate(timeout=LIMIT)
+        stdout, stderr = process.communicate(timeout=LIMIT)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{where}: `{shown}` ran past {LIMIT:g} s:\n{output[-4000:]}")
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{where}: `{shown}` ran past {LIMIT:g} s:\n{(stdout + stderr)[-4000:]}")
+    output = stdout + stderr
     assert process.returncode == 0, (
         f"{where}: `{shown}` exited {process.returncode}:\n{output[-4000:]}"
     )
     assert "Traceback" not in output, f"{where}: `{shown}`:\n{output[-4000:]}"
+    return stdout
 
 
-def run_block(block: Block, cwd: Path) -> None:
+def run_block(block: Block, cwd: Path) -> str:
+    """Run one block; return the stdout of its last command."""
     services: list[Service] = []
+    stdout = ""
     try:
         if block.kind == "server":
             assert "--port" in block.arg, f"{block}: a docs-test server names its --port"
@@ -188,14 +193,14 @@ def run_block(block: Block, cwd: Path) -> None:
         if block.lang == "python":
             script = cwd / f"block_{block.line}.py"
             script.write_text(block.text, encoding="utf-8")
-            run([sys.executable, script.name], cwd, block, f"python block at line {block.line}")
-            return
+            return run([sys.executable, script.name], cwd, block, f"python block {block}")
         for command in commands(block.text):
             words = shlex.split(command, comments=True)
             if words and words[-1] == "&":
                 services.append(Service(shlex.join(words[:-1]), cwd, block))
             else:
-                run(["bash", "-c", command], cwd, block, command)
+                stdout = run(["bash", "-c", command], cwd, block, command)
+        return stdout
     finally:
         errors = []
         for service in reversed(services):
@@ -209,20 +214,23 @@ def run_block(block: Block, cwd: Path) -> None:
 
 @pytest.mark.parametrize("path", PAGES, ids=lambda path: str(path.relative_to(ROOT)))
 def test_every_example_of_the_page_runs(path: Path, tmp_path: Path) -> None:
+    stdout = ""
     for block in blocks(path):
         if block.kind == "skip":
             continue
         if block.kind == "file":
             (tmp_path / block.arg).write_text(block.text, encoding="utf-8")
+        elif block.kind == "output":
+            assert stdout == block.text, f"{block}: the command before printed:\n{stdout}"
         elif block.lang in RUN:
-            run_block(block, tmp_path)
+            stdout = run_block(block, tmp_path)
 
 
 def test_skips_stay_as_listed() -> None:
     skips = {}
     for path in PAGES:
         for block in blocks(path):
-            assert block.kind in ("", "server", "file", "skip"), f"{block}: {block.kind}?"
+            assert block.kind in ("", "server", "file", "output", "skip"), f"{block}: {block.kind}?"
             if block.kind == "skip":
                 assert block.arg, f"{block}: a skip says why"
                 skips[block.page] = skips.get(block.page, 0) + 1
@@ -249,3 +257,28 @@ def test_readme_is_a_front_page_whose_links_resolve() -> None:
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         if "://" not in target:
             assert (ROOT / target).exists(), f"README.md links to {target}, which is missing"
+
+
+def test_the_files_and_benchmarks_the_docs_name_exist() -> None:
+    # A figure names the benchmark that prints it: that benchmark must still exist.
+    defined = set()
+    for source in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py")]:
+        defined |= set(re.findall(r"^(?:async )?def (test_\w+)", source.read_text(), re.M))
+    named = 0
+    for path in PAGES:
+        text = path.read_text(encoding="utf-8")
+        for where, name in re.findall(
+            r"`((?:[\w/]+/)?test_\w+\.py|(?:src|python)/[\w/.]+)?(?:::(\w*))?`", text
+        ):
+            if where.endswith("..."):
+                continue  # a kind of path, not one
+            if where and "/" not in where:
+                where = "benchmarks/" + where  # performance.md's tables name them short
+            if where:
+                assert (ROOT / where).exists(), f"{path.name} names {where}, which is missing"
+                named += 1
+            if name:
+                assert name in defined, f"{path.name} names {name}, which no test defines"
+        for name in re.findall(r"`(test_\w+)`", text):
+            assert name in defined, f"{path.name} names {name}, which no test defines"
+    assert named > 20  # the patterns still find the names
