@@ -11,6 +11,7 @@ before, or skips it for a stated reason.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -282,3 +283,22 @@ def test_the_files_and_benchmarks_the_docs_name_exist() -> None:
         for name in re.findall(r"`(test_\w+)`", text):
             assert name in defined, f"{path.name} names {name}, which no test defines"
     assert named > 20  # the patterns still find the names
+
+
+def test_the_python_names_the_docs_give_resolve() -> None:
+    # `packetcore.server.Server` and the like: a module moved leaves no stale name behind.
+    names = set()
+    for path in PAGES:
+        names |= set(re.findall(r"`(packetcore(?:\.\w+)+)", path.read_text(encoding="utf-8")))
+    assert len(names) > 3  # the pattern still finds them
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found: object = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attribute in parts[cut:]:
+                assert hasattr(found, attribute), f"the docs name {name}, which does not resolve"
+                found = getattr(found, attribute)
+            break
