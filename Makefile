@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 PYTEST_ARGS ?=
 
-.PHONY: all venv install compile debug test test-py bench soak demo lint typecheck clean
+.PHONY: all venv install compile debug test test-py bench soak demo lint docs typecheck clean
 
 all: install
 
@@ -32,11 +32,12 @@ debug: venv
 	PACKETCORE_DEBUG=1 $(PY) setup.py build_ext --inplace --force
 
 # The suite on the compiled engine, again on the pure-Python twin (switched at run time,
-# as msgpack and aio-libs do), then lint and types: what CI runs.
+# as msgpack and aio-libs do), then lint and types, then the manual: what CI runs.
 test: install
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 	PACKETCORE_NO_EXTENSIONS=1 $(PY) -m pytest tests -m "not slow and not c_extension" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory docs
 
 # The whole suite on a package built without the extension, as a no-compiler machine has it.
 test-py: venv
@@ -64,6 +65,12 @@ lint: venv
 	$(PY) -m ruff format --check python tests benchmarks
 	$(PY) -m mypy
 
+# The manual: docs/ into site/ with MkDocs (pinned, as ruff and mypy are), strict:
+# a broken link or anchor, or a page missing from mkdocs.yml's nav, fails the build.
+docs: venv
+	$(PIP) install "mkdocs==1.6.1"
+	$(PY) -m mkdocs build --strict --quiet
+
 clean:
-	rm -rf build dist *.egg-info python/*.egg-info src/packetcore/engine/*.c src/packetcore/engine/*.html
+	rm -rf build dist site *.egg-info python/*.egg-info src/packetcore/engine/*.c src/packetcore/engine/*.html
 	find python -name '*.so' -delete

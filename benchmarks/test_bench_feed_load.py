@@ -1,6 +1,6 @@
 """Loading a 10-million-record JSON feed, as packetcore-serve --feed does: time and peak RSS.
 
-The README quotes what this prints.  Each load runs in a fresh process that reports its
+docs/performance.md quotes what this prints.  Each load runs in a fresh process that reports its
 own peak RSS (VmHWM): ``load`` is :func:`packetcore.io.feeds.load_feed` (the columns),
 ``serve`` is ``packetcore-serve --feed FILE.json`` itself, from its start until it says
 it listens (the columns, then the feed's wire bytes, which are all it keeps).

@@ -1,4 +1,4 @@
-"""The package's Python API as the README shows it: names importable, keywords accepted."""
+"""The package's Python API as docs/api.md shows it: names importable, keywords accepted."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from packetcore import FetchError, FetchOptions, TextParser, fetch, text_rows
 FAST = {"timeout": 0.5, "backoff": 0.0, "hello_timeout": 0.1}
 
 
-def test_the_readme_names_are_importable_and_load_lazily() -> None:
-    # The names the README uses come from the package itself; importing the package
+def test_the_documented_names_are_importable_and_load_lazily() -> None:
+    # The names the docs use come from the package itself; importing the package
     # loads no numpy (the commands start fast), asking for a name loads what it needs.
     script = (
         "import sys, packetcore\n"
@@ -44,7 +44,7 @@ def test_text_rows_and_text_parser_round_trip() -> None:
 
 
 def test_every_fetch_options_field_is_a_keyword_of_fetch() -> None:
-    # The README: "Every option of the command: FetchOptions' fields and strict=True".
+    # docs/api.md: "Every option of the command: FetchOptions' fields and strict=True".
     options = {f.name: getattr(FetchOptions(), f.name) for f in dataclasses.fields(FetchOptions)}
     options.update(FAST, port=1, retries=0)  # nothing listens on port 1: no packet at all
     with pytest.raises(FetchError):

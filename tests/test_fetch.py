@@ -620,7 +620,7 @@ def test_a_lossy_slice_counts_only_its_repairs_as_recovered() -> None:
 def test_a_slice_past_the_end_of_the_feed_is_one_clear_error(
     protocol: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The README's own example against the default server (the 14-packet book).
+    # A slice past the end of the default server's feed (the 14-packet book).
     with Server(host="127.0.0.1", port=0, drop=0.25, seed=2) as server:
         with pytest.raises(FetchError, match=r"the slice 100..200 starts past .*, 14\b"):
             fetch(port=server.port, protocol=protocol, deadline=30, start=100, stop=200, **FAST)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import packetcore.server.workers
+import packetcore.server.server.workers
 import pytest
 from packetcore.cli.serve import main as serve_main
-from packetcore.faults.model import FaultPlan, Faults
-from packetcore.faults.proxy import Proxy
+from packetcore.faults.model.model import FaultPlan, Faults
+from packetcore.faults.model.proxy import Proxy
 from packetcore.net.metrics import MetricsServer, serve_metrics
 from packetcore.protocol import (
     INFO_SIZE,
@@ -28,9 +28,9 @@ from packetcore.protocol import (
     stream_all_request,
     subscribe_request,
 )
-from packetcore.server.conversation import ServerStats
-from packetcore.server.server import Server
-from packetcore.server.workers import WorkerReport, Workers
+from packetcore.server.server.conversation import ServerStats
+from packetcore.server.server.server import Server
+from packetcore.server.server.workers import WorkerReport, Workers
 from prometheus_client.parser import text_string_to_metric_families
 from serverutil import PACKET, TIMEOUT, ServeProcess, recv_all, recv_exact, wait_until
 
@@ -218,7 +218,7 @@ def test_workers_total_sums_dict_fields(monkeypatch: pytest.MonkeyPatch) -> None
         faults: dict[str, int] = field(default_factory=dict)
 
     # ServerStats gains a faults dict on the fault-injection branch: sum it by kind.
-    monkeypatch.setattr(packetcore.server.workers, "ServerStats", WithFaults)
+    monkeypatch.setattr(packetcore.server.server.workers, "ServerStats", WithFaults)
     workers = Workers([], lambda *_: WithFaults())
     workers.reports = [
         WorkerReport(0, 1, stats=WithFaults(connections=2, faults={"loss": 3, "split": 1})),
@@ -292,7 +292,7 @@ def test_prometheus_client_is_imported_only_for_metrics() -> None:
         "serve.build_parser().parse_args([]); "
         "print('prometheus_client' in sys.modules)"
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.workers.__file__).parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.server.workers.__file__).parent.parent))
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT
     )
@@ -346,7 +346,7 @@ def test_the_proxy_command_serves_metrics() -> None:
             "127.0.0.1", "--upstream", f"127.0.0.1:{upstream.port}", "--metrics-port", "0",
             "--metrics-host", "127.0.0.1", "--loss", "0.5", "--seed", "2",
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.workers.__file__).parents[1]))
+        env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.server.workers.__file__).parents[1]))
         proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         try:
             assert proc.stderr is not None
@@ -426,13 +426,13 @@ def _scrapes(port: int) -> bool:
         return False
 
 
-README = Path(__file__).parent.parent / "README.md"
+METRICS_DOC = Path(__file__).parent.parent / "docs" / "metrics.md"
 
 
-def _readme_metrics() -> set[str]:
-    """Return the metric names the README's metrics table lists."""
+def _documented_metrics() -> set[str]:
+    """Return the metric names the metrics table of docs/metrics.md lists."""
     names = set()
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
         row = re.match(r"\| `(packetcore_\w+)(?:\{[^}]*\})?`( \(gauge\))? \|", line)
         if row:
             names.add(row.group(1))
@@ -455,25 +455,26 @@ def _exposed(port: int) -> set[str]:
     return names
 
 
-def test_the_readme_lists_exactly_the_metrics_a_server_exposes() -> None:
+def test_the_docs_list_exactly_the_metrics_a_server_exposes() -> None:
     # A live server with faults: every metric the server can expose is there.
     faults = FaultPlan(Faults(loss=0.1), seed=1)
     live = Server(host="127.0.0.1", port=0, live=1000, until=10, seed=1, faults=faults)
     with live, serve_metrics("127.0.0.1", 0, lambda: live.stats) as metrics:
         exposed = _exposed(metrics.port)
-    listed = _readme_metrics()
+    listed = _documented_metrics()
     assert "packetcore_connections_total" in listed  # the table was found at all
     assert listed == exposed, (
-        f"in the README only: {sorted(listed - exposed)}; exposed only: {sorted(exposed - listed)}"
+        f"in docs/metrics.md only: {sorted(listed - exposed)}; "
+        f"exposed only: {sorted(exposed - listed)}"
     )
 
 
-def test_the_readme_names_the_attributes_serve_metrics_reads() -> None:
+def test_the_docs_name_the_attributes_serve_metrics_reads() -> None:
     from packetcore.net.metrics import _OPTIONAL_COUNTERS, COUNTERS
 
-    text = README.read_text(encoding="utf-8")
+    text = METRICS_DOC.read_text(encoding="utf-8")
     paragraph = text[text.index("`packetcore.net.metrics.serve_metrics(host, port, source)`") :]
-    paragraph = paragraph[: paragraph.index("\n\n")]
+    paragraph = paragraph.split("\n\n")[0]  # to the paragraph's end, or the file's
     named = set(re.findall(r"`([a-z_]+)`", paragraph))
     read = {attribute for _, attribute, _ in COUNTERS + _OPTIONAL_COUNTERS}
     assert read | {"active", "faults"} <= named

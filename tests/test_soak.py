@@ -1,7 +1,7 @@
 """Soak and load: long reliability runs, ``make soak`` only (``pytest tests -m slow``).
 
 Both print their figures (``pytest -s`` shows them; they are also in the assertion
-messages) so the README can quote them.
+messages) so docs/reliability.md can quote them.
 """
 
 from __future__ import annotations
