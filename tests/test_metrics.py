@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import packetcore.server.server.workers
+import packetcore.server.workers
 import pytest
 from packetcore.cli.serve import main as serve_main
-from packetcore.faults.model.model import FaultPlan, Faults
-from packetcore.faults.model.proxy import Proxy
+from packetcore.faults.model import FaultPlan, Faults
+from packetcore.faults.proxy import Proxy
 from packetcore.net.metrics import MetricsServer, serve_metrics
 from packetcore.protocol import (
     INFO_SIZE,
@@ -28,9 +28,9 @@ from packetcore.protocol import (
     stream_all_request,
     subscribe_request,
 )
-from packetcore.server.server.conversation import ServerStats
-from packetcore.server.server.server import Server
-from packetcore.server.server.workers import WorkerReport, Workers
+from packetcore.server.conversation import ServerStats
+from packetcore.server.server import Server
+from packetcore.server.workers import WorkerReport, Workers
 from prometheus_client.parser import text_string_to_metric_families
 from serverutil import PACKET, TIMEOUT, ServeProcess, recv_all, recv_exact, wait_until
 
@@ -218,7 +218,7 @@ def test_workers_total_sums_dict_fields(monkeypatch: pytest.MonkeyPatch) -> None
         faults: dict[str, int] = field(default_factory=dict)
 
     # ServerStats gains a faults dict on the fault-injection branch: sum it by kind.
-    monkeypatch.setattr(packetcore.server.server.workers, "ServerStats", WithFaults)
+    monkeypatch.setattr(packetcore.server.workers, "ServerStats", WithFaults)
     workers = Workers([], lambda *_: WithFaults())
     workers.reports = [
         WorkerReport(0, 1, stats=WithFaults(connections=2, faults={"loss": 3, "split": 1})),
@@ -292,7 +292,7 @@ def test_prometheus_client_is_imported_only_for_metrics() -> None:
         "serve.build_parser().parse_args([]); "
         "print('prometheus_client' in sys.modules)"
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.server.workers.__file__).parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.workers.__file__).parent.parent))
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT
     )
@@ -346,7 +346,7 @@ def test_the_proxy_command_serves_metrics() -> None:
             "127.0.0.1", "--upstream", f"127.0.0.1:{upstream.port}", "--metrics-port", "0",
             "--metrics-host", "127.0.0.1", "--loss", "0.5", "--seed", "2",
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.server.workers.__file__).parents[1]))
+        env = dict(os.environ, PYTHONPATH=str(Path(packetcore.server.workers.__file__).parents[1]))
         proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         try:
             assert proc.stderr is not None
