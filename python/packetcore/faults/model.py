@@ -10,8 +10,8 @@ accept order) and the time since start; a scenario TOML file produces one.
 
 :class:`Shaper` turns one connection's byte stream into what the peer gets (no I/O):
 17-byte packets, framed from the stream, and 16-byte info frames, which pass
-untouched at a packet boundary after a hello.  Its random draws come from
-``SeedSequence(seed, spawn_key=(2, connection))``, one chunk's worth at a time.
+untouched at a packet boundary after a hello.  Its random draws come from the
+connection's stream of the seed (:mod:`packetcore.seeds`), one chunk's worth at a time.
 :class:`Delivery` writes the shaped stream to an :class:`asyncio.StreamWriter` at the
 times, in the pieces and at the rate the faults say, and ends the connection as they say.
 """
@@ -44,6 +44,7 @@ from ..protocol import (
     STREAM_ALL,
     SUBSCRIBE,
 )
+from ..seeds import Kind, Streams, split
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,7 +85,6 @@ _STREAMS = (
     "corrupt",
     "corrupt_byte",
 )
-_SPAWN = 2  # spawn_key kind: LossModel uses 0 and 1 for the server's own drops
 
 
 class FaultCounts(dict[str, int]):
@@ -292,13 +292,11 @@ class FaultPlan:
     seed: int | None = None
     upstream: bool = False
     rules: tuple[_Rule, ...] = ()
-    entropy: int = field(init=False, repr=False, compare=False)
+    streams: Streams = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Decide the seed's entropy once, so that every connection draws from it."""
-        entropy = np.random.SeedSequence(self.seed).entropy
-        assert isinstance(entropy, int)
-        object.__setattr__(self, "entropy", entropy)
+        object.__setattr__(self, "streams", Streams(self.seed))
 
     def faults_for(self, number: int, elapsed: float = 0.0) -> Faults:
         """Return the faults of connection ``number`` accepted ``elapsed`` s after start."""
@@ -316,8 +314,7 @@ class FaultPlan:
 
     def rng(self, number: int) -> np.random.Generator:
         """Return the generator of connection ``number``'s random faults."""
-        sequence = np.random.SeedSequence(self.entropy, spawn_key=(_SPAWN, number))
-        return np.random.Generator(np.random.PCG64(sequence))
+        return self.streams.for_(Kind.FAULTS, number)
 
     def sets(self, name: str) -> bool:
         """Return whether ``name`` (a :class:`Faults` field) is set for any connection.
@@ -456,10 +453,7 @@ class Shaper:
         self.bytes_out = 0
         # One stream per kind of draw, so that each is the same whatever the chunks.
         base = rng if rng is not None else np.random.default_rng()
-        seeds = base.integers(0, 1 << 62, len(_STREAMS))
-        self._rngs = {
-            k: np.random.default_rng(int(v)) for k, v in zip(_STREAMS, seeds, strict=True)
-        }
+        self._rngs = dict(zip(_STREAMS, split(base, len(_STREAMS)), strict=True))
         self._framed = faults.packet_faults
         self._bytewise = faults.limit is not None or bool(faults.corrupt_at)
         self._hellos = 0
