@@ -17,8 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from packetcore.errors import PacketcoreError
-from packetcore.faults.model import FaultCounts, FaultPlan, Faults, Shaper, parse_rate
+from packetcore.faults.model import FaultCounts, FaultPlan, Faults, parse_rate
 from packetcore.faults.proxy import ConnectionRecord, Proxy
+from packetcore.faults.scenario import load_scenario
+from packetcore.faults.shaper import Shaper
 from packetcore.io.feeds import synthetic
 from packetcore.protocol import hello_request, resend_request, stream_all_request
 from packetcore.server.server import Server
@@ -293,7 +295,7 @@ loss = 1.0
 def test_scenario_chooses_faults_by_connection_and_time(clean: Server, tmp_path: Path) -> None:
     path = tmp_path / "scenario.toml"
     path.write_text(SCENARIO)
-    plan = FaultPlan.from_scenario(path)
+    plan = load_scenario(path)
     assert (plan.seed, plan.faults_for(0)) == (9, Faults())
     assert plan.faults_for(1) == Faults(close_after=100)
     assert plan.faults_for(7) == Faults(duplicate=1.0)
@@ -330,7 +332,7 @@ def test_bad_scenarios_are_refused(tmp_path: Path, text: str, message: str) -> N
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
-        FaultPlan.from_scenario(path)
+        load_scenario(path)
 
 
 # -- in-process, on the server --------------------------------------------------------------

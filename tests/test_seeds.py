@@ -12,8 +12,9 @@ import socket
 
 import numpy as np
 import pytest
-from packetcore.faults.model import FaultPlan, Faults, Shaper
+from packetcore.faults.model import FaultPlan, Faults
 from packetcore.faults.proxy import Proxy
+from packetcore.faults.shaper import Shaper
 from packetcore.io.feeds import synthetic
 from packetcore.protocol import stream_all_request
 from packetcore.seeds import Kind, Streams
