@@ -23,7 +23,8 @@ from packetcore.faults.scenario import load_scenario
 from packetcore.faults.shaper import Shaper
 from packetcore.io.feeds import synthetic
 from packetcore.protocol import hello_request, resend_request, stream_all_request
-from packetcore.server.server import Server
+from packetcore.server.server import Server, ServerStats
+from packetcore.server.workers import WorkerReport, Workers
 
 import packetcore
 from packetcore import encode
@@ -257,8 +258,13 @@ def test_seeded_faults_do_not_depend_on_how_the_stream_is_cut(faults: Faults) ->
 
 
 def test_counts_add_up_over_workers() -> None:
-    total = FaultCounts({"loss": 2}) + {"loss": 3, "reset": 1}
-    assert total == {"loss": 5, "reset": 1} and isinstance(total, FaultCounts)
+    workers = Workers([], lambda *_: ServerStats())
+    workers.reports = [
+        WorkerReport(0, 1, stats=ServerStats(faults=FaultCounts(loss=2))),
+        WorkerReport(1, 2, latest=ServerStats(faults=FaultCounts(loss=3, reset=1))),
+        WorkerReport(2, 3),
+    ]
+    assert workers.total().faults == {"loss": 5, "reset": 1}
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,6 @@ import numpy as np
 from ..seeds import Kind, Streams
 
 __all__ = [
-    "KINDS",
     "FaultCounts",
     "FaultPlan",
     "Faults",
@@ -34,21 +33,11 @@ __all__ = [
     "parse_rate",
 ]
 
-#: The kinds of injected fault counted, each once per event.
-KINDS = (
-    "loss", "duplicate", "reorder", "corrupt", "close", "reset", "stall", "swallow", "hang",
-)  # fmt: skip
 _RATE_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 
 
 class FaultCounts(dict[str, int]):
-    """Injected faults by kind; ``a + b`` sums two tallies (the workers of one port)."""
-
-    def __add__(self, other: Mapping[str, int]) -> FaultCounts:
-        total = FaultCounts(self)
-        for kind, n in other.items():
-            total[kind] = total.get(kind, 0) + n
-        return total
+    """Injected faults by kind, each once per event ("loss", "reset", ...)."""
 
 
 def parse_rate(text: str | float) -> float:
