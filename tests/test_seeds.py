@@ -16,13 +16,14 @@ from packetcore.faults.model import FaultPlan, Faults
 from packetcore.faults.proxy import Proxy
 from packetcore.faults.shaper import Shaper
 from packetcore.io.feeds import synthetic
-from packetcore.protocol import stream_all_request
+from packetcore.protocol import stream_all_request, subscribe_request
 from packetcore.seeds import Kind, Streams
 from packetcore.server.live import BLOCK, LiveFeed
 from packetcore.server.loss import LossModel
 from packetcore.server.server import Server
+from serverutil import exchange
 
-from packetcore import encode
+from packetcore import decode, encode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,6 +91,26 @@ def test_a_live_server_with_faults_draws_its_drop_mask_apart_from_the_faults() -
     mask_words = server.loss.subscription_rng(0).bit_generator.random_raw(64)  # type: ignore[union-attr]
     fault_words = server.faults.rng(0).bit_generator.random_raw(64)  # type: ignore[union-attr]
     assert not set(mask_words.tolist()) & set(fault_words.tolist())
+
+
+def test_a_live_subscriber_under_faults_gets_exactly_those_two_streams() -> None:
+    # End to end: what subscription 0 on connection 0 receives is its drop mask, then
+    # connection 0's faults over what the mask kept; each from the stream checked above.
+    count, faults = 9000, Faults(loss=0.3)
+    plan = FaultPlan(faults, seed=SEED)
+    with Server(
+        host="127.0.0.1", port=0, live=60_000.0, until=count, drop=0.5, seed=SEED, faults=plan
+    ) as server:
+        received = decode(exchange(server, subscribe_request(1))).sequence
+        wire = bytes(server.index.rows(0, count))
+    rng = LossModel(0.5, seed=SEED).subscription_rng(0)
+    assert rng is not None
+    keep = LossModel.keep_mask(rng, count, 0.5)
+    rows = np.frombuffer(wire, dtype=np.uint8).reshape(count, -1)[keep]
+    shaper = Shaper(faults, FaultPlan(faults, seed=SEED).rng(0))
+    shaped = bytes(shaper.feed(rows.tobytes())) + bytes(shaper.finish())
+    assert received.tolist() == decode(shaped).sequence.tolist()
+    assert 0.45 < len(rows) / count < 0.55 and 0.25 < shaper.own["loss"] / len(rows) < 0.35
 
 
 def test_seeded_drops_repeat_as_before() -> None:
