@@ -17,11 +17,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from packetcore.errors import PacketcoreError
-from packetcore.faults.model import FaultCounts, FaultPlan, Faults, Shaper, parse_rate
+from packetcore.faults.model import FaultCounts, FaultPlan, Faults, parse_rate
 from packetcore.faults.proxy import ConnectionRecord, Proxy
+from packetcore.faults.scenario import load_scenario
+from packetcore.faults.shaper import Shaper
 from packetcore.io.feeds import synthetic
 from packetcore.protocol import hello_request, resend_request, stream_all_request
-from packetcore.server.server import Server
+from packetcore.server.server import Server, ServerStats
+from packetcore.server.workers import WorkerReport, Workers
 
 import packetcore
 from packetcore import encode
@@ -255,8 +258,13 @@ def test_seeded_faults_do_not_depend_on_how_the_stream_is_cut(faults: Faults) ->
 
 
 def test_counts_add_up_over_workers() -> None:
-    total = FaultCounts({"loss": 2}) + {"loss": 3, "reset": 1}
-    assert total == {"loss": 5, "reset": 1} and isinstance(total, FaultCounts)
+    workers = Workers([], lambda *_: ServerStats())
+    workers.reports = [
+        WorkerReport(0, 1, stats=ServerStats(faults=FaultCounts(loss=2))),
+        WorkerReport(1, 2, latest=ServerStats(faults=FaultCounts(loss=3, reset=1))),
+        WorkerReport(2, 3),
+    ]
+    assert workers.total().faults == {"loss": 5, "reset": 1}
 
 
 @pytest.mark.parametrize(
@@ -293,7 +301,7 @@ loss = 1.0
 def test_scenario_chooses_faults_by_connection_and_time(clean: Server, tmp_path: Path) -> None:
     path = tmp_path / "scenario.toml"
     path.write_text(SCENARIO)
-    plan = FaultPlan.from_scenario(path)
+    plan = load_scenario(path)
     assert (plan.seed, plan.faults_for(0)) == (9, Faults())
     assert plan.faults_for(1) == Faults(close_after=100)
     assert plan.faults_for(7) == Faults(duplicate=1.0)
@@ -330,7 +338,7 @@ def test_bad_scenarios_are_refused(tmp_path: Path, text: str, message: str) -> N
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
-        FaultPlan.from_scenario(path)
+        load_scenario(path)
 
 
 # -- in-process, on the server --------------------------------------------------------------

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packetcore.faults.model import Faults, Shaper
+from packetcore.faults.model import Faults
 from packetcore.faults.proxy import ConnectionRecord, Proxy
+from packetcore.faults.shaper import Shaper
 from packetcore.protocol import (
     HELLO,
     RESEND,

@@ -255,6 +255,7 @@ def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan |
     """
     from ..errors import UserError
     from ..faults.model import FaultPlan, Faults
+    from ..faults.scenario import load_scenario
 
     upstream = bool(getattr(args, "upstream_faults", False))
     try:
@@ -273,7 +274,7 @@ def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan |
             close_after=args.close_after,
         )
         if args.scenario is not None:
-            plan = FaultPlan.from_scenario(args.scenario, faults, seed=args.seed, upstream=upstream)
+            plan = load_scenario(args.scenario, faults, seed=args.seed, upstream=upstream)
         else:
             plan = FaultPlan(faults, seed=args.seed, upstream=upstream)
         if plan.upstream and plan.faults.packet_faults:

@@ -34,7 +34,9 @@ from ..protocol import (
     SUBSCRIBE,
     RequestFramer,
 )
-from .model import Delivery, FaultPlan, Faults, Script, Shaper, end_connection
+from .delivery import Delivery, end_connection
+from .model import FaultPlan, Faults, Script
+from .shaper import Shaper
 
 __all__ = ["MAX_RECORDS", "ConnectionRecord", "Proxy", "ProxyStats"]
 

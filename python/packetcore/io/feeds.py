@@ -28,6 +28,7 @@ from ..packets import (
     symbol_error,
     valid_symbol,
 )
+from ..seeds import Streams
 from .formats import FORMATS, format_for, iter_packets
 
 __all__ = [
@@ -65,7 +66,7 @@ def synthetic(count: int, seed: int | None = None) -> Packets:
     """Return ``count`` random packets with sequences 1..count, drawn from ``seed``."""
     if not 0 <= count <= MAX_SEQUENCE:
         raise FeedError(f"a synthetic feed holds 0..{MAX_SEQUENCE} packets, not {count}")
-    rng = np.random.default_rng(seed)
+    rng = Streams(seed).root()
     symbols = np.array(SYMBOLS, dtype="S4")
     sides = np.array(_SIDES, dtype="S1")
     # Whole columns at once: ten million packets take well under a second.

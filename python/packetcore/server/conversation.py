@@ -17,7 +17,8 @@ import numpy.typing as npt
 
 from ..engine import MAX_SEQUENCE
 from ..errors import FeedError
-from ..faults.model import Delivery, FaultCounts
+from ..faults.delivery import Delivery
+from ..faults.model import FaultCounts
 from ..net.listener import peer_name
 from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
 from .live import LiveFeed, Publisher, Subscription, reset_transport

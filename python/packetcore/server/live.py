@@ -39,6 +39,7 @@ from ..errors import FeedError
 from ..io.feeds import SYMBOLS
 from ..packets import Packets
 from ..protocol import FeedInfo, encode_info
+from ..seeds import Kind, Streams
 from .loss import LossModel
 from .wire_index import WireIndex
 
@@ -77,8 +78,6 @@ _TICKS_PER_WRITE = 8
 _CATCH_UP = 4096
 #: Synthetic blocks kept in memory (about 1.1 MB each); older ones are generated again.
 _CACHED_BLOCKS = 8
-# The spawn key of a synthetic feed's blocks; the loss model's kinds are 0..2.
-_FEED_KIND = 3
 
 _WIRE = np.dtype(
     [("symbol", "S4"), ("side", "S1"), ("quantity", ">i4"), ("price", ">i4"), ("sequence", ">i4")]
@@ -133,9 +132,7 @@ class LiveFeed:
         self.endless = source is None and until is None
         #: How many packets it publishes in all.
         self.total = final - self.first + 1
-        entropy = np.random.SeedSequence(seed).entropy
-        assert isinstance(entropy, int)
-        self.entropy: int = entropy
+        self.streams = Streams(seed)
         self.t0: float | None = None
         self._blocks: OrderedDict[int, memoryview] = OrderedDict()
 
@@ -249,8 +246,7 @@ class LiveFeed:
         # Every block is drawn whole, the last of a feed with an end too, then cut: the
         # same seed publishes the same packets whether the feed ends or not.
         size = BLOCK
-        sequence = np.random.SeedSequence(self.entropy, spawn_key=(_FEED_KIND, number))
-        rng = np.random.Generator(np.random.PCG64(sequence))
+        rng = self.streams.for_(Kind.FEED_BLOCKS, number)
         records = np.empty(size, dtype=_WIRE)
         # Whole columns, as feeds.synthetic draws them: no Python work per packet.
         records["symbol"] = _SYMBOL_ARRAY[rng.integers(0, len(SYMBOLS), size, dtype=np.uint8)]

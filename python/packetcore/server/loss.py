@@ -1,11 +1,11 @@
 """The server's loss simulation: which packets a stream or a resend drops, reproducibly.
 
 With ``seed`` S, the stream-all request number N (counted from 0 over the server's
-life, in the order the server starts them) draws its keep mask from
-``SeedSequence(S, spawn_key=(0, N))``, the resends of connection number C (counted
-from 0 in accept order) from ``SeedSequence(S, spawn_key=(1, C))``, and subscription
-number M (callType 5, counted from 0) from ``SeedSequence(S, spawn_key=(2, M))``.  Without a seed,
-fresh entropy stands in for S.  Nothing here touches a socket.
+life, in the order the server starts them) draws its keep mask from its own stream of
+S, and so do the resends of connection number C (counted from 0 in accept order) and
+subscription number M (callType 5, counted from 0): the table of streams is
+:mod:`packetcore.seeds`.  Without a seed, fresh entropy stands in for S.  Nothing here
+touches a socket.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..engine import PACKET_SIZE, gather
+from ..seeds import Kind, Streams
 
 __all__ = ["LossModel"]
-
-_STREAMS, _RESENDS, _SUBSCRIPTIONS = 0, 1, 2
 
 
 class LossModel:
@@ -37,25 +36,21 @@ class LossModel:
         self.drop_resends = float(drop_resends)
         self.keep_last = keep_last
         self.seed = seed
-        entropy = np.random.SeedSequence(seed).entropy
-        assert isinstance(entropy, int)
-        self.entropy: int = entropy
+        self.streams = Streams(seed)
+        #: The seed, or the fresh entropy that stands in for it.
+        self.entropy = self.streams.entropy
 
     def stream_rng(self, number: int) -> np.random.Generator | None:
         """Return the generator of stream-all number ``number``; None if nothing drops."""
-        return self._rng(_STREAMS, number) if self.drop > 0 else None
+        return self.streams.for_(Kind.STREAM_ALL, number) if self.drop > 0 else None
 
     def resend_rng(self, connection: int) -> np.random.Generator | None:
         """Return the generator of connection ``connection``'s resends; None if none drop."""
-        return self._rng(_RESENDS, connection) if self.drop_resends > 0 else None
+        return self.streams.for_(Kind.RESENDS, connection) if self.drop_resends > 0 else None
 
     def subscription_rng(self, number: int) -> np.random.Generator | None:
         """Return the generator of subscription ``number``; None if nothing drops."""
-        return self._rng(_SUBSCRIPTIONS, number) if self.drop > 0 else None
-
-    def _rng(self, kind: int, number: int) -> np.random.Generator:
-        sequence = np.random.SeedSequence(self.entropy, spawn_key=(kind, number))
-        return np.random.Generator(np.random.PCG64(sequence))
+        return self.streams.for_(Kind.SUBSCRIPTIONS, number) if self.drop > 0 else None
 
     @staticmethod
     def keep_mask(

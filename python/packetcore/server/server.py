@@ -17,7 +17,9 @@ import threading
 import time
 from typing import Any
 
-from ..faults.model import Delivery, FaultPlan, Shaper
+from ..faults.delivery import Delivery
+from ..faults.model import FaultPlan
+from ..faults.shaper import Shaper
 from ..io.feeds import MappedFeed
 from ..net.listener import bind, peer_name
 from ..net.service import Service

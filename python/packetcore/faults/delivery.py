@@ -1,0 +1,208 @@
+"""Delivery: a shaped stream written on time, in pieces, paced, and ended as the faults say.
+
+:class:`Delivery` writes what a :class:`~packetcore.faults.shaper.Shaper` makes of a
+connection's stream to an :class:`asyncio.StreamWriter` at the times, in the pieces and
+at the rate the faults say, and ends the connection as they say (FIN, RST or a stall).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE
+from .shaper import Shaper
+
+__all__ = ["Delivery", "end_connection", "unsent_bytes"]
+
+#: Chunks a delivery holds back for latency before its writer waits.
+_QUEUE_CHUNKS = 64
+#: Pacing slices per second at a bandwidth limit.
+_SLICES_PER_SECOND = 50
+
+
+def unsent_bytes(sock: Any) -> int:
+    """Return the bytes still in a socket's kernel send queue (0 where it cannot be asked)."""
+    try:
+        import fcntl
+        import termios
+
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
+    except (ImportError, OSError, AttributeError, ValueError):
+        return 0
+
+
+async def end_connection(writer: asyncio.StreamWriter, kind: str) -> None:
+    """End the peer's side: FIN for "close", RST for "reset"; nothing for "stall"."""
+    if kind == "stall":
+        return
+    await writer.drain()
+    if kind == "reset":
+        sock = writer.get_extra_info("socket")
+        # The bytes before the cut must leave first: an RST discards what is queued.
+        deadline = time.monotonic() + 1.0
+        while unsent_bytes(sock) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    elif writer.can_write_eof():
+        writer.write_eof()
+
+
+class Delivery:
+    """Write a shaped stream to ``writer``: on time, in pieces, paced, ended as the faults say.
+
+    Without latency, jitter, bandwidth or split the bytes are written at once;
+    otherwise a task sends them when due, so latency does not add up over chunks.
+    """
+
+    def __init__(
+        self,
+        writer: asyncio.StreamWriter,
+        shaper: Shaper,
+        rng: np.random.Generator | None = None,
+        *,
+        written: Callable[[int], None] | None = None,
+    ) -> None:
+        """``written(n)`` is told of every ``n`` bytes handed to the writer."""
+        self.writer = writer
+        self._written = written
+        self.shaper = shaper
+        self.faults = shaper.faults
+        self.ended = False  # the limit was reached: nothing more goes out
+        self.writes = 0
+        self.largest_write = 0
+        self._rng = rng if rng is not None else np.random.default_rng()
+        self._due = 0.0
+        self._next_send = 0.0
+        self._queue: asyncio.Queue[tuple[float, bytes | str]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._streamed = False
+        self.error: BaseException | None = None
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Shape ``data`` and send it (or queue it until due)."""
+        if self.ended:
+            return
+        out = self.shaper.feed(data)
+        await self._put(out)
+
+    async def finish(self, end: str | None = None) -> None:
+        """Send what is held back and wait until all is written; ``end`` ends the stream."""
+        if not self.ended:
+            await self._put(self.shaper.finish())
+            if end is not None and not self.ended:
+                await self._put_end(end)
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self.error is not None:
+            raise self.error
+
+    def request(self, call_type: int) -> None:
+        """Note a request of the peer's: its answers are what the faults will shape."""
+        if call_type == HELLO:
+            self.shaper.hello()
+        elif call_type in (STREAM_ALL, SUBSCRIBE):
+            self._streamed = True
+        elif call_type in (RESEND, RESEND_RANGE) and not self._streamed:
+            self.shaper.resend_mode()
+
+    async def close(self, reader: asyncio.StreamReader) -> None:
+        """Send what is held back and end the stream; a stalled one waits for the peer.
+
+        Ended here, through the queue: a timed delivery's task sends what is due first,
+        then the end, and only then finishes.
+        """
+        await self.finish("close")
+        if self.ended and self.faults.limit_kind == "stall":
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(1 << 16):
+                    pass
+
+    def cancel(self) -> None:
+        """Stop the sending task, if any (the connection is going away)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _put(self, out: bytes | bytearray | memoryview) -> None:
+        if out:
+            if not self.faults.timed:
+                self._note(len(out))
+                self.writer.write(out)
+                await self.writer.drain()
+            else:
+                await self._enqueue(bytes(out))
+        if self.shaper.limit_hit and not self.ended:
+            await self._put_end(self.faults.limit_kind)
+
+    async def _put_end(self, kind: str) -> None:
+        self.ended = True
+        if self.faults.timed:
+            await self._enqueue(kind)
+        else:
+            await end_connection(self.writer, kind)
+
+    def _note(self, size: int) -> None:
+        self.writes += 1
+        self.largest_write = max(self.largest_write, size)
+        if self._written is not None:
+            self._written(size)
+
+    async def _enqueue(self, item: bytes | str) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._queue is None:
+            self._queue = asyncio.Queue(_QUEUE_CHUNKS)
+            self._task = asyncio.ensure_future(self._run())
+        faults = self.faults
+        due = time.monotonic() + faults.latency
+        if faults.jitter:
+            due += float(self._rng.uniform(-faults.jitter, faults.jitter))
+        # A byte stream cannot overtake itself: jitter never moves a chunk before the last.
+        self._due = max(self._due, due)
+        await self._queue.put((self._due, item))
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        try:
+            while True:
+                due, item = await self._queue.get()
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if isinstance(item, str):
+                    await end_connection(self.writer, item)
+                    return
+                await self._write(item)
+        except (ConnectionError, OSError) as exc:
+            self.error = exc
+            self.ended = True
+
+    async def _write(self, data: bytes) -> None:
+        faults, writer = self.faults, self.writer
+        step = faults.split or len(data)
+        rate = faults.bandwidth
+        if rate is not None:
+            step = max(1, min(step, int(rate / _SLICES_PER_SECOND)))
+        for at in range(0, len(data), step):
+            piece = data[at : at + step]
+            if rate is not None:
+                self._next_send = max(self._next_send, time.monotonic())
+            self._note(len(piece))
+            writer.write(piece)
+            await writer.drain()
+            if rate is not None:
+                self._next_send += len(piece) / rate
+                await asyncio.sleep(max(0.0, self._next_send - time.monotonic()))
+            elif faults.split and at + step < len(data):
+                await asyncio.sleep(0)  # one piece per segment, not coalesced
