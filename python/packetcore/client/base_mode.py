@@ -35,14 +35,13 @@ buffer among all its connections, so concurrent requests could corrupt each othe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 
 from ..errors import FetchError
 from ..protocol import BASE_RESEND_MAX, resend_request, stream_all_request
 from .outcome import Outcome
-from .session import Link, Session, backoff_delay
+from .session import Link, Session
 
 __all__ = ["chance_unseen", "recover_base", "trusted_highest"]
 
@@ -105,7 +104,7 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
     store = session.store
     passes = _Passes()
     session.ceiling = passes.ceiling
-    failures = 0
+    retry = options.retry()
     resends_answered = True
     while True:
         if link is None:
@@ -135,31 +134,29 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
         if state == "done" and link.clean_end and not link.packets and not session.received:
             # Closed with nothing sent, and nothing ever came: no server of the feed
             # answers so (a proxy whose upstream is gone does); a failure, not a pass.
-            failures += 1
             log.debug("pass %d: the server closed the connection without answering", outcome.passes)
-            if failures > options.retries:
+            if not retry.fail():
                 raise FetchError(
                     f"{options.host}:{options.port}: the server closed the connection "
-                    f"without answering, {failures} times in a row"
+                    f"without answering, {retry.failures} times in a row"
                 )
-            await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()
         elif state == "done" and link.clean_end:
             passes.counts.append(link.packets)
             passes.highs.append(link.highest)
-            failures = 0
+            retry.succeeded()
         else:
             # A pass cut short says nothing about the loss rate; its packets still count.
-            failures += 1
             why = "went silent" if state == "idle" else f"ended early ({link.why()})"
             log.info("pass %d: the server %s", outcome.passes, why)
-            if failures > options.retries:
-                outcome.reason = f"the server {why} on {failures} passes in a row"
+            if not retry.fail():
+                outcome.reason = f"the server {why} on {retry.failures} passes in a row"
                 if session.received == 0:
                     # Nothing at all came: a failure to fetch (as documented by fetch),
                     # not an incomplete feed with no gap to name.
                     raise FetchError(f"{options.host}:{options.port}: {outcome.reason}")
                 return False
-            await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()
         link = None
         if resends_answered:
             # Only up to a sequence held and trusted, never up to a doubted one (see above).

@@ -24,7 +24,7 @@ from ..errors import FetchError
 from ..protocol import range_requests, stream_all_request
 from .outcome import Outcome
 from .ranges import asked_for_again
-from .session import Link, Session, backoff_delay
+from .session import Link, Session
 
 __all__ = ["recover_extended"]
 
@@ -96,7 +96,7 @@ async def _repair(
 ) -> None:  # fmt: skip
     options = session.options
     store = session.store
-    failures = 0
+    retry = options.retry()
     link: Link | None = None
     sliced = False  # whether the first round of a slice (the fetch itself) is done
     while not store.complete:
@@ -150,7 +150,7 @@ async def _repair(
             link.close()  # the next round, if any, recovers on a connection of its own
             link = None
         if gained:
-            failures = 0
+            retry.succeeded()
             continue
         if running and streaming is not None:
             await _progress(session, streaming)  # the stream still brings packets: follow it
@@ -161,19 +161,16 @@ async def _repair(
                 # Ranges stopped delivering, but stream-all passes may still bring the rest.
                 log.info("%s: asking for another stream-all pass", reason)
                 if await _extra_pass(session, outcome):
-                    failures = 0
+                    retry.succeeded()
                     continue
         elif state == "idle":
             reason = f"range requests unanswered within {options.timeout:g} s"
         else:
             reason = "the connection was lost"
-        failures += 1
-        if failures > options.retries:
-            outcome.reason = f"{reason} ({failures} times in a row)"
+        if not retry.fail():
+            outcome.reason = f"{reason} ({retry.failures} times in a row)"
             break
-        delay = backoff_delay(failures, options.backoff)
-        log.info("%s; retrying in %.2f s", reason, delay)
-        await asyncio.sleep(delay)
+        await retry.pause(log, logging.INFO, "%s", reason)
     if link is not None:
         link.close()
 

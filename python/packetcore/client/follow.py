@@ -42,7 +42,7 @@ from ..errors import FetchError
 from ..packets import Packets
 from ..protocol import FeedInfo, range_requests, subscribe_request
 from .ranges import coalesce
-from .session import FetchOptions, Link, Progress, Session, Sink, backoff_delay
+from .session import FetchOptions, Link, Progress, Session, Sink
 from .settle import settle
 
 __all__ = ["POLL", "WINDOW", "Follow", "FollowStats", "follow", "run_follow"]
@@ -539,23 +539,20 @@ class _Follower:
     async def _start(self) -> Link:
         """Open the first repair connection; one reset before the hello's answer is retried."""
         options = self.options
-        failures = 0
+        retry = options.retry()
         while True:
             link = await self._open_repair(first=True)
             if link.infos:
                 return link
             # Reset (or failed otherwise) before the answer: retried like a refused connect.
             self.session.forget(link)
-            failures += 1
-            if failures > options.retries:
+            if not retry.fail():
                 raise FetchError(
                     f"{options.host}:{options.port}: the connection failed before the "
-                    f"extension hello's answer {failures} times in a row ({link.why()})"
+                    f"extension hello's answer {retry.failures} times in a row ({link.why()})"
                 )
-            delay = backoff_delay(failures, options.backoff)
-            log.debug("connection lost before the hello's answer (%s); retrying in %.2f s",
-                      link.why(), delay)  # fmt: skip
-            await asyncio.sleep(delay)
+            await retry.pause(log, logging.DEBUG, "connection lost before the hello's answer (%s)",
+                              link.why())  # fmt: skip
 
     async def _open_repair(self, *, first: bool = False) -> Link:
         """Open the repair connection, send a hello; ask again for everything missing."""
@@ -610,7 +607,7 @@ class _Follower:
     async def _subscribe(self) -> None:
         """Keep a subscription open from the first sequence not yet received or asked for."""
         options = self.options
-        failures = 0
+        retry = options.retry()  # subscriptions in a row that brought nothing new
         failed = False  # whether the last subscription ended otherwise than cleanly
         while not self._done.is_set():
             while not self._room() and not self._done.is_set():
@@ -655,14 +652,15 @@ class _Follower:
                 # subscription did not bring (its loss simulation) is asked for now, and the
                 # next subscription, from beyond it, confirms the end.
                 self._ask_tail(max(info.last, self.stats.published))
-            failures = 0 if got else failures + 1
-            if failures > options.retries:
+            if got:
+                retry.succeeded()
+            elif not retry.fail():
                 raise FetchError(
                     f"{options.host}:{options.port}: the subscription brought nothing new "
-                    f"{failures} times in a row ({state if state == 'silent' else link.why()})"
+                    f"{retry.failures} times in a row "
+                    f"({state if state == 'silent' else link.why()})"
                 )
-            if failures:
-                await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()  # none after a subscription that brought something
 
     async def _watch(self, link: Link) -> str:
         """Wait until the subscription ends, or brings nothing new while the server publishes on."""
@@ -691,7 +689,7 @@ class _Follower:
     async def _repair_loop(self, link: Link) -> None:
         """Poll with hellos; catch tail losses and unanswered asks; replace a lost link."""
         options = self.options
-        failures = 0
+        retry = options.retry()
         unanswered = 0  # hellos in a row answered with the same sequence still missing
         stuck = -1
         published = -1  # what the previous hello's answer said was published
@@ -709,7 +707,7 @@ class _Follower:
             if self._done.is_set():
                 return
             if state == "done":
-                failures = 0
+                retry.succeeded()
                 last = link.infos[-1].last
                 steady, published = last == published, last
                 if quiet and steady and packets == self._sub_packets and not self._held:
@@ -738,14 +736,14 @@ class _Follower:
                 continue
             link.abort()
             self.session.forget(link)
-            failures += 1
-            if failures > options.retries:
+            if not retry.fail():
                 raise FetchError(
-                    f"{options.host}:{options.port}: the repair connection failed {failures} "
-                    f"times in a row ({'silent' if state == 'idle' else link.why()})"
+                    f"{options.host}:{options.port}: the repair connection failed "
+                    f"{retry.failures} times in a row "
+                    f"({'silent' if state == 'idle' else link.why()})"
                 )
             log.debug("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
-            await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()
             link = await self._open_repair()
 
 

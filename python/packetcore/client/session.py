@@ -28,6 +28,7 @@ from ..errors import FetchError, OutputError, PacketcoreError
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
 from .judge import CopyCount, Judge
+from .retry import MAX_BACKOFF, Retry
 
 __all__ = [
     "MAX_BACKOFF",
@@ -39,7 +40,6 @@ __all__ = [
     "Protocol",
     "Session",
     "Wait",
-    "backoff_delay",
 ]
 
 log = logging.getLogger("packetcore.fetch")
@@ -52,8 +52,6 @@ Progress = Callable[[int, "int | None"], None]
 #: Where the settled prefix goes, batch after batch in sequence order.
 Sink = Callable[[Packets], None]
 
-#: The longest pause between retries, whatever ``backoff`` says.
-MAX_BACKOFF = 5.0
 #: The loosest base-protocol confidence accepted: above it, truncated fetches are common.
 MAX_CONFIDENCE = 0.01
 #: Packets in doubt (out of order, or in copies that differ) beyond which a server is
@@ -139,10 +137,9 @@ class FetchOptions:
         """Whether only part of the feed is asked for."""
         return self.start is not None or self.stop is not None
 
-
-def backoff_delay(failures: int, base: float) -> float:
-    """Return the pause before retry number ``failures`` (1, 2, ...): doubling, capped."""
-    return float(min(base * 2.0 ** min(max(failures - 1, 0), 32), MAX_BACKOFF))
+    def retry(self) -> Retry:
+        """Return a fresh count of failures in a row, retried as ``retries`` and ``backoff`` say."""
+        return Retry(self.retries, self.backoff)
 
 
 class Link(asyncio.Protocol):
@@ -606,7 +603,7 @@ class Session:
         """
         options = self.options
         loop = asyncio.get_running_loop()
-        failures = 0
+        retry = options.retry()
         while True:
             self.connections += 1
             number = self.connections
@@ -637,18 +634,14 @@ class Session:
                 reason = _describe(exc)
             else:
                 connecting.cancel()
-            failures += 1
-            if failures > options.retries:
+            if not retry.fail():
+                attempts = retry.failures
                 raise FetchError(
                     f"cannot connect to {options.host}:{options.port}: {reason} "
-                    f"({failures} attempt{'' if failures == 1 else 's'})"
+                    f"({attempts} attempt{'' if attempts == 1 else 's'})"
                 )
-            delay = backoff_delay(failures, options.backoff)
-            log.log(
-                retry_level, "connecting to %s:%d: %s; retrying in %.2f s",
-                options.host, options.port, reason, delay,
-            )  # fmt: skip
-            await asyncio.sleep(delay)
+            await retry.pause(log, retry_level, "connecting to %s:%d: %s",
+                              options.host, options.port, reason)  # fmt: skip
 
     def close_all(self) -> None:
         """Abort every connection still open (on the way out of a fetch)."""
