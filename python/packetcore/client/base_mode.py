@@ -39,11 +39,12 @@ import logging
 import math
 
 from ..errors import FetchError
+from ..packets import Packets
 from ..protocol import BASE_RESEND_MAX, resend_request, stream_all_request
 from .outcome import Outcome
 from .session import Link, Session
 
-__all__ = ["chance_unseen", "recover_base", "trusted_highest"]
+__all__ = ["chance_unseen", "copies", "recover_base"]
 
 log = logging.getLogger("packetcore.fetch")
 
@@ -99,11 +100,16 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
 
     ``link`` is a fresh connection to stream the first pass on, or ``None``.  Return
     True if the server answered a hello late after all: it is an extended server.
+    Meanwhile the output's prefix stays within what two passes have reached.
     """
+    passes = _Passes()
+    with session.limited(passes.ceiling):
+        return await _recover(session, link, outcome, passes)
+
+
+async def _recover(session: Session, link: Link | None, outcome: Outcome, passes: _Passes) -> bool:
     options = session.options
     store = session.store
-    passes = _Passes()
-    session.ceiling = passes.ceiling
     retry = options.retry()
     resends_answered = True
     while True:
@@ -259,6 +265,26 @@ def trusted_highest(session: Session) -> int:
                 return sequence
     # Everything already passed to the output is held and settled.
     return store.cursor - 1 if store.cursor > store.first else 0
+
+
+async def copies(session: Session, wanted: list[int]) -> list[Packets]:
+    """Return fresh copies of the packets ``wanted`` from a base server, for a vote.
+
+    A doubted sequence may be a corrupted one the feed lacks, and the reference exchange
+    crashes on a resend of such: only those at or below the highest sequence held and
+    trusted (so they exist: a feed has every sequence from its first to its last) and
+    below 128 are resent.  A stream-all pass brings a copy of each of the others that
+    exists, unless its loss simulation drops it.
+    """
+    bound = min(BASE_RESEND_MAX, trusted_highest(session))
+    named = [s for s in wanted if s <= bound]
+    batches: list[Packets] = []
+    if named:
+        request = b"".join(resend_request(sequence) for sequence in named)
+        batches += await session.collect(request, len(named))
+    if len(named) < len(wanted):
+        batches += await session.collect(stream_all_request(), None)
+    return batches
 
 
 def _missing(session: Session, up_to: int) -> list[int]:

@@ -21,12 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import FetchError
+from ..packets import Packets
 from ..protocol import range_requests, stream_all_request
 from .outcome import Outcome
 from .ranges import asked_for_again
 from .session import Link, Session
 
-__all__ = ["recover_extended"]
+__all__ = ["copies", "recover_extended"]
 
 log = logging.getLogger("packetcore.fetch")
 
@@ -127,14 +128,13 @@ async def _repair(
             repeats=asked_for_again(missing, store.first, last),
             restart=True,
         )
-        session.ceiling = _behind(link, ranges)
         due = len(link.infos) + 1
         link.hello()  # closes the round: its answer comes after every packet asked for
         before = link.new
         if not fetching:
             outcome.resend_rounds += 1
-        state = await link.wait_info(due, options.timeout)
-        session.ceiling = _unbounded
+        with session.limited(_behind(link, ranges)):
+            state = await link.wait_info(due, options.timeout)
         session.advance()
         gained = link.new - before
         log.debug(
@@ -175,6 +175,15 @@ async def _repair(
         link.close()
 
 
+async def copies(session: Session, wanted: list[int]) -> list[Packets]:
+    """Return fresh copies of the packets ``wanted`` from an extended server, for a vote.
+
+    A range request for a sequence the feed lacks just brings nothing.
+    """
+    ranges = np.array([(s, 1) for s in wanted], dtype=np.int64).reshape(-1, 2)
+    return await session.collect(range_requests(ranges), len(wanted))
+
+
 def _join(missing: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Return the gaps ``missing`` as the ranges of one round (see REASK_SHARE).
 
@@ -195,10 +204,6 @@ def _join(missing: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     starts = missing[np.concatenate(([0], breaks + 1)), 0]
     stops = ends[np.concatenate((breaks, [len(missing) - 1]))]
     return np.stack((starts, stops - starts), axis=1)
-
-
-def _unbounded() -> int | None:
-    return None
 
 
 def _behind(link: Link, ranges: npt.NDArray[np.int64]) -> Callable[[], int | None]:

@@ -168,9 +168,9 @@ class _FollowSession(Session):
     """A session whose info frames report what is published, not the feed's extent."""
 
     def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None,
-                 on_info: Callable[[FeedInfo], None],
-                 on_doubt: Callable[[], None]) -> None:  # fmt: skip
-        super().__init__(options, sink, progress)
+                 on_info: Callable[[FeedInfo], None], on_doubt: Callable[[], None],
+                 flowing: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        super().__init__(options, sink, progress, flowing=flowing)
         self._on_info = on_info
         self._on_doubt = on_doubt
 
@@ -207,9 +207,7 @@ class _Follower:
         self.stats = FollowStats()
         self._sink = sink
         self.session = _FollowSession(options, self._deliver, progress, self._note_info,
-                                      self._doubted)  # fmt: skip
-        if flowing is not None:
-            self.session.flowing = flowing
+                                      self._doubted, flowing)  # fmt: skip
         self.store = self.session.store
         #: One past the highest sequence received on a subscription or asked for: below
         #: it, every sequence not held has been asked for on the repair connection.
@@ -447,11 +445,8 @@ class _Follower:
                 continue
             # settle() trusts them at once (and settles copies that differ too, doubted
             # or not): the ceiling holds the prefix where it is until the vote is done.
-            session.ceiling = functools.partial(int, store.cursor - 1)
-            try:
+            with session.limited(functools.partial(int, store.cursor - 1)):
                 unsettled = await settle(session, self._copies, below=stop, level=logging.DEBUG)
-            finally:
-                session.ceiling = _unbounded
             if unsettled:
                 # Left out: asked for again (they are missing now), and in doubt still.
                 log.debug("%d packet(s) in doubt without two copies agreeing: asking again",
@@ -528,8 +523,7 @@ class _Follower:
             await asyncio.wait(tasks)
             session.close_all()
             # Everything contiguous goes out, even past an output that is behind.
-            session.flowing = lambda: True
-            session.advance()
+            session.advance(behind=True)
             self._note_lag()
             self.stats.repaired = session.recovered
             self.stats.duplicates = self.store.duplicates
@@ -745,10 +739,6 @@ class _Follower:
             log.debug("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
             await retry.pause()
             link = await self._open_repair()
-
-
-def _unbounded() -> int | None:
-    return None
 
 
 async def run_follow(
