@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING
 
 from . import UserError, signals
-from .fetch import open_output, progress_bar
+from .fetch import given_up, open_output, progress_bar
 
 if TYPE_CHECKING:
     from ..client.follow import FollowStats
@@ -92,13 +91,7 @@ def follow_into(
     except KeyboardInterrupt as exc:
         # A second request to stop, while the first one's end was being written.
         out.abort()
-        interrupted = signals.interruption(exc)
-        assert interrupted is not None
-        fate = "stdout has what was written" if to_stdout else f"{output} left as it was"
-        raise UserError(
-            f"interrupted by {interrupted.name} while finishing; {fate}",
-            128 + interrupted.signum,
-        ) from None
+        raise given_up(exc, output, " while finishing") from None
     except BaseException:
         out.abort()
         raise
@@ -147,7 +140,7 @@ async def _run(
     holder: list[FollowStats] = []
     # The first request to stop ends the follow normally; a later one cancels this task
     # (signals.watch), raised as Interrupted once the loop has ended.
-    with signals.watch(lambda signum: stop(f"stopped by {signal.Signals(signum).name}")):
+    with signals.watch(lambda signum: stop(f"stopped by {signals.name(signum)}")):
         try:
             stats = await run_follow(
                 options, put, progress, stopped=stopped,
