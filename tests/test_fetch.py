@@ -665,3 +665,21 @@ def test_fetch_inside_a_running_event_loop_points_at_fetch_async() -> None:
             fetch(port=_free_port(), **FAST)
 
     asyncio.run(inside())
+
+
+def test_recovery_keeps_the_first_reason_it_stopped_short() -> None:
+    from packetcore.client.outcome import Outcome
+
+    outcome = Outcome("extended")
+    outcome.stop("stopped short", unless_stopped=True)
+    assert outcome.reason == "stopped short"
+    outcome.stop("later", unless_stopped=True)
+    assert outcome.reason == "stopped short"
+    outcome.stop("the deadline of 1 s passed")
+    assert outcome.reason == "the deadline of 1 s passed"
+    outcome.count_pass()
+    outcome.count_round()
+    outcome.switch("base")
+    outcome.known_end()
+    assert (outcome.passes, outcome.resend_rounds, outcome.mode) == (1, 1, "base")
+    assert outcome.chance is None and not outcome.end_inferred

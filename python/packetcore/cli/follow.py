@@ -64,11 +64,12 @@ def follow_into(
     try:
         with progress_bar(verbosity, progress) as report, signals.in_loop():
             stats, failure = asyncio.run(_run(options, out, report))
+        reason = stats.reason  # what the summary says ended the follow
         if to_stdout and isinstance(out.error, BrokenPipeError):
             out.abort()  # the reader left (`| head`): a follow's normal end
             signals.settle()
             failure, where = None, "stdout"
-            stats.reason = "the reader closed stdout"
+            reason = "the reader closed stdout"
         elif failure is not None and not stats.packets:
             out.abort()  # nothing came: the output stays as it was
             raise UserError(failure)
@@ -95,13 +96,14 @@ def follow_into(
     except BaseException:
         out.abort()
         raise
-    stats.seconds = time.perf_counter() - started
     shown = "stdout" if to_stdout else output
     if failure is not None:
         saved = "written to stdout" if to_stdout else f"saved to {where}"
         raise UserError(f"{failure}; {stats.packets} packet(s) in order {saved}")
     if verbosity >= 0:
-        print(stats.summary(shown if not os.path.islink(output) else where), file=sys.stderr)
+        shown = shown if not os.path.islink(output) else where
+        waited = time.perf_counter() - started  # the wall time the user waited
+        print(stats.summary(shown, seconds=waited, reason=reason), file=sys.stderr)
     return 0
 
 

@@ -119,7 +119,7 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
             except FetchError as exc:
                 if session.received == 0:
                     raise
-                outcome.reason = str(exc)
+                outcome.stop(str(exc))
                 return False
             if options.protocol == "auto" and session.received == 0:
                 # Nothing has arrived yet, so the silence that led here may have been a
@@ -132,7 +132,7 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
         state = await link.wait_closed(options.timeout)
         passes.current = None
         link.close()
-        outcome.passes += 1
+        outcome.count_pass()
         if link.packets:
             session.pass_ends[link.last_sequence] += 1
         if session.info is not None:
@@ -156,7 +156,7 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
             why = "went silent" if state == "idle" else f"ended early ({link.why()})"
             log.info("pass %d: the server %s", outcome.passes, why)
             if not retry.fail():
-                outcome.reason = f"the server {why} on {retry.failures} passes in a row"
+                outcome.stop(f"the server {why} on {retry.failures} passes in a row")
                 if session.received == 0:
                     # Nothing at all came: a failure to fetch (as documented by fetch),
                     # not an incomplete feed with no gap to name.
@@ -168,7 +168,7 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
             # Only up to a sequence held and trusted, never up to a doubted one (see above).
             resendable = _missing(session, min(BASE_RESEND_MAX, trusted_highest(session)))
             if resendable:
-                outcome.resend_rounds += 1
+                outcome.count_round()
                 resends_answered = await _resend(session, resendable)
         if _settled(session, passes, outcome):
             return False
@@ -186,8 +186,7 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     stop = options.stop
     if stop is not None and end >= stop:
         # The slice ends before the feed does: its end is known, no inference needed.
-        outcome.chance = None
-        outcome.end_inferred = False
+        outcome.known_end()
         return store.complete
     highest = store.highest or 0
     suspects = highest > end  # held above what two passes reached: shown by one only
@@ -195,13 +194,14 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     judged = clean - 1 if suspects else clean
     chances = judged * end
     drops = sum(end - min(count, end) for count in passes.counts[-judged:]) if judged else 0
-    outcome.chance = chance_unseen(drops, chances, judged)
+    chance = chance_unseen(drops, chances, judged)
+    outcome.estimate(chance)
     gaps = store.missing_ranges(end + 1)[:, 1].sum() if end else 0
     log.debug(
         "pass %d: end %d (highest %d), %d missing, loss %d/%d, P(later packet unseen) %.3g",
-        outcome.passes, end, highest, gaps, drops, chances, outcome.chance,
+        outcome.passes, end, highest, gaps, drops, chances, chance,
     )  # fmt: skip
-    if not (end and gaps == 0 and outcome.chance < options.confidence):
+    if not (end and gaps == 0 and chance < options.confidence):
         return False
     if end < store.first:
         # The feed ends before the slice starts (what the extension's hello says at once).
@@ -211,7 +211,7 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     if suspects:
         before = len(store)
         store.bound(store.first, end)
-        outcome.corrupt = before - len(store)
+        outcome.left_out(before - len(store))
         log.warning(
             "%d packet(s) beyond the end %d were shown by one pass only, while %d "
             "others ended lower: judged corrupted, left out",
@@ -227,11 +227,11 @@ def _give_up(session: Session, passes: _Passes, outcome: Outcome) -> None:
     end = passes.end()
     gaps = int(store.missing_ranges(end + 1)[:, 1].sum()) if end else 0
     if gaps:
-        outcome.reason = f"{gaps} packet(s) still missing after {outcome.passes} passes"
+        outcome.stop(f"{gaps} packet(s) still missing after {outcome.passes} passes")
     elif not end:
-        outcome.reason = f"no end of the feed established in {outcome.passes} passes"
+        outcome.stop(f"no end of the feed established in {outcome.passes} passes")
     else:
-        outcome.reason = (
+        outcome.stop(
             f"the end of the feed is not established: after {outcome.passes} passes "
             f"the chance that a packet after {end} exists unseen is "
             f"{outcome.chance:.2g}, above the bound {session.options.confidence:g} "

@@ -50,7 +50,7 @@ async def recover_extended(session: Session, stream: Link | None, outcome: Outco
         stream.close()  # a slice is fetched by range requests only
     elif stream is not None:
         stream.ask(stream_all_request())
-        outcome.passes += 1
+        outcome.count_pass()
         streaming = asyncio.ensure_future(_pass(session, stream))
     try:
         await _repair(session, stream if streaming is not None else None, streaming, outcome)
@@ -76,7 +76,7 @@ async def _extra_pass(session: Session, outcome: Outcome) -> int:
         log.info("no further pass: %s", exc)
         return 0
     link.ask(stream_all_request(), repeats=len)
-    outcome.passes += 1
+    outcome.count_pass()
     await _pass(session, link)
     return link.new
 
@@ -119,7 +119,7 @@ async def _repair(
             try:
                 link = await session.open_link(recovering=not fetching)
             except FetchError as exc:
-                outcome.reason = str(exc)
+                outcome.stop(str(exc))
                 break
         last = store.last if store.last is not None else store.first
         ranges = _join(missing)
@@ -132,7 +132,7 @@ async def _repair(
         link.hello()  # closes the round: its answer comes after every packet asked for
         before = link.new
         if not fetching:
-            outcome.resend_rounds += 1
+            outcome.count_round()
         with session.limited(_behind(link, ranges)):
             state = await link.wait_info(due, options.timeout)
         session.advance()
@@ -168,7 +168,7 @@ async def _repair(
         else:
             reason = "the connection was lost"
         if not retry.fail():
-            outcome.reason = f"{reason} ({retry.failures} times in a row)"
+            outcome.stop(f"{reason} ({retry.failures} times in a row)")
             break
         await retry.pause(log, logging.INFO, "%s", reason)
     if link is not None:

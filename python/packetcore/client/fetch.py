@@ -231,9 +231,9 @@ async def run_fetch(
             recovery.cancel()
             await asyncio.wait({recovery})
             if stopped is not None and stopped in done:
-                outcome.reason = stopped.result()
+                outcome.stop(stopped.result())
             else:
-                outcome.reason = f"the deadline of {options.deadline:g} s passed"
+                outcome.stop(f"the deadline of {options.deadline:g} s passed")
             log.debug("stopping: %s", outcome.reason)
             if session.received == 0 and stopped not in done:
                 raise FetchError(
@@ -256,13 +256,13 @@ async def _recover(session: Session, outcome: Outcome) -> None:
     if options.protocol != "base":
         link = await _probe(session)
     if session.info is None:
-        outcome.mode = "base"
+        outcome.switch("base")
         if not await base_mode.recover_base(session, link, outcome):
             return
         # The server answered the hello late: it is an extended server after all.
         log.info("the server answered the hello late: switching to the extension")
         link = None
-    outcome.mode = "extended"
+    outcome.switch("extended")
     await extended.recover_extended(session, link, outcome)
 
 
@@ -322,10 +322,11 @@ async def _settle(session: Session, outcome: Outcome) -> None:
         return await copier(session, wanted)
 
     unsettled = await settle(session, copies)
-    if unsettled and not outcome.reason:
-        outcome.reason = (
+    if unsettled:
+        outcome.stop(
             f"{len(unsettled)} packet(s) arrived in copies that differ, and asking again "
-            f"did not confirm one"
+            f"did not confirm one",
+            unless_stopped=True,
         )
 
 
@@ -340,8 +341,7 @@ async def _finish(
     if not complete:
         # Everything held goes out, gaps and all; the ceiling no longer holds it back.
         await session.flush((store.highest or store.first - 1) + 1, give_up_at)
-        if not outcome.reason:
-            outcome.reason = "stopped short"
+        outcome.stop("stopped short", unless_stopped=True)
     else:
         await session.flush((end or store.first - 1) + 1, give_up_at)
     if session.received == 0 and not complete:

@@ -150,18 +150,26 @@ class FollowStats:
         """Return how many gaps were repaired (their latency measured)."""
         return self._latency.count
 
-    def summary(self, output: str | None = None) -> str:
-        """Return the one-line account of the follow."""
+    def summary(
+        self, output: str | None = None, *, seconds: float | None = None, reason: str | None = None
+    ) -> str:
+        """Return the one-line account of the follow.
+
+        ``seconds``: the time to quote instead of :attr:`seconds` (the wall time waited);
+        ``reason``: what ended it, instead of :attr:`reason`.
+        """
+        seconds = self.seconds if seconds is None else seconds
+        reason = self.reason if reason is None else reason
         line = (
             f"{self.packets} packets in order (last {self.delivered}), {self.gaps} gaps "
             f"({self.repaired} packets repaired; repair p50 {self.repair_p50_ms:.1f} ms, "
             f"p99 {self.repair_p99_ms:.1f} ms, max {self.repair_max_ms:.1f} ms), "
             f"lag {self.lag} (max {self.max_lag}), {self.reconnects} reconnects, "
-            f"{self.seconds:.2f} s"
+            f"{seconds:.2f} s"
         )
         if output is not None:
             line += f" -> {output}"
-        return line + (f" [{self.reason}]" if self.reason else "")
+        return line + (f" [{reason}]" if reason else "")
 
 
 class _FollowSession(Session):
