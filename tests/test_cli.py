@@ -335,6 +335,38 @@ def test_errors_live_in_errors_and_keep_their_old_imports() -> None:
     assert issubclass(packetcore.errors.OutputError, packetcore.errors.PacketcoreError)
 
 
+def test_exit_statuses_are_named_once() -> None:
+    # cli.exits names them; the modules that export them hand on the same names.
+    import packetcore.cli
+    import packetcore.cli.fetch
+    from packetcore.cli import exits, signals
+
+    assert (exits.EXIT_FAILURE, exits.EXIT_USAGE, exits.EXIT_INCOMPLETE, exits.EXIT_STRICT) == (
+        1, 2, 3, 4,
+    )  # fmt: skip
+    assert packetcore.cli.EXIT_FAILURE is exits.EXIT_FAILURE
+    assert packetcore.cli.EXIT_USAGE is exits.EXIT_USAGE
+    assert packetcore.cli.fetch.EXIT_INCOMPLETE is exits.EXIT_INCOMPLETE
+    assert packetcore.cli.fetch.EXIT_STRICT is exits.EXIT_STRICT
+    assert exits.EXIT_INTERRUPTED == exits.signalled(signal.SIGINT) == 130
+    assert exits.EXIT_TERMINATED == exits.signalled(signal.SIGTERM) == 143
+    assert signals.Terminated().status == EXIT_TERMINATED
+    assert signals.Terminated().what == "terminated" and signals.Terminated().name == "SIGTERM"
+    ctrl_c = signals.stopped_by(KeyboardInterrupt())
+    assert (ctrl_c.status, ctrl_c.what, ctrl_c.name) == (EXIT_INTERRUPTED, "interrupted", "SIGINT")
+
+
+def test_the_signal_rule_loads_light() -> None:
+    # packetcore.__main__ loads cli.signals before it holds the signals and loads the
+    # command: nothing heavy may come with it (typing alone took longer than the rest).
+    probe = "import sys, packetcore.cli.signals; print(' '.join(sorted(m for m in sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=TIMEOUT
+    ).stdout.split()
+    for module in ("argparse", "asyncio", "logging", "numpy", "socket", "typing"):
+        assert module not in loaded
+
+
 def _option_help(parser: argparse.ArgumentParser) -> dict[str, tuple[object, str | None]]:
     return {
         action.option_strings[-1]: (action.default, action.help)

@@ -550,14 +550,41 @@ def test_the_prefix_waits_for_the_repair_round() -> None:
     assert Packets.concat(out).sequence.tolist() == [1, 2, 3]
     repair = Link(session, 2, recovering=True)
     repair.ask(b"", restart=True)
-    session.ceiling = _behind(repair, np.array([[4, 7]], dtype=np.int64))
-    repair.data_received(wire[17 * 3 : 17 * 4])  # packet 4 alone
-    session.advance()
-    assert Packets.concat(out).sequence.tolist() == [1, 2, 3, 4]
-    repair.data_received(wire[17 * 4 : 17 * 5])  # the true 5: a conflict, held back
-    session.advance()
+    with session.limited(_behind(repair, np.array([[4, 7]], dtype=np.int64))):
+        repair.data_received(wire[17 * 3 : 17 * 4])  # packet 4 alone
+        session.advance()
+        assert Packets.concat(out).sequence.tolist() == [1, 2, 3, 4]
+        repair.data_received(wire[17 * 4 : 17 * 5])  # the true 5: a conflict, held back
+        session.advance()
     assert 5 in session.doubts and session.store.conflicts == 1
     assert Packets.concat(out).sequence.tolist() == [1, 2, 3, 4]
+
+
+def test_a_strategys_bound_on_the_prefix_lasts_its_block_and_the_output_can_hold_it() -> None:
+    # Strategies bound the session's prefix through Session.limited, never by writing
+    # its fields; the bound before the block is back after it, nested or not.  While
+    # the output is behind (flowing() false) nothing is passed on, unless the end of a
+    # follow asks for everything contiguous (advance(behind=True)).
+    out: list[Packets] = []
+    flowing = [True]
+    session = Session(FetchOptions(), out.append, flowing=lambda: flowing[0])
+    stream = Link(session, 1, recovering=False)
+
+    def written() -> list[int]:
+        return Packets.concat(out).sequence.tolist() if out else []
+
+    with session.limited(lambda: 2):
+        with session.limited(lambda: 1):
+            stream.data_received(encode(synthetic(4, seed=1)))
+            session.advance()
+            assert written() == [1]
+        session.advance()
+        assert written() == [1, 2]
+    flowing[0] = False
+    session.advance()
+    assert written() == [1, 2] and not session.flowing()
+    session.advance(behind=True)
+    assert written() == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
@@ -638,3 +665,21 @@ def test_fetch_inside_a_running_event_loop_points_at_fetch_async() -> None:
             fetch(port=_free_port(), **FAST)
 
     asyncio.run(inside())
+
+
+def test_recovery_keeps_the_first_reason_it_stopped_short() -> None:
+    from packetcore.client.outcome import Outcome
+
+    outcome = Outcome("extended")
+    outcome.stop("stopped short", unless_stopped=True)
+    assert outcome.reason == "stopped short"
+    outcome.stop("later", unless_stopped=True)
+    assert outcome.reason == "stopped short"
+    outcome.stop("the deadline of 1 s passed")
+    assert outcome.reason == "the deadline of 1 s passed"
+    outcome.count_pass()
+    outcome.count_round()
+    outcome.switch("base")
+    outcome.known_end()
+    assert (outcome.passes, outcome.resend_rounds, outcome.mode) == (1, 1, "base")
+    assert outcome.chance is None and not outcome.end_inferred

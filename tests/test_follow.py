@@ -687,3 +687,13 @@ def test_cli_follow_stopped_with_a_reader_that_takes_nothing_ends_promptly() -> 
     assert waited < TIMEOUT / 2, err
     assert process.returncode in (0, 1)  # 1: what was still to be written was dropped
     assert err.strip().count("\n") == 0, err
+
+
+def test_the_summary_quotes_the_time_and_reason_it_is_given() -> None:
+    # The command quotes the wall time the user waited and its own reason (the reader
+    # left), without writing them into the stats the follow keeps.
+    stats = FollowStats(packets=3, delivered=3, seconds=1.0, reason="until reached")
+    assert stats.summary("out.json").endswith("1.00 s -> out.json [until reached]")
+    line = stats.summary("stdout", seconds=2.5, reason="the reader closed stdout")
+    assert line.endswith("2.50 s -> stdout [the reader closed stdout]")
+    assert (stats.seconds, stats.reason) == (1.0, "until reached")

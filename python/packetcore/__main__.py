@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 PROG = "python -m packetcore"
 USAGE = """usage: {prog} {{serve,fetch,proxy,info,convert,demo}} [options]
@@ -35,8 +34,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     usage = USAGE.format(prog=prog)
     if not args:
         # No command is a usage error: the usage goes where errors go.
-        print(usage, file=sys.stderr)
-        return 2
+        return _usage_error(usage)
     if args[0] in ("-h", "--help"):
         print(usage)
         return 0
@@ -47,11 +45,18 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command not in (*COMMANDS, *SUBCOMMANDS):
-        print(f"{prog}: error: unknown command {command!r}\n\n{usage}", file=sys.stderr)
-        return 2
+        return _usage_error(f"{prog}: error: unknown command {command!r}\n\n{usage}")
     # Each command's usage and errors name it as it was typed.  Called with no argv,
     # this is the process's command (python -m packetcore): its signals are the command's.
     return _run(command, rest, f"{prog} {command}", owner=argv is None)
+
+
+def _usage_error(message: str) -> int:
+    """Print ``message`` to stderr; return the usage error's status."""
+    from .cli.exits import EXIT_USAGE
+
+    print(message, file=sys.stderr)
+    return EXIT_USAGE
 
 
 def packetcore() -> int:
@@ -61,28 +66,25 @@ def packetcore() -> int:
 
 def _run(command: str, argv: Sequence[str], prog: str, *, owner: bool = True) -> int:
     """Load ``command`` and run it; a signal at any moment is handled by cli.signals' rule."""
+    from .cli import signals  # the rule, import-light: not the command yet
+
     # Before the command runs, numpy and the engine load (a second, on a busy machine):
-    # the stop signals are held meanwhile (a Ctrl-C inside numpy's import became an
-    # ImportError), and the command's handler is in place before they are let through,
-    # so that no signal ever meets the default action (SIGTERM: killed without a word).
+    # the stop signals are held meanwhile, and the command's handler is in place before
+    # they are let through, so that no signal ever meets the default action (SIGTERM:
+    # killed without a word).
     try:
-        with _stop_signals_held():
+        with signals.held():
             module = importlib.import_module(f"packetcore.cli.{command}")
             importlib.import_module("numpy")
             if owner:  # not when called in-process (a test): that process's signals are its own
-                from .cli import signals
-
                 signals.take_over()  # for the rest of the process: after the end, ignored
         code: int = module.main(argv, prog=prog)
     except KeyboardInterrupt as exc:  # held until here, or before the command's run()
-        signum = getattr(exc, "signum", signal.SIGINT)
-        what = "terminated" if signum == signal.SIGTERM else "interrupted"
-        print(f"{prog}: {what}", file=sys.stderr)
-        code = 128 + signum
+        interrupted = signals.stopped_by(exc)
+        print(f"{prog}: {interrupted.what}", file=sys.stderr)
+        code = interrupted.status
     if not owner:
         return code
-    from .cli import signals
-
     signals.settle()  # said and done: ignored until the process has exited
     return _exit_now_if_busy(code)
 
@@ -103,21 +105,6 @@ def _exit_now_if_busy(code: int) -> int:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while the block runs; deliver them after it."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: nothing to hold them with
-        yield
-        return
-    # Threads started meanwhile (numpy's BLAS pool) keep them blocked for good, so the
-    # signals always reach the main thread.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def serve() -> int:

@@ -3,50 +3,43 @@
 Every failure a user can cause ends in one line on stderr and a non-zero exit;
 ``-v`` adds the traceback.  SIGINT and SIGTERM follow one rule, written down in
 :mod:`packetcore.cli.signals`: a command that gives its work up says so in one line and
-exits 130 or 143 (128 + the signal's number), as a shell reports them.
+exits 130 or 143 (128 + the signal's number), as a shell reports them.  The exit
+statuses are named in :mod:`packetcore.cli.exits`.
+
+Import-light (argparse and logging load when a command runs): ``packetcore.__main__``
+loads the package for :mod:`~packetcore.cli.signals` before any command.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import PacketcoreError, UserError
 from . import signals
+from .exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
+
+# Not typing's: importing typing costs more than the rest of the package (see above).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "EXIT_USAGE",
-    "STOP_SIGNALS",
     "Terminated",
     "UserError",
     "add_verbosity",
     "naming",
     "run",
     "setup_logging",
-    "stop_signal",
 ]
 
-#: What a :class:`UserError` returns unless it says otherwise.
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-#: 128 + SIGINT: what a shell reports for a command ended by Ctrl-C.
-EXIT_INTERRUPTED = 128 + signal.SIGINT
-#: 128 + SIGTERM.
-EXIT_TERMINATED = 128 + signal.SIGTERM
-
-log = logging.getLogger("packetcore")
-
-
-#: What becomes of SIGINT and SIGTERM is :mod:`packetcore.cli.signals`'s rule.
+#: What becomes of SIGINT and SIGTERM is :mod:`packetcore.cli.signals`'s rule: every
+#: command reaches signals through it.
 Terminated = signals.Terminated
-STOP_SIGNALS = signals.STOP_SIGNALS
-stop_signal = signals.stop_signal
 
 
 def naming(path: str, exc: BaseException) -> str:
@@ -88,6 +81,8 @@ def setup_logging(verbosity: int, form: str = "text") -> None:
 
     ``form``: ``text``, or ``json`` (one JSON object a record).
     """
+    import logging
+
     level = {-1: logging.ERROR, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(
         level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
@@ -120,9 +115,8 @@ def run(
             if interrupted is None:
                 raise
             signals.settle()  # said: nothing more to do but exit
-            what = "terminated" if interrupted.signum == signal.SIGTERM else "interrupted"
-            print(f"{program}: {what}", file=sys.stderr)
-            return 128 + interrupted.signum
+            print(f"{program}: {interrupted.what}", file=sys.stderr)
+            return interrupted.status
 
 
 def _call(program: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -142,6 +136,8 @@ def _call(program: str, body: Callable[[argparse.Namespace], int], args: argpars
 
 def _report(program: str, exc: BaseException, verbosity: int) -> None:
     if verbosity > 0:
-        log.exception("%s failed", program)
+        import logging
+
+        logging.getLogger("packetcore").exception("%s failed", program)
     message = str(exc) or type(exc).__name__
     print(f"{program}: error: {message}", file=sys.stderr)

@@ -18,6 +18,7 @@ from ..io.feeds import load_feed
 from ..io.output import check_writable
 from ..server.server import Server
 from . import UserError, add_verbosity, run
+from .exits import EXIT_USAGE
 from .fetch import fetch_into
 from .options import add_feed_options
 
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     if not 0 <= args.drop < 1:
-        raise UserError(f"--drop must be in 0..1 (below 1), not {args.drop}", 2)
+        raise UserError(f"--drop must be in 0..1 (below 1), not {args.drop}", EXIT_USAGE)
     try:
         check_writable(args.output)
     except OSError as exc:

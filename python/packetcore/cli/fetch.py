@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FetchError, OutputError
 from . import UserError, add_verbosity, run, signals
+from .exits import EXIT_INCOMPLETE, EXIT_STRICT, EXIT_USAGE
 from .options import integer, number
 
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
 
-EXIT_INCOMPLETE = 3
-EXIT_STRICT = 4
 PROGRAM = "packetcore-fetch"
 FORMATS = ("json", "ndjson", "csv", "parquet", "bin")
 # Packets waiting for the writer before the fetch stops taking more from the store.
@@ -199,11 +198,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     try:
         parser = build_parser(prog)  # loads the fetch machinery
     except KeyboardInterrupt as exc:
-        interrupted = signals.interruption(exc)
-        assert interrupted is not None
-        what = "terminated" if isinstance(interrupted, signals.Terminated) else "interrupted"
-        print(f"{PROGRAM}: {what}", file=sys.stderr)
-        return 128 + interrupted.signum
+        interrupted = signals.stopped_by(exc)
+        print(f"{PROGRAM}: {interrupted.what}", file=sys.stderr)
+        return interrupted.status
     return run(PROGRAM, parser, lambda args: _fetch(args, started), argv)
 
 
@@ -233,16 +230,18 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
             deadline=args.deadline, start=args.start, stop=args.stop,
         )  # fmt: skip
     except ValueError as exc:
-        raise UserError(str(exc), 2) from exc
+        raise UserError(str(exc), EXIT_USAGE) from exc
     _check_format(args.output, args.format)
     if args.follow:
         if args.protocol == "base":
-            raise UserError("--follow needs the packetcore extension: not --protocol base", 2)
+            raise UserError(
+                "--follow needs the packetcore extension: not --protocol base", EXIT_USAGE
+            )
         unused = {"--strict": args.strict, "--confidence": args.confidence is not None,
                   "--max-passes": args.max_passes is not None}  # fmt: skip
         for name, given in unused.items():
             if given:
-                raise UserError(f"{name} does not apply to --follow", 2)
+                raise UserError(f"{name} does not apply to --follow", EXIT_USAGE)
         from .follow import follow_into
 
         form = args.format
@@ -342,12 +341,7 @@ def fetch_into(
                 where = out.place(result.complete)
     except KeyboardInterrupt as exc:
         out.abort()
-        interrupted = signals.interruption(exc)
-        assert interrupted is not None
-        fate = "stdout has what was written" if output == "-" else f"{output} left as it was"
-        raise UserError(
-            f"interrupted by {interrupted.name}; {fate}", 128 + interrupted.signum
-        ) from None
+        raise given_up(exc, output) from None
     except BaseException:
         out.abort()
         raise
@@ -360,6 +354,18 @@ def fetch_into(
     if not result.complete:
         _incomplete(result, output, where)
     return 0
+
+
+def given_up(exc: KeyboardInterrupt, output: str, when: str = "") -> UserError:
+    """Return the one line of a fetch or follow that a request to stop gave up (130, 143).
+
+    ``when``: what it was doing, as " while finishing".
+    """
+    from ..io.output import STDOUT
+
+    interrupted = signals.stopped_by(exc)
+    fate = "stdout has what was written" if output == STDOUT else f"{output} left as it was"
+    return UserError(f"interrupted by {interrupted.name}{when}; {fate}", interrupted.status)
 
 
 def _reader_left(out: Output, verbosity: int) -> int:

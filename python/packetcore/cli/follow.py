@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING
 
 from . import UserError, signals
-from .fetch import open_output, progress_bar
+from .fetch import given_up, open_output, progress_bar
 
 if TYPE_CHECKING:
     from ..client.follow import FollowStats
@@ -65,11 +64,12 @@ def follow_into(
     try:
         with progress_bar(verbosity, progress) as report, signals.in_loop():
             stats, failure = asyncio.run(_run(options, out, report))
+        reason = stats.reason  # what the summary says ended the follow
         if to_stdout and isinstance(out.error, BrokenPipeError):
             out.abort()  # the reader left (`| head`): a follow's normal end
             signals.settle()
             failure, where = None, "stdout"
-            stats.reason = "the reader closed stdout"
+            reason = "the reader closed stdout"
         elif failure is not None and not stats.packets:
             out.abort()  # nothing came: the output stays as it was
             raise UserError(failure)
@@ -92,23 +92,18 @@ def follow_into(
     except KeyboardInterrupt as exc:
         # A second request to stop, while the first one's end was being written.
         out.abort()
-        interrupted = signals.interruption(exc)
-        assert interrupted is not None
-        fate = "stdout has what was written" if to_stdout else f"{output} left as it was"
-        raise UserError(
-            f"interrupted by {interrupted.name} while finishing; {fate}",
-            128 + interrupted.signum,
-        ) from None
+        raise given_up(exc, output, " while finishing") from None
     except BaseException:
         out.abort()
         raise
-    stats.seconds = time.perf_counter() - started
     shown = "stdout" if to_stdout else output
     if failure is not None:
         saved = "written to stdout" if to_stdout else f"saved to {where}"
         raise UserError(f"{failure}; {stats.packets} packet(s) in order {saved}")
     if verbosity >= 0:
-        print(stats.summary(shown if not os.path.islink(output) else where), file=sys.stderr)
+        shown = shown if not os.path.islink(output) else where
+        waited = time.perf_counter() - started  # the wall time the user waited
+        print(stats.summary(shown, seconds=waited, reason=reason), file=sys.stderr)
     return 0
 
 
@@ -147,7 +142,7 @@ async def _run(
     holder: list[FollowStats] = []
     # The first request to stop ends the follow normally; a later one cancels this task
     # (signals.watch), raised as Interrupted once the loop has ended.
-    with signals.watch(lambda signum: stop(f"stopped by {signal.Signals(signum).name}")):
+    with signals.watch(lambda signum: stop(f"stopped by {signals.name(signum)}")):
         try:
             stats = await run_follow(
                 options, put, progress, stopped=stopped,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from .exits import EXIT_USAGE
 
 if TYPE_CHECKING:
     from ..faults.model import FaultPlan
@@ -253,7 +254,6 @@ def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan |
     A combination no connection can have (or a bad scenario file) is a usage error;
     ``server``: the plan is a server's, and what only a proxy can do is refused too.
     """
-    from ..errors import UserError
     from ..faults.model import FaultPlan, Faults
     from ..faults.scenario import load_scenario
 
@@ -295,9 +295,9 @@ def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan |
                     "packetcore-proxy only, not in a server's scenario"
                 )
     except OSError as exc:
-        raise UserError(f"cannot read {args.scenario}: {exc.strerror or exc}", 2) from None
+        raise UserError(f"cannot read {args.scenario}: {exc.strerror or exc}", EXIT_USAGE) from None
     except ValueError as exc:
-        raise UserError(str(exc), 2) from None
+        raise UserError(str(exc), EXIT_USAGE) from None
     return plan if plan.active else None
 
 
@@ -323,7 +323,7 @@ def check_metrics(args: argparse.Namespace, port: int, host: str, option: str) -
     """Refuse metrics options that clash with ``option`` (``port`` on ``host``): exit 2."""
     if args.metrics_port is None:
         if args.metrics_host is not None:
-            raise UserError("--metrics-host needs --metrics-port", 2)
+            raise UserError("--metrics-host needs --metrics-port", EXIT_USAGE)
         return
     metrics_host = args.metrics_host or "localhost"
     if port and args.metrics_port == port and _overlap(host, metrics_host):

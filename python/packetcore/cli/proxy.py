@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import signal
 import socket
 import sys
 from collections.abc import Sequence
 
 from ..faults.model import FaultPlan
 from ..faults.proxy import Proxy
-from . import UserError, add_verbosity, run
+from . import UserError, add_verbosity, exits, run, signals
+from .exits import EXIT_USAGE
 from .options import (
     add_faults,
     add_metrics,
@@ -25,7 +25,6 @@ from .options import (
     metrics_served,
     seed,
 )
-from .signals import stop_signal
 
 __all__ = ["build_parser", "main"]
 
@@ -100,7 +99,7 @@ def _refuse_itself(host: str, listen: int, upstream: tuple[str, int]) -> None:
         raise UserError(
             f"--upstream {up_host}:{up_port} is the proxy's own --listen port: every "
             "connection would connect to itself",
-            2,
+            EXIT_USAGE,
         )
 
 
@@ -111,9 +110,9 @@ def _proxy(args: argparse.Namespace) -> int:
     proxy = Proxy(args.upstream, plan, host=args.host, port=args.listen)
     with metrics_served(PROGRAM, args, lambda: proxy.stats, _stderr):
         signum = asyncio.run(_run(proxy))
-    print(f"{PROGRAM}: stopped by {signal.Signals(signum).name}: {proxy.stats.summary()}",
+    print(f"{PROGRAM}: stopped by {signals.name(signum)}: {proxy.stats.summary()}",
           file=sys.stderr)  # fmt: skip
-    return 128 + signum
+    return exits.signalled(signum)
 
 
 def _stderr(line: str) -> None:
@@ -126,7 +125,7 @@ async def _run(proxy: Proxy) -> int:
     except OSError as exc:
         raise UserError(str(exc.strerror or exc)) from None
     loop = asyncio.get_running_loop()
-    stopped = stop_signal(loop)
+    stopped = signals.stop_signal(loop)
     host, port = proxy.upstream
     # Printed even with -q: with --listen 0 it is the one thing the user must know.
     print(

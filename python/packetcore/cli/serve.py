@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -32,7 +31,8 @@ from ..server.workers import (
     run_loop,
     worker_seed,
 )
-from . import EXIT_FAILURE, STOP_SIGNALS, UserError, add_verbosity, run, stop_signal
+from . import UserError, add_verbosity, run, signals
+from .exits import EXIT_FAILURE, EXIT_USAGE, signalled
 from .logqueue import queued_stderr
 from .options import (
     add_drop,
@@ -218,10 +218,9 @@ def _serve(args: argparse.Namespace) -> int:
     ):
         # Serving never waits on stderr: a log nobody reads must not freeze the clients.
         signum = run_loop(loop, _run(server, say, loop))
-        name = signal.Signals(signum).name
         summary = server.stats.summary(faults=server.faults is not None)
-        say(f"{PROGRAM}: stopped by {name}: {summary}")
-    return 128 + signum
+        say(f"{PROGRAM}: stopped by {signals.name(signum)}: {summary}")
+    return signalled(signum)
 
 
 def _live_feed(args: argparse.Namespace) -> WireIndex | LiveFeed:
@@ -237,13 +236,15 @@ def _live_feed(args: argparse.Namespace) -> WireIndex | LiveFeed:
             ("--max-buffer", args.max_buffer),
         ):
             if value is not None:
-                raise UserError(f"{option} needs --live RATE (a rate above 0)", 2)
+                raise UserError(f"{option} needs --live RATE (a rate above 0)", EXIT_USAGE)
         return WireIndex(open_feed(args.feed or "book", args.seed))
     source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
     try:
         return LiveFeed(args.live, source, seed=args.seed, until=args.until)
     except ValueError as exc:
-        raise UserError(f"--until: {exc}" if args.until is not None else str(exc), 2) from None
+        raise UserError(
+            f"--until: {exc}" if args.until is not None else str(exc), EXIT_USAGE
+        ) from None
 
 
 def _live_note(feed: Packets | MappedFeed | WireIndex | LiveFeed) -> str:
@@ -333,11 +334,11 @@ def _supervise(
             "SIGINT or SIGTERM stops the server"
         )
         signum = asyncio.run(workers.supervise())
-        how = "all workers died" if signum is None else f"stopped by {signal.Signals(signum).name}"
+        how = "all workers died" if signum is None else f"stopped by {signals.name(signum)}"
         say(f"{PROGRAM}: {how}: {workers.summary(args.faults is not None)}")
     if workers.died or signum is None:
         return EXIT_FAILURE
-    return 128 + signum
+    return signalled(signum)
 
 
 def _stderr(line: str) -> None:
@@ -359,10 +360,10 @@ async def _run(
     except OSError as exc:
         raise UserError(str(exc.strerror or exc)) from None
     loop = asyncio.get_running_loop()
-    stopped = stop_signal(loop)
+    stopped = signals.stop_signal(loop)
     if sockets is not None:
         # A worker starts with them blocked (see Workers): handled now, they may come.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signals.unblock()
     if sockets is None:
         where = ", ".join(str(address[0]) for address in server.addresses)
         # Printed even with -q: with --port 0 it is the one thing the user must know.

@@ -27,9 +27,11 @@ How
 ---
 One Python-level handler, :func:`_Stops.handle`, for the life of the process: the
 console scripts and ``python -m packetcore`` install it (:func:`take_over`) while both
-signals are still blocked, so that no signal ever meets the default action (which
-kills a process by SIGTERM without a word); a command run in-process (tests, an
-embedding program) gets it from :func:`handled` and its previous handlers back after.
+signals are still blocked (:func:`held`), so that no signal ever meets the default
+action (which kills a process by SIGTERM without a word); a command run in-process
+(tests, an embedding program) gets it from :func:`handled` and its previous handlers
+back after.  Every other module of the command line reaches signals through this one
+(it stays import-light: ``packetcore.__main__`` loads it before any command).
 
 The handler never raises while an event loop runs: an exception thrown out of a loop
 between its callbacks can leave the loop's own completion callback queued, and the
@@ -46,15 +48,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
+from . import exits
+
+# Not typing's: importing typing costs more than this module (packetcore.__main__
+# loads it before any command).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    import socket
+    from typing import Any
 
 __all__ = [
     "COALESCE_SECONDS",
@@ -63,12 +70,16 @@ __all__ = [
     "Terminated",
     "graceful",
     "handled",
+    "held",
     "in_loop",
     "interruption",
+    "name",
     "placing",
     "settle",
     "stop_signal",
+    "stopped_by",
     "take_over",
+    "unblock",
     "watch",
 ]
 
@@ -88,7 +99,17 @@ class Interrupted(KeyboardInterrupt):
     @property
     def name(self) -> str:
         """Return the signal's name (``SIGINT``)."""
-        return signal.Signals(self.signum).name
+        return name(self.signum)
+
+    @property
+    def what(self) -> str:
+        """Return what the command was, in a word: ``terminated`` (SIGTERM) or ``interrupted``."""
+        return "terminated" if self.signum == signal.SIGTERM else "interrupted"
+
+    @property
+    def status(self) -> int:
+        """Return the command's exit status: 128 + the signal's number (130, 143)."""
+        return exits.signalled(self.signum)
 
 
 class Terminated(Interrupted):
@@ -102,13 +123,19 @@ def _interrupted(signum: int) -> Interrupted:
     return Terminated() if signum == signal.SIGTERM else Interrupted(signum)
 
 
+def name(signum: int) -> str:
+    """Return the name of signal ``signum`` (``SIGTERM``)."""
+    return signal.Signals(signum).name
+
+
 def interruption(exc: BaseException) -> Interrupted | None:
     """Return ``exc`` as an :class:`Interrupted` if it is one (or a Ctrl-C), else None."""
-    if isinstance(exc, Interrupted):
-        return exc
-    if isinstance(exc, KeyboardInterrupt):
-        return Interrupted(signal.SIGINT)
-    return None
+    return stopped_by(exc) if isinstance(exc, KeyboardInterrupt) else None
+
+
+def stopped_by(exc: KeyboardInterrupt) -> Interrupted:
+    """Return ``exc`` as an :class:`Interrupted`: itself, or a Ctrl-C's (SIGINT)."""
+    return exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
 
 
 class _Stops:
@@ -220,6 +247,8 @@ class _Stops:
         if self.wake is None and ours:
             # Wakes a loop's select() when another thread took the signal: the handler
             # then runs in the main thread at once, not at the loop's next event.
+            import socket
+
             pair = socket.socketpair()
             for sock in pair:
                 sock.setblocking(False)
@@ -250,6 +279,31 @@ _stops = _Stops()
 if hasattr(os, "register_at_fork"):
     # A forked worker starts with none of its parent's requests, and installs its own.
     os.register_at_fork(after_in_child=_stops.forked)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs; deliver them after it.
+
+    While a command loads (numpy and the engine: a second, on a busy machine), so that
+    a Ctrl-C inside numpy's import does not become an ImportError, and so that the
+    handler (:func:`take_over`) is in place before any of them is let through.  Threads
+    started meanwhile (numpy's BLAS pool) keep them blocked for good, so the signals
+    always reach the main thread.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: nothing to hold them with
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unblock() -> None:
+    """Let SIGINT and SIGTERM through to this thread (a forked worker starts with them blocked)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def take_over() -> None:

@@ -35,16 +35,16 @@ buffer among all its connections, so concurrent requests could corrupt each othe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 
 from ..errors import FetchError
+from ..packets import Packets
 from ..protocol import BASE_RESEND_MAX, resend_request, stream_all_request
 from .outcome import Outcome
-from .session import Link, Session, backoff_delay
+from .session import Link, Session
 
-__all__ = ["chance_unseen", "recover_base", "trusted_highest"]
+__all__ = ["chance_unseen", "copies", "recover_base"]
 
 log = logging.getLogger("packetcore.fetch")
 
@@ -100,12 +100,17 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
 
     ``link`` is a fresh connection to stream the first pass on, or ``None``.  Return
     True if the server answered a hello late after all: it is an extended server.
+    Meanwhile the output's prefix stays within what two passes have reached.
     """
+    passes = _Passes()
+    with session.limited(passes.ceiling):
+        return await _recover(session, link, outcome, passes)
+
+
+async def _recover(session: Session, link: Link | None, outcome: Outcome, passes: _Passes) -> bool:
     options = session.options
     store = session.store
-    passes = _Passes()
-    session.ceiling = passes.ceiling
-    failures = 0
+    retry = options.retry()
     resends_answered = True
     while True:
         if link is None:
@@ -114,7 +119,7 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
             except FetchError as exc:
                 if session.received == 0:
                     raise
-                outcome.reason = str(exc)
+                outcome.stop(str(exc))
                 return False
             if options.protocol == "auto" and session.received == 0:
                 # Nothing has arrived yet, so the silence that led here may have been a
@@ -127,7 +132,7 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
         state = await link.wait_closed(options.timeout)
         passes.current = None
         link.close()
-        outcome.passes += 1
+        outcome.count_pass()
         if link.packets:
             session.pass_ends[link.last_sequence] += 1
         if session.info is not None:
@@ -135,37 +140,35 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
         if state == "done" and link.clean_end and not link.packets and not session.received:
             # Closed with nothing sent, and nothing ever came: no server of the feed
             # answers so (a proxy whose upstream is gone does); a failure, not a pass.
-            failures += 1
             log.debug("pass %d: the server closed the connection without answering", outcome.passes)
-            if failures > options.retries:
+            if not retry.fail():
                 raise FetchError(
                     f"{options.host}:{options.port}: the server closed the connection "
-                    f"without answering, {failures} times in a row"
+                    f"without answering, {retry.failures} times in a row"
                 )
-            await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()
         elif state == "done" and link.clean_end:
             passes.counts.append(link.packets)
             passes.highs.append(link.highest)
-            failures = 0
+            retry.succeeded()
         else:
             # A pass cut short says nothing about the loss rate; its packets still count.
-            failures += 1
             why = "went silent" if state == "idle" else f"ended early ({link.why()})"
             log.info("pass %d: the server %s", outcome.passes, why)
-            if failures > options.retries:
-                outcome.reason = f"the server {why} on {failures} passes in a row"
+            if not retry.fail():
+                outcome.stop(f"the server {why} on {retry.failures} passes in a row")
                 if session.received == 0:
                     # Nothing at all came: a failure to fetch (as documented by fetch),
                     # not an incomplete feed with no gap to name.
                     raise FetchError(f"{options.host}:{options.port}: {outcome.reason}")
                 return False
-            await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()
         link = None
         if resends_answered:
             # Only up to a sequence held and trusted, never up to a doubted one (see above).
             resendable = _missing(session, min(BASE_RESEND_MAX, trusted_highest(session)))
             if resendable:
-                outcome.resend_rounds += 1
+                outcome.count_round()
                 resends_answered = await _resend(session, resendable)
         if _settled(session, passes, outcome):
             return False
@@ -183,8 +186,7 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     stop = options.stop
     if stop is not None and end >= stop:
         # The slice ends before the feed does: its end is known, no inference needed.
-        outcome.chance = None
-        outcome.end_inferred = False
+        outcome.known_end()
         return store.complete
     highest = store.highest or 0
     suspects = highest > end  # held above what two passes reached: shown by one only
@@ -192,13 +194,14 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     judged = clean - 1 if suspects else clean
     chances = judged * end
     drops = sum(end - min(count, end) for count in passes.counts[-judged:]) if judged else 0
-    outcome.chance = chance_unseen(drops, chances, judged)
+    chance = chance_unseen(drops, chances, judged)
+    outcome.estimate(chance)
     gaps = store.missing_ranges(end + 1)[:, 1].sum() if end else 0
     log.debug(
         "pass %d: end %d (highest %d), %d missing, loss %d/%d, P(later packet unseen) %.3g",
-        outcome.passes, end, highest, gaps, drops, chances, outcome.chance,
+        outcome.passes, end, highest, gaps, drops, chances, chance,
     )  # fmt: skip
-    if not (end and gaps == 0 and outcome.chance < options.confidence):
+    if not (end and gaps == 0 and chance < options.confidence):
         return False
     if end < store.first:
         # The feed ends before the slice starts (what the extension's hello says at once).
@@ -208,7 +211,7 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
     if suspects:
         before = len(store)
         store.bound(store.first, end)
-        outcome.corrupt = before - len(store)
+        outcome.left_out(before - len(store))
         log.warning(
             "%d packet(s) beyond the end %d were shown by one pass only, while %d "
             "others ended lower: judged corrupted, left out",
@@ -224,11 +227,11 @@ def _give_up(session: Session, passes: _Passes, outcome: Outcome) -> None:
     end = passes.end()
     gaps = int(store.missing_ranges(end + 1)[:, 1].sum()) if end else 0
     if gaps:
-        outcome.reason = f"{gaps} packet(s) still missing after {outcome.passes} passes"
+        outcome.stop(f"{gaps} packet(s) still missing after {outcome.passes} passes")
     elif not end:
-        outcome.reason = f"no end of the feed established in {outcome.passes} passes"
+        outcome.stop(f"no end of the feed established in {outcome.passes} passes")
     else:
-        outcome.reason = (
+        outcome.stop(
             f"the end of the feed is not established: after {outcome.passes} passes "
             f"the chance that a packet after {end} exists unseen is "
             f"{outcome.chance:.2g}, above the bound {session.options.confidence:g} "
@@ -262,6 +265,26 @@ def trusted_highest(session: Session) -> int:
                 return sequence
     # Everything already passed to the output is held and settled.
     return store.cursor - 1 if store.cursor > store.first else 0
+
+
+async def copies(session: Session, wanted: list[int]) -> list[Packets]:
+    """Return fresh copies of the packets ``wanted`` from a base server, for a vote.
+
+    A doubted sequence may be a corrupted one the feed lacks, and the reference exchange
+    crashes on a resend of such: only those at or below the highest sequence held and
+    trusted (so they exist: a feed has every sequence from its first to its last) and
+    below 128 are resent.  A stream-all pass brings a copy of each of the others that
+    exists, unless its loss simulation drops it.
+    """
+    bound = min(BASE_RESEND_MAX, trusted_highest(session))
+    named = [s for s in wanted if s <= bound]
+    batches: list[Packets] = []
+    if named:
+        request = b"".join(resend_request(sequence) for sequence in named)
+        batches += await session.collect(request, len(named))
+    if len(named) < len(wanted):
+        batches += await session.collect(stream_all_request(), None)
+    return batches
 
 
 def _missing(session: Session, up_to: int) -> list[int]:

@@ -21,12 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import FetchError
+from ..packets import Packets
 from ..protocol import range_requests, stream_all_request
 from .outcome import Outcome
 from .ranges import asked_for_again
-from .session import Link, Session, backoff_delay
+from .session import Link, Session
 
-__all__ = ["recover_extended"]
+__all__ = ["copies", "recover_extended"]
 
 log = logging.getLogger("packetcore.fetch")
 
@@ -49,7 +50,7 @@ async def recover_extended(session: Session, stream: Link | None, outcome: Outco
         stream.close()  # a slice is fetched by range requests only
     elif stream is not None:
         stream.ask(stream_all_request())
-        outcome.passes += 1
+        outcome.count_pass()
         streaming = asyncio.ensure_future(_pass(session, stream))
     try:
         await _repair(session, stream if streaming is not None else None, streaming, outcome)
@@ -75,7 +76,7 @@ async def _extra_pass(session: Session, outcome: Outcome) -> int:
         log.info("no further pass: %s", exc)
         return 0
     link.ask(stream_all_request(), repeats=len)
-    outcome.passes += 1
+    outcome.count_pass()
     await _pass(session, link)
     return link.new
 
@@ -96,7 +97,7 @@ async def _repair(
 ) -> None:  # fmt: skip
     options = session.options
     store = session.store
-    failures = 0
+    retry = options.retry()
     link: Link | None = None
     sliced = False  # whether the first round of a slice (the fetch itself) is done
     while not store.complete:
@@ -118,7 +119,7 @@ async def _repair(
             try:
                 link = await session.open_link(recovering=not fetching)
             except FetchError as exc:
-                outcome.reason = str(exc)
+                outcome.stop(str(exc))
                 break
         last = store.last if store.last is not None else store.first
         ranges = _join(missing)
@@ -127,14 +128,13 @@ async def _repair(
             repeats=asked_for_again(missing, store.first, last),
             restart=True,
         )
-        session.ceiling = _behind(link, ranges)
         due = len(link.infos) + 1
         link.hello()  # closes the round: its answer comes after every packet asked for
         before = link.new
         if not fetching:
-            outcome.resend_rounds += 1
-        state = await link.wait_info(due, options.timeout)
-        session.ceiling = _unbounded
+            outcome.count_round()
+        with session.limited(_behind(link, ranges)):
+            state = await link.wait_info(due, options.timeout)
         session.advance()
         gained = link.new - before
         log.debug(
@@ -150,7 +150,7 @@ async def _repair(
             link.close()  # the next round, if any, recovers on a connection of its own
             link = None
         if gained:
-            failures = 0
+            retry.succeeded()
             continue
         if running and streaming is not None:
             await _progress(session, streaming)  # the stream still brings packets: follow it
@@ -161,21 +161,27 @@ async def _repair(
                 # Ranges stopped delivering, but stream-all passes may still bring the rest.
                 log.info("%s: asking for another stream-all pass", reason)
                 if await _extra_pass(session, outcome):
-                    failures = 0
+                    retry.succeeded()
                     continue
         elif state == "idle":
             reason = f"range requests unanswered within {options.timeout:g} s"
         else:
             reason = "the connection was lost"
-        failures += 1
-        if failures > options.retries:
-            outcome.reason = f"{reason} ({failures} times in a row)"
+        if not retry.fail():
+            outcome.stop(f"{reason} ({retry.failures} times in a row)")
             break
-        delay = backoff_delay(failures, options.backoff)
-        log.info("%s; retrying in %.2f s", reason, delay)
-        await asyncio.sleep(delay)
+        await retry.pause(log, logging.INFO, "%s", reason)
     if link is not None:
         link.close()
+
+
+async def copies(session: Session, wanted: list[int]) -> list[Packets]:
+    """Return fresh copies of the packets ``wanted`` from an extended server, for a vote.
+
+    A range request for a sequence the feed lacks just brings nothing.
+    """
+    ranges = np.array([(s, 1) for s in wanted], dtype=np.int64).reshape(-1, 2)
+    return await session.collect(range_requests(ranges), len(wanted))
 
 
 def _join(missing: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -198,10 +204,6 @@ def _join(missing: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     starts = missing[np.concatenate(([0], breaks + 1)), 0]
     stops = ends[np.concatenate((breaks, [len(missing) - 1]))]
     return np.stack((starts, stops - starts), axis=1)
-
-
-def _unbounded() -> int | None:
-    return None
 
 
 def _behind(link: Link, ranges: npt.NDArray[np.int64]) -> Callable[[], int | None]:

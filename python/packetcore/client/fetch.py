@@ -17,13 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..errors import FetchError
 from ..packets import Packets
-from ..protocol import BASE_RESEND_MAX, range_requests, resend_request, stream_all_request
-from .base_mode import recover_base, trusted_highest
-from .extended import recover_extended
+from . import base_mode, extended
 from .outcome import Mode, Outcome
 from .ranges import format_ranges, inclusive, merge
 from .session import FetchOptions, Link, Progress, Session
@@ -218,9 +214,7 @@ async def run_fetch(
     def elapsed() -> float:
         return time.perf_counter() - started
 
-    session = Session(options, sink, progress)
-    if flowing is not None:
-        session.flowing = flowing
+    session = Session(options, sink, progress, flowing=flowing)
     outcome = Outcome("base" if options.protocol == "base" else "extended")
     recovery = asyncio.ensure_future(_recover(session, outcome))
     waits: set[asyncio.Future[Any]] = {recovery}
@@ -237,9 +231,9 @@ async def run_fetch(
             recovery.cancel()
             await asyncio.wait({recovery})
             if stopped is not None and stopped in done:
-                outcome.reason = stopped.result()
+                outcome.stop(stopped.result())
             else:
-                outcome.reason = f"the deadline of {options.deadline:g} s passed"
+                outcome.stop(f"the deadline of {options.deadline:g} s passed")
             log.debug("stopping: %s", outcome.reason)
             if session.received == 0 and stopped not in done:
                 raise FetchError(
@@ -262,15 +256,14 @@ async def _recover(session: Session, outcome: Outcome) -> None:
     if options.protocol != "base":
         link = await _probe(session)
     if session.info is None:
-        outcome.mode = "base"
-        if not await recover_base(session, link, outcome):
+        outcome.switch("base")
+        if not await base_mode.recover_base(session, link, outcome):
             return
         # The server answered the hello late: it is an extended server after all.
         log.info("the server answered the hello late: switching to the extension")
         link = None
-    outcome.mode = "extended"
-    session.ceiling = lambda: None
-    await recover_extended(session, link, outcome)
+    outcome.switch("extended")
+    await extended.recover_extended(session, link, outcome)
 
 
 async def _probe(session: Session) -> Link | None:
@@ -322,53 +315,19 @@ async def _probe(session: Session) -> Link | None:
 async def _settle(session: Session, outcome: Outcome) -> None:
     """Ask again for the packets in doubt; what no two copies confirm is left out."""
 
+    # Each mode asks for copies its own way (a base server crashes on some resends).
+    copier = base_mode.copies if outcome.mode == "base" else extended.copies
+
     async def copies(wanted: list[int]) -> list[Packets]:
-        return await _copies(session, outcome.mode, wanted)
+        return await copier(session, wanted)
 
     unsettled = await settle(session, copies)
-    if unsettled and not outcome.reason:
-        outcome.reason = (
+    if unsettled:
+        outcome.stop(
             f"{len(unsettled)} packet(s) arrived in copies that differ, and asking again "
-            f"did not confirm one"
+            f"did not confirm one",
+            unless_stopped=True,
         )
-
-
-async def _copies(session: Session, mode: Mode, wanted: list[int]) -> list[Packets]:
-    """Return fresh copies of the packets ``wanted``, each request on a new connection."""
-    batches: list[Packets] = []
-    if mode == "extended":
-        # A range request for a sequence the feed lacks just brings nothing.
-        ranges = np.array([(s, 1) for s in wanted], dtype=np.int64).reshape(-1, 2)
-        await _ask(session, batches, range_requests(ranges), len(wanted))
-    else:
-        # A doubted sequence may be a corrupted one the feed lacks, and the reference
-        # exchange crashes on a resend of such: only those at or below the highest
-        # sequence held and trusted (so they exist: a feed has every sequence from its
-        # first to its last) and below 128 are resent.  A stream-all pass brings a copy
-        # of each of the others that exists, unless its loss simulation drops it.
-        bound = min(BASE_RESEND_MAX, trusted_highest(session))
-        named = [s for s in wanted if s <= bound]
-        if named:
-            request = b"".join(resend_request(sequence) for sequence in named)
-            await _ask(session, batches, request, len(named))
-        if len(named) < len(wanted):
-            await _ask(session, batches, stream_all_request(), None)
-    return batches
-
-
-async def _ask(session: Session, batches: list[Packets], request: bytes, due: int | None) -> None:
-    """Send ``request`` on a new connection; collect ``due`` packets or, if None, all."""
-    try:
-        link = await session.open_link(sink=batches.append)
-    except FetchError as exc:
-        log.info("cannot ask again: %s", exc)
-        return
-    link.ask(request)
-    if due is None:
-        await link.wait_closed(session.options.timeout)
-    else:
-        await link.wait(lambda: link.packets >= due, session.options.timeout)
-    link.close()
 
 
 async def _finish(
@@ -382,8 +341,7 @@ async def _finish(
     if not complete:
         # Everything held goes out, gaps and all; the ceiling no longer holds it back.
         await session.flush((store.highest or store.first - 1) + 1, give_up_at)
-        if not outcome.reason:
-            outcome.reason = "stopped short"
+        outcome.stop("stopped short", unless_stopped=True)
     else:
         await session.flush((end or store.first - 1) + 1, give_up_at)
     if session.received == 0 and not complete:

@@ -42,7 +42,7 @@ from ..errors import FetchError
 from ..packets import Packets
 from ..protocol import FeedInfo, range_requests, subscribe_request
 from .ranges import coalesce
-from .session import FetchOptions, Link, Progress, Session, Sink, backoff_delay
+from .session import FetchOptions, Link, Progress, Session, Sink
 from .settle import settle
 
 __all__ = ["POLL", "WINDOW", "Follow", "FollowStats", "follow", "run_follow"]
@@ -150,27 +150,35 @@ class FollowStats:
         """Return how many gaps were repaired (their latency measured)."""
         return self._latency.count
 
-    def summary(self, output: str | None = None) -> str:
-        """Return the one-line account of the follow."""
+    def summary(
+        self, output: str | None = None, *, seconds: float | None = None, reason: str | None = None
+    ) -> str:
+        """Return the one-line account of the follow.
+
+        ``seconds``: the time to quote instead of :attr:`seconds` (the wall time waited);
+        ``reason``: what ended it, instead of :attr:`reason`.
+        """
+        seconds = self.seconds if seconds is None else seconds
+        reason = self.reason if reason is None else reason
         line = (
             f"{self.packets} packets in order (last {self.delivered}), {self.gaps} gaps "
             f"({self.repaired} packets repaired; repair p50 {self.repair_p50_ms:.1f} ms, "
             f"p99 {self.repair_p99_ms:.1f} ms, max {self.repair_max_ms:.1f} ms), "
             f"lag {self.lag} (max {self.max_lag}), {self.reconnects} reconnects, "
-            f"{self.seconds:.2f} s"
+            f"{seconds:.2f} s"
         )
         if output is not None:
             line += f" -> {output}"
-        return line + (f" [{self.reason}]" if self.reason else "")
+        return line + (f" [{reason}]" if reason else "")
 
 
 class _FollowSession(Session):
     """A session whose info frames report what is published, not the feed's extent."""
 
     def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None,
-                 on_info: Callable[[FeedInfo], None],
-                 on_doubt: Callable[[], None]) -> None:  # fmt: skip
-        super().__init__(options, sink, progress)
+                 on_info: Callable[[FeedInfo], None], on_doubt: Callable[[], None],
+                 flowing: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        super().__init__(options, sink, progress, flowing=flowing)
         self._on_info = on_info
         self._on_doubt = on_doubt
 
@@ -207,9 +215,7 @@ class _Follower:
         self.stats = FollowStats()
         self._sink = sink
         self.session = _FollowSession(options, self._deliver, progress, self._note_info,
-                                      self._doubted)  # fmt: skip
-        if flowing is not None:
-            self.session.flowing = flowing
+                                      self._doubted, flowing)  # fmt: skip
         self.store = self.session.store
         #: One past the highest sequence received on a subscription or asked for: below
         #: it, every sequence not held has been asked for on the repair connection.
@@ -447,11 +453,8 @@ class _Follower:
                 continue
             # settle() trusts them at once (and settles copies that differ too, doubted
             # or not): the ceiling holds the prefix where it is until the vote is done.
-            session.ceiling = functools.partial(int, store.cursor - 1)
-            try:
+            with session.limited(functools.partial(int, store.cursor - 1)):
                 unsettled = await settle(session, self._copies, below=stop, level=logging.DEBUG)
-            finally:
-                session.ceiling = _unbounded
             if unsettled:
                 # Left out: asked for again (they are missing now), and in doubt still.
                 log.debug("%d packet(s) in doubt without two copies agreeing: asking again",
@@ -528,8 +531,7 @@ class _Follower:
             await asyncio.wait(tasks)
             session.close_all()
             # Everything contiguous goes out, even past an output that is behind.
-            session.flowing = lambda: True
-            session.advance()
+            session.advance(behind=True)
             self._note_lag()
             self.stats.repaired = session.recovered
             self.stats.duplicates = self.store.duplicates
@@ -539,23 +541,20 @@ class _Follower:
     async def _start(self) -> Link:
         """Open the first repair connection; one reset before the hello's answer is retried."""
         options = self.options
-        failures = 0
+        retry = options.retry()
         while True:
             link = await self._open_repair(first=True)
             if link.infos:
                 return link
             # Reset (or failed otherwise) before the answer: retried like a refused connect.
             self.session.forget(link)
-            failures += 1
-            if failures > options.retries:
+            if not retry.fail():
                 raise FetchError(
                     f"{options.host}:{options.port}: the connection failed before the "
-                    f"extension hello's answer {failures} times in a row ({link.why()})"
+                    f"extension hello's answer {retry.failures} times in a row ({link.why()})"
                 )
-            delay = backoff_delay(failures, options.backoff)
-            log.debug("connection lost before the hello's answer (%s); retrying in %.2f s",
-                      link.why(), delay)  # fmt: skip
-            await asyncio.sleep(delay)
+            await retry.pause(log, logging.DEBUG, "connection lost before the hello's answer (%s)",
+                              link.why())  # fmt: skip
 
     async def _open_repair(self, *, first: bool = False) -> Link:
         """Open the repair connection, send a hello; ask again for everything missing."""
@@ -610,7 +609,7 @@ class _Follower:
     async def _subscribe(self) -> None:
         """Keep a subscription open from the first sequence not yet received or asked for."""
         options = self.options
-        failures = 0
+        retry = options.retry()  # subscriptions in a row that brought nothing new
         failed = False  # whether the last subscription ended otherwise than cleanly
         while not self._done.is_set():
             while not self._room() and not self._done.is_set():
@@ -655,14 +654,15 @@ class _Follower:
                 # subscription did not bring (its loss simulation) is asked for now, and the
                 # next subscription, from beyond it, confirms the end.
                 self._ask_tail(max(info.last, self.stats.published))
-            failures = 0 if got else failures + 1
-            if failures > options.retries:
+            if got:
+                retry.succeeded()
+            elif not retry.fail():
                 raise FetchError(
                     f"{options.host}:{options.port}: the subscription brought nothing new "
-                    f"{failures} times in a row ({state if state == 'silent' else link.why()})"
+                    f"{retry.failures} times in a row "
+                    f"({state if state == 'silent' else link.why()})"
                 )
-            if failures:
-                await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()  # none after a subscription that brought something
 
     async def _watch(self, link: Link) -> str:
         """Wait until the subscription ends, or brings nothing new while the server publishes on."""
@@ -691,7 +691,7 @@ class _Follower:
     async def _repair_loop(self, link: Link) -> None:
         """Poll with hellos; catch tail losses and unanswered asks; replace a lost link."""
         options = self.options
-        failures = 0
+        retry = options.retry()
         unanswered = 0  # hellos in a row answered with the same sequence still missing
         stuck = -1
         published = -1  # what the previous hello's answer said was published
@@ -709,7 +709,7 @@ class _Follower:
             if self._done.is_set():
                 return
             if state == "done":
-                failures = 0
+                retry.succeeded()
                 last = link.infos[-1].last
                 steady, published = last == published, last
                 if quiet and steady and packets == self._sub_packets and not self._held:
@@ -738,19 +738,15 @@ class _Follower:
                 continue
             link.abort()
             self.session.forget(link)
-            failures += 1
-            if failures > options.retries:
+            if not retry.fail():
                 raise FetchError(
-                    f"{options.host}:{options.port}: the repair connection failed {failures} "
-                    f"times in a row ({'silent' if state == 'idle' else link.why()})"
+                    f"{options.host}:{options.port}: the repair connection failed "
+                    f"{retry.failures} times in a row "
+                    f"({'silent' if state == 'idle' else link.why()})"
                 )
             log.debug("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
-            await asyncio.sleep(backoff_delay(failures, options.backoff))
+            await retry.pause()
             link = await self._open_repair()
-
-
-def _unbounded() -> int | None:
-    return None
 
 
 async def run_follow(

@@ -12,7 +12,10 @@ Mode = Literal["base", "extended"]
 
 @dataclass
 class Outcome:
-    """What recovery did: passes, request rounds, and why it stopped short (if it did)."""
+    """What recovery did: passes, request rounds, and why it stopped short (if it did).
+
+    The strategies read its fields and change them through its methods.
+    """
 
     mode: Mode
     passes: int = 0
@@ -24,3 +27,33 @@ class Outcome:
     #: Base protocol: packets beyond the inferred end judged corrupted, left out.
     corrupt: int = 0
     reason: str = ""
+
+    def switch(self, mode: Mode) -> None:
+        """The server turned out to speak ``mode``."""
+        self.mode = mode
+
+    def count_pass(self) -> None:
+        """A stream-all pass was asked for."""
+        self.passes += 1
+
+    def count_round(self) -> None:
+        """A round of resends (or range requests) was asked for."""
+        self.resend_rounds += 1
+
+    def stop(self, reason: str, *, unless_stopped: bool = False) -> None:
+        """Recovery stops short for ``reason`` (``unless_stopped``: the first reason stays)."""
+        if not (unless_stopped and self.reason):
+            self.reason = reason
+
+    def estimate(self, chance: float) -> None:
+        """Base protocol: the chance that a packet after the inferred end exists unseen."""
+        self.chance = chance
+
+    def known_end(self) -> None:
+        """Base protocol: the end is the slice's (``--to`` reached), not inferred."""
+        self.chance = None
+        self.end_inferred = False
+
+    def left_out(self, corrupt: int) -> None:
+        """Base protocol: ``corrupt`` packets beyond the inferred end were left out."""
+        self.corrupt = corrupt

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +28,7 @@ from ..errors import FetchError, OutputError, PacketcoreError
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
 from .judge import CopyCount, Judge
+from .retry import MAX_BACKOFF, Retry
 
 __all__ = [
     "MAX_BACKOFF",
@@ -39,7 +40,6 @@ __all__ = [
     "Protocol",
     "Session",
     "Wait",
-    "backoff_delay",
 ]
 
 log = logging.getLogger("packetcore.fetch")
@@ -52,8 +52,6 @@ Progress = Callable[[int, "int | None"], None]
 #: Where the settled prefix goes, batch after batch in sequence order.
 Sink = Callable[[Packets], None]
 
-#: The longest pause between retries, whatever ``backoff`` says.
-MAX_BACKOFF = 5.0
 #: The loosest base-protocol confidence accepted: above it, truncated fetches are common.
 MAX_CONFIDENCE = 0.01
 #: Packets in doubt (out of order, or in copies that differ) beyond which a server is
@@ -139,10 +137,9 @@ class FetchOptions:
         """Whether only part of the feed is asked for."""
         return self.start is not None or self.stop is not None
 
-
-def backoff_delay(failures: int, base: float) -> float:
-    """Return the pause before retry number ``failures`` (1, 2, ...): doubling, capped."""
-    return float(min(base * 2.0 ** min(max(failures - 1, 0), 32), MAX_BACKOFF))
+    def retry(self) -> Retry:
+        """Return a fresh count of failures in a row, retried as ``retries`` and ``backoff`` say."""
+        return Retry(self.retries, self.backoff)
 
 
 class Link(asyncio.Protocol):
@@ -373,6 +370,14 @@ class Link(asyncio.Protocol):
         return "closed"
 
 
+def _always() -> bool:
+    return True
+
+
+def _unbounded() -> int | None:
+    return None
+
+
 def _set_if_pending(future: asyncio.Future[bool | None], value: bool) -> None:
     if not future.done():
         future.set_result(value)
@@ -382,11 +387,13 @@ class Session:
     """What one fetch has gathered so far, how it opens connections, where output goes.
 
     ``sink`` receives the settled prefix of the feed, batch after batch in sequence
-    order, as it grows (see :meth:`advance`).
+    order, as it grows (see :meth:`advance`); while ``flowing()`` is false (the output
+    is behind) the prefix is held back.  A strategy bounds the prefix with
+    :meth:`limited`.
     """
 
-    def __init__(self, options: FetchOptions, sink: Sink,
-                 progress: Progress | None = None) -> None:  # fmt: skip
+    def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None = None,
+                 *, flowing: Callable[[], bool] | None = None) -> None:  # fmt: skip
         self.options = options
         self.progress = progress
         self._sink = sink
@@ -410,14 +417,32 @@ class Session:
         #: Set whenever packets arrive: what the repair of gaps waits on.
         self.arrived = asyncio.Event()
         self._advanced = 0.0
-        #: While False, the prefix is held back (the output is behind).
-        self.flowing: Callable[[], bool] = lambda: True
-        #: The highest sequence the prefix may reach before the end is settled (base
-        #: protocol: what two passes have shown), or None for no bound.
-        self.ceiling: Callable[[], int | None] = lambda: None
+        self._flowing = flowing if flowing is not None else _always
+        # The highest sequence the prefix may reach for now, or None for no bound: see
+        # limited().
+        self._ceiling: Callable[[], int | None] = _unbounded
         #: The highest last sequence any hello named: above the fetch's last, the feed
         #: grew while it ran (a live server).
         self.published: int | None = None
+
+    def flowing(self) -> bool:
+        """Return whether the output takes the prefix now (False: it is behind)."""
+        return self._flowing()
+
+    @contextlib.contextmanager
+    def limited(self, ceiling: Callable[[], int | None]) -> Iterator[None]:
+        """Keep the prefix at or below ``ceiling()`` while the block runs (None: no bound).
+
+        What a strategy does while its word on the packets above is not in: a base
+        fetch up to what two passes have shown, a round of ranges behind the packets it
+        brings again, a follow's vote where the prefix stands.  The bound before the
+        block is back after it.
+        """
+        previous, self._ceiling = self._ceiling, ceiling
+        try:
+            yield
+        finally:
+            self._ceiling = previous
 
     @property
     def expected(self) -> int | None:
@@ -532,19 +557,20 @@ class Session:
             self._first_doubt = min((s for s in self.doubts if s >= cursor), default=0)
         return self._first_doubt or None
 
-    def advance(self) -> None:
+    def advance(self, *, behind: bool = False) -> None:
         """Pass the settled prefix of the feed on to the output.
 
-        The prefix ends at the first sequence not held, in doubt, or above the ceiling.
+        The prefix ends at the first sequence not held, in doubt, or above the bound
+        (:meth:`limited`).  ``behind``: even if the output is behind (the end of a follow).
         """
-        if not self.flowing():
+        if not (behind or self._flowing()):
             return
         store = self.store
         stop = store.contiguous()
         doubted = self._lowest_doubt()
         if doubted is not None:
             stop = min(stop, doubted)
-        ceiling = self.ceiling()
+        ceiling = self._ceiling()
         if ceiling is not None:
             stop = min(stop, ceiling + 1)
         while store.cursor < stop:
@@ -562,7 +588,7 @@ class Session:
         store = self.store
         span = _BATCH
         while store.cursor < stop:
-            while not self.flowing():
+            while not self._flowing():
                 if give_up_at is not None and time.monotonic() > give_up_at:
                     raise OutputError(
                         "the output took nothing for long past the deadline (a reader "
@@ -606,7 +632,7 @@ class Session:
         """
         options = self.options
         loop = asyncio.get_running_loop()
-        failures = 0
+        retry = options.retry()
         while True:
             self.connections += 1
             number = self.connections
@@ -637,18 +663,34 @@ class Session:
                 reason = _describe(exc)
             else:
                 connecting.cancel()
-            failures += 1
-            if failures > options.retries:
+            if not retry.fail():
+                attempts = retry.failures
                 raise FetchError(
                     f"cannot connect to {options.host}:{options.port}: {reason} "
-                    f"({failures} attempt{'' if failures == 1 else 's'})"
+                    f"({attempts} attempt{'' if attempts == 1 else 's'})"
                 )
-            delay = backoff_delay(failures, options.backoff)
-            log.log(
-                retry_level, "connecting to %s:%d: %s; retrying in %.2f s",
-                options.host, options.port, reason, delay,
-            )  # fmt: skip
-            await asyncio.sleep(delay)
+            await retry.pause(log, retry_level, "connecting to %s:%d: %s",
+                              options.host, options.port, reason)  # fmt: skip
+
+    async def collect(self, request: bytes, due: int | None) -> list[Packets]:
+        """Send ``request`` on a new connection; return ``due`` packets' batches (None: all).
+
+        Fresh copies for a vote (:mod:`packetcore.client.settle`): they go to the caller,
+        not into the store.  A connection that cannot be opened brings none.
+        """
+        batches: list[Packets] = []
+        try:
+            link = await self.open_link(sink=batches.append)
+        except FetchError as exc:
+            log.info("cannot ask again: %s", exc)
+            return batches
+        link.ask(request)
+        if due is None:
+            await link.wait_closed(self.options.timeout)
+        else:
+            await link.wait(lambda: link.packets >= due, self.options.timeout)
+        link.close()
+        return batches
 
     def close_all(self) -> None:
         """Abort every connection still open (on the way out of a fetch)."""

@@ -12,7 +12,6 @@ agree on is left out (:meth:`PacketStore.discard`) and reported missing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from ..engine import MAX_SEQUENCE
 from ..packets import Packets
-from .session import Session, backoff_delay
+from .session import Session
 
 __all__ = ["Copies", "settle"]
 
@@ -78,13 +77,12 @@ async def settle(
         if sequence in votes:
             votes[sequence][row] = votes[sequence].get(row, 0) + 1
     options = session.options
-    fruitless = 0
+    fruitless = options.retry()  # attempts in a row that brought no copy
     for _ in range(options.max_passes):
         wanted = [s for s, tally in votes.items() if _agreed(tally) is None]
-        if not wanted or fruitless > options.retries:
+        if not wanted or fruitless.exhausted:
             break
-        if fruitless:
-            await asyncio.sleep(backoff_delay(fruitless, options.backoff))
+        await fruitless.pause()
         log.log(level, "asking again for %d packet(s) in doubt", len(wanted))
         batches = await copies(wanted)
         got = 0
@@ -94,7 +92,10 @@ async def settle(
                 if tally is not None and _agreed(tally) is None:
                     tally[row] = tally.get(row, 0) + 1
                     got += 1
-        fruitless = 0 if got else fruitless + 1
+        if got:
+            fruitless.succeeded()
+        else:
+            fruitless.fail()
     agreed: list[tuple[int, _Row]] = []
     unsettled: list[int] = []
     for sequence, tally in votes.items():

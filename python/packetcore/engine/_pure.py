@@ -990,9 +990,7 @@ def to_json(packets: Packets) -> bytes:
     """
     if len(packets) == 0:
         return b"[]\n"
-    order = _sequence_order(packets)
-    if order is not None:
-        packets = packets[order]
+    packets = in_sequence_order(packets)
     lines = [
         f'{{"symbol": "{_json_string(symbol)}", "buysellindicator": "{_json_string(side)}", '
         f'"quantity": {quantity}, "price": {price}, "packetSequence": {sequence}}}'
@@ -1008,9 +1006,13 @@ def to_json(packets: Packets) -> bytes:
     return ("[\n" + ",\n".join(lines) + "\n]\n").encode("ascii")
 
 
-def _sequence_order(packets: Packets) -> npt.NDArray[np.intp] | None:
-    # None when already in order, the common case; else a stable sort's permutation.
+def in_sequence_order(packets: Packets) -> Packets:
+    """Return ``packets`` in sequence order: themselves if so already (the common case).
+
+    A stable sort: packets of one sequence keep their order.  Shared with the writers
+    of every format (:mod:`packetcore.io.formats`), as the compiled engine's to_json does.
+    """
     sequence = packets.sequence
     if len(sequence) < 2 or bool(np.all(sequence[1:] >= sequence[:-1])):
-        return None
-    return np.argsort(sequence, kind="stable")
+        return packets
+    return packets[np.argsort(sequence, kind="stable")]

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Final
 import numpy as np
 
 from ..engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows, valid_symbols
+from ..engine._pure import in_sequence_order
 from ..errors import FeedError, MissingDependencyError, ProtocolError
 from ..packets import (
     JSON_KEYS,
@@ -91,13 +92,6 @@ def _pyarrow() -> tuple[ModuleType, ModuleType]:
     except ImportError:
         raise MissingDependencyError(_PARQUET_EXTRA) from None
     return pyarrow, pyarrow.parquet
-
-
-def _in_order(packets: Packets) -> Packets:
-    sequence = packets.sequence
-    if len(sequence) < 2 or bool(np.all(sequence[1:] >= sequence[:-1])):
-        return packets
-    return packets[np.argsort(sequence, kind="stable")]
 
 
 class FormatWriter:
@@ -321,7 +315,7 @@ def write(path: str | os.PathLike[str], packets: Packets, format: str | None = N
     if not isinstance(packets, Packets):
         raise TypeError(f"write() takes Packets, not {type(packets).__name__}")
     form = format_for(path, format)
-    packets = _in_order(packets)
+    packets = in_sequence_order(packets)
     repeated = np.flatnonzero(np.diff(packets.sequence) == 0)
     if len(repeated):
         raise ValueError(f"packet sequence {packets.sequence[repeated[0]]} appears twice")
