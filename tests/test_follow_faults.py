@@ -38,7 +38,7 @@ def collect(port: int, **options: object) -> tuple[Packets, FollowStats]:
     return asyncio.run(asyncio.wait_for(run(), TIMEOUT))
 
 
-@pytest.mark.parametrize("seed", range(1, 13))
+@pytest.mark.parametrize("seed", [*range(1, 13), 13, 14, 32, 44, 60])
 def test_a_finite_feed_whose_last_repair_answers_are_lost_is_followed_to_its_end(
     seed: int,
 ) -> None:
@@ -48,8 +48,10 @@ def test_a_finite_feed_whose_last_repair_answers_are_lost_is_followed_to_its_end
     feed = synthetic(20, seed=1)
     with Server(feed, host="127.0.0.1", port=0, live=1000, drop=0.5, drop_resends=0.5,
                 seed=seed) as server:  # fmt: skip
-        # Retries enough that half the resends dropped never fail it in a row.
-        packets, stats = collect(server.port, retries=30, backoff=0.0)
+        # With the default retries: a sequence whose answers are lost round after round
+        # is asked for in more copies each round, so half the resends dropped cannot
+        # fail it (seeds 13, 14, 32, 44 and 60 did, at 7 asks in a row).
+        packets, stats = collect(server.port, backoff=0.0)
     assert encode(packets) == encode(feed)
     assert stats.reason == "the feed ended"
 

@@ -60,6 +60,9 @@ TAIL_QUIET = 0.05
 #: Packets handed on and not yet consumed (the API's queue) beyond which reading stops,
 #: so that a slow consumer holds the connections back rather than memory growing.
 QUEUE_LIMIT = 1 << 20
+#: The most copies of one sequence asked for in a round, when its answers were lost
+#: round after round (each further round doubles them).
+MAX_COPIES = 64
 #: Sequences above the first one not handed on (the out-of-order window) beyond which
 #: the subscription is not taken: when the repairs fall behind, it is closed and opened
 #: again from the first sequence still needed once they caught up halfway, so memory
@@ -730,6 +733,13 @@ class _Follower:
                     log.debug("%d gap(s) below %d unanswered: asking again", len(missing), seen)
                     # Lower than what was asked since: a new ascending run of answers.
                     link.hello(restart=True)
+                    if unanswered:
+                        # Asked again and still lost (a server that drops resends): the
+                        # lowest sequence is asked for in more copies each round, so
+                        # that loss alone does not exhaust the retries.  First, so that
+                        # the answers still ascend (a copy repeated is no doubt).
+                        copies = min(2**unanswered, MAX_COPIES) - 1
+                        link.send(range_requests([[lowest, 1]] * copies))
                     link.send(range_requests(missing))
                 self._forget_doubts()
                 self._resume()
