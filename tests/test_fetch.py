@@ -683,3 +683,18 @@ def test_recovery_keeps_the_first_reason_it_stopped_short() -> None:
     outcome.known_end()
     assert (outcome.passes, outcome.resend_rounds, outcome.mode) == (1, 1, "base")
     assert outcome.chance is None and not outcome.end_inferred
+
+
+def test_invalid_packets_are_warned_of_ten_times_then_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A long run through a corrupting network rejects packets all along: hundreds of
+    # warning lines said nothing the summary's count does not.
+    session = Session(FetchOptions(), lambda batch: None)
+    with caplog.at_level("DEBUG", logger="packetcore.fetch"):
+        for n in range(25):
+            session.note_invalid(1, np.array([17 * n], dtype=np.int64))
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 11 and "counted in the summary" in warnings[-1].getMessage()
+    assert sum(r.levelname == "DEBUG" for r in caplog.records) == 15
+    assert session.invalid == 25

@@ -125,6 +125,15 @@ def test_a_corrupted_sequence_never_replaces_the_real_packet() -> None:
     assert run.packets.sequence.tolist() == list(range(1, 100_001))
     assert _moved(run.packets, run.truth) == []
     assert run.stats.reason == "until reached"
+    # The summary says what the records rest on: corruptions the decoder caught, copies
+    # that differed, and the packets no second copy confirmed (most of a follow's).
+    stats = run.stats
+    assert 0 < stats.invalid < run.corrupted
+    assert stats.conflicts > 0
+    assert 90_000 < stats.single_copy < 100_000
+    summary = stats.summary()
+    for part in ("on one copy only", f"{stats.conflicts} conflicts", f"{stats.invalid} invalid"):
+        assert part in summary, summary
     # The subscription, the repair connection, and one for the copies, kept open.
     assert run.connections <= 4 + run.stats.reconnects
 

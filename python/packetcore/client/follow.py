@@ -117,6 +117,10 @@ class FollowStats:
     confirms a clean end of file); ``reason`` says why the follow stopped.
     ``max_window`` is the widest out-of-order window held (sequences from the first not
     handed on to the highest received or asked for), never above the follow's ``window``.
+    What the packets rest on: ``duplicates`` (identical copies received again),
+    ``conflicts`` (copies that differed, settled by a vote), ``invalid`` (packets the
+    decoder rejected) and ``single_copy`` (packets handed on that no second copy
+    confirmed: on a follow, most of them; a corrupted one among them cannot be told).
     """
 
     packets: int = 0
@@ -124,6 +128,9 @@ class FollowStats:
     gaps: int = 0
     repaired: int = 0
     duplicates: int = 0
+    conflicts: int = 0
+    invalid: int = 0
+    single_copy: int = 0
     reconnects: int = 0
     published: int = 0
     lag: int = 0
@@ -168,7 +175,8 @@ class FollowStats:
             f"({self.repaired} packets repaired; repair p50 {self.repair_p50_ms:.1f} ms, "
             f"p99 {self.repair_p99_ms:.1f} ms, max {self.repair_max_ms:.1f} ms), "
             f"lag {self.lag} (max {self.max_lag}), {self.reconnects} reconnects, "
-            f"{seconds:.2f} s"
+            f"{self.single_copy} on one copy only, {self.duplicates} duplicates, "
+            f"{self.conflicts} conflicts, {self.invalid} invalid, {seconds:.2f} s"
         )
         if output is not None:
             line += f" -> {output}"
@@ -538,6 +546,10 @@ class _Follower:
             self._note_lag()
             self.stats.repaired = session.recovered
             self.stats.duplicates = self.store.duplicates
+            self.stats.conflicts = self.store.conflicts
+            self.stats.invalid = session.invalid
+            confirmed = session.copies.confirmed(self.store.cursor - 1)
+            self.stats.single_copy = max(self.stats.packets - confirmed, 0)
             self.stats.seconds = time.perf_counter() - self._started
         return self.stats
 

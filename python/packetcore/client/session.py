@@ -61,6 +61,8 @@ MAX_DOUBTS = 100_000
 # least this often while packets arrive (so that `-o -` readers see records early).
 _BATCH = 1 << 18
 _ADVANCE_EVERY = 0.02
+# Warnings of invalid packets before the rest go to DEBUG.
+_INVALID_WARNINGS = 10
 
 
 @dataclass(frozen=True)
@@ -404,6 +406,9 @@ class Session:
         self.asked_repeats = 0
         self.written = 0
         self.invalid_offsets: list[tuple[int, int]] = []
+        #: Packets the decoders rejected, all told (the offsets above keep the first).
+        self.invalid = 0
+        self._invalid_warnings = 0
         self.connections = 0
         self.links: list[Link] = []
         #: Sequences whose held packet may be wrong (see Link._check_order).
@@ -613,13 +618,20 @@ class Session:
     def note_invalid(self, connection: int, offsets: npt.NDArray[np.int64]) -> None:
         """Record packets the decoder rejected, by connection and byte offset."""
         listed = [(connection, int(offset)) for offset in offsets.tolist()]
+        self.invalid += len(listed)
         self.invalid_offsets.extend(listed[: 10_000 - len(self.invalid_offsets)])
         shown = ", ".join(str(offset) for _, offset in listed[:10])
         more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
-        log.warning(
-            "connection %d: %d invalid packet(s) at byte offset(s) %s%s; not kept",
+        # A long run over a corrupting network rejects packets all along: the first few
+        # are warned of, the rest logged at DEBUG (-v) and counted in the summary.
+        self._invalid_warnings += 1
+        level = logging.WARNING if self._invalid_warnings <= _INVALID_WARNINGS else logging.DEBUG
+        log.log(
+            level, "connection %d: %d invalid packet(s) at byte offset(s) %s%s; not kept",
             connection, len(listed), shown, more,
         )  # fmt: skip
+        if self._invalid_warnings == _INVALID_WARNINGS:
+            log.warning("more invalid packets are counted in the summary (-v shows each)")
 
     async def open_link(
         self, *, recovering: bool = False, sink: Callable[[Packets], None] | None = None,
