@@ -165,3 +165,17 @@ def test_a_slow_feed_without_loss_costs_no_resend() -> None:
     assert encode(packets) == encode(feed)
     assert resent == 0 and stats.repaired == 0
     assert stats.reason == "the feed ended"
+
+
+def test_a_follow_from_beyond_what_is_published_says_it_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # From a sequence the feed reaches in a while: one line says so, and the packets
+    # come when they are published.
+    with Server(host="127.0.0.1", port=0, live=2000, drop=0.0) as server:
+        start = server.published + 400
+        with caplog.at_level("INFO", logger="packetcore.follow"):
+            packets, _ = collect(server.port, start=start, until=start + 9)
+    assert packets.sequence.tolist() == list(range(start, start + 10))
+    waits = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+    assert len(waits) == 1 and f"waiting for sequence {start}" in waits[0], waits

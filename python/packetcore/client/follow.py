@@ -598,7 +598,15 @@ class _Follower:
             self.store.bound(start, options.stop)
             self._seen = self._first = start
             self._note_info(info)
-            log.debug("following from %d; the server has published %d", start, info.last)
+            if start > info.last + 1:
+                # Not an error (a live feed reaches it in time), but a silent wait could
+                # be mistaken for a hang.
+                log.info(
+                    "waiting for sequence %d: the server has published up to %d so far",
+                    start, info.last,
+                )  # fmt: skip
+            else:
+                log.debug("following from %d; the server has published %d", start, info.last)
         else:
             missing = self._missing(self._seen)
             if len(missing):
