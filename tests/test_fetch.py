@@ -698,3 +698,22 @@ def test_invalid_packets_are_warned_of_ten_times_then_counted(
     assert len(warnings) == 11 and "counted in the summary" in warnings[-1].getMessage()
     assert sum(r.levelname == "DEBUG" for r in caplog.records) == 15
     assert session.invalid == 25
+
+
+def test_copies_for_a_vote_end_with_the_answers_not_the_timeout() -> None:
+    # A copy asked for of a sequence the feed lacks (a corrupted one) brings nothing: the
+    # vote waited a whole --timeout for it, each round.  The hello after the requests
+    # says when every answer is in.
+    from packetcore.client import extended
+
+    with Server(host="127.0.0.1", port=0, drop=0.0) as server:
+        session = Session(FetchOptions(port=server.port, timeout=120.0), lambda batch: None)
+
+        async def vote() -> list[Packets]:
+            try:
+                return await asyncio.wait_for(extended.copies(session, [3, 10**6]), 20)
+            finally:
+                session.close_all()
+
+        batches = asyncio.run(vote())
+    assert Packets.concat(batches).sequence.tolist() == [3]

@@ -178,10 +178,11 @@ async def _repair(
 async def copies(session: Session, wanted: list[int]) -> list[Packets]:
     """Return fresh copies of the packets ``wanted`` from an extended server, for a vote.
 
-    A range request for a sequence the feed lacks just brings nothing.
+    A range request for a sequence the feed lacks just brings nothing; the hello after
+    the requests says when every answer is in.
     """
     ranges = np.array([(s, 1) for s in wanted], dtype=np.int64).reshape(-1, 2)
-    return await session.collect(range_requests(ranges), len(wanted))
+    return await session.collect(range_requests(ranges), len(wanted), marked=True)
 
 
 def _join(missing: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

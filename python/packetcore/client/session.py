@@ -684,11 +684,16 @@ class Session:
             await retry.pause(log, retry_level, "connecting to %s:%d: %s",
                               options.host, options.port, reason)  # fmt: skip
 
-    async def collect(self, request: bytes, due: int | None) -> list[Packets]:
+    async def collect(
+        self, request: bytes, due: int | None, *, marked: bool = False
+    ) -> list[Packets]:
         """Send ``request`` on a new connection; return ``due`` packets' batches (None: all).
 
         Fresh copies for a vote (:mod:`packetcore.client.settle`): they go to the caller,
-        not into the store.  A connection that cannot be opened brings none.
+        not into the store.  A connection that cannot be opened brings none.  ``marked``
+        (an extended server): a hello follows the request, and its answer, which comes
+        after every answer to the request, ends the wait, so that a copy lost on the way
+        or a sequence the feed lacks costs no ``timeout``.
         """
         batches: list[Packets] = []
         try:
@@ -697,7 +702,10 @@ class Session:
             log.info("cannot ask again: %s", exc)
             return batches
         link.ask(request)
-        if due is None:
+        if marked:
+            link.hello()
+            await link.wait_info(1, self.options.timeout)
+        elif due is None:
             await link.wait_closed(self.options.timeout)
         else:
             await link.wait(lambda: link.packets >= due, self.options.timeout)
