@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-import socket
 import struct
 import sys
 import time
@@ -35,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..engine import PACKET_SIZE
+from ..net.transport import reset_transport
 from ..protocol import (
     HELLO,
     INFO_MAGIC,
@@ -785,10 +785,7 @@ async def end_connection(writer: asyncio.StreamWriter, kind: str) -> None:
         deadline = time.monotonic() + 1.0
         while unsent_bytes(sock) > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        reset_transport(writer.transport)
     elif writer.can_write_eof():
         writer.write_eof()
 

@@ -24,10 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine import PACKET_SIZE
 from ..net.listener import bind, peer_name
 from ..net.service import Service
 from ..protocol import (
     HELLO,
+    INFO_SIZE,
     RESEND,
     RESEND_RANGE,
     STREAM_ALL,
@@ -49,8 +51,6 @@ CHUNK = 1 << 18
 UPSTREAM_BUFFER = 1 << 20
 #: Upstream reading pauses while this many bytes wait to go to the client.
 _HIGH_WATER = 4 << 20
-_PACKET = 17
-_INFO = 16
 _KNOWN = (STREAM_ALL, RESEND, HELLO, RESEND_RANGE, SUBSCRIBE)
 
 
@@ -444,8 +444,8 @@ class _Connection:
         record.info_frames = shaper.info_frames
         record.counts = dict(shaper.own)
         record.writes, record.largest_write = self._delivery.writes, self._delivery.largest_write
-        packet_bytes = max(0, sent - _INFO * shaper.info_frames)
-        packets = packet_bytes // _PACKET - self._packet_bytes // _PACKET
+        packet_bytes = max(0, sent - INFO_SIZE * shaper.info_frames)
+        packets = packet_bytes // PACKET_SIZE - self._packet_bytes // PACKET_SIZE
         self._packet_bytes = packet_bytes
         if self._requests.streamed:
             stats.packets_sent += packets

@@ -19,8 +19,9 @@ from ..engine import MAX_SEQUENCE
 from ..errors import FeedError
 from ..faults.model import Delivery, FaultCounts
 from ..net.listener import peer_name
+from ..net.transport import reset_transport
 from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
-from .live import LiveFeed, Publisher, Subscription, reset_transport
+from .live import LiveFeed, Publisher, Subscription
 from .loss import LossModel
 from .wire_index import WireIndex, gather_spans
 

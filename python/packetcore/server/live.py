@@ -23,8 +23,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -37,6 +35,7 @@ from .. import engine
 from ..engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
 from ..errors import FeedError
 from ..io.feeds import SYMBOLS
+from ..net.transport import reset_transport
 from ..packets import Packets
 from ..protocol import FeedInfo, encode_info
 from .loss import LossModel
@@ -53,7 +52,6 @@ __all__ = [
     "LiveFeed",
     "Publisher",
     "Subscription",
-    "reset_transport",
 ]
 
 log = logging.getLogger("packetcore.server")
@@ -84,19 +82,8 @@ _WIRE = np.dtype(
     [("symbol", "S4"), ("side", "S1"), ("quantity", ">i4"), ("price", ">i4"), ("sequence", ">i4")]
 )
 assert _WIRE.itemsize == PACKET_SIZE
-_LINGER_RESET = struct.pack("ii", 1, 0)
 _SYMBOL_ARRAY = np.array(SYMBOLS, dtype="S4")
 _SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
-
-
-def reset_transport(transport: asyncio.WriteTransport) -> None:
-    """Abort ``transport`` with a reset: never an end of file, which says the answer ended."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            # Linger 0: close() resets instead of sending what is queued and a FIN.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    transport.abort()
 
 
 class LiveFeed:
