@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -35,14 +35,14 @@ from .. import engine
 from ..engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
 from ..errors import FeedError
 from ..io.feeds import SYMBOLS
-from ..net.transport import reset_transport
 from ..packets import Packets
 from ..protocol import FeedInfo, encode_info
 from .loss import LossModel
 from .wire_index import WireIndex
 
 if TYPE_CHECKING:
-    from .conversation import ServerStats
+    from .connection import Connection
+    from .stats import ServerStats
 
 __all__ = [
     "BLOCK",
@@ -260,19 +260,19 @@ class Subscription:
         loss: LossModel,
         number: int,
         start: int,
-        writer: asyncio.StreamWriter,
+        connection: Connection,
         count: Callable[..., None],
-        peer: str,
     ) -> None:
         """``start`` is the first sequence asked for; ``count(...)`` tallies what is sent."""
         self.feed = feed
         self.number = number
-        self.peer = peer
+        #: The subscriber's connection: all its bytes are written, and counted, there.
+        self.connection = connection
+        self.peer = connection.peer
         #: The next row to write.
         self.next = min(max(start - feed.first, 0), _total(feed))
-        self.writer = writer
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        #: ``count(sent=, dropped=, written=)`` tallies what is sent.
+        #: ``count(sent=, dropped=)`` tallies the packets sent and dropped.
         self.count = count
         self._drop = loss.drop
         self._keep_last = loss.keep_last
@@ -325,9 +325,7 @@ class Subscription:
         packets = np.frombuffer(rows, dtype=np.uint8).reshape(-1, PACKET_SIZE)
         return packets[flags].tobytes(), kept
 
-    async def backlog(
-        self, write: Callable[[bytes | memoryview], Awaitable[None]], *, every: bool = False
-    ) -> None:
+    async def backlog(self, *, every: bool = False) -> None:
         """Write what is published already, a block at a time, waiting for each to drain.
 
         Returns with a few packets left to catch up, if any (the publisher writes them),
@@ -348,21 +346,20 @@ class Subscription:
             self.next = hi
             self.count(sent=kept, dropped=hi - lo - kept)
             if kept:
-                await write(data)
+                await self.connection.write(data)
 
     def send(self, hi: int, data: bytes | memoryview, kept: int) -> None:
         """Write rows ``next:hi``, of which ``data`` (from :meth:`select`) is what is kept."""
         lo = self.next
         self.next = hi
-        # Written straight to the transport, not through the conversation: bytes count here.
-        self.count(sent=kept, dropped=hi - lo - kept, written=kept * PACKET_SIZE)
+        self.count(sent=kept, dropped=hi - lo - kept)
         if kept:
-            self.writer.transport.write(data)
+            self.connection.push(data)  # never waited for: the publisher bounds the unsent
 
     @property
     def unsent(self) -> int:
         """Return the bytes written to the connection that its socket has not taken yet."""
-        return self.writer.transport.get_write_buffer_size()
+        return self.connection.unsent
 
     def end(self) -> None:
         """Let the subscriber's conversation go on to close the connection."""
@@ -376,11 +373,9 @@ class Subscription:
         """
         if not self.cut:
             self.cut = True
-            transport = self.writer.transport
             # Whole kept packets never handed to the kernel: the client never gets them.
-            unsent = transport.get_write_buffer_size()
-            self.count(sent=-(unsent // PACKET_SIZE), written=-unsent)
-            reset_transport(transport)
+            unsent = self.connection.reset()
+            self.count(sent=-(unsent // PACKET_SIZE))
         self.end()
 
 
@@ -493,7 +488,7 @@ class Publisher:
         disconnects it, or those further behind, first.
         """
         feed = self.feed
-        if subscription.writer.transport.is_closing():
+        if subscription.connection.closing:
             # The subscriber went away: its conversation logs it as it ends.
             self._subscriptions.pop(subscription, None)
             subscription.end()
@@ -527,13 +522,7 @@ class Publisher:
             subscription.end()
         return written
 
-    async def backlog(
-        self,
-        subscription: Subscription,
-        write: Callable[[bytes | memoryview], Awaitable[None]],
-        *,
-        every: bool = False,
-    ) -> None:
+    async def backlog(self, subscription: Subscription, *, every: bool = False) -> None:
         """Write ``subscription`` what is published already, paced by its reader.
 
         Never timed out for idling: a reader that falls ``max_lag`` further behind the
@@ -566,17 +555,15 @@ class Publisher:
                 feed.due(lo + allowed) - time.monotonic(), self._too_slow, subscription
             )
             try:
-                await write(data)
+                await subscription.connection.write(data, timed=False)
             except ConnectionError:
                 if not subscription.cut:
                     raise
             finally:
                 timer.cancel()
 
-    async def follow(
-        self, subscription: Subscription, write: Callable[[bytes | memoryview], Awaitable[None]]
-    ) -> None:
-        """Write ``subscription`` what is published, through ``write``, until the feed ends.
+    async def follow(self, subscription: Subscription) -> None:
+        """Write ``subscription`` what is published, until the feed ends.
 
         For a subscription whose answers pass through faults (latency, bandwidth, ...):
         its own task, woken by the clock, waits on every write, and is disconnected like
@@ -585,7 +572,7 @@ class Publisher:
         feed = self.feed
         behind = self.bound // PACKET_SIZE
         while True:
-            await self.backlog(subscription, write, every=True)
+            await self.backlog(subscription, every=True)
             if subscription.cut:
                 return
             if subscription.next >= feed.total:

@@ -17,15 +17,19 @@ import threading
 import time
 from typing import Any
 
-from ..faults.model import Delivery, FaultPlan, Shaper
+import numpy as np
+
+from ..faults.model import FaultPlan, Shaper
 from ..io.feeds import MappedFeed
 from ..net.listener import bind, peer_name
 from ..net.service import Service
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT, FeedInfo
-from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
+from .connection import Connection
+from .conversation import READ_SIZE, STREAM_CHUNK, Conversation
 from .live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed, Publisher
 from .loss import LossModel
+from .stats import ServerStats
 from .wire_index import WireIndex
 
 __all__ = ["STREAM_CHUNK", "Server", "ServerStats"]
@@ -237,20 +241,15 @@ class Server(Service):
 
     # -- connections ----------------------------------------------------------------------
 
-    def _delivery(self, number: int, writer: asyncio.StreamWriter) -> Delivery | None:
+    def _faults(self, number: int) -> tuple[Shaper | None, np.random.Generator | None]:
         """Return how connection ``number``'s answers are shaped by the faults, if at all."""
         if self.faults is None:
-            return None
+            return None, None
         faults = self.faults.faults_for(number, time.monotonic() - self._started_at)
         if not faults.active:
-            return None
+            return None, None
         rng = self.faults.rng(number)
-        return Delivery(
-            writer, Shaper(faults, rng, self.stats.faults), rng, written=self._count_written
-        )
-
-    def _count_written(self, size: int) -> None:
-        self.stats.bytes_written += size
+        return Shaper(faults, rng, self.stats.faults), rng
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -266,11 +265,11 @@ class Server(Service):
         number = self._accepted
         self._accepted += 1
         try:
+            shaper, rng = self._faults(number)
+            connection = Connection(reader, writer, self.stats, self.idle_timeout, shaper, rng)
             conversation = Conversation(
-                number, reader, writer, self.index, self.loss, self.stats, self.idle_timeout,
-                self.publisher,
-                self._delivery(number, writer),
-            )  # fmt: skip
+                number, connection, self.index, self.loss, self.stats, self.publisher
+            )
             await conversation.run()
         finally:
             self._tasks.discard(task)
