@@ -26,8 +26,9 @@ from packetcore.protocol import (
 from packetcore.server.connection import Connection
 from packetcore.server.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
 from packetcore.server.loss import LossModel
-from packetcore.server.server import Server
+from packetcore.server.server import Server, feed_source
 from packetcore.server.stats import ServerStats
+from packetcore.server.wire_index import WireIndex
 from serverutil import PACKET, ServeProcess, connect, exchange, recv_all, recv_exact, wait_until
 
 import packetcore
@@ -122,6 +123,34 @@ def test_bad_live_arguments() -> None:
     with pytest.raises(ValueError, match="live must be"):
         Server(book(), live=-1.0)
     assert Server(book(), live=0.0).live is None  # 0: today's finished feed
+
+
+def test_a_server_chooses_its_feed_source_once(caplog: pytest.LogCaptureFixture) -> None:
+    # One function decides what a feed is served as; a source given is served as it is
+    # (shared by the workers of one port), and only a live one has a publisher.
+    index = WireIndex(book())
+    clock = LiveFeed(100.0, index, until=10)
+    assert feed_source(index) == (index, None)
+    assert feed_source(clock) == (clock, clock)
+    assert feed_source(clock, live=5.0)[0] is clock  # its own rate, its own clock
+    built, published = feed_source(index, live=50.0, until=12)
+    assert isinstance(built, LiveFeed) and published is built and built.source is index
+    assert (built.rate, built.final) == (50.0, 12)
+    plain, none = feed_source(book())
+    assert isinstance(plain, WireIndex) and none is None and plain.count == 14
+    endless, _ = feed_source(None, live=10.0)
+    assert isinstance(endless, LiveFeed) and endless.source is None and endless.endless
+    assert isinstance(feed_source(None)[0], WireIndex)  # the reference book
+    # Both kinds answer what the server's start-up line says of them.
+    caplog.set_level("INFO", logger="packetcore.server")
+    for feed, line in (
+        (index, "serving 14 packets (sequences 1..14) on 127.0.0.1"),
+        (LiveFeed(100.0, index), "serving live at 100 packets/s (replay, sequences 1..14) on"),
+        (LiveFeed(7.5), "serving live at 7.5 packets/s (synthetic, sequences 1..(endless)) on"),
+    ):
+        with Server(feed, host="127.0.0.1", port=0) as server:
+            assert (server.live is None) == (feed is index)
+        assert any(r.getMessage().startswith(line) for r in caplog.records), line
 
 
 # -- hello and subscriptions -----------------------------------------------------------------

@@ -20,10 +20,11 @@ from ..engine import MAX_SEQUENCE
 from ..errors import FeedError
 from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
 from .connection import Connection
-from .live import LiveFeed, Publisher, Subscription
+from .live import Publisher, Subscription
 from .loss import LossModel
+from .source import FeedSource
 from .stats import ServerStats
-from .wire_index import WireIndex, gather_spans
+from .wire_index import gather_spans
 
 __all__ = ["STREAM_CHUNK", "Conversation", "ServerStats"]
 
@@ -56,7 +57,7 @@ class Conversation:
         self,
         number: int,
         connection: Connection,
-        index: WireIndex | LiveFeed,
+        index: FeedSource,
         loss: LossModel,
         stats: ServerStats,
         publisher: Publisher | None = None,

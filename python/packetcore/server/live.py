@@ -38,7 +38,7 @@ from ..io.feeds import SYMBOLS
 from ..packets import Packets
 from ..protocol import FeedInfo, encode_info
 from .loss import LossModel
-from .wire_index import WireIndex
+from .source import FeedSource
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -87,12 +87,12 @@ _SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
 
 
 class LiveFeed:
-    """A feed published at ``rate`` packets a second, as a :class:`WireIndex` would serve it."""
+    """A feed published at ``rate`` packets a second: a :class:`~.source.FeedSource` that grows."""
 
     def __init__(
         self,
         rate: float,
-        source: WireIndex | None = None,
+        source: FeedSource | None = None,
         *,
         seed: int | None = None,
         until: int | None = None,
@@ -149,6 +149,12 @@ class LiveFeed:
     def ended(self) -> bool:
         """Return whether the final packet is published."""
         return self.published_rows() >= self.total
+
+    def describe(self) -> str:
+        """Return what it is, for the server's start-up line."""
+        what = "synthetic" if self.source is None else "replay"
+        final = "(endless)" if self.endless else str(self.final)
+        return f"live at {self.rate:g} packets/s ({what}, sequences {self.first}..{final})"
 
     # -- what a WireIndex answers, clamped to what is published ---------------------------
 
@@ -256,7 +262,7 @@ class Subscription:
 
     def __init__(
         self,
-        feed: LiveFeed | WireIndex,
+        feed: FeedSource,
         loss: LossModel,
         number: int,
         start: int,
@@ -270,7 +276,7 @@ class Subscription:
         self.connection = connection
         self.peer = connection.peer
         #: The next row to write.
-        self.next = min(max(start - feed.first, 0), _total(feed))
+        self.next = min(max(start - feed.first, 0), feed.total)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: ``count(sent=, dropped=)`` tallies the packets sent and dropped.
         self.count = count
@@ -309,7 +315,7 @@ class Subscription:
             parts.append(self._mask[at - base : end - base])
             at = end
         flags = parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
-        if self._keep_last and hi == _total(self.feed) and len(flags) and _finite(self.feed):
+        if self._keep_last and hi == self.feed.total and len(flags) and not self.feed.endless:
             flags[-1] = True
         return flags
 
@@ -337,7 +343,7 @@ class Subscription:
             published = feed.count
             left = published - self.next
             # A feed still publishing: the last bit is the publisher's, in its next batch.
-            if left <= 0 or (left < catch_up and isinstance(feed, LiveFeed) and not feed.ended):
+            if left <= 0 or (left < catch_up and not feed.ended):
                 return
             lo = self.next
             # To the end of lo's block: a synthetic block's bytes are then sent uncopied.
@@ -377,14 +383,6 @@ class Subscription:
             unsent = self.connection.reset()
             self.count(sent=-(unsent // PACKET_SIZE))
         self.end()
-
-
-def _total(feed: LiveFeed | WireIndex) -> int:
-    return feed.total if isinstance(feed, LiveFeed) else feed.count
-
-
-def _finite(feed: LiveFeed | WireIndex) -> bool:
-    return not isinstance(feed, LiveFeed) or not feed.endless
 
 
 class Publisher:

@@ -29,12 +29,45 @@ from .connection import Connection
 from .conversation import READ_SIZE, STREAM_CHUNK, Conversation
 from .live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed, Publisher
 from .loss import LossModel
+from .source import FeedSource
 from .stats import ServerStats
 from .wire_index import WireIndex
 
-__all__ = ["STREAM_CHUNK", "Server", "ServerStats"]
+__all__ = ["STREAM_CHUNK", "Server", "ServerStats", "feed_source"]
 
 log = logging.getLogger("packetcore.server")
+
+
+def feed_source(
+    feed: Packets | MappedFeed | FeedSource | None,
+    *,
+    live: float | None = None,
+    until: int | None = None,
+    seed: int | None = None,
+) -> tuple[FeedSource, LiveFeed | None]:
+    """Return what a server serves ``feed`` as, and the same as a live feed if it publishes.
+
+    A source (a :class:`WireIndex`, a :class:`LiveFeed`) is served as it is, shared with
+    other servers (the workers of one port: one encoding, one clock).  Packets or a mapped
+    file are indexed; ``live`` (above 0) publishes them, or with no feed an endless
+    synthetic one, at that rate up to ``until``.  No feed, not live: the reference book.
+    """
+    if live is not None and not (live >= 0 and live < float("inf")):
+        raise ValueError(f"live must be a rate of 0 or more packets a second, not {live}")
+    if isinstance(feed, LiveFeed):
+        return feed, feed
+    if until is not None and not live:
+        raise ValueError("until needs a live feed (live above 0)")
+    if feed is None and not live:
+        from ..io.feeds import book
+
+        feed = book()
+    source = WireIndex(feed) if isinstance(feed, Packets | MappedFeed) else feed
+    if not live:
+        assert source is not None
+        return source, None
+    clock = LiveFeed(live, source, seed=seed, until=until)
+    return clock, clock
 
 
 class Server(Service):
@@ -56,7 +89,7 @@ class Server(Service):
 
     def __init__(
         self,
-        feed: Packets | MappedFeed | WireIndex | LiveFeed | None = None,
+        feed: Packets | MappedFeed | FeedSource | None = None,
         *,
         host: str = "localhost",
         port: int = DEFAULT_PORT,
@@ -73,28 +106,14 @@ class Server(Service):
         max_buffer: int = DEFAULT_MAX_BUFFER,
         faults: FaultPlan | None = None,
     ) -> None:
-        if live is not None and not (live >= 0 and live < float("inf")):
-            raise ValueError(f"live must be a rate of 0 or more packets a second, not {live}")
-        if until is not None and not live and not isinstance(feed, LiveFeed):
-            raise ValueError("until needs a live feed (live above 0)")
-        if live and not isinstance(feed, LiveFeed):
-            source = (
-                None if feed is None else feed if isinstance(feed, WireIndex) else WireIndex(feed)
-            )
-            feed = LiveFeed(live, source, seed=seed, until=until)
-        if feed is None:
-            from ..io.feeds import book
-
-            feed = book()
+        source, clock = feed_source(feed, live=live, until=until, seed=seed)
         self.loss = LossModel(drop, drop_resends, keep_last, seed)
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port must be in 0..65535, not {port}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        # A WireIndex is shared as it is: the workers of one port serve one encoding.
-        self.index: WireIndex | LiveFeed = (
-            feed if isinstance(feed, (WireIndex, LiveFeed)) else WireIndex(feed)
-        )
+        #: What the conversations answer from.
+        self.index = source
         self.host = host
         self.port = port
         self.drop = self.loss.drop
@@ -107,9 +126,7 @@ class Server(Service):
         self.stats = ServerStats()
         #: Writes a live feed to its subscribers; None for a finished feed.
         self.publisher = (
-            Publisher(self.index, self.stats, max_lag, max_buffer)
-            if isinstance(self.index, LiveFeed)
-            else None
+            None if clock is None else Publisher(clock, self.stats, max_lag, max_buffer)
         )
         #: What a hostile network does to each connection's answers (None: nothing).
         self.faults = faults
@@ -143,7 +160,7 @@ class Server(Service):
     @property
     def live(self) -> LiveFeed | None:
         """Return the live feed served, None for a finished one."""
-        return self.index if isinstance(self.index, LiveFeed) else None
+        return None if self.publisher is None else self.publisher.feed
 
     @property
     def info(self) -> FeedInfo:
@@ -182,24 +199,14 @@ class Server(Service):
         self._started_at = time.monotonic()
         index = self.index
         log.debug("loss seed entropy %d", self.loss.entropy)
-        if isinstance(index, LiveFeed):
-            index.start()
-            log.info(
-                "serving live at %g packets/s (%s, sequences %d..%s) on %s port %d (%s); "
-                "drop %g, resends %g%s",
-                index.rate, "synthetic" if index.source is None else "replay", index.first,
-                "(endless)" if index.endless else index.final, self.host, self.port,
-                ", ".join(str(address[0]) for address in self._bound),
-                self.drop, self.drop_resends, ", last packet kept" if self.keep_last else "",
-            )  # fmt: skip
-            return self
+        index.start()
         log.info(
-            "serving %d packets (sequences %d..%d%s) on %s port %d (%s); drop %g, resends %g%s",
-            index.count, index.first, index.last, ", mapped" if index.mapped else "",
-            self.host, self.port, ", ".join(str(address[0]) for address in self._bound),
+            "serving %s on %s port %d (%s); drop %g, resends %g%s",
+            index.describe(), self.host, self.port,
+            ", ".join(str(address[0]) for address in self._bound),
             self.drop, self.drop_resends, ", last packet kept" if self.keep_last else "",
         )  # fmt: skip
-        if index.first != 1:
+        if self.publisher is None and index.first != 1:
             # Served anyway: extended clients learn the first sequence from the hello.
             log.warning(
                 "the feed starts at sequence %d, not 1: base-protocol clients expect "
