@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import threading
 import time
-from typing import Any
 
 import numpy as np
 
 from ..faults.model import FaultPlan, Shaper
 from ..io.feeds import MappedFeed
-from ..net.listener import bind, peer_name
+from ..net.listener import peer_name
 from ..net.service import Service
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT, FeedInfo
@@ -86,6 +83,7 @@ class Server(Service):
     """
 
     kind = "server"
+    read_limit = READ_SIZE
 
     def __init__(
         self,
@@ -108,21 +106,17 @@ class Server(Service):
     ) -> None:
         source, clock = feed_source(feed, live=live, until=until, seed=seed)
         self.loss = LossModel(drop, drop_resends, keep_last, seed)
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port must be in 0..65535, not {port}")
+        super().__init__(host, port, backlog=max(128, max_connections), reuse_port=reuse_port)
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         #: What the conversations answer from.
         self.index = source
-        self.host = host
-        self.port = port
         self.drop = self.loss.drop
         self.drop_resends = self.loss.drop_resends
         self.keep_last = keep_last
         self.seed = seed
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self.reuse_port = reuse_port
         self.stats = ServerStats()
         #: Writes a live feed to its subscribers; None for a finished feed.
         self.publisher = (
@@ -130,27 +124,12 @@ class Server(Service):
         )
         #: What a hostile network does to each connection's answers (None: nothing).
         self.faults = faults
-        self._started_at = time.monotonic()
-
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._accepted = 0
-        self._started = False
-        self._stopping = False
-        self._stopped: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._bound: list[tuple[Any, ...]] = []
 
     @property
     def feed(self) -> Packets:
         """Return the feed as packets (a mapped feed is decoded whole: small feeds only)."""
         return self.index.packets
-
-    @property
-    def addresses(self) -> list[tuple[Any, ...]]:
-        """Return the socket addresses the server listens on."""
-        return list(self._bound)
 
     @property
     def published(self) -> int:
@@ -169,34 +148,7 @@ class Server(Service):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start_async(self, sockets: list[socket.socket] | None = None) -> Server:
-        """Start listening on the running event loop; raise :class:`OSError` if binding fails.
-
-        ``sockets``, if given, are listening sockets to serve on instead of binding.
-        """
-        if self._started:
-            raise RuntimeError("the server was already started")
-        self._started = True
-        self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        if sockets is None:
-            backlog = max(128, self.max_connections)
-            sockets, self.port = bind(self.host, self.port, backlog, self.reuse_port)
-        else:
-            self.port = sockets[0].getsockname()[1]
-        try:
-            for sock in sockets:
-                self._servers.append(
-                    await asyncio.start_server(self._client, sock=sock, limit=READ_SIZE)
-                )
-        except BaseException:
-            for server in self._servers:
-                server.close()
-            for sock in sockets:
-                sock.close()
-            raise
-        self._bound = [sock.getsockname() for sock in sockets]
-        self._started_at = time.monotonic()
+    def _listening(self) -> None:
         index = self.index
         log.debug("loss seed entropy %d", self.loss.entropy)
         index.start()
@@ -214,30 +166,13 @@ class Server(Service):
                 "clients can",
                 index.first,
             )
-        return self
 
-    async def stop_async(self) -> None:
-        """Stop accepting, close every connection and wait for their tasks; idempotent."""
-        if not self._started or self._stopped is None:
-            return
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        self._stopping = True
-        for server in self._servers:
-            server.close()
+    def _closing(self) -> None:
         if self.publisher is not None:
             self.publisher.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # Aborted transports close their sockets in callbacks: let those run.
-        await asyncio.sleep(0)
-        for server in self._servers:
-            await server.wait_closed()
+
+    def _closed(self) -> None:
         log.debug("stopped: %s", self.stats.summary())
-        self._stopped.set()
 
     def thread_name(self) -> str:
         """Return the name of the thread that :meth:`start` runs it in."""
@@ -258,25 +193,21 @@ class Server(Service):
         rng = self.faults.rng(number)
         return Shaper(faults, rng, self.stats.faults), rng
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if self._stopping or task is None or len(self._tasks) >= self.max_connections:
-            self.stats.refused += 1
-            log.warning(
-                "refused %s: %d connections open (max_connections %d)",
-                peer_name(writer), len(self._tasks), self.max_connections,
-            )  # fmt: skip
-            writer.transport.abort()
-            return
-        self._tasks.add(task)
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        if not self._stopping and len(self._tasks) < self.max_connections:
+            return True
+        self.stats.refused += 1
+        log.warning(
+            "refused %s: %d connections open (max_connections %d)",
+            peer_name(writer), len(self._tasks), self.max_connections,
+        )  # fmt: skip
+        return False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         number = self._accepted
         self._accepted += 1
-        try:
-            shaper, rng = self._faults(number)
-            connection = Connection(reader, writer, self.stats, self.idle_timeout, shaper, rng)
-            conversation = Conversation(
-                number, connection, self.index, self.loss, self.stats, self.publisher
-            )
-            await conversation.run()
-        finally:
-            self._tasks.discard(task)
+        shaper, rng = self._faults(number)
+        connection = Connection(reader, writer, self.stats, self.idle_timeout, shaper, rng)
+        await Conversation(
+            number, connection, self.index, self.loss, self.stats, self.publisher
+        ).run()
