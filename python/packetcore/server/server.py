@@ -1,11 +1,14 @@
 """The exchange server: the base protocol byte-exact, the extension, and a loss simulation.
 
-:class:`Server` is the lifecycle: it binds (:mod:`.listener`), accepts, and hands each
-connection to a :class:`~packetcore.server.conversation.Conversation`, which answers from the
-feed's wire bytes (:class:`~packetcore.server.wire_index.WireIndex`) with the drops that the
+:class:`Server` binds, accepts and stops as every :class:`~packetcore.net.service.Service`
+does, and hands each connection, written through its own
+:class:`~packetcore.server.connection.Connection`, to a
+:class:`~packetcore.server.conversation.Conversation`, which answers from the feed's
+source (:mod:`.source`: the wire bytes of a finished feed, a
+:class:`~packetcore.server.wire_index.WireIndex`, or a live one) with the drops that the
 :class:`~packetcore.server.loss.LossModel` decides.  A feed is :class:`~packetcore.Packets`,
 encoded once, or a :class:`~packetcore.io.feeds.MappedFeed`, a ``.bin`` file served from
-its mapping without a copy.
+its mapping without a copy; :func:`feed_source` chooses its source, once.
 """
 
 from __future__ import annotations
