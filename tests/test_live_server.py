@@ -23,9 +23,12 @@ from packetcore.protocol import (
     stream_all_request,
     subscribe_request,
 )
+from packetcore.server.connection import Connection
 from packetcore.server.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
 from packetcore.server.loss import LossModel
-from packetcore.server.server import Server
+from packetcore.server.server import Server, feed_source
+from packetcore.server.stats import ServerStats
+from packetcore.server.wire_index import WireIndex
 from serverutil import PACKET, ServeProcess, connect, exchange, recv_all, recv_exact, wait_until
 
 import packetcore
@@ -130,6 +133,34 @@ def test_bad_live_arguments() -> None:
     with pytest.raises(ValueError, match="live must be"):
         Server(book(), live=-1.0)
     assert Server(book(), live=0.0).live is None  # 0: today's finished feed
+
+
+def test_a_server_chooses_its_feed_source_once(caplog: pytest.LogCaptureFixture) -> None:
+    # One function decides what a feed is served as; a source given is served as it is
+    # (shared by the workers of one port), and only a live one has a publisher.
+    index = WireIndex(book())
+    clock = LiveFeed(100.0, index, until=10)
+    assert feed_source(index) == (index, None)
+    assert feed_source(clock) == (clock, clock)
+    assert feed_source(clock, live=5.0)[0] is clock  # its own rate, its own clock
+    built, published = feed_source(index, live=50.0, until=12)
+    assert isinstance(built, LiveFeed) and published is built and built.source is index
+    assert (built.rate, built.final) == (50.0, 12)
+    plain, none = feed_source(book())
+    assert isinstance(plain, WireIndex) and none is None and plain.count == 14
+    endless, _ = feed_source(None, live=10.0)
+    assert isinstance(endless, LiveFeed) and endless.source is None and endless.endless
+    assert isinstance(feed_source(None)[0], WireIndex)  # the reference book
+    # Both kinds answer what the server's start-up line says of them.
+    caplog.set_level("INFO", logger="packetcore.server")
+    for feed, line in (
+        (index, "serving 14 packets (sequences 1..14) on 127.0.0.1"),
+        (LiveFeed(100.0, index), "serving live at 100 packets/s (replay, sequences 1..14) on"),
+        (LiveFeed(7.5), "serving live at 7.5 packets/s (synthetic, sequences 1..(endless)) on"),
+    ):
+        with Server(feed, host="127.0.0.1", port=0) as server:
+            assert (server.live is None) == (feed is index)
+        assert any(r.getMessage().startswith(line) for r in caplog.records), line
 
 
 # -- hello and subscriptions -----------------------------------------------------------------
@@ -555,16 +586,20 @@ class _HeldTransport:
 
 
 def test_a_reset_takes_what_was_unsent_back_out_of_the_counters() -> None:
-    counted = {"sent": 100, "written": 100 * PACKET}
+    counted = {"sent": 100}
+    stats = ServerStats(bytes_written=100 * PACKET)
 
-    def count(*, sent: int = 0, dropped: int = 0, written: int = 0) -> None:
+    def count(*, sent: int = 0, dropped: int = 0) -> None:
         counted["sent"] += sent
-        counted["written"] += written
 
     async def cut() -> tuple[Subscription, _HeldTransport]:
         transport = _HeldTransport(30 * PACKET)
-        writer = cast(asyncio.StreamWriter, SimpleNamespace(transport=transport))
-        subscription = Subscription(LiveFeed(10.0), LossModel(0.0), 0, 1, writer, count, "peer")
+        writer = cast(
+            asyncio.StreamWriter,
+            SimpleNamespace(transport=transport, get_extra_info=transport.get_extra_info),
+        )
+        connection = Connection(cast(asyncio.StreamReader, None), writer, stats, 0.0)
+        subscription = Subscription(LiveFeed(10.0), LossModel(0.0), 0, 1, connection, count)
         subscription.reset()
         subscription.reset()  # counted once
         return subscription, transport
@@ -572,7 +607,8 @@ def test_a_reset_takes_what_was_unsent_back_out_of_the_counters() -> None:
     subscription, transport = asyncio.run(cut())
     assert transport.aborted and subscription.cut and subscription.done.done()
     # The 30 packets still held were never the client's: sent and written no more.
-    assert counted == {"sent": 70, "written": 70 * PACKET}
+    assert counted == {"sent": 70}
+    assert stats.bytes_written == 70 * PACKET
 
 
 @pytest.mark.parametrize(
@@ -590,12 +626,12 @@ def test_unsent_bytes_never_pass_their_bounds(
 
     def watched_tick(self: Publisher) -> None:
         tick(self)
-        unsent = sum(s.writer.transport.get_write_buffer_size() for s in self._subscriptions)
+        unsent = sum(s.connection.unsent for s in self._subscriptions)
         seen["all"] = max(seen["all"], unsent)
 
     def watched_send(self: Subscription, *args: Any) -> Any:
         result = send(self, *args)
-        seen["each"] = max(seen["each"], self.writer.transport.get_write_buffer_size())
+        seen["each"] = max(seen["each"], self.connection.unsent)
         return result
 
     monkeypatch.setattr(Publisher, "_tick", watched_tick)

@@ -18,14 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packetcore.faults.model import FaultPlan, Faults
 from packetcore.io.feeds import synthetic
 from packetcore.protocol import (
+    INFO_SIZE,
     FeedInfo,
     encode_info,
     hello_request,
     range_request,
+    range_requests,
     resend_request,
     stream_all_request,
+    subscribe_request,
 )
 from packetcore.server.server import STREAM_CHUNK, Server
 from serverutil import (
@@ -659,3 +663,49 @@ def test_cli_serves_and_stops_on_signal(signum: int) -> None:
     assert len(summary) == 1
     assert f"stopped by {signal.Signals(signum).name}:" in summary[0]
     assert "14 packets sent" in summary[0] or "28 packets sent" in summary[0]
+
+
+# -- bytes written: counted once, as the clients receive them --------------------------------
+
+
+def _received(server: Server, request: bytes) -> int:
+    """Send ``request``, half-close, and return how many bytes came back until the end."""
+    with connect(server) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        return len(recv_all(sock))
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [None, Faults(loss=0.05, duplicate=0.05, split=700), Faults(duplicate=0.02, latency=0.01)],
+    ids=["clean", "faults", "timed-faults"],
+)
+def test_every_byte_written_is_counted_once(faults: Faults | None) -> None:
+    # Every path that writes (stream-all, resends, ranges small and large, a finished feed's
+    # subscription, a live one's, hello) goes through the connection, which counts each byte
+    # once: stats.bytes_written is what the raw clients received, faults or not.
+    plan = None if faults is None else FaultPlan(faults, seed=4)
+    requests = [
+        HELLO + STREAM_ALL,
+        HELLO + resend_request(7) + range_request(10, 200) + range_request(500, STREAM_CHUNK + 9),
+        range_requests([(3, 4), (90, 5), (7000, 2)]) + resend_request(200) + HELLO,
+        subscribe_request(19_000),
+    ]
+    received = 0
+    feed = synthetic(STREAM_CHUNK + 1000, seed=3)
+    finished = Server(feed, host="127.0.0.1", port=0, drop=0.2, drop_resends=0.1, seed=2,
+                      faults=plan)  # fmt: skip
+    with finished:
+        for request in requests:
+            received += _received(finished, request)
+        wait_until(lambda: finished.stats.active == 0)
+        assert finished.stats.bytes_written == received > 0
+        if faults is not None:
+            assert sum(finished.stats.faults.values()) > 0
+    live = Server(host="127.0.0.1", port=0, live=50_000, until=3000, drop=0.2, seed=2,
+                  faults=plan)  # fmt: skip
+    with live:
+        received = _received(live, HELLO + subscribe_request(1))
+        wait_until(lambda: live.stats.active == 0)
+        assert live.stats.bytes_written == received > INFO_SIZE

@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..engine import MAX_SEQUENCE
-from ..io.feeds import MappedFeed, open_feed
-from ..packets import Packets
+from ..io.feeds import open_feed
 from ..protocol import DEFAULT_PORT
 from ..server.live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed
 from ..server.server import Server, ServerStats
+from ..server.source import FeedSource
 from ..server.wire_index import WireIndex
 from ..server.workers import (
     LOOPS,
@@ -223,7 +223,7 @@ def _serve(args: argparse.Namespace) -> int:
     return signalled(signum)
 
 
-def _live_feed(args: argparse.Namespace) -> WireIndex | LiveFeed:
+def _live_feed(args: argparse.Namespace) -> FeedSource:
     """Return the feed to serve, encoded; a live one (clock not started) with ``--live``.
 
     Encoded here, so that no frame of the command holds the loaded columns: the wire
@@ -247,17 +247,15 @@ def _live_feed(args: argparse.Namespace) -> WireIndex | LiveFeed:
         ) from None
 
 
-def _live_note(feed: Packets | MappedFeed | WireIndex | LiveFeed) -> str:
+def _live_note(feed: FeedSource) -> str:
     """Return what the start-up line says of a live feed ('' for a finished one)."""
-    if not isinstance(feed, LiveFeed):
+    if feed.rate is None:
         return ""
     what = "endless synthetic feed" if feed.endless else f"sequences {feed.first}..{feed.final}"
     return f"; live at {feed.rate:g} packets/s ({what})"
 
 
-def _server(
-    args: argparse.Namespace, feed: Packets | MappedFeed | WireIndex | LiveFeed, seed: int | None
-) -> Server:
+def _server(args: argparse.Namespace, feed: FeedSource, seed: int | None) -> Server:
     return Server(
         feed,
         host=args.host,
@@ -274,7 +272,7 @@ def _server(
     )
 
 
-def _serve_workers(args: argparse.Namespace, loop: str, index: WireIndex | LiveFeed) -> int:
+def _serve_workers(args: argparse.Namespace, loop: str, index: FeedSource) -> int:
     # Encoded (or mapped) once, before the fork: the workers share it copy-on-write.
     try:
         sets, port = bind_workers(
@@ -308,9 +306,8 @@ def _serve_workers(args: argparse.Namespace, loop: str, index: WireIndex | LiveF
         if metrics is not None:
             stack.callback(metrics.stop)
         try:
-            if isinstance(index, LiveFeed):
-                # One clock for all: t0 is chosen before the fork, so all publish alike.
-                index.start()
+            # One clock for all: t0 is chosen before the fork, so all publish alike.
+            index.start()
             workers.start()
             if metrics is not None:
                 say_metrics(PROGRAM, metrics.start(), _stderr)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..net.transport import reset_transport
 from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE
 from .shaper import Shaper
 
@@ -51,10 +51,7 @@ async def end_connection(writer: asyncio.StreamWriter, kind: str) -> None:
         deadline = time.monotonic() + 1.0
         while unsent_bytes(sock) > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        reset_transport(writer.transport)
     elif writer.can_write_eof():
         writer.write_eof()
 

@@ -17,17 +17,16 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..net.listener import bind, peer_name
+from ..engine import PACKET_SIZE
+from ..net.listener import peer_name
 from ..net.service import Service
 from ..protocol import (
     HELLO,
+    INFO_SIZE,
     RESEND,
     RESEND_RANGE,
     STREAM_ALL,
@@ -51,8 +50,6 @@ CHUNK = 1 << 18
 UPSTREAM_BUFFER = 1 << 20
 #: Upstream reading pauses while this many bytes wait to go to the client.
 _HIGH_WATER = 4 << 20
-_PACKET = 17
-_INFO = 16
 _KNOWN = (STREAM_ALL, RESEND, HELLO, RESEND_RANGE, SUBSCRIBE)
 
 
@@ -446,8 +443,8 @@ class _Connection:
         record.info_frames = shaper.info_frames
         record.counts = dict(shaper.own)
         record.writes, record.largest_write = self._delivery.writes, self._delivery.largest_write
-        packet_bytes = max(0, sent - _INFO * shaper.info_frames)
-        packets = packet_bytes // _PACKET - self._packet_bytes // _PACKET
+        packet_bytes = max(0, sent - INFO_SIZE * shaper.info_frames)
+        packets = packet_bytes // PACKET_SIZE - self._packet_bytes // PACKET_SIZE
         self._packet_bytes = packet_bytes
         if self._requests.streamed:
             stats.packets_sent += packets
@@ -537,6 +534,7 @@ class Proxy(Service):
     """
 
     kind = "proxy"
+    stop_timeout = 5.0
 
     def __init__(
         self,
@@ -560,34 +558,17 @@ class Proxy(Service):
                 "loss, duplicate, reorder, corrupt and swallow act on the server's packets: "
                 "not with upstream faults"
             )
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port must be in 0..65535, not {port}")
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.connect_timeout = connect_timeout
         self.linger = linger
         self.stats = ProxyStats()
         # The latest connections' records: a proxy that runs for days keeps a bounded few.
         self._records: deque[ConnectionRecord] = deque(maxlen=MAX_RECORDS)
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._started = False
-        self._stopping = False
-        self._start_time = 0.0
-        self._stopped: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._bound: list[tuple[Any, ...]] = []
 
     @property
     def records(self) -> list[ConnectionRecord]:
         """Return one record per accepted connection (the latest MAX_RECORDS), in order."""
         return list(self._records)
-
-    @property
-    def addresses(self) -> list[tuple[Any, ...]]:
-        """Return the socket addresses the proxy listens on."""
-        return list(self._bound)
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until every accepted connection has ended; return False on timeout."""
@@ -601,57 +582,16 @@ class Proxy(Service):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start_async(self, sockets: Sequence[socket.socket] | None = None) -> Proxy:
-        """Start listening on the running event loop; raise :class:`OSError` if binding fails."""
-        if self._started:
-            raise RuntimeError("the proxy was already started")
-        self._started = True
-        self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        if sockets is None:
-            sockets, self.port = bind(self.host, self.port, 128)
-        else:
-            self.port = sockets[0].getsockname()[1]
-        try:
-            for sock in sockets:
-                self._servers.append(await asyncio.start_server(self._accept, sock=sock))
-        except BaseException:
-            for server in self._servers:
-                server.close()
-            for sock in sockets:
-                sock.close()
-            raise
-        self._bound = [sock.getsockname() for sock in sockets]
-        self._start_time = time.monotonic()
+    def _listening(self) -> None:
         host, port = self.upstream
         log.info(
             "proxying port %d to %s port %d; faults %s%s",
             self.port, host, port, _describe(self.plan.faults),
             " (client to server)" if self.plan.upstream else "",
         )  # fmt: skip
-        return self
 
-    async def stop_async(self) -> None:
-        """Stop accepting, abort every connection and wait for their tasks; idempotent."""
-        if not self._started or self._stopped is None:
-            return
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        self._stopping = True
-        for server in self._servers:
-            server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5.0)
-        await asyncio.sleep(0)  # let aborted transports run their connection_lost
-        for server in self._servers:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 5.0)
+    def _closed(self) -> None:
         log.debug("stopped: %s", self.stats.summary())
-        self._stopped.set()
 
     def __repr__(self) -> str:
         host, port = self.upstream
@@ -659,12 +599,7 @@ class Proxy(Service):
 
     # -- connections ----------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if self._stopping or task is None:
-            writer.transport.abort()
-            return
-        self._tasks.add(task)
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         number = self.stats.connections
         record = ConnectionRecord(number=number, faults=Faults())
         self._records.append(record)
@@ -672,7 +607,7 @@ class Proxy(Service):
         stats.connections += 1
         stats.active += 1
         try:
-            record.faults = self.plan.faults_for(number, time.monotonic() - self._start_time)
+            record.faults = self.plan.faults_for(number, time.monotonic() - self._started_at)
             sock = writer.get_extra_info("socket")
             if sock is not None and record.faults.split:
                 with contextlib.suppress(OSError):  # each piece its own segment
@@ -687,7 +622,6 @@ class Proxy(Service):
         finally:
             stats.active -= 1
             record.done = True
-            self._tasks.discard(task)
 
 
 def _describe(faults: Faults) -> str:

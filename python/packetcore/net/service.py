@@ -1,18 +1,25 @@
 """The lifecycle the server and the proxy share: in a running event loop, or in a thread.
 
-A subclass listens in ``start_async`` (setting ``_started``, ``_loop`` and ``_stopped``)
-and stops in ``stop_async`` (setting ``_stopped``); :class:`Service` adds the rest: a
-background thread with a loop of its own (:meth:`Service.start`, :meth:`Service.stop`),
-and the sync and async context managers.
+:class:`Service` listens (:meth:`Service.start_async`), tracks the task of every
+connection it accepts, and stops (:meth:`Service.stop_async`): it stops accepting,
+cancels those tasks and waits for them.  It also runs in a background thread with a
+loop of its own (:meth:`Service.start`, :meth:`Service.stop`), and is a sync and an
+async context manager.  A subclass serves one connection in :meth:`Service._serve`,
+and may refuse one (:meth:`Service._admit`) or say more when it starts and stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
+import time
+from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .listener import bind
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -21,22 +28,130 @@ __all__ = ["Service"]
 
 
 class Service:
-    """Start and stop something that listens, from a loop or from plain code."""
+    """Start and stop something that listens, from a loop or from plain code.
+
+    ``backlog`` and ``reuse_port`` are the listening sockets' (see :func:`.listener.bind`).
+    """
 
     #: What it is called in messages ("the server is not started").
     kind = "service"
-    _started: bool
-    _loop: asyncio.AbstractEventLoop | None
-    _thread: threading.Thread | None
-    _stopped: asyncio.Event | None
+    #: Seconds :meth:`stop_async` waits for the connections' tasks, and then for each
+    #: listener, to end (None: as long as they take).
+    stop_timeout: float | None = None
+    #: The stream reader's buffer limit of each connection.
+    read_limit = 1 << 16
 
-    async def start_async(self) -> Self:
-        """Listen, in the running loop; return self."""
+    def __init__(
+        self, host: str, port: int, *, backlog: int = 128, reuse_port: bool = False
+    ) -> None:
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port must be in 0..65535, not {port}")
+        self.host = host
+        self.port = port
+        self.reuse_port = reuse_port
+        self._backlog = backlog
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._stopping = False
+        self._stopped: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._bound: list[tuple[Any, ...]] = []
+        self._started_at = time.monotonic()
+
+    @property
+    def addresses(self) -> list[tuple[Any, ...]]:
+        """Return the socket addresses it listens on."""
+        return list(self._bound)
+
+    # -- what a subclass does -------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one accepted connection until it ends."""
         raise NotImplementedError
+
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Return whether to serve a connection just accepted (else it is aborted)."""
+        return not self._stopping
+
+    def _listening(self) -> None:
+        """Say that it listens (called once it does)."""
+
+    def _closing(self) -> None:
+        """End what is not a connection's task, as it stops (called once it stops accepting)."""
+
+    def _closed(self) -> None:
+        """Say that it stopped (called once every connection has ended)."""
+
+    # -- in the running loop ----------------------------------------------------------------
+
+    async def start_async(self, sockets: Sequence[socket.socket] | None = None) -> Self:
+        """Start listening on the running event loop; raise :class:`OSError` if binding fails.
+
+        ``sockets``, if given, are listening sockets to serve on instead of binding.
+        """
+        if self._started:
+            raise RuntimeError(f"the {self.kind} was already started")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        if sockets is None:
+            sockets, self.port = bind(self.host, self.port, self._backlog, self.reuse_port)
+        else:
+            self.port = sockets[0].getsockname()[1]
+        try:
+            for sock in sockets:
+                self._servers.append(
+                    await asyncio.start_server(self._accept, sock=sock, limit=self.read_limit)
+                )
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            for sock in sockets:
+                sock.close()
+            raise
+        self._bound = [sock.getsockname() for sock in sockets]
+        self._started_at = time.monotonic()
+        self._listening()
+        return self
 
     async def stop_async(self) -> None:
-        """Stop listening and end every connection."""
-        raise NotImplementedError
+        """Stop accepting, end every connection and wait for their tasks; idempotent."""
+        if not self._started or self._stopped is None:
+            return
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        for server in self._servers:
+            server.close()
+        self._closing()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.stop_timeout)
+        # Aborted transports close their sockets in callbacks: let those run.
+        await asyncio.sleep(0)
+        for server in self._servers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), self.stop_timeout)
+        self._closed()
+        self._stopped.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or not self._admit(writer):
+            writer.transport.abort()
+            return
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+
+    # -- from plain code ------------------------------------------------------------------
 
     def thread_name(self) -> str:
         """Return the name of the thread that :meth:`start` runs it in."""

@@ -1,8 +1,9 @@
 """One connection's conversation: frame its requests, answer them in order, count it all.
 
-A conversation awaits ``drain()`` after every chunk, so a slow reader holds at most a
-chunk of the stream in memory, and a client that sends nothing, or reads nothing of
-its answer, for ``idle_timeout`` is closed.  Every packet it sends, resends or drops is
+A conversation waits for every chunk to be taken before the next, so a slow reader
+holds at most a chunk of the stream in memory.  It reads and writes through its
+:class:`~packetcore.server.connection.Connection`, which counts the bytes and closes a
+client that idles for ``idle_timeout``.  Every packet it sends, resends or drops is
 counted once, by :meth:`Conversation._count`, into its own tally and the server's stats.
 """
 
@@ -17,13 +18,13 @@ import numpy.typing as npt
 
 from ..engine import MAX_SEQUENCE
 from ..errors import FeedError
-from ..faults.delivery import Delivery
-from ..faults.model import FaultCounts
-from ..net.listener import peer_name
 from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
-from .live import LiveFeed, Publisher, Subscription, reset_transport
+from .connection import Connection
+from .live import Publisher, Subscription
 from .loss import LossModel
-from .wire_index import WireIndex, gather_spans
+from .source import FeedSource
+from .stats import ServerStats
+from .wire_index import gather_spans
 
 __all__ = ["STREAM_CHUNK", "Conversation", "ServerStats"]
 
@@ -37,42 +38,6 @@ READ_SIZE = 1 << 16
 _FLUSH_SIZE = 1 << 16
 #: How many resent sequences one log line names before it summarizes.
 _LOG_EACH = 8
-
-
-@dataclass
-class ServerStats:
-    """What a server has done since it started."""
-
-    connections: int = 0  #: connections accepted and served
-    refused: int = 0  #: connections closed at once for lack of a slot (max_connections)
-    active: int = 0  #: connections open now
-    streams: int = 0  #: stream-all requests answered
-    packets_sent: int = 0  #: packets written by stream-all and subscriptions
-    packets_resent: int = 0  #: packets written by resend and resend-range requests
-    packets_dropped: int = 0  #: packets the loss simulation dropped
-    #: unknown callTypes (ignored), resends of sequences the feed lacks, subscriptions from
-    #: beyond 2**31-1 (closed)
-    bad_requests: int = 0
-    timeouts: int = 0  #: connections closed for idling past idle_timeout
-    bytes_written: int = 0  #: bytes handed to the clients' sockets (packets and info frames)
-    subscriptions: int = 0  #: subscribe requests (callType 5) answered
-    slow_disconnects: int = 0  #: subscribers disconnected for falling too far behind
-    faults: dict[str, int] = field(default_factory=FaultCounts)  #: injected faults by kind
-
-    def summary(self, faults: bool = False) -> str:
-        """Return the counters as one line; the injected faults by kind too, if any were
-        injected or ``faults`` (the server has faults to inject)."""
-        line = (
-            f"{self.connections} connections ({self.refused} refused), {self.streams} streams, "
-            f"{self.packets_sent} packets sent, {self.packets_resent} resent, "
-            f"{self.packets_dropped} dropped, {self.bad_requests} bad requests"
-        )
-        if self.subscriptions:
-            line += f", {self.subscriptions} subscriptions ({self.slow_disconnects} too slow)"
-        if faults or self.faults:
-            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()) if v)
-            line += f"; faults: {kinds or 'none injected'}"
-        return line
 
 
 @dataclass
@@ -91,31 +56,28 @@ class Conversation:
     def __init__(
         self,
         number: int,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        index: WireIndex | LiveFeed,
+        connection: Connection,
+        index: FeedSource,
         loss: LossModel,
         stats: ServerStats,
-        idle_timeout: float,
         publisher: Publisher | None = None,
-        delivery: Delivery | None = None,
     ) -> None:
         self.number = number
-        self.peer = peer_name(writer)
-        self.timed_out = False
+        self.connection = connection
+        self.peer = connection.peer
         #: Whether the server reset the connection (a subscriber dropped): nothing to close.
         self.cut = False
-        self._reader = reader
-        self._writer = writer
         self._index = index
         self._loss = loss
         self._stats = stats
-        self._idle_timeout = idle_timeout
-        self._loop = asyncio.get_running_loop()
         self._tally = _Tally()
         self._resend_rng = loss.resend_rng(number)
         self._publisher = publisher
-        self._delivery = delivery  # the faults of this connection, if any
+
+    @property
+    def timed_out(self) -> bool:
+        """Return whether the connection was closed for idling."""
+        return self.connection.timed_out
 
     async def run(self) -> None:
         """Converse until the client is done or gone, then close; never raise."""
@@ -130,38 +92,36 @@ class Conversation:
             # stop() cancelled it.  Not re-raised: Python 3.11's streams log a cancelled
             # handler task as an error, and stop() only waits for the task to end.
             # A reset: an end of file would say that the answer (the feed) ended.
-            reset_transport(self._writer.transport)
+            self.connection.reset()
         except OSError as exc:
             # ConnectionError, or what a socket says when the faults' delivery writes to
             # it after the peer left (ENOTCONN on the end of file, ...): the peer is gone.
             if not self.timed_out:
                 log.info("connection to %s lost: %s", self.peer, exc)
-            self._writer.transport.abort()
+            self.connection.abort()
         except FeedError as exc:
             # The mapped feed file shrank under the server: this answer cannot be given.
             log.error("cannot serve %s: %s", self.peer, exc)
-            reset_transport(self._writer.transport)
+            self.connection.reset()
         except Exception:
             # A bug must cost one connection, never the server.
             log.exception("internal error serving %s", self.peer)
-            reset_transport(self._writer.transport)
+            self.connection.reset()
         finally:
-            if self._delivery is not None:
-                self._delivery.cancel()
+            self.connection.cancel()
             stats.active -= 1
             if self.timed_out:
                 stats.timeouts += 1
-                log.warning("closed %s: idle for %gs", self.peer, self._idle_timeout)
+                log.warning("closed %s: idle for %gs", self.peer, self.connection.idle_timeout)
             tally = self._tally
             log.info(
                 "client disconnected: %s (%d packets sent, %d resent, %d dropped)",
                 self.peer, tally.sent, tally.resent, tally.dropped,
             )  # fmt: skip
 
-    def _count(self, *, sent: int = 0, resent: int = 0, dropped: int = 0, written: int = 0) -> None:
-        """Count packets; ``written`` counts bytes that bypassed :meth:`_write`."""
+    def _count(self, *, sent: int = 0, resent: int = 0, dropped: int = 0) -> None:
+        """Count packets into the connection's tally and the server's stats."""
         tally, stats = self._tally, self._stats
-        stats.bytes_written += written
         tally.sent += sent
         tally.resent += resent
         tally.dropped += dropped
@@ -169,29 +129,10 @@ class Conversation:
         stats.packets_resent += resent
         stats.packets_dropped += dropped
 
-    # -- waiting on the client, with the idle timer ------------------------------------------
-
-    def _watch(self) -> asyncio.TimerHandle | None:
-        """Arm the idle timer around one wait for the client; the caller cancels it."""
-        # A timer that aborts the transport, not asyncio.wait_for: on Python 3.11,
-        # wait_for can swallow a cancellation (stop() would then hang on the connection).
-        if self._idle_timeout <= 0:
-            return None
-        return self._loop.call_later(self._idle_timeout, self._expire)
-
-    def _expire(self) -> None:
-        self.timed_out = True
-        self._writer.transport.abort()
-
     async def _converse(self) -> None:
         framer = RequestFramer()
         while True:
-            timer = self._watch()
-            try:
-                data = await self._reader.read(READ_SIZE)
-            finally:
-                if timer is not None:
-                    timer.cancel()
+            data = await self.connection.read(READ_SIZE)
             if not data:
                 # Half-close: everything received has been answered; close our side.
                 if framer.pending and not self.timed_out:
@@ -203,47 +144,13 @@ class Conversation:
     async def _close(self) -> None:
         if self.timed_out or self.cut:
             return
-        timer = self._watch()
-        try:
-            if self._delivery is not None:
-                await self._delivery.close(self._reader)
-            self._writer.close()
-            await self._writer.wait_closed()
-        except ConnectionError:
-            pass
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._delivery is None:
-            self._stats.bytes_written += memoryview(data).nbytes
-            self._writer.write(data)
-        # A reader that takes nothing for idle_timeout would hold its task forever.
-        timer = self._watch()
-        try:
-            if self._delivery is None:
-                await self._writer.drain()
-            else:
-                await self._delivery.send(data)
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    async def _write_live(self, data: bytes | memoryview) -> None:
-        """Write to a live subscriber: never timed out (the publisher bounds its lag)."""
-        if self._delivery is not None:
-            await self._delivery.send(data)
-            return
-        self._stats.bytes_written += memoryview(data).nbytes
-        self._writer.write(data)
-        await self._writer.drain()
+        await self.connection.close()
 
     async def _flush(self, out: bytearray) -> None:
         if out:
             data = bytes(out)
             out.clear()
-            await self._write(data)
+            await self.connection.write(data)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -256,8 +163,7 @@ class Conversation:
         try:
             for request in requests:
                 kind = request.call_type
-                if self._delivery is not None:
-                    self._delivery.request(kind)
+                self.connection.request(kind)
                 if kind == RESEND_RANGE:
                     ranges.append(request)
                     continue
@@ -326,7 +232,7 @@ class Conversation:
                 index.rows(lo, hi), rng, loss.drop, loss.keep_last and hi == total
             )
             if kept:
-                await self._write(chunk)
+                await self.connection.write(chunk)
             sent += kept
             self._count(sent=kept, dropped=hi - lo - kept)
         log.info("packets sent: %d of %d to %s (%d dropped)", sent, total, self.peer, total - sent)
@@ -336,21 +242,21 @@ class Conversation:
         number = self._stats.subscriptions
         self._stats.subscriptions += 1
         subscription = Subscription(
-            self._index, self._loss, number, start, self._writer, self._count, self.peer
+            self._index, self._loss, number, start, self.connection, self._count
         )
         log.info("subscription %d from sequence %d: %s", number, start, self.peer)
         publisher = self._publisher
         try:
             if publisher is None:
                 # A finished feed is all backlog, paced by the reader.
-                await subscription.backlog(self._write)
+                await subscription.backlog()
                 return
-            if self._delivery is not None:
+            if self.connection.delivery is not None:
                 # Faults shape this connection's bytes: it is written on its own clock.
-                await publisher.follow(subscription, self._write_live)
+                await publisher.follow(subscription)
                 return
             # Backlog first, paced by the reader, then the publisher's batches.
-            await publisher.backlog(subscription, self._write_live)
+            await publisher.backlog(subscription)
             feed = publisher.feed
             if subscription.cut or (subscription.next >= feed.total and feed.ended):
                 return
@@ -448,7 +354,7 @@ class Conversation:
                 out += chunk
             else:
                 await self._flush(out)
-                await self._write(chunk)
+                await self.connection.write(chunk)
             sent += kept
             self._count(resent=kept, dropped=end - at - kept)
         log.info(

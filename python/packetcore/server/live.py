@@ -23,11 +23,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
-import struct
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -41,10 +39,11 @@ from ..packets import Packets
 from ..protocol import FeedInfo, encode_info
 from ..seeds import Kind, Streams
 from .loss import LossModel
-from .wire_index import WireIndex
+from .source import FeedSource
 
 if TYPE_CHECKING:
-    from .conversation import ServerStats
+    from .connection import Connection
+    from .stats import ServerStats
 
 __all__ = [
     "BLOCK",
@@ -54,7 +53,6 @@ __all__ = [
     "LiveFeed",
     "Publisher",
     "Subscription",
-    "reset_transport",
 ]
 
 log = logging.getLogger("packetcore.server")
@@ -83,28 +81,17 @@ _WIRE = np.dtype(
     [("symbol", "S4"), ("side", "S1"), ("quantity", ">i4"), ("price", ">i4"), ("sequence", ">i4")]
 )
 assert _WIRE.itemsize == PACKET_SIZE
-_LINGER_RESET = struct.pack("ii", 1, 0)
 _SYMBOL_ARRAY = np.array(SYMBOLS, dtype="S4")
 _SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
 
 
-def reset_transport(transport: asyncio.WriteTransport) -> None:
-    """Abort ``transport`` with a reset: never an end of file, which says the answer ended."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            # Linger 0: close() resets instead of sending what is queued and a FIN.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    transport.abort()
-
-
 class LiveFeed:
-    """A feed published at ``rate`` packets a second, as a :class:`WireIndex` would serve it."""
+    """A feed published at ``rate`` packets a second: a :class:`~.source.FeedSource` that grows."""
 
     def __init__(
         self,
         rate: float,
-        source: WireIndex | None = None,
+        source: FeedSource | None = None,
         *,
         seed: int | None = None,
         until: int | None = None,
@@ -159,6 +146,12 @@ class LiveFeed:
     def ended(self) -> bool:
         """Return whether the final packet is published."""
         return self.published_rows() >= self.total
+
+    def describe(self) -> str:
+        """Return what it is, for the server's start-up line."""
+        what = "synthetic" if self.source is None else "replay"
+        final = "(endless)" if self.endless else str(self.final)
+        return f"live at {self.rate:g} packets/s ({what}, sequences {self.first}..{final})"
 
     # -- what a WireIndex answers, clamped to what is published ---------------------------
 
@@ -267,23 +260,23 @@ class Subscription:
 
     def __init__(
         self,
-        feed: LiveFeed | WireIndex,
+        feed: FeedSource,
         loss: LossModel,
         number: int,
         start: int,
-        writer: asyncio.StreamWriter,
+        connection: Connection,
         count: Callable[..., None],
-        peer: str,
     ) -> None:
         """``start`` is the first sequence asked for; ``count(...)`` tallies what is sent."""
         self.feed = feed
         self.number = number
-        self.peer = peer
+        #: The subscriber's connection: all its bytes are written, and counted, there.
+        self.connection = connection
+        self.peer = connection.peer
         #: The next row to write.
-        self.next = min(max(start - feed.first, 0), _total(feed))
-        self.writer = writer
+        self.next = min(max(start - feed.first, 0), feed.total)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        #: ``count(sent=, dropped=, written=)`` tallies what is sent.
+        #: ``count(sent=, dropped=)`` tallies the packets sent and dropped.
         self.count = count
         self._drop = loss.drop
         self._keep_last = loss.keep_last
@@ -320,7 +313,7 @@ class Subscription:
             parts.append(self._mask[at - base : end - base])
             at = end
         flags = parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
-        if self._keep_last and hi == _total(self.feed) and len(flags) and _finite(self.feed):
+        if self._keep_last and hi == self.feed.total and len(flags) and not self.feed.endless:
             flags[-1] = True
         return flags
 
@@ -336,9 +329,7 @@ class Subscription:
         packets = np.frombuffer(rows, dtype=np.uint8).reshape(-1, PACKET_SIZE)
         return packets[flags].tobytes(), kept
 
-    async def backlog(
-        self, write: Callable[[bytes | memoryview], Awaitable[None]], *, every: bool = False
-    ) -> None:
+    async def backlog(self, *, every: bool = False) -> None:
         """Write what is published already, a block at a time, waiting for each to drain.
 
         Returns with a few packets left to catch up, if any (the publisher writes them),
@@ -350,7 +341,7 @@ class Subscription:
             published = feed.count
             left = published - self.next
             # A feed still publishing: the last bit is the publisher's, in its next batch.
-            if left <= 0 or (left < catch_up and isinstance(feed, LiveFeed) and not feed.ended):
+            if left <= 0 or (left < catch_up and not feed.ended):
                 return
             lo = self.next
             # To the end of lo's block: a synthetic block's bytes are then sent uncopied.
@@ -359,21 +350,20 @@ class Subscription:
             self.next = hi
             self.count(sent=kept, dropped=hi - lo - kept)
             if kept:
-                await write(data)
+                await self.connection.write(data)
 
     def send(self, hi: int, data: bytes | memoryview, kept: int) -> None:
         """Write rows ``next:hi``, of which ``data`` (from :meth:`select`) is what is kept."""
         lo = self.next
         self.next = hi
-        # Written straight to the transport, not through the conversation: bytes count here.
-        self.count(sent=kept, dropped=hi - lo - kept, written=kept * PACKET_SIZE)
+        self.count(sent=kept, dropped=hi - lo - kept)
         if kept:
-            self.writer.transport.write(data)
+            self.connection.push(data)  # never waited for: the publisher bounds the unsent
 
     @property
     def unsent(self) -> int:
         """Return the bytes written to the connection that its socket has not taken yet."""
-        return self.writer.transport.get_write_buffer_size()
+        return self.connection.unsent
 
     def end(self) -> None:
         """Let the subscriber's conversation go on to close the connection."""
@@ -387,20 +377,10 @@ class Subscription:
         """
         if not self.cut:
             self.cut = True
-            transport = self.writer.transport
             # Whole kept packets never handed to the kernel: the client never gets them.
-            unsent = transport.get_write_buffer_size()
-            self.count(sent=-(unsent // PACKET_SIZE), written=-unsent)
-            reset_transport(transport)
+            unsent = self.connection.reset()
+            self.count(sent=-(unsent // PACKET_SIZE))
         self.end()
-
-
-def _total(feed: LiveFeed | WireIndex) -> int:
-    return feed.total if isinstance(feed, LiveFeed) else feed.count
-
-
-def _finite(feed: LiveFeed | WireIndex) -> bool:
-    return not isinstance(feed, LiveFeed) or not feed.endless
 
 
 class Publisher:
@@ -504,7 +484,7 @@ class Publisher:
         disconnects it, or those further behind, first.
         """
         feed = self.feed
-        if subscription.writer.transport.is_closing():
+        if subscription.connection.closing:
             # The subscriber went away: its conversation logs it as it ends.
             self._subscriptions.pop(subscription, None)
             subscription.end()
@@ -538,13 +518,7 @@ class Publisher:
             subscription.end()
         return written
 
-    async def backlog(
-        self,
-        subscription: Subscription,
-        write: Callable[[bytes | memoryview], Awaitable[None]],
-        *,
-        every: bool = False,
-    ) -> None:
+    async def backlog(self, subscription: Subscription, *, every: bool = False) -> None:
         """Write ``subscription`` what is published already, paced by its reader.
 
         Never timed out for idling: a reader that falls ``max_lag`` further behind the
@@ -577,17 +551,15 @@ class Publisher:
                 feed.due(lo + allowed) - time.monotonic(), self._too_slow, subscription
             )
             try:
-                await write(data)
+                await subscription.connection.write(data, timed=False)
             except ConnectionError:
                 if not subscription.cut:
                     raise
             finally:
                 timer.cancel()
 
-    async def follow(
-        self, subscription: Subscription, write: Callable[[bytes | memoryview], Awaitable[None]]
-    ) -> None:
-        """Write ``subscription`` what is published, through ``write``, until the feed ends.
+    async def follow(self, subscription: Subscription) -> None:
+        """Write ``subscription`` what is published, until the feed ends.
 
         For a subscription whose answers pass through faults (latency, bandwidth, ...):
         its own task, woken by the clock, waits on every write, and is disconnected like
@@ -596,7 +568,7 @@ class Publisher:
         feed = self.feed
         behind = self.bound // PACKET_SIZE
         while True:
-            await self.backlog(subscription, write, every=True)
+            await self.backlog(subscription, every=True)
             if subscription.cut:
                 return
             if subscription.next >= feed.total:

@@ -1,38 +1,74 @@
 """The exchange server: the base protocol byte-exact, the extension, and a loss simulation.
 
-:class:`Server` is the lifecycle: it binds (:mod:`.listener`), accepts, and hands each
-connection to a :class:`~packetcore.server.conversation.Conversation`, which answers from the
-feed's wire bytes (:class:`~packetcore.server.wire_index.WireIndex`) with the drops that the
+:class:`Server` binds, accepts and stops as every :class:`~packetcore.net.service.Service`
+does, and hands each connection, written through its own
+:class:`~packetcore.server.connection.Connection`, to a
+:class:`~packetcore.server.conversation.Conversation`, which answers from the feed's
+source (:mod:`.source`: the wire bytes of a finished feed, a
+:class:`~packetcore.server.wire_index.WireIndex`, or a live one) with the drops that the
 :class:`~packetcore.server.loss.LossModel` decides.  A feed is :class:`~packetcore.Packets`,
 encoded once, or a :class:`~packetcore.io.feeds.MappedFeed`, a ``.bin`` file served from
-its mapping without a copy.
+its mapping without a copy; :func:`feed_source` chooses its source, once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import threading
 import time
-from typing import Any
 
-from ..faults.delivery import Delivery
+import numpy as np
+
 from ..faults.model import FaultPlan
 from ..faults.shaper import Shaper
 from ..io.feeds import MappedFeed
-from ..net.listener import bind, peer_name
+from ..net.listener import peer_name
 from ..net.service import Service
 from ..packets import Packets
 from ..protocol import DEFAULT_PORT, FeedInfo
-from .conversation import READ_SIZE, STREAM_CHUNK, Conversation, ServerStats
+from .connection import Connection
+from .conversation import READ_SIZE, STREAM_CHUNK, Conversation
 from .live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed, Publisher
 from .loss import LossModel
+from .source import FeedSource
+from .stats import ServerStats
 from .wire_index import WireIndex
 
-__all__ = ["STREAM_CHUNK", "Server", "ServerStats"]
+__all__ = ["STREAM_CHUNK", "Server", "ServerStats", "feed_source"]
 
 log = logging.getLogger("packetcore.server")
+
+
+def feed_source(
+    feed: Packets | MappedFeed | FeedSource | None,
+    *,
+    live: float | None = None,
+    until: int | None = None,
+    seed: int | None = None,
+) -> tuple[FeedSource, LiveFeed | None]:
+    """Return what a server serves ``feed`` as, and the same as a live feed if it publishes.
+
+    A source (a :class:`WireIndex`, a :class:`LiveFeed`) is served as it is, shared with
+    other servers (the workers of one port: one encoding, one clock).  Packets or a mapped
+    file are indexed; ``live`` (above 0) publishes them, or with no feed an endless
+    synthetic one, at that rate up to ``until``.  No feed, not live: the reference book.
+    """
+    if live is not None and not (live >= 0 and live < float("inf")):
+        raise ValueError(f"live must be a rate of 0 or more packets a second, not {live}")
+    if isinstance(feed, LiveFeed):
+        return feed, feed
+    if until is not None and not live:
+        raise ValueError("until needs a live feed (live above 0)")
+    if feed is None and not live:
+        from ..io.feeds import book
+
+        feed = book()
+    source = WireIndex(feed) if isinstance(feed, Packets | MappedFeed) else feed
+    if not live:
+        assert source is not None
+        return source, None
+    clock = LiveFeed(live, source, seed=seed, until=until)
+    return clock, clock
 
 
 class Server(Service):
@@ -51,10 +87,11 @@ class Server(Service):
     """
 
     kind = "server"
+    read_limit = READ_SIZE
 
     def __init__(
         self,
-        feed: Packets | MappedFeed | WireIndex | LiveFeed | None = None,
+        feed: Packets | MappedFeed | FeedSource | None = None,
         *,
         host: str = "localhost",
         port: int = DEFAULT_PORT,
@@ -71,67 +108,32 @@ class Server(Service):
         max_buffer: int = DEFAULT_MAX_BUFFER,
         faults: FaultPlan | None = None,
     ) -> None:
-        if live is not None and not (live >= 0 and live < float("inf")):
-            raise ValueError(f"live must be a rate of 0 or more packets a second, not {live}")
-        if until is not None and not live and not isinstance(feed, LiveFeed):
-            raise ValueError("until needs a live feed (live above 0)")
-        if live and not isinstance(feed, LiveFeed):
-            source = (
-                None if feed is None else feed if isinstance(feed, WireIndex) else WireIndex(feed)
-            )
-            feed = LiveFeed(live, source, seed=seed, until=until)
-        if feed is None:
-            from ..io.feeds import book
-
-            feed = book()
+        source, clock = feed_source(feed, live=live, until=until, seed=seed)
         self.loss = LossModel(drop, drop_resends, keep_last, seed)
-        if not 0 <= port <= 0xFFFF:
-            raise ValueError(f"port must be in 0..65535, not {port}")
+        super().__init__(host, port, backlog=max(128, max_connections), reuse_port=reuse_port)
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        # A WireIndex is shared as it is: the workers of one port serve one encoding.
-        self.index: WireIndex | LiveFeed = (
-            feed if isinstance(feed, (WireIndex, LiveFeed)) else WireIndex(feed)
-        )
-        self.host = host
-        self.port = port
+        #: What the conversations answer from.
+        self.index = source
         self.drop = self.loss.drop
         self.drop_resends = self.loss.drop_resends
         self.keep_last = keep_last
         self.seed = seed
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self.reuse_port = reuse_port
         self.stats = ServerStats()
         #: Writes a live feed to its subscribers; None for a finished feed.
         self.publisher = (
-            Publisher(self.index, self.stats, max_lag, max_buffer)
-            if isinstance(self.index, LiveFeed)
-            else None
+            None if clock is None else Publisher(clock, self.stats, max_lag, max_buffer)
         )
         #: What a hostile network does to each connection's answers (None: nothing).
         self.faults = faults
-        self._started_at = time.monotonic()
-
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._accepted = 0
-        self._started = False
-        self._stopping = False
-        self._stopped: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._bound: list[tuple[Any, ...]] = []
 
     @property
     def feed(self) -> Packets:
         """Return the feed as packets (a mapped feed is decoded whole: small feeds only)."""
         return self.index.packets
-
-    @property
-    def addresses(self) -> list[tuple[Any, ...]]:
-        """Return the socket addresses the server listens on."""
-        return list(self._bound)
 
     @property
     def published(self) -> int:
@@ -141,7 +143,7 @@ class Server(Service):
     @property
     def live(self) -> LiveFeed | None:
         """Return the live feed served, None for a finished one."""
-        return self.index if isinstance(self.index, LiveFeed) else None
+        return None if self.publisher is None else self.publisher.feed
 
     @property
     def info(self) -> FeedInfo:
@@ -150,54 +152,17 @@ class Server(Service):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start_async(self, sockets: list[socket.socket] | None = None) -> Server:
-        """Start listening on the running event loop; raise :class:`OSError` if binding fails.
-
-        ``sockets``, if given, are listening sockets to serve on instead of binding.
-        """
-        if self._started:
-            raise RuntimeError("the server was already started")
-        self._started = True
-        self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        if sockets is None:
-            backlog = max(128, self.max_connections)
-            sockets, self.port = bind(self.host, self.port, backlog, self.reuse_port)
-        else:
-            self.port = sockets[0].getsockname()[1]
-        try:
-            for sock in sockets:
-                self._servers.append(
-                    await asyncio.start_server(self._client, sock=sock, limit=READ_SIZE)
-                )
-        except BaseException:
-            for server in self._servers:
-                server.close()
-            for sock in sockets:
-                sock.close()
-            raise
-        self._bound = [sock.getsockname() for sock in sockets]
-        self._started_at = time.monotonic()
+    def _listening(self) -> None:
         index = self.index
         log.debug("loss seed entropy %d", self.loss.entropy)
-        if isinstance(index, LiveFeed):
-            index.start()
-            log.info(
-                "serving live at %g packets/s (%s, sequences %d..%s) on %s port %d (%s); "
-                "drop %g, resends %g%s",
-                index.rate, "synthetic" if index.source is None else "replay", index.first,
-                "(endless)" if index.endless else index.final, self.host, self.port,
-                ", ".join(str(address[0]) for address in self._bound),
-                self.drop, self.drop_resends, ", last packet kept" if self.keep_last else "",
-            )  # fmt: skip
-            return self
+        index.start()
         log.info(
-            "serving %d packets (sequences %d..%d%s) on %s port %d (%s); drop %g, resends %g%s",
-            index.count, index.first, index.last, ", mapped" if index.mapped else "",
-            self.host, self.port, ", ".join(str(address[0]) for address in self._bound),
+            "serving %s on %s port %d (%s); drop %g, resends %g%s",
+            index.describe(), self.host, self.port,
+            ", ".join(str(address[0]) for address in self._bound),
             self.drop, self.drop_resends, ", last packet kept" if self.keep_last else "",
         )  # fmt: skip
-        if index.first != 1:
+        if self.publisher is None and index.first != 1:
             # Served anyway: extended clients learn the first sequence from the hello.
             log.warning(
                 "the feed starts at sequence %d, not 1: base-protocol clients expect "
@@ -205,30 +170,13 @@ class Server(Service):
                 "clients can",
                 index.first,
             )
-        return self
 
-    async def stop_async(self) -> None:
-        """Stop accepting, close every connection and wait for their tasks; idempotent."""
-        if not self._started or self._stopped is None:
-            return
-        if self._stopping:
-            await self._stopped.wait()
-            return
-        self._stopping = True
-        for server in self._servers:
-            server.close()
+    def _closing(self) -> None:
         if self.publisher is not None:
             self.publisher.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # Aborted transports close their sockets in callbacks: let those run.
-        await asyncio.sleep(0)
-        for server in self._servers:
-            await server.wait_closed()
+
+    def _closed(self) -> None:
         log.debug("stopped: %s", self.stats.summary())
-        self._stopped.set()
 
     def thread_name(self) -> str:
         """Return the name of the thread that :meth:`start` runs it in."""
@@ -239,40 +187,31 @@ class Server(Service):
 
     # -- connections ----------------------------------------------------------------------
 
-    def _delivery(self, number: int, writer: asyncio.StreamWriter) -> Delivery | None:
+    def _faults(self, number: int) -> tuple[Shaper | None, np.random.Generator | None]:
         """Return how connection ``number``'s answers are shaped by the faults, if at all."""
         if self.faults is None:
-            return None
+            return None, None
         faults = self.faults.faults_for(number, time.monotonic() - self._started_at)
         if not faults.active:
-            return None
+            return None, None
         rng = self.faults.rng(number)
-        return Delivery(
-            writer, Shaper(faults, rng, self.stats.faults), rng, written=self._count_written
-        )
+        return Shaper(faults, rng, self.stats.faults), rng
 
-    def _count_written(self, size: int) -> None:
-        self.stats.bytes_written += size
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        if not self._stopping and len(self._tasks) < self.max_connections:
+            return True
+        self.stats.refused += 1
+        log.warning(
+            "refused %s: %d connections open (max_connections %d)",
+            peer_name(writer), len(self._tasks), self.max_connections,
+        )  # fmt: skip
+        return False
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if self._stopping or task is None or len(self._tasks) >= self.max_connections:
-            self.stats.refused += 1
-            log.warning(
-                "refused %s: %d connections open (max_connections %d)",
-                peer_name(writer), len(self._tasks), self.max_connections,
-            )  # fmt: skip
-            writer.transport.abort()
-            return
-        self._tasks.add(task)
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         number = self._accepted
         self._accepted += 1
-        try:
-            conversation = Conversation(
-                number, reader, writer, self.index, self.loss, self.stats, self.idle_timeout,
-                self.publisher,
-                self._delivery(number, writer),
-            )  # fmt: skip
-            await conversation.run()
-        finally:
-            self._tasks.discard(task)
+        shaper, rng = self._faults(number)
+        connection = Connection(reader, writer, self.stats, self.idle_timeout, shaper, rng)
+        await Conversation(
+            number, connection, self.index, self.loss, self.stats, self.publisher
+        ).run()

@@ -22,7 +22,17 @@ __all__ = ["WireIndex", "gather_spans"]
 
 
 class WireIndex:
-    """Hold a feed's wire bytes in sequence order and find the rows of sequence spans."""
+    """Hold a feed's wire bytes in sequence order and find the rows of sequence spans.
+
+    A finished :class:`~packetcore.server.source.FeedSource`: all of it is there.
+    """
+
+    #: A finished feed publishes nothing.
+    rate: None = None
+    #: Nor does it go on for ever.
+    endless = False
+    #: Every packet it will ever have is there.
+    ended = True
 
     def __init__(self, feed: Packets | MappedFeed) -> None:
         self._packets: Packets | None = None
@@ -54,6 +64,24 @@ class WireIndex:
         contiguous = self.last - self.first == self.count - 1
         if not (contiguous and bool((sequence[1:] > sequence[:-1]).all())):
             self._sequences = sequence
+
+    @property
+    def total(self) -> int:
+        """Return how many packets it has: all it will ever have."""
+        return self.count
+
+    @property
+    def final(self) -> int:
+        """Return the last sequence."""
+        return self.last
+
+    def start(self) -> None:
+        """Do nothing: a finished feed does not publish."""
+
+    def describe(self) -> str:
+        """Return what it is, for the server's start-up line."""
+        mapped = ", mapped" if self.mapped else ""
+        return f"{self.count} packets (sequences {self.first}..{self.last}{mapped})"
 
     @property
     def info(self) -> FeedInfo:

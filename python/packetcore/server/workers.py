@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from ..net.listener import bind
-from .conversation import ServerStats
+from .stats import ServerStats
 
 __all__ = [
     "LOOPS",
