@@ -58,11 +58,13 @@ demo:
 	@$(MAKE) -s --no-print-directory install PIP="$(PIP) --quiet"
 	@$(PY) -m packetcore demo $(DEMO_ARGS)
 
+# The import direction (.importlinter) is read from the sources.
 lint: venv
-	$(PIP) install "ruff==0.17.6" "mypy==2.4.1"
+	$(PIP) install "ruff==0.17.6" "mypy==2.4.1" "import-linter==2.17"
 	$(PY) -m ruff check python tests benchmarks
 	$(PY) -m ruff format --check python tests benchmarks
 	$(PY) -m mypy
+	PYTHONPATH=python $(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build dist *.egg-info python/*.egg-info src/packetcore/engine/*.c src/packetcore/engine/*.html
