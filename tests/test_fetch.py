@@ -451,10 +451,9 @@ def test_info_frame_beyond_int32_fails_cleanly(
     # last = 2**31 is a legal uint32 on the wire but no int32 packet sequence: the fetch
     # stops with a clear error, not an asyncio traceback and a baffling "incomplete".
     with _BoastingServer(2**31) as server:
-        started = time.monotonic()
+        # A hang (retrying for ever) is caught by the timeout above.
         with pytest.raises(FetchError, match="bad answer to the extension hello"):
             fetch(port=server.port, protocol=protocol, **FAST)
-        assert time.monotonic() - started < 5
         output = tmp_path / "output.json"
         assert _cli(server.port, "--protocol", protocol, "-o", str(output)) == 1
     err = capsys.readouterr().err
