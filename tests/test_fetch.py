@@ -7,6 +7,7 @@ import json
 import re
 import resource
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -29,7 +30,6 @@ from packetcore.protocol import (
     FeedInfo,
     RequestFramer,
     encode_info,
-    range_request,
     range_requests,
 )
 from packetcore.server.server import Server
@@ -348,7 +348,8 @@ def test_coalesced_range_requests_match_the_protocol() -> None:
     assert coalesce(ranges, 100).tolist() == [[1, 102], [300, 1]]
     assert coalesce(ranges, 0).tolist() == ranges.tolist()
     # The client's framing of many ranges at once is the protocol's framing of each.
-    assert range_requests(ranges) == b"".join(range_request(s, c) for s, c in ranges.tolist())
+    framed = b"".join(struct.pack(">BBII", 4, 0, s, c) for s, c in ranges.tolist())
+    assert range_requests(ranges) == framed
     assert format_ranges(((1, 3), (7, 7), (9, 12)), 2) == "1-3, 7, ... (1 more ranges)"
 
 

@@ -18,7 +18,6 @@ from packetcore.protocol import (
     FeedInfo,
     decode_info,
     hello_request,
-    range_request,
     resend_request,
     stream_all_request,
     subscribe_request,
@@ -26,7 +25,16 @@ from packetcore.protocol import (
 from packetcore.server.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
 from packetcore.server.loss import LossModel
 from packetcore.server.server import Server
-from serverutil import PACKET, ServeProcess, connect, exchange, recv_all, recv_exact, wait_until
+from serverutil import (
+    PACKET,
+    ServeProcess,
+    connect,
+    exchange,
+    range_request,
+    recv_all,
+    recv_exact,
+    wait_until,
+)
 
 import packetcore
 from packetcore import Packets, decode, encode

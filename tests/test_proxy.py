@@ -26,10 +26,10 @@ from packetcore.protocol import (
     RequestFramer,
     encode_info,
     hello_request,
-    range_request,
     resend_request,
     stream_all_request,
 )
+from serverutil import range_request
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -47,12 +47,11 @@ from packetcore.io.feeds import book, synthetic
 from packetcore.io.output import partial_path
 from packetcore.protocol import (
     hello_request,
-    range_request,
     resend_request,
     stream_all_request,
 )
 from packetcore.server.server import Server
-from serverutil import ServeProcess
+from serverutil import ServeProcess, range_request
 
 import packetcore
 from packetcore import Packets, encode, to_json

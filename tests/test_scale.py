@@ -26,13 +26,20 @@ from packetcore.protocol import (
     FeedInfo,
     decode_info,
     hello_request,
-    range_request,
     resend_request,
     stream_all_request,
 )
 from packetcore.server.loss import LossModel
 from packetcore.server.server import STREAM_CHUNK, Server
-from serverutil import PACKET, exchange, packets_of, recv_all, recv_exact, reference_bytes
+from serverutil import (
+    PACKET,
+    exchange,
+    packets_of,
+    range_request,
+    recv_all,
+    recv_exact,
+    reference_bytes,
+)
 
 import packetcore
 from packetcore import decode, encode

@@ -23,7 +23,6 @@ from packetcore.protocol import (
     FeedInfo,
     encode_info,
     hello_request,
-    range_request,
     resend_request,
     stream_all_request,
 )
@@ -34,6 +33,7 @@ from serverutil import (
     connect,
     exchange,
     packets_of,
+    range_request,
     recv_all,
     recv_exact,
     reference_bytes,
