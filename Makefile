@@ -59,11 +59,16 @@ demo:
 	@$(MAKE) -s --no-print-directory install PIP="$(PIP) --quiet"
 	@$(PY) -m packetcore demo $(DEMO_ARGS)
 
+# The import direction (.importlinter) is read from the sources; the stub _engine.pyi is
+# checked against the installed compiled engine (make install; make test runs it first).
 lint: venv
-	$(PIP) install "ruff==0.17.6" "mypy==2.4.1"
+	$(PIP) install "ruff==0.17.6" "mypy==2.4.1" "import-linter==2.17"
 	$(PY) -m ruff check python tests benchmarks
 	$(PY) -m ruff format --check python tests benchmarks
 	$(PY) -m mypy
+	PYTHONPATH=python $(VENV)/bin/lint-imports
+	MYPYPATH=python $(PY) -m mypy.stubtest packetcore.engine._engine \
+		--allowlist src/packetcore/engine/stubtest-allowlist.txt
 
 # The manual: docs/ into site/ with MkDocs (pinned, as ruff and mypy are), strict:
 # a broken link or anchor, or a page missing from mkdocs.yml's nav, fails the build.

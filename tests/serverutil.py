@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from packetcore.protocol import range_requests
 from packetcore.server.server import Server
 
 T = TypeVar("T")
@@ -25,6 +26,11 @@ T = TypeVar("T")
 ORDERBOOK_BIN = Path(__file__).parent / "data" / "orderbook.bin"
 PACKET = 17
 TIMEOUT = 10.0
+
+
+def range_request(start: int, count: int) -> bytes:
+    """One range request (``start``, ``count``), framed as the fetch frames its ranges."""
+    return range_requests([(start, count)])
 
 
 def reference_bytes() -> bytes:

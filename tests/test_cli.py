@@ -264,9 +264,9 @@ def test_serve_stops_at_once_on_a_signal_mid_stream(
         began = time.monotonic()
         process.send_signal(signum)
         try:
-            process.wait(5.0)  # a hang would last forever: --idle-timeout 0
+            process.wait(TIMEOUT)  # a hang would last forever: --idle-timeout 0
         except subprocess.TimeoutExpired:
-            pytest.fail(f"packetcore-serve still runs 5 s after {signum.name}")
+            pytest.fail(f"packetcore-serve still runs {TIMEOUT:g} s after {signum.name}")
         took = time.monotonic() - began
     code, _, stderr = finish(process)
     assert code == status

@@ -80,3 +80,18 @@ def test_a_missing_engine_in_a_compiled_build_is_an_error(tmp_path: Path) -> Non
     )
     assert result.returncode != 0
     assert "built with its compiled engine" in result.stderr
+
+
+def test_the_dispatcher_exports_the_chosen_engine_whole() -> None:
+    # packetcore.engine spells the engine's names out again: none may be missing, and
+    # each must be the chosen engine's own object (the stub's names: test_parity).
+    import packetcore.engine as dispatcher
+
+    chosen = importlib.import_module(
+        "packetcore.engine._engine"
+        if dispatcher.implementation == "cython"
+        else "packetcore.engine._pure"
+    )
+    assert sorted(dispatcher.__all__) == sorted([*chosen.__all__, "implementation"])
+    for name in chosen.__all__:
+        assert getattr(dispatcher, name) is getattr(chosen, name), name

@@ -173,7 +173,7 @@ def test_latency_and_jitter_delay_each_answer(clean: Server) -> None:
             started = time.monotonic()
             sock.sendall(resend_request(sequence))
             assert read_exact(sock, PACKET) == WIRE[(sequence - 1) * 17 :][:17]
-            assert 0.14 <= time.monotonic() - started < 2.0
+            assert 0.14 <= time.monotonic() - started < 30  # above: only a hang
 
 
 def test_a_seed_makes_every_connection_reproducible(clean: Server) -> None:

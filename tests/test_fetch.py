@@ -7,6 +7,7 @@ import json
 import re
 import resource
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -29,7 +30,6 @@ from packetcore.protocol import (
     FeedInfo,
     RequestFramer,
     encode_info,
-    range_request,
     range_requests,
 )
 from packetcore.server.server import Server
@@ -348,7 +348,8 @@ def test_coalesced_range_requests_match_the_protocol() -> None:
     assert coalesce(ranges, 100).tolist() == [[1, 102], [300, 1]]
     assert coalesce(ranges, 0).tolist() == ranges.tolist()
     # The client's framing of many ranges at once is the protocol's framing of each.
-    assert range_requests(ranges) == b"".join(range_request(s, c) for s, c in ranges.tolist())
+    framed = b"".join(struct.pack(">BBII", 4, 0, s, c) for s, c in ranges.tolist())
+    assert range_requests(ranges) == framed
     assert format_ranges(((1, 3), (7, 7), (9, 12)), 2) == "1-3, 7, ... (1 more ranges)"
 
 
@@ -451,10 +452,9 @@ def test_info_frame_beyond_int32_fails_cleanly(
     # last = 2**31 is a legal uint32 on the wire but no int32 packet sequence: the fetch
     # stops with a clear error, not an asyncio traceback and a baffling "incomplete".
     with _BoastingServer(2**31) as server:
-        started = time.monotonic()
+        # A hang (retrying for ever) is caught by the timeout above.
         with pytest.raises(FetchError, match="bad answer to the extension hello"):
             fetch(port=server.port, protocol=protocol, **FAST)
-        assert time.monotonic() - started < 5
         output = tmp_path / "output.json"
         assert _cli(server.port, "--protocol", protocol, "-o", str(output)) == 1
     err = capsys.readouterr().err

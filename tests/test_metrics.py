@@ -23,7 +23,6 @@ from packetcore.net.metrics import MetricsServer, serve_metrics
 from packetcore.protocol import (
     INFO_SIZE,
     hello_request,
-    range_request,
     resend_request,
     stream_all_request,
     subscribe_request,
@@ -32,7 +31,15 @@ from packetcore.server.conversation import ServerStats
 from packetcore.server.server import Server
 from packetcore.server.workers import WorkerReport, Workers
 from prometheus_client.parser import text_string_to_metric_families
-from serverutil import PACKET, TIMEOUT, ServeProcess, recv_all, recv_exact, wait_until
+from serverutil import (
+    PACKET,
+    TIMEOUT,
+    ServeProcess,
+    range_request,
+    recv_all,
+    recv_exact,
+    wait_until,
+)
 
 BOOK = 14
 #: A callType no server knows: ignored and counted as a bad request.

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from packetcore.io.feeds import book
 from packetcore.io.output import (
+    AtomicFile,
     check_writable,
     partial_path,
-    write_atomic,
 )
 
 from packetcore import to_json, write
@@ -31,11 +31,12 @@ def test_write_writes_the_output_document(tmp_path: Path) -> None:
     assert _listing(tmp_path) == ["output.json"]
 
 
-def test_write_atomic_replaces_and_keeps_the_mode(tmp_path: Path) -> None:
+def test_atomic_file_replaces_and_keeps_the_mode(tmp_path: Path) -> None:
     target = tmp_path / "output.json"
     target.write_bytes(b"old")
     target.chmod(0o640)
-    write_atomic(target, b"new")
+    with AtomicFile(target) as file:
+        file.stream.write(b"new")
     assert target.read_bytes() == b"new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
 
@@ -43,7 +44,8 @@ def test_write_atomic_replaces_and_keeps_the_mode(tmp_path: Path) -> None:
 def test_new_file_gets_the_umask_mode(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
-        write_atomic(tmp_path / "a.json", b"x")
+        with AtomicFile(tmp_path / "a.json") as file:
+            file.stream.write(b"x")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
@@ -59,8 +61,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", fail)
-    with pytest.raises(OSError, match="No space"):
-        write_atomic(target, b"new" * 1000)
+    with pytest.raises(OSError, match="No space"), AtomicFile(target) as file:
+        file.stream.write(b"new" * 1000)
     assert target.read_bytes() == b"old"
     assert _listing(tmp_path) == ["output.json"]
 
@@ -75,8 +77,8 @@ def test_an_interrupted_write_leaves_the_old_file(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        write_atomic(target, b"new")
+    with pytest.raises(KeyboardInterrupt), AtomicFile(target) as file:
+        file.stream.write(b"new")
     assert target.read_bytes() == b"old"
     assert _listing(tmp_path) == ["output.json"]
 
@@ -157,5 +159,6 @@ def test_outputs_that_would_fail_at_the_end_fail_at_once(case: str, tmp_path: Pa
 
 def test_the_longest_file_name_can_be_written(tmp_path: Path) -> None:
     target = tmp_path / ("x" * 250 + ".json")  # 255 bytes: the temporary must fit too
-    write_atomic(target, b"[]\n")
+    with AtomicFile(target) as file:
+        file.stream.write(b"[]\n")
     assert target.read_bytes() == b"[]\n"

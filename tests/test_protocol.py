@@ -19,7 +19,7 @@ from packetcore.protocol import (
     decode_info,
     encode_info,
     hello_request,
-    range_request,
+    range_requests,
     resend_request,
     stream_all_request,
     subscribe_request,
@@ -32,11 +32,16 @@ def test_request_bytes() -> None:
     assert stream_all_request() == b"\x01\x00"
     assert resend_request(200) == b"\x02\xc8"
     assert hello_request() == b"\x03\x00"
-    assert range_request(0x01020304, 5) == b"\x04\x00\x01\x02\x03\x04\x00\x00\x00\x05"
+    ranged = b"\x04\x00\x01\x02\x03\x04\x00\x00\x00\x05"
+    assert range_requests([(0x01020304, 5)]) == ranged
+    assert range_requests([(0x01020304, 5), (1, 2)]) == ranged + range_requests([(1, 2)])
+    assert range_requests([]) == b""
     with pytest.raises(ValueError, match="256"):
         resend_request(256)
     with pytest.raises(ValueError):
-        range_request(-1, 1)
+        range_requests([(-1, 1)])
+    with pytest.raises(ValueError):
+        range_requests([(1, 2**32)])
     assert subscribe_request(0x01020304) == b"\x05\x00\x01\x02\x03\x04"
     with pytest.raises(ValueError):
         subscribe_request(2**32)
@@ -67,7 +72,7 @@ STREAM = (
     stream_all_request()
     + resend_request(3)
     + hello_request()
-    + range_request(7, 9)
+    + range_requests([(7, 9)])
     + subscribe_request(70000)
     + resend_request(255)
 )
@@ -97,7 +102,8 @@ def test_unknown_call_type_is_a_two_byte_request() -> None:
     got = framer.feed(b"\x02\x01\x09\x00\x01\x00\x00\x07\xff")
     assert got == [Request(RESEND, 1, 1), Request(9), Request(STREAM_ALL), Request(0)]
     assert framer.pending == 1
-    assert framer.feed(b"\xff" + range_request(2, 3)) == [Request(255), Request(RESEND_RANGE, 2, 3)]
+    got = framer.feed(b"\xff" + range_requests([(2, 3)]))
+    assert got == [Request(255), Request(RESEND_RANGE, 2, 3)]
     assert framer.pending == 0
 
 

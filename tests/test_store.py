@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from types import ModuleType
 from typing import Any
 
@@ -314,13 +313,12 @@ def test_take_frees_as_it_goes(engine: ModuleType) -> None:
     assert store.complete and store.pending == 0 and store.nbytes < 1 << 19
 
 
+@pytest.mark.timeout(30)  # a walk over 2**31 sequences would hang here; speed: benchmarks/
 def test_nothing_held_under_the_largest_last_is_one_run(engine: ModuleType) -> None:
     store = engine.PacketStore(1, MAX_SEQ)
-    started = time.perf_counter()
     assert store.missing_ranges().tolist() == [[1, MAX_SEQ]]
     assert store.missing_count() == MAX_SEQ
     assert store.contiguous() == 1
-    assert time.perf_counter() - started < 2.0
     assert store.nbytes < 1 << 20
 
 

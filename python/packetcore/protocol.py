@@ -36,7 +36,6 @@ __all__ = [
     "decode_info",
     "encode_info",
     "hello_request",
-    "range_request",
     "range_requests",
     "resend_request",
     "stream_all_request",
@@ -103,13 +102,6 @@ def range_requests(ranges: npt.ArrayLike) -> bytes:
     requests["start"] = rows[:, 0]
     requests["count"] = rows[:, 1]
     return requests.tobytes()
-
-
-def range_request(start: int, count: int) -> bytes:
-    """Return the callType 4 request for sequences ``start <= seq < start + count``."""
-    if not (0 <= start <= _UINT32_MAX and 0 <= count <= _UINT32_MAX):
-        raise ValueError(f"range start {start} / count {count} do not fit uint32")
-    return _RANGE.pack(RESEND_RANGE, 0, start, count)
 
 
 def subscribe_request(first: int) -> bytes:

@@ -4,6 +4,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 from ..packets import Packets
 
@@ -25,6 +26,8 @@ __all__ = [
 PACKET_SIZE: int
 MAX_SEQUENCE: int
 
+# A compiled (cdef) class: no class can derive from it and another such base at once.
+@disjoint_base
 class Decoder:
     """Decode a byte stream split into chunks at any byte."""
 
@@ -54,6 +57,7 @@ def valid_symbols(symbols: npt.ArrayLike) -> npt.NDArray[np.bool_]:
 def gather(wire: bytes | bytearray | memoryview, keep: npt.ArrayLike) -> bytes:
     """Return the wire bytes of the packets whose ``keep`` flag is set, in order."""
 
+@disjoint_base
 class GapTracker:
     """A bitmap of the sequences seen, one bit per sequence from ``first`` to ``last``."""
 
@@ -89,6 +93,7 @@ class GapTracker:
     def missing_count(self) -> int:
         """Return how many sequences from ``first`` to ``last`` were not seen."""
 
+@disjoint_base
 class PacketStore:
     """Put packets arriving in any order into sequence order, without sorting."""
 
@@ -120,13 +125,17 @@ class PacketStore:
     def nbytes(self) -> int:
         """Bytes allocated: dense chunks, the chunk table, the sparse table, skipped runs."""
     @property
-    def received(self) -> int: ...
+    def received(self) -> int:
+        """Packets received within ``first..last``, duplicates included (read-only)."""
     @property
-    def duplicates(self) -> int: ...
+    def duplicates(self) -> int:
+        """Later arrivals of a sequence with the payload held (or already taken)."""
     @property
-    def conflicts(self) -> int: ...
+    def conflicts(self) -> int:
+        """Later arrivals whose payload differed from the one held."""
     @property
-    def out_of_range(self) -> int: ...
+    def out_of_range(self) -> int:
+        """Packets outside ``first..last`` (or in a run :meth:`take` passed), dropped."""
     def __len__(self) -> int: ...
     def __contains__(self, sequence: object, /) -> bool: ...
     def bound(self, first: int, last: int | None) -> None:
@@ -156,6 +165,7 @@ def to_json(packets: Packets) -> bytes:
 def text_rows(packets: Packets, form: str) -> bytes:
     """Return the packets' records as ``form`` text, in the order given, without framing."""
 
+@disjoint_base
 class TextParser:
     """Parse a json, ndjson or csv document fed in chunks split at any byte."""
 

@@ -468,10 +468,10 @@ class PacketStore:
         self._fixed: int | None = None
         self._highest = 0
         self._cursor = first
-        self.received = 0
-        self.duplicates = 0
-        self.conflicts = 0
-        self.out_of_range = 0
+        self._received = 0
+        self._duplicates = 0
+        self._conflicts = 0
+        self._out_of_range = 0
         self._count = 0
         self._held = 0
         self._chunks: dict[int, _Chunk] = {}
@@ -541,6 +541,26 @@ class PacketStore:
     def nbytes(self) -> int:
         """Bytes allocated for packets: dense chunks plus the sparse table."""
         return len(self._chunks) * _Chunk.nbytes() + _SLOT_BYTES * len(self._keys)
+
+    @property
+    def received(self) -> int:
+        """Packets received within ``first..last``, duplicates included (read-only)."""
+        return self._received
+
+    @property
+    def duplicates(self) -> int:
+        """Later arrivals of a sequence with the payload held (or already taken)."""
+        return self._duplicates
+
+    @property
+    def conflicts(self) -> int:
+        """Later arrivals whose payload differed from the one held."""
+        return self._conflicts
+
+    @property
+    def out_of_range(self) -> int:
+        """Packets outside ``first..last`` (or in a run :meth:`take` passed), dropped."""
+        return self._out_of_range
 
     def __len__(self) -> int:
         return self._count
@@ -690,7 +710,7 @@ class PacketStore:
             self._highest = min(self._highest, fixed)
         gone = {s for s in self._discarded if s < first or (fixed is not None and s > fixed)}
         self._discarded -= gone
-        self.out_of_range += dropped
+        self._out_of_range += dropped
         self._count -= dropped + len(gone)
         self._first = first
         self._fixed = fixed
@@ -709,18 +729,18 @@ class PacketStore:
         new = 0
         for k, s in enumerate(sequences):
             if s < first or s > top:
-                self.out_of_range += 1
+                self._out_of_range += 1
                 continue
             payload = (symbols[k], sides[k], quantities[k], prices[k])
             if s < cursor:
                 if self._was_skipped(s):
-                    self.out_of_range += 1
+                    self._out_of_range += 1
                 else:
                     # Taken already: nothing is left to compare it with.
-                    self.received += 1
-                    self.duplicates += 1
+                    self._received += 1
+                    self._duplicates += 1
                 continue
-            self.received += 1
+            self._received += 1
             offset = s - base
             c = offset >> _CHUNK_SHIFT
             chunk = chunks.get(c)
@@ -761,9 +781,9 @@ class PacketStore:
 
     def _compare(self, held: _Payload, payload: _Payload, sequence: int) -> None:
         if held == payload:
-            self.duplicates += 1
+            self._duplicates += 1
         else:
-            self.conflicts += 1
+            self._conflicts += 1
             self._conflicting.append(_row(payload, sequence))
 
     # -- queries -------------------------------------------------------------------

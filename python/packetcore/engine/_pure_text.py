@@ -558,12 +558,17 @@ class TextParser:
 
     def __init__(self, form: str) -> None:
         _check_form(form)
-        self.form = form
+        self._form = form
         self._state = _ST_START
         self._index = 0
         self._offset = 0
         self._carry = b""
         self._closed = False
+
+    @property
+    def form(self) -> str:
+        """The form parsed: ``json``, ``ndjson`` or ``csv``."""
+        return self._form
 
     @property
     def records(self) -> int:

@@ -32,7 +32,6 @@ __all__ = [
     "OutputError",
     "check_writable",
     "partial_path",
-    "write_atomic",
 ]
 
 #: The ``--output`` value that means standard output.
@@ -160,12 +159,6 @@ class AtomicFile:
             self.commit()
         else:
             self.discard()
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once: readers see the old or the new file only."""
-    with AtomicFile(path) as file:
-        file.stream.write(data)
 
 
 def _fsync_directory(directory: Path) -> None:
