@@ -200,6 +200,16 @@ def test_a_failed_convert_leaves_the_output_as_it_was(tmp_path: Path) -> None:
     assert command("packetcore", "convert", str(bad)).returncode == 2
 
 
+def test_a_convert_that_cannot_create_its_output_names_it(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    target = tmp_path / "nowhere" / "x.json"
+    result = command("packetcore", "convert", str(files["bin"]), str(target))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert str(target) in result.stderr and ".tmp" not in result.stderr, result.stderr
+
+
 # -- --progress and --log-format json ------------------------------------------------------------
 
 
