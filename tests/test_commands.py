@@ -159,6 +159,20 @@ def test_info_failures_are_one_line(tmp_path: Path) -> None:
     assert command("packetcore", "info").returncode == 2
 
 
+def test_info_into_a_reader_that_left_is_a_normal_end(files: dict[str, Path]) -> None:
+    # `packetcore info FILE | head -0`, without the race: the reader is gone before info writes.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [str(BIN / "packetcore"), "info", str(files["bin"])], stdout=write,
+            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 # -- packetcore convert -------------------------------------------------------------------------
 
 
