@@ -214,6 +214,21 @@ def test_a_failed_convert_leaves_the_output_as_it_was(tmp_path: Path) -> None:
     assert command("packetcore", "convert", str(bad)).returncode == 2
 
 
+def test_convert_refuses_a_format_that_contradicts_the_target_name(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    # The fetch's rule: -o x.json --format csv is a usage error, and nothing is written.
+    out = tmp_path / "x.json"
+    result = command("packetcore", "convert", str(files["bin"]), str(out), "--format", "csv")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "contradicts" in result.stderr, result.stderr
+    assert not out.exists()
+    # A name of no known format takes --format (or json, as a fetch's output does).
+    other = tmp_path / "x.txt"
+    assert command("packetcore", "convert", str(files["bin"]), str(other)).returncode == 0
+    assert other.read_bytes() == files["json"].read_bytes()
+
+
 def test_a_convert_that_cannot_create_its_output_names_it(
     files: dict[str, Path], tmp_path: Path
 ) -> None:

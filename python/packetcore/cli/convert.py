@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from . import UserError, add_verbosity, naming, run
 from .info import readable
+from .options import check_format
 
 __all__ = ["build_parser", "convert", "main"]
 
@@ -74,7 +75,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     parser.add_argument("target", metavar="OUT", help="the file to write ('-': stdout)")
     parser.add_argument(
         "--format", choices=FORMATS, default=None,
-        help="OUT's format (default: from its extension; json for one without, and for -)",
+        help="OUT's format (default: from its extension; json for one without, and for -); "
+        "one that contradicts OUT's extension is refused",
     )  # fmt: skip
     parser.add_argument(
         "--input-format", choices=FORMATS, default=None,
@@ -92,6 +94,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from ..errors import FeedError
 
+    check_format(args.target, args.format)
     try:
         count = convert(args.source, args.target, args.format, args.input_format)
     except FeedError as exc:
