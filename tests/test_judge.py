@@ -62,6 +62,8 @@ def test_a_feed_of_too_many_symbols_is_not_judged_by_them() -> None:
     )  # fmt: skip
     doubted = sum(len(judge(feed[i : i + 1000])) for i in range(0, count, 1000))
     assert doubted <= MAX_ALPHABET
+    # The symbol rule still holds: an unprintable symbol is doubted.
+    assert judge(_changed(feed[:1000], 500, symbol=b"A\x01")).tolist() == [501]
 
 
 def test_a_quantity_or_price_far_above_the_rest_is_doubted() -> None:

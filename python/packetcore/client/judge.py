@@ -168,7 +168,7 @@ class Judge:
         self._seen += len(batch)
         if self._symbols:
             doubted |= self._strange_symbols(batch.symbol, batch.sequence)
-        else:  # no alphabet to judge by: the symbol rule still holds
+        if not self._symbols:  # no alphabet to judge by (or no longer): the rule still holds
             from ..engine import valid_symbols
 
             doubted |= ~valid_symbols(batch.symbol)
