@@ -159,13 +159,17 @@ def test_info_failures_are_one_line(tmp_path: Path) -> None:
     assert command("packetcore", "info").returncode == 2
 
 
-def test_info_into_a_reader_that_left_is_a_normal_end(files: dict[str, Path]) -> None:
-    # `packetcore info FILE | head -0`, without the race: the reader is gone before info writes.
+@pytest.mark.parametrize("argv", [["info"], ["convert", "-q", "-", "--format", "csv"]])
+def test_a_reader_of_stdout_that_left_is_a_normal_end(
+    argv: list[str], files: dict[str, Path]
+) -> None:
+    # `packetcore info FILE | head -0`, without the race: the reader is gone before it writes.
     read, write = os.pipe()
     os.close(read)
+    name, *rest = argv
     try:
         result = subprocess.run(
-            [str(BIN / "packetcore"), "info", str(files["bin"])], stdout=write,
+            [str(BIN / "packetcore"), name, str(files["bin"]), *rest], stdout=write,
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120,
         )  # fmt: skip
     finally:

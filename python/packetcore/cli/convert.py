@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import UserError, add_verbosity, naming, run
+from . import UserError, add_verbosity, naming, reader_left, run
 from .info import readable
 from .options import check_format
 
@@ -99,6 +99,10 @@ def _convert(args: argparse.Namespace) -> int:
         count = convert(args.source, args.target, args.format, args.input_format)
     except FeedError as exc:
         raise UserError(f"{naming(args.source, exc)}; {args.target} left as it was") from None
+    except BrokenPipeError:
+        if args.target != "-":
+            raise
+        return reader_left()  # the reader of stdout left (| head): a normal end
     if args.verbosity >= 0:
         shown = "stdout" if args.target == "-" else args.target
         print(f"{PROGRAM}: {count} packets -> {shown}", file=sys.stderr)
