@@ -159,6 +159,24 @@ def test_info_failures_are_one_line(tmp_path: Path) -> None:
     assert command("packetcore", "info").returncode == 2
 
 
+@pytest.mark.parametrize("argv", [["info"], ["convert", "-q", "-", "--format", "csv"]])
+def test_a_reader_of_stdout_that_left_is_a_normal_end(
+    argv: list[str], files: dict[str, Path]
+) -> None:
+    # `packetcore info FILE | head -0`, without the race: the reader is gone before it writes.
+    read, write = os.pipe()
+    os.close(read)
+    name, *rest = argv
+    try:
+        result = subprocess.run(
+            [str(BIN / "packetcore"), name, str(files["bin"]), *rest], stdout=write,
+            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 # -- packetcore convert -------------------------------------------------------------------------
 
 
@@ -198,6 +216,31 @@ def test_a_failed_convert_leaves_the_output_as_it_was(tmp_path: Path) -> None:
     missing = command("packetcore", "convert", str(tmp_path / "none.bin"), str(out))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
     assert command("packetcore", "convert", str(bad)).returncode == 2
+
+
+def test_convert_refuses_a_format_that_contradicts_the_target_name(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    # The fetch's rule: -o x.json --format csv is a usage error, and nothing is written.
+    out = tmp_path / "x.json"
+    result = command("packetcore", "convert", str(files["bin"]), str(out), "--format", "csv")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "contradicts" in result.stderr, result.stderr
+    assert not out.exists()
+    # A name of no known format takes --format (or json, as a fetch's output does).
+    other = tmp_path / "x.txt"
+    assert command("packetcore", "convert", str(files["bin"]), str(other)).returncode == 0
+    assert other.read_bytes() == files["json"].read_bytes()
+
+
+def test_a_convert_that_cannot_create_its_output_names_it(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    target = tmp_path / "nowhere" / "x.json"
+    result = command("packetcore", "convert", str(files["bin"]), str(target))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert str(target) in result.stderr and ".tmp" not in result.stderr, result.stderr
 
 
 # -- --progress and --log-format json ------------------------------------------------------------

@@ -161,7 +161,7 @@ def records(*bodies: bytes) -> bytes:
         (records(GOOD % 1)[:-1], -1, ""),
         (records(GOOD % 1)[:-3], 0, ""),
         (b'{"a": 1}', -1, ""),
-        (b"", -1, ""),
+        (b" \n", -1, ""),
         (records(GOOD % 1, b""), -1, ""),
     ],
 )
@@ -183,7 +183,7 @@ def test_malformed_json(engine: ModuleType, doc: bytes, index: int, field: str) 
     [
         (b"symbol,side\nA,B,1,2,3\n", -1, ""),
         (b"A,B,1,2,3\n", -1, ""),
-        (b"", -1, ""),
+        (b"\n", -1, ""),
         (CSV_HEADER + b"\nA,B,1,2,3\nA,B,1,2\n", 1, ""),
         (CSV_HEADER + b"\nA,B,1,2,3,4\n", 0, ""),
         (CSV_HEADER + b"\nABCDE,B,1,2,3\n", 0, "symbol"),
@@ -279,6 +279,22 @@ def test_empty_documents(tmp_path: Path) -> None:
     assert (tmp_path / "e.csv").read_bytes() == CSV_HEADER + b"\n"
     for name in ("e.json", "e.csv"):
         assert len(read(tmp_path / name)) == 0
+
+
+@pytest.mark.parametrize("form", ["json", "ndjson", "csv"])
+def test_a_0_byte_document_is_an_empty_feed(engine: ModuleType, form: str) -> None:
+    # One rule for every format: 0 bytes hold no packets (the ndjson and bin writers
+    # write them for an empty feed; json and csv, which write [] and a header, read them).
+    assert len(parse(engine, form)) == 0
+    assert len(parse(engine, form, b"", b"")) == 0
+
+
+@pytest.mark.parametrize("form", formats.FORMATS)
+def test_a_0_byte_file_is_an_empty_feed_in_every_format(form: str, tmp_path: Path) -> None:
+    if form == "parquet":
+        pytest.importorskip("pyarrow")
+    (tmp_path / f"empty.{form}").write_bytes(b"")
+    assert len(read(tmp_path / f"empty.{form}")) == 0
 
 
 def test_streaming_writer_matches_to_json() -> None:

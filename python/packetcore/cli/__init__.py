@@ -33,6 +33,7 @@ __all__ = [
     "UserError",
     "add_verbosity",
     "naming",
+    "reader_left",
     "run",
     "setup_logging",
 ]
@@ -46,6 +47,20 @@ def naming(path: str, exc: BaseException) -> str:
     """Return ``exc``'s message, led by ``path`` unless it names the file already."""
     text = str(exc)
     return text if text.startswith(f"{path}:") else f"{path}: {text}"
+
+
+def reader_left() -> int:
+    """End a command whose stdout's reader left (``| head``): a normal end, exit 0.
+
+    As for ``yes | head`` and a fetch to stdout: the outcome is settled (signals are
+    moot), and stdout now points at /dev/null, so the interpreter's last flush of what
+    is buffered finds no broken pipe to complain about.
+    """
+    from .logqueue import _detach
+
+    signals.settle()
+    _detach(sys.stdout.fileno())
+    return 0
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:

@@ -13,8 +13,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import UserError, add_verbosity, naming, run
+from . import UserError, add_verbosity, naming, reader_left, run
 from .info import readable
+from .options import check_format
 
 __all__ = ["build_parser", "convert", "main"]
 
@@ -74,7 +75,8 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     parser.add_argument("target", metavar="OUT", help="the file to write ('-': stdout)")
     parser.add_argument(
         "--format", choices=FORMATS, default=None,
-        help="OUT's format (default: from its extension; json for one without, and for -)",
+        help="OUT's format (default: from its extension; json for one without, and for -); "
+        "one that contradicts OUT's extension is refused",
     )  # fmt: skip
     parser.add_argument(
         "--input-format", choices=FORMATS, default=None,
@@ -92,10 +94,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from ..errors import FeedError
 
+    check_format(args.target, args.format)
     try:
         count = convert(args.source, args.target, args.format, args.input_format)
     except FeedError as exc:
         raise UserError(f"{naming(args.source, exc)}; {args.target} left as it was") from None
+    except BrokenPipeError:
+        if args.target != "-":
+            raise
+        return reader_left()  # the reader of stdout left (| head): a normal end
     if args.verbosity >= 0:
         shown = "stdout" if args.target == "-" else args.target
         print(f"{PROGRAM}: {count} packets -> {shown}", file=sys.stderr)

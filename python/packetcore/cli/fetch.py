@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FetchError, OutputError
 from . import UserError, add_verbosity, run, signals
 from .exits import EXIT_INCOMPLETE, EXIT_STRICT, EXIT_USAGE
+from .options import check_format as _check_format
 from .options import integer, number
 
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
@@ -252,20 +253,6 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started,
                       progress=args.progress)  # fmt: skip
-
-
-def _check_format(output: str, form: str | None) -> None:
-    """Refuse (exit 2) a --format that contradicts the format the output's name says."""
-    from ..io.formats import format_named_by
-    from ..io.output import STDOUT
-
-    named = None if output == STDOUT or form is None else format_named_by(output)
-    if named is not None and named != form:
-        raise UserError(
-            f"--format {form} contradicts the output's name {output} (a {named} name): "
-            f"name the file for its format, or leave --format out",
-            2,
-        )
 
 
 def open_output(output: str, form: str | None = None) -> Output:

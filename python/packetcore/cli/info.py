@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import UserError, add_verbosity, naming, run
+from . import UserError, add_verbosity, naming, reader_left, run
 
 __all__ = ["FeedSummary", "build_parser", "main", "readable", "summarize"]
 
@@ -182,10 +182,14 @@ def _info(args: argparse.Namespace) -> int:
         summary = summarize(args.file, args.format)
     except FeedError as exc:
         raise UserError(naming(args.file, exc)) from None
-    if args.json:
-        print(json.dumps(summary.as_dict()))
-    else:
-        print("\n".join(summary.lines()))
+    try:
+        if args.json:
+            print(json.dumps(summary.as_dict()))
+        else:
+            print("\n".join(summary.lines()))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return reader_left()
     return 0
 
 

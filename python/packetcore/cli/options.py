@@ -34,6 +34,7 @@ __all__ = [
     "add_metrics",
     "add_seed",
     "bind_metrics",
+    "check_format",
     "check_metrics",
     "fault_plan",
     "feed_spec",
@@ -48,6 +49,23 @@ __all__ = [
 
 #: What ``--log-format`` takes.
 LOG_FORMATS = ("text", "json")
+
+
+def check_format(output: str, form: str | None) -> None:
+    """Refuse (exit 2) a --format that contradicts the format the output's name says.
+
+    The one rule of every command that writes a feed file (fetch, follow, convert).
+    """
+    from ..io.formats import format_named_by
+    from ..io.output import STDOUT
+
+    named = None if output == STDOUT or form is None else format_named_by(output)
+    if named is not None and named != form:
+        raise UserError(
+            f"--format {form} contradicts the output's name {output} (a {named} name): "
+            f"name the file for its format, or leave --format out",
+            2,
+        )
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

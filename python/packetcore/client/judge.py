@@ -7,13 +7,21 @@ such a byte leaves behind in a packet that is otherwise valid, over a whole batc
 time (numpy, no Python per packet), and names the sequences to doubt
 (:meth:`~packetcore.client.session.Session.doubt`: asked for again and voted on):
 
-* a symbol outside the feed's alphabet as seen so far: one no other packet carried
-  (a symbol is in the alphabet once two packets have carried it; the hint starts once
-  :data:`ALPHABET_WARMUP` packets have shown the alphabet, and a feed of more than
-  :data:`MAX_ALPHABET` symbols has no alphabet to judge by);
-* a quantity or price far above the rest of the feed: its magnitude more than
-  :data:`MAGNITUDE_MARGIN` binary orders above the 99th percentile of those seen so
-  far (a changed high-order byte), or negative in a feed where under 1 % are.
+* a symbol outside the feed's alphabet as seen so far, or one that breaks the symbol
+  rule (``packetcore.engine.valid_symbols``).  A symbol joins the alphabet once
+  :data:`ALPHABET_MIN` packets carried it and they are a share of
+  :data:`ALPHABET_SHARE` of the packets seen (10 in a million seen, 30 in three
+  million), or once a second copy of a sequence carried it too (the copy asked for
+  again of a packet doubted).  Over millions of packets the same corrupted symbol
+  recurs (there are only so many one-byte changes of a small alphabet's symbols): a
+  count that grows with the feed keeps those out, while a rare symbol of the feed's
+  own costs one copy asked for again.  The hint starts once :data:`ALPHABET_WARMUP`
+  packets have shown the alphabet; a feed of more than :data:`MAX_ALPHABET` symbols,
+  where symbols outside the alphabet are not rare, has no alphabet to judge by;
+* a quantity or price far above the rest of the feed: :data:`MAGNITUDE_FACTOR` times
+  the 99th percentile of those seen so far or more (a changed high-order byte; the
+  percentile is read from a histogram of 32 bins an octave, rounded down, so the bound
+  lies within 3 % below four times it), or negative in a feed where under 1 % are.
 
 What is left undetected: a changed low-order byte of a quantity or price (a value
 close to the true one), a symbol changed into another one of the feed's alphabet, and
@@ -23,35 +31,58 @@ the packets that had one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 from ..packets import Packets
 
-__all__ = ["ALPHABET_WARMUP", "MAGNITUDE_MARGIN", "MAX_ALPHABET", "CopyCount", "Judge"]
+__all__ = [
+    "ALPHABET_MIN",
+    "ALPHABET_SHARE",
+    "ALPHABET_WARMUP",
+    "MAGNITUDE_FACTOR",
+    "MAX_ALPHABET",
+    "CopyCount",
+    "Judge",
+]
 
-#: Packets seen (this batch included) before a symbol no other packet carried is doubted.
+#: Packets seen (this batch included) before a symbol outside the alphabet is doubted.
 ALPHABET_WARMUP = 256
+#: Packets that must carry a symbol before it joins the alphabet, at the least ...
+ALPHABET_MIN = 3
+#: ... and the share of the packets seen that they must be.
+ALPHABET_SHARE = 1e-5
 #: Distinct symbols beyond which the symbol hint stops: the feed has no small alphabet.
 MAX_ALPHABET = 4096
-#: Binary orders of magnitude above the 99th percentile at which a value is doubted.
-MAGNITUDE_MARGIN = 2
+#: How many times the 99th percentile a value must reach to be doubted.
+MAGNITUDE_FACTOR = 4
 #: Values seen before the magnitude hint starts (its percentile needs some).
 _MAGNITUDE_WARMUP = 64
-_NEGATIVE = 32  # the histogram bin of negative values
+_SUBBINS = 32  # histogram bins an octave: the percentile is read within 1/32 octave
+_NEGATIVE = 33 * _SUBBINS  # the histogram bin of negative values
 # Fibonacci hashing of a symbol's 4 bytes into a table of 65,536 slots (256 KiB).
 _HASH = np.uint32(2654435761)
 _HASH_SHIFT = np.uint32(16)
 _STRIDE = 8  # the magnitude histogram samples every eighth value of a large batch
 _RUN = 16  # sequences of one batch in a chunk that open it, far from the others
+#: Sightings (symbol, sequence) of symbols outside the alphabet kept to recognise a
+#: second copy; beyond, those of the lowest sequences are forgotten (8 bytes each).
+_MAX_SIGHTINGS = 1 << 16
+#: Distinct symbols outside the alphabet beyond which the symbol hint stops (memory).
+_MAX_CANDIDATES = 1 << 18
 _EMPTY = np.zeros(0, dtype=np.int32)
+_NO_CODES = np.zeros(0, dtype=np.uint32)
+_NO_KEYS = np.zeros(0, dtype=np.uint64)
 
 
 class _Magnitude:
-    """The histogram of one column's bit lengths, and the values far above it.
+    """The histogram of one column's magnitudes, and the values far above it.
 
-    The histogram is drawn from a sample of each large batch (every eighth value); the
-    test of each value is one comparison with the bound the histogram gives.
+    A value's bin is its bit length and the next five bits (32 bins an octave).  The
+    histogram is drawn from a sample of each large batch (every eighth value); the test
+    of each value is one comparison with the bound the histogram gives.
     """
 
     def __init__(self) -> None:
@@ -59,19 +90,24 @@ class _Magnitude:
 
     def far(self, values: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
         sample = values[::_STRIDE] if len(values) >= 32 * _STRIDE else values
-        lengths = np.frexp(sample.astype(np.float64))[1]
-        lengths[sample < 0] = _NEGATIVE
+        mantissa, exponent = np.frexp(sample.astype(np.float64))
+        # mantissa in [0.5, 1) (0 for 0): its first five bits below the leading one.
+        bins = exponent * _SUBBINS + ((mantissa * 2 - 1) * _SUBBINS).astype(np.int64)
+        bins[sample <= 0] = 0
+        bins[sample < 0] = _NEGATIVE
         counts = self.counts
-        counts += np.bincount(lengths, minlength=_NEGATIVE + 1)
+        counts += np.bincount(bins, minlength=_NEGATIVE + 1)
         total = int(counts.sum())
         if total < _MAGNITUDE_WARMUP:
             return np.zeros(len(values), dtype=bool)
-        # The bit length that 99 % of the values do not exceed (negatives aside).
+        # The bin that 99 % of the values do not exceed (negatives aside), and its
+        # lower edge: the 99th percentile, rounded down to 1/32 octave.
         below = np.cumsum(counts[:_NEGATIVE])
         typical = int(np.searchsorted(below, 0.99 * below[-1]))
-        # Far: a bit length above typical + MAGNITUDE_MARGIN.
-        bound = (1 << min(typical + MAGNITUDE_MARGIN, 31)) - 1
-        far: npt.NDArray[np.bool_] = values > bound
+        octave, step = divmod(typical, _SUBBINS)
+        percentile = (_SUBBINS + step) * 2.0 ** (octave - 1) / _SUBBINS
+        bound = min(MAGNITUDE_FACTOR * max(percentile, 1.0), 2.0**31)
+        far: npt.NDArray[np.bool_] = values >= bound
         if counts[_NEGATIVE] * 100 < total:
             far |= values < 0
         return far
@@ -87,6 +123,15 @@ def _table(alphabet: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32] | None:
     return table
 
 
+def _among(items: npt.NDArray[Any], ordered: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Return a mask of ``items`` found in the sorted array ``ordered``."""
+    if not len(ordered):
+        return np.zeros(len(items), dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, items), len(ordered) - 1)
+    found: npt.NDArray[np.bool_] = ordered[at] == items
+    return found
+
+
 class Judge:
     """Judge each single copy by what the feed so far looks like (see the module doc).
 
@@ -95,10 +140,13 @@ class Judge:
     """
 
     def __init__(self) -> None:
-        #: Symbols (4 bytes read as one number) two packets or more have carried.
-        self._alphabet = np.zeros(0, dtype=np.uint32)
-        #: Symbols carried by one packet so far.
-        self._once: set[int] = set()
+        #: Symbols (4 bytes read as one number) admitted to the alphabet, sorted.
+        self._alphabet = _NO_CODES
+        #: Symbols outside the alphabet (sorted), and how many packets carried each.
+        self._candidates = _NO_CODES
+        self._counts = np.zeros(0, dtype=np.int64)
+        #: (symbol << 32 | sequence) of the packets that carried them, sorted.
+        self._sightings = _NO_KEYS
         self._seen = 0
         #: The alphabet by hash (None while two of its symbols share a slot).
         self._table: npt.NDArray[np.uint32] | None = None
@@ -107,54 +155,101 @@ class Judge:
         self._quantity = _Magnitude()
         self._price = _Magnitude()
 
+    @property
+    def alphabet(self) -> list[bytes]:
+        """Return the symbols admitted so far."""
+        return [bytes(s) for s in self._alphabet.view("S4").tolist()]
+
     def __call__(self, batch: Packets) -> npt.NDArray[np.int32]:
         """Return the sequences of ``batch`` whose packet is in doubt, ascending."""
         if not len(batch):
             return _EMPTY
         doubted = self._quantity.far(batch.quantity) | self._price.far(batch.price)
-        if self._symbols:
-            strange = self._strange_symbols(batch.symbol)
-            if self._seen + len(batch) >= ALPHABET_WARMUP:
-                doubted |= strange
         self._seen += len(batch)
+        if self._symbols:
+            doubted |= self._strange_symbols(batch.symbol, batch.sequence)
+        if not self._symbols:  # no alphabet to judge by (or no longer): the rule still holds
+            from ..engine import valid_symbols
+
+            doubted |= ~valid_symbols(batch.symbol)
         if not doubted.any():
             return _EMPTY
         return np.unique(batch.sequence[doubted])
 
-    def _strange_symbols(self, symbols: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bool_]:
+    def _strange_symbols(
+        self, symbols: npt.NDArray[np.bytes_], sequences: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.bool_]:
         codes = np.ascontiguousarray(symbols, dtype="S4").view(np.uint32)
-        alphabet = self._alphabet
         unknown: npt.NDArray[np.bool_]
         if self._table is not None:
             # A hash table of the alphabet: a gather and a compare, no branch per packet.
             unknown = self._table[(codes * _HASH) >> _HASH_SHIFT] != codes
-        elif len(alphabet):
-            at = np.minimum(np.searchsorted(alphabet, codes), len(alphabet) - 1)
-            unknown = alphabet[at] != codes
+            unknown |= codes == 0  # an empty symbol matches the table's empty slots
         else:
-            unknown = np.ones(len(codes), dtype=bool)
+            unknown = ~_among(codes, self._alphabet)
         if not unknown.any():
             return unknown
-        # The rare path: symbols not yet in the alphabet (the first batches, or changed).
-        new, counts = np.unique(codes[unknown], return_counts=True)
-        joined: list[int] = []
-        for code, count in zip(new.tolist(), counts.tolist(), strict=True):
-            if count > 1 or code in self._once:
-                self._once.discard(code)
-                joined.append(code)
-            else:
-                self._once.add(code)
-        if joined:
-            self._alphabet = np.union1d(alphabet, np.array(joined, dtype=np.uint32))
-            self._table = _table(self._alphabet)
-        if len(self._alphabet) + len(self._once) > MAX_ALPHABET:
-            # So many symbols, most seen once: no alphabet to judge by (see __call__).
-            self._symbols = False
-            self._once.clear()
+        # The rare path: symbols outside the alphabet (the first batches, or changed).
+        at = np.flatnonzero(unknown)
+        doubted = self._outside(codes[at], sequences[at])
+        if not self._symbols:
             return np.zeros(len(codes), dtype=bool)
-        # Doubted: the packets whose symbol no other packet carried so far.
-        alone = np.array(sorted(self._once), dtype=np.uint32)
-        doubted: npt.NDArray[np.bool_] = unknown & np.isin(codes, alone)
+        unknown[at] = doubted
+        return unknown
+
+    def _outside(
+        self, codes: npt.NDArray[np.uint32], sequences: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.bool_]:
+        """Count the packets of symbols outside the alphabet; return those to doubt."""
+        from ..engine import valid_symbols
+
+        valid = valid_symbols(codes.view("S4"))
+        keys = codes.astype(np.uint64) << np.uint64(32) | sequences.astype(np.uint32)
+        # A second copy of a sequence that carried the symbol before confirms it.
+        unique_keys, copies = np.unique(keys[valid], return_counts=True)
+        twice = _among(unique_keys, self._sightings) | (copies > 1)
+        fresh = unique_keys[~_among(unique_keys, self._sightings)]
+        key_codes = (unique_keys >> np.uint64(32)).astype(np.uint32)
+        confirmed = np.unique(key_codes[twice])
+        # Packets (distinct sequences) that carried each symbol, so far.
+        new, counts = np.unique((fresh >> np.uint64(32)).astype(np.uint32), return_counts=True)
+        known = _among(new, self._candidates)
+        where = np.searchsorted(self._candidates, new)
+        totals = counts.copy()
+        totals[known] += self._counts[where[known]]
+        needed = max(ALPHABET_MIN, ALPHABET_SHARE * self._seen)
+        joined = np.union1d(new[totals >= needed], confirmed)
+        # The candidates' counts and sightings, updated; those joined leave them.
+        self._counts[where[known]] += counts[known]
+        self._candidates = np.insert(self._candidates, where[~known], new[~known])
+        self._counts = np.insert(self._counts, where[~known], counts[~known])
+        self._sightings = np.insert(self._sightings, np.searchsorted(self._sightings, fresh), fresh)
+        if len(joined):
+            self._alphabet = np.union1d(self._alphabet, joined)
+            self._table = _table(self._alphabet)
+            stay = ~_among(self._candidates, joined)
+            self._candidates, self._counts = self._candidates[stay], self._counts[stay]
+            sighted = (self._sightings >> np.uint64(32)).astype(np.uint32)
+            self._sightings = self._sightings[~_among(sighted, joined)]
+        if len(self._sightings) > _MAX_SIGHTINGS:
+            # The lowest sequences' sightings go: their copies asked for came long ago.
+            low = (self._sightings & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            cut = np.partition(low, len(low) // 2)[len(low) // 2]
+            self._sightings = self._sightings[low >= cut]
+        many = len(self._alphabet) + len(self._candidates) > MAX_ALPHABET
+        if (
+            len(self._alphabet) > MAX_ALPHABET
+            or len(self._candidates) > _MAX_CANDIDATES
+            or (many and len(self._sightings) * 100 > self._seen)
+        ):
+            # So many symbols, and not rare: no alphabet to judge by (see __call__).
+            self._symbols = False
+            self._candidates, self._counts, self._sightings = _NO_CODES, self._counts[:0], _NO_KEYS
+            return np.zeros(len(codes), dtype=bool)
+        if self._seen < ALPHABET_WARMUP:
+            return ~valid
+        # Doubted: the packets whose symbol breaks the rule or stays outside the alphabet.
+        doubted: npt.NDArray[np.bool_] = ~valid | ~_among(codes, self._alphabet)
         return doubted
 
 

@@ -590,6 +590,10 @@ class TextParser:
         """Parse what is held and check that the document ended; return the last records."""
         if self._closed:
             return Packets.empty()
+        if not self._offset and not self._carry:
+            # Not a byte fed: a 0-byte document is an empty feed, in every format.
+            self._closed = True
+            return Packets.empty()
         batch = self._run(self._carry, final=True)
         self._closed = True
         return batch

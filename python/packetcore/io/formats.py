@@ -396,6 +396,8 @@ def _iter_bin(file: BinaryIO, block: int) -> Iterator[Packets]:
 
 
 def _iter_parquet(path: str | os.PathLike[str], block: int) -> Iterator[Packets]:
+    if os.stat(path).st_size == 0:
+        return  # a 0-byte file is an empty feed, in every format
     pa, pq = _pyarrow()
     try:
         file = pq.ParquetFile(path)

@@ -86,6 +86,8 @@ class AtomicFile:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        #: The path as the caller named it: what an error names, never the temporary.
+        self.path = os.fspath(path)
         self.target = Path(os.path.realpath(path))
         self._temp: Path | None = None
         self._synced = False
@@ -96,9 +98,12 @@ class AtomicFile:
             self.stream: BinaryIO = open(self.target, "wb")  # noqa: SIM115 (closed by commit)
             return
         # The name's head only: a temporary beside a 255-byte name must still fit.
-        fd, temp = tempfile.mkstemp(
-            prefix=f".{self.target.name[:200]}.", suffix=".tmp", dir=self.target.parent
-        )
+        try:
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{self.target.name[:200]}.", suffix=".tmp", dir=self.target.parent
+            )
+        except OSError as exc:
+            raise self._named(exc) from exc
         self._temp = Path(temp)
         try:
             os.fchmod(fd, _new_file_mode(self.target))
@@ -107,6 +112,12 @@ class AtomicFile:
             os.close(fd)
             self._temp.unlink()
             raise
+
+    def _named(self, exc: OSError) -> OSError:
+        """Return ``exc`` naming the caller's path instead of the temporary file."""
+        if exc.errno is None:
+            return exc
+        return OSError(exc.errno, exc.strerror, self.path)
 
     @property
     def temporary(self) -> Path | None:
@@ -121,6 +132,9 @@ class AtomicFile:
             self.stream.flush()
             os.fsync(self.stream.fileno())
             self.stream.close()
+        except OSError as exc:
+            self.discard()
+            raise self._named(exc) from exc
         except BaseException:
             self.discard()
             raise
@@ -135,6 +149,9 @@ class AtomicFile:
         self.sync()
         try:
             os.replace(self._temp, destination)
+        except OSError as exc:
+            self.discard()
+            raise self._named(exc) from exc
         except BaseException:
             self.discard()
             raise

@@ -753,6 +753,10 @@ cdef class TextParser:
         """Parse what is held and check that the document ended; return the last records."""
         if self._closed:
             return _empty_batch()
+        if not self._offset and not self._carry:
+            # Not a byte fed: a 0-byte document is an empty feed, in every format.
+            self._closed = True
+            return _empty_batch()
         data = self._carry
         batch = self._run(data, <const unsigned char *>PyBytes_AS_STRING(data), len(data), True)
         self._closed = True
