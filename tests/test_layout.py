@@ -14,7 +14,7 @@ CONTRACTS = Path(__file__).resolve().parent.parent / ".importlinter"
 
 #: Beside the layers: imported by all of them (errors, packets, protocol, _build_check),
 #: the facade over them (__main__), and _build (written by the build: the engine's flag).
-SHARED = {"errors", "packets", "protocol", "_build_check", "_build", "__main__"}
+SHARED = {"errors", "packets", "protocol", "seeds", "_build_check", "_build", "__main__"}
 
 
 def contracts() -> configparser.ConfigParser:

@@ -132,7 +132,7 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path: Path) -> None:
 
 def test_a_format_that_cannot_start_leaves_nothing_behind(tmp_path: Path) -> None:
     # open_writer refuses the format: the temporary file goes, nothing is left.
-    from packetcore.io.output import Output
+    from packetcore.io.sink import Output
 
     with pytest.raises(ValueError):
         Output(str(tmp_path / "out.json"), "no-such-format")
@@ -141,7 +141,8 @@ def test_a_format_that_cannot_start_leaves_nothing_behind(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("case", ["empty", "slash", "partial-is-a-directory"])
 def test_outputs_that_would_fail_at_the_end_fail_at_once(case: str, tmp_path: Path) -> None:
-    from packetcore.io.output import Output, OutputError
+    from packetcore.errors import OutputError
+    from packetcore.io.sink import Output
 
     if case == "empty":
         path = ""

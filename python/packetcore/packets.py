@@ -17,7 +17,6 @@ __all__ = [
     "SYMBOL_RULE",
     "Packet",
     "Packets",
-    "check_symbols",
     "packet_error",
     "shown_symbol",
     "symbol_error",
@@ -86,19 +85,6 @@ def packet_error(index: int, field: str, packet: bytes) -> FeedError:
     return FeedError(
         f"record {index}, field {field!r}: expected {expected}, got {got}", index, field
     )
-
-
-def check_symbols(symbols: npt.ArrayLike, start: int = 0) -> None:
-    """Raise :func:`symbol_error` for the first symbol of the column that breaks the rule.
-
-    ``start`` is the record index of the column's first item, for the message.
-    """
-    from .engine import valid_symbols  # deferred: the engine imports this module
-
-    mask = valid_symbols(symbols)
-    if not mask.all():
-        i = int(np.argmin(mask))
-        raise symbol_error(start + i, bytes(np.asarray(symbols)[i]))
 
 
 _EMPTY_OFFSETS = np.zeros(0, dtype=np.int64)

@@ -18,21 +18,23 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import FetchError, OutputError
 from . import UserError, add_verbosity, run, signals
 from .exits import EXIT_INCOMPLETE, EXIT_STRICT, EXIT_USAGE
 from .options import check_format as _check_format
 from .options import integer, number
+from .output import given_up, open_output
+from .progress import progress_bar
 
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
 # Ctrl-C while it loads is one line like any other; the module itself imports fast.
 if TYPE_CHECKING:
     from ..client.fetch import FetchResult
     from ..client.session import FetchOptions, Progress
-    from ..io.output import Output
+    from ..io.sink import Output
     from ..packets import Packets
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
@@ -255,19 +257,6 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
                       progress=args.progress)  # fmt: skip
 
 
-def open_output(output: str, form: str | None = None) -> Output:
-    """Open ``output`` in ``form`` (default: from its name); a failure is one UserError."""
-    from ..io.formats import format_for
-    from ..io.output import Output, OutputError
-
-    try:
-        return Output(output, format_for(output, form))
-    except OSError as exc:
-        raise UserError(f"cannot write the output {output}: {exc.strerror or exc}") from exc
-    except (OutputError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-
-
 def fetch_into(
     options: FetchOptions,
     output: str,
@@ -341,18 +330,6 @@ def fetch_into(
     if not result.complete:
         _incomplete(result, output, where)
     return 0
-
-
-def given_up(exc: KeyboardInterrupt, output: str, when: str = "") -> UserError:
-    """Return the one line of a fetch or follow that a request to stop gave up (130, 143).
-
-    ``when``: what it was doing, as " while finishing".
-    """
-    from ..io.output import STDOUT
-
-    interrupted = signals.stopped_by(exc)
-    fate = "stdout has what was written" if output == STDOUT else f"{output} left as it was"
-    return UserError(f"interrupted by {interrupted.name}{when}; {fate}", interrupted.status)
 
 
 def _reader_left(out: Output, verbosity: int) -> int:
@@ -436,39 +413,6 @@ def _incomplete(result: FetchResult, output: str, where: str) -> None:
         f"incomplete: {result.reason}; {missing}; {result.count} packet(s) received, {saved}",
         EXIT_INCOMPLETE,
     )
-
-
-@contextlib.contextmanager
-def progress_bar(verbosity: int, every: float | None = None) -> Iterator[Progress | None]:
-    """Yield a progress callback drawing a tqdm bar, or None when stderr is no terminal.
-
-    ``every`` (``--progress``): where stderr is no terminal, a status line every
-    ``every`` seconds instead (even with -q: it was asked for).
-    """
-    if every is not None and not sys.stderr.isatty():
-        from .progress import status_lines
-
-        with status_lines(PROGRAM, every) as lines:
-            yield lines
-        return
-    if verbosity < 0 or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm  # type: ignore[import-untyped]
-    from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
-
-    bar: Any = tqdm(total=None, unit="pkt", unit_scale=True, leave=False, file=sys.stderr)
-
-    def progress(written: int, expected: int | None) -> None:
-        if expected is not None and bar.total != expected:
-            bar.total = expected
-        bar.update(written - bar.n)
-
-    try:
-        with logging_redirect_tqdm():  # log lines above the bar, never across it
-            yield progress
-    finally:
-        bar.close()
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ import time
 from typing import TYPE_CHECKING
 
 from . import UserError, signals
-from .fetch import given_up, open_output, progress_bar
+from .output import given_up, open_output
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from ..client.follow import FollowStats
     from ..client.session import FetchOptions, Progress
-    from ..io.output import Output
+    from ..io.sink import Output
     from ..packets import Packets
 
 __all__ = ["follow_into"]

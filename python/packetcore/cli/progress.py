@@ -12,12 +12,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..client.session import Progress
 
-__all__ = ["DEFAULT_INTERVAL", "status_lines"]
+__all__ = ["DEFAULT_INTERVAL", "progress_bar", "status_lines"]
 
 #: Seconds between two lines when ``--progress`` names none.
 DEFAULT_INTERVAL = 5.0
@@ -64,3 +64,36 @@ def status_lines(program: str, interval: float) -> Iterator[Progress]:
     finally:
         stop.set()
         ticker.join()
+
+
+@contextlib.contextmanager
+def progress_bar(
+    verbosity: int, every: float | None = None, program: str = "packetcore-fetch"
+) -> Iterator[Progress | None]:
+    """Yield a progress callback drawing a tqdm bar, or None when stderr is no terminal.
+
+    ``every`` (``--progress``): where stderr is no terminal, a status line every
+    ``every`` seconds instead (even with -q: it was asked for).
+    """
+    if every is not None and not sys.stderr.isatty():
+        with status_lines(program, every) as lines:
+            yield lines
+        return
+    if verbosity < 0 or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped]
+
+    bar: Any = tqdm(total=None, unit="pkt", unit_scale=True, leave=False, file=sys.stderr)
+
+    def progress(written: int, expected: int | None) -> None:
+        if expected is not None and bar.total != expected:
+            bar.total = expected
+        bar.update(written - bar.n)
+
+    try:
+        with logging_redirect_tqdm():  # log lines above the bar, never across it
+            yield progress
+    finally:
+        bar.close()

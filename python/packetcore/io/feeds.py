@@ -23,13 +23,12 @@ from ..errors import FeedError, ProtocolError
 from ..packets import (
     JSON_KEYS,
     Packets,
-    check_symbols,
     packet_error,
     symbol_error,
     valid_symbol,
 )
 from ..seeds import Streams
-from .formats import FORMATS, format_for, iter_packets
+from .formats import FORMATS, check_symbols, format_for, iter_packets
 
 __all__ = [
     "SYMBOLS",

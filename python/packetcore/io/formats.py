@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any, BinaryIO, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from ..engine import PACKET_SIZE, Decoder, TextParser, encode, text_rows, valid_symbols
 from ..engine._pure import in_sequence_order
@@ -23,7 +24,6 @@ from ..errors import FeedError, MissingDependencyError, ProtocolError
 from ..packets import (
     JSON_KEYS,
     Packets,
-    check_symbols,
     packet_error,
     shown_symbol,
     symbol_error,
@@ -36,6 +36,7 @@ __all__ = [
     "FORMATS",
     "ROW_GROUP_ROWS",
     "FormatWriter",
+    "check_symbols",
     "format_for",
     "format_named_by",
     "iter_packets",
@@ -65,6 +66,17 @@ _CSV_HEADER = ",".join(JSON_KEYS).encode("ascii") + b"\n"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _B, _S = ord("B"), ord("S")
 _PARQUET_EXTRA = 'parquet needs pyarrow: pip install "packetcore[parquet]"'
+
+
+def check_symbols(symbols: npt.ArrayLike, start: int = 0) -> None:
+    """Raise :func:`symbol_error` for the first symbol of the column that breaks the rule.
+
+    ``start`` is the record index of the column's first item, for the message.
+    """
+    mask = valid_symbols(symbols)
+    if not mask.all():
+        i = int(np.argmin(mask))
+        raise symbol_error(start + i, bytes(np.asarray(symbols)[i]))
 
 
 def format_for(path: str | os.PathLike[str], explicit: str | None = None) -> str:
