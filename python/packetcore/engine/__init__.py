@@ -9,81 +9,35 @@ never a silent fallback.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 from .._build_check import check_build, forced_twin
+from . import _pure
 
-__all__ = [
-    "MAX_SEQUENCE",
-    "PACKET_SIZE",
-    "Decoder",
-    "GapTracker",
-    "PacketStore",
-    "TextParser",
-    "decode",
-    "encode",
-    "gather",
-    "implementation",
-    "text_rows",
-    "to_json",
-    "valid_symbols",
-]
+if TYPE_CHECKING:
+    # Type checkers read the twin's code; the stub, _engine.pyi, is held to both engines
+    # by stubtest (make lint) and tests/test_parity.py.
+    from ._pure import *  # noqa: F403
+
+#: The engine's API: the twin's names, which the compiled module has too (test_parity).
+__all__ = [*_pure.__all__, "implementation"]
 
 implementation: Literal["cython", "python"]
 
 
-if TYPE_CHECKING or forced_twin():
-    from ._pure import (
-        MAX_SEQUENCE,
-        PACKET_SIZE,
-        Decoder,
-        GapTracker,
-        PacketStore,
-        TextParser,
-        decode,
-        encode,
-        gather,
-        text_rows,
-        to_json,
-        valid_symbols,
-    )
-
-    implementation = "python"
-else:
+def _chosen() -> tuple[ModuleType, Literal["cython", "python"]]:
+    if forced_twin():
+        return _pure, "python"
     try:
-        from ._engine import (
-            MAX_SEQUENCE,
-            PACKET_SIZE,
-            Decoder,
-            GapTracker,
-            PacketStore,
-            TextParser,
-            decode,
-            encode,
-            gather,
-            text_rows,
-            to_json,
-            valid_symbols,
-        )
-
-        implementation = "cython"
+        from . import _engine
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}._engine":
             raise
-        check_build()
-        from ._pure import (
-            MAX_SEQUENCE,
-            PACKET_SIZE,
-            Decoder,
-            GapTracker,
-            PacketStore,
-            TextParser,
-            decode,
-            encode,
-            gather,
-            text_rows,
-            to_json,
-            valid_symbols,
-        )
+        check_build()  # built without it on purpose, or it went missing: an error
+        return _pure, "python"
+    return _engine, "cython"
 
-        implementation = "python"
+
+_module, implementation = _chosen()
+globals().update({name: getattr(_module, name) for name in _pure.__all__})

@@ -361,18 +361,22 @@ class _Scan:
         self.rows.append(tuple(values))  # type: ignore[arg-type]
         self.index += 1
 
+    def fast(self, match: re.Match[bytes] | None) -> bool:
+        """Take the row a fast-path ``match`` holds, if it is a plain one; say whether it was."""
+        row = None if match is None else _fast_row(match)
+        if row is None:
+            return False
+        assert match is not None
+        self.rows.append(row)
+        self.index += 1
+        self.pos = match.end()
+        return True
+
     def json_element(self, i: int) -> None:
         c = self.b[i]
         if c == 0x7B:
-            match = _FAST_JSON.match(self.b, i)
-            if match is not None:
-                row = _fast_row(match)
-                if row is not None:
-                    self.rows.append(row)
-                    self.index += 1
-                    self.pos = match.end()
-                    return
-            self.json_record(i)
+            if not self.fast(_FAST_JSON.match(self.b, i)):
+                self.json_record(i)
             return
         if c in (0x5D, 0x2C, 0x3A, 0x7D):
             raise self.syntax(i, -1)
@@ -413,14 +417,8 @@ class _Scan:
 
     def csv_row(self, i: int) -> None:
         b, n = self.b, self.n
-        match = _FAST_CSV.match(b, i)
-        if match is not None:
-            row = _fast_row(match)
-            if row is not None:
-                self.rows.append(row)
-                self.index += 1
-                self.pos = match.end()
-                return
+        if self.fast(_FAST_CSV.match(b, i)):
+            return
         values: list[bytes | int] = []
         end = i
         for field in range(5):

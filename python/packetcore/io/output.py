@@ -13,6 +13,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -108,6 +109,18 @@ class AtomicFile:
             return exc
         return OSError(exc.errno, exc.strerror, self.path)
 
+    @contextlib.contextmanager
+    def _discarded_on_failure(self) -> Iterator[None]:
+        """Discard the temporary file if the block fails; an OSError names the target."""
+        try:
+            yield
+        except OSError as exc:
+            self.discard()
+            raise self._named(exc) from exc
+        except BaseException:
+            self.discard()
+            raise
+
     @property
     def temporary(self) -> Path | None:
         """Return the temporary file's path (``None`` when writing into a special file)."""
@@ -117,16 +130,10 @@ class AtomicFile:
         """Make the bytes written durable (flush, fsync, close), not yet in place."""
         if self._temp is None or self._synced:
             return
-        try:
+        with self._discarded_on_failure():
             self.stream.flush()
             os.fsync(self.stream.fileno())
             self.stream.close()
-        except OSError as exc:
-            self.discard()
-            raise self._named(exc) from exc
-        except BaseException:
-            self.discard()
-            raise
         self._synced = True
 
     def commit(self, path: str | os.PathLike[str] | None = None) -> Path:
@@ -136,14 +143,8 @@ class AtomicFile:
             return self.target
         destination = self.target if path is None else Path(path)
         self.sync()
-        try:
+        with self._discarded_on_failure():
             os.replace(self._temp, destination)
-        except OSError as exc:
-            self.discard()
-            raise self._named(exc) from exc
-        except BaseException:
-            self.discard()
-            raise
         self._temp = None
         _fsync_directory(destination.parent)
         return destination
