@@ -630,3 +630,23 @@ def test_nothing_reaches_stdout_before_the_feed_is_reached(form: str) -> None:
     out, err = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 1, err
     assert out == b""
+
+
+def test_a_fetch_started_with_stdout_closed_writes_into_no_socket() -> None:
+    # `packetcore-fetch -o - >&-`: descriptor 1 was free, and the first socket the fetch
+    # opened took it: the records went into a connection.  Now the command keeps 0-2
+    # taken (by /dev/null) and says that stdout is closed.
+    from packetcore.server.server import Server
+
+    script = Path(sys.executable).parent / "packetcore-fetch"
+    with Server(host="127.0.0.1", port=0, drop=0.0) as server:
+        result = subprocess.run(
+            ["sh", "-c", f'exec "{script}" --port {server.port} -o - >&-'],
+            capture_output=False, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        requests = server.stats.connections
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.decode().strip().endswith("cannot write to stdout: it is closed")
+    assert result.stderr.count(b"\n") == 1
+    assert requests == 0  # refused before it connected

@@ -66,20 +66,33 @@ def packetcore() -> int:
 
 def _run(command: str, argv: Sequence[str], prog: str, *, owner: bool = True) -> int:
     """Load ``command`` and run it; a signal at any moment is handled by cli.signals' rule."""
-    from .cli import signals  # the rule, import-light: not the command yet
+    # Before the command runs, numpy and the engine load (a second, on a busy machine),
+    # and before that the rule itself (cli.signals): the stop signals are held from the
+    # first line on, and the command's handler is in place before they are let through,
+    # so that no signal ever meets the default action (SIGTERM: killed without a word) or
+    # Python's (a KeyboardInterrupt traceback).  Held here with the signal module itself:
+    # importing the rule is part of the window it would close.
+    import signal
 
-    # Before the command runs, numpy and the engine load (a second, on a busy machine):
-    # the stop signals are held meanwhile, and the command's handler is in place before
-    # they are let through, so that no signal ever meets the default action (SIGTERM:
-    # killed without a word).
+    hold = getattr(signal, "pthread_sigmask", None)  # not on Windows
+    previous = hold(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if hold else None
     try:
-        with signals.held():
+        try:
+            from .cli import signals  # the rule, import-light: not the command yet
+
+            if owner:
+                _standard_descriptors_open()
             module = importlib.import_module(f"packetcore.cli.{command}")
             importlib.import_module("numpy")
             if owner:  # not when called in-process (a test): that process's signals are its own
                 signals.take_over()  # for the rest of the process: after the end, ignored
+        finally:
+            if hold is not None and previous is not None:
+                hold(signal.SIG_SETMASK, previous)  # what was held is delivered now
         code: int = module.main(argv, prog=prog)
     except KeyboardInterrupt as exc:  # held until here, or before the command's run()
+        from .cli import signals
+
         interrupted = signals.stopped_by(exc)
         print(f"{prog}: {interrupted.what}", file=sys.stderr)
         code = interrupted.status
@@ -87,6 +100,19 @@ def _run(command: str, argv: Sequence[str], prog: str, *, owner: bool = True) ->
         return code
     signals.settle()  # said and done: ignored until the process has exited
     return _exit_now_if_busy(code)
+
+
+def _standard_descriptors_open() -> None:
+    """Put /dev/null on descriptors 0, 1 and 2 where the command was started without them.
+
+    Otherwise the first socket the command opens takes the number: a fetch started with
+    ``>&-`` would write its records into a connection to the server.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 def _exit_now_if_busy(code: int) -> int:

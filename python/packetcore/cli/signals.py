@@ -27,11 +27,13 @@ How
 ---
 One Python-level handler, :func:`_Stops.handle`, for the life of the process: the
 console scripts and ``python -m packetcore`` install it (:func:`take_over`) while both
-signals are still blocked (:func:`held`), so that no signal ever meets the default
+signals are still blocked (``packetcore.__main__`` blocks them first of all, before it
+imports this module), so that no signal ever meets the default
 action (which kills a process by SIGTERM without a word); a command run in-process
 (tests, an embedding program) gets it from :func:`handled` and its previous handlers
 back after.  Every other module of the command line reaches signals through this one
-(it stays import-light: ``packetcore.__main__`` loads it before any command).
+(it stays import-light: ``packetcore.__main__`` loads it before any command), but for
+that first block.
 
 The handler never raises while an event loop runs: an exception thrown out of a loop
 between its callbacks can leave the loop's own completion callback queued, and the
@@ -70,7 +72,6 @@ __all__ = [
     "Terminated",
     "graceful",
     "handled",
-    "held",
     "in_loop",
     "interruption",
     "name",
@@ -279,26 +280,6 @@ _stops = _Stops()
 if hasattr(os, "register_at_fork"):
     # A forked worker starts with none of its parent's requests, and installs its own.
     os.register_at_fork(after_in_child=_stops.forked)
-
-
-@contextlib.contextmanager
-def held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while the block runs; deliver them after it.
-
-    While a command loads (numpy and the engine: a second, on a busy machine), so that
-    a Ctrl-C inside numpy's import does not become an ImportError, and so that the
-    handler (:func:`take_over`) is in place before any of them is let through.  Threads
-    started meanwhile (numpy's BLAS pool) keep them blocked for good, so the signals
-    always reach the main thread.
-    """
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: nothing to hold them with
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def unblock() -> None:

@@ -596,8 +596,9 @@ class Session:
             while not self._flowing():
                 if give_up_at is not None and time.monotonic() > give_up_at:
                     raise OutputError(
-                        "the output took nothing for long past the deadline (a reader "
-                        "that stopped reading?); gave up"
+                        "the output could not take what was received within the "
+                        "deadline's grace (its writer fell behind, or a reader of stdout "
+                        "stopped reading); gave up"
                     )
                 await asyncio.sleep(0.005)
             batch = store.take(min(stop, store.cursor + span))

@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,10 @@ class _Descriptor(io.RawIOBase):
 
 
 def _stdout() -> BinaryIO:
+    # Python leaves sys.stdout None when descriptor 1 was closed at start; packetcore's
+    # commands then put /dev/null there (so that no socket takes it): still closed.
+    if sys.stdout is None:
+        raise OutputError("cannot write to stdout: it is closed")
     try:
         return cast(BinaryIO, _Descriptor(1))
     except OSError:
@@ -187,9 +192,11 @@ class Output:
         self._queue.put(None)
         if not self._join(timeout):
             self.abort()
+            why = (
+                "a reader that stopped reading?" if self._file is None else "the writer fell behind"
+            )
             raise OutputError(
-                f"{self.name} took nothing for long past the deadline (a reader that "
-                f"stopped reading?); gave up"
+                f"{self.name} took nothing for long past the deadline ({why}); gave up"
             )
         try:
             if self.error is not None:
