@@ -717,3 +717,17 @@ def test_copies_for_a_vote_end_with_the_answers_not_the_timeout() -> None:
 
         batches = asyncio.run(vote())
     assert Packets.concat(batches).sequence.tolist() == [3]
+
+
+def test_packets_in_doubt_are_bounded_by_a_share_of_the_feed_not_a_count() -> None:
+    # 100,000 doubts was the end of any fetch: a 5M-packet feed through a network that
+    # swaps 1 packet in 100 always failed.  A stream a quarter out of order still does.
+    session = Session(FetchOptions(), lambda batch: None)
+    with pytest.raises(FetchError, match="out of sequence order"):
+        session.doubt(np.arange(1, 150_001, dtype=np.int32))
+    long = Session(FetchOptions(), lambda batch: None)
+    long.add(synthetic(1_000_000, seed=3), recovered=False)
+    long.doubt(np.arange(1, 150_001, dtype=np.int32))
+    assert len(long.doubts) == 150_000
+    with pytest.raises(FetchError, match="out of sequence order"):
+        long.doubt(np.arange(150_001, 260_001, dtype=np.int32))

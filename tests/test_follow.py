@@ -696,3 +696,22 @@ def test_the_summary_quotes_the_time_and_reason_it_is_given() -> None:
     line = stats.summary("stdout", seconds=2.5, reason="the reader closed stdout")
     assert line.endswith("2.50 s -> stdout [the reader closed stdout]")
     assert (stats.seconds, stats.reason) == (1.0, "until reached")
+
+
+def test_a_follow_that_never_connected_leaves_the_output_as_it_was(tmp_path: Path) -> None:
+    # Stopped (here by its deadline) while it retried a server that is not there, a
+    # follow replaced the user's file with an empty one and exited 0.
+    target = tmp_path / "keep.ndjson"
+    target.write_text('{"precious": 1}\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "packetcore", "fetch", "--port", str(port), "--follow",
+         "--deadline", "1", "--retries", "50", "-o", str(target)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert target.read_text() == '{"precious": 1}\n'
+    assert f"no connection to 127.0.0.1:{port} was made" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr

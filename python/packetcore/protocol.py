@@ -1,4 +1,4 @@
-"""Requests and frames of the feed protocol (PROTOCOL.md), shared by server and client.
+"""Requests and frames of the feed protocol (docs/protocol.md), shared by server and client.
 
 Response packets themselves are the engine's business (:mod:`packetcore.engine`);
 this module holds the small fixed layouts around them.

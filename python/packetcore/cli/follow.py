@@ -71,9 +71,16 @@ def follow_into(
             signals.settle()
             failure, where = None, "stdout"
             reason = "the reader closed stdout"
-        elif failure is not None and not stats.packets:
+        elif not stats.packets and not to_stdout:
             out.abort()  # nothing came: the output stays as it was
-            raise UserError(failure)
+            if failure is not None:
+                raise UserError(failure)
+            if not stats.published:  # stopped (a signal, the deadline) before it connected
+                raise UserError(
+                    f"{reason}: no connection to {options.host}:{options.port} was made; "
+                    f"{output} left as it was"
+                )
+            where = f"nothing ({output} left as it was)"
         else:
             signalled = stats.reason.startswith("stopped by ")
             try:
@@ -98,6 +105,8 @@ def follow_into(
         out.abort()
         raise
     shown = "stdout" if to_stdout else output
+    if not stats.packets and not to_stdout:
+        shown = where
     if failure is not None:
         saved = "written to stdout" if to_stdout else f"saved to {where}"
         raise UserError(f"{failure}; {stats.packets} packet(s) in order {saved}")

@@ -535,15 +535,18 @@ class Session:
     def doubt(self, sequences: npt.NDArray[np.int32]) -> None:
         """Mark ``sequences`` to be asked for again before their packets are trusted.
 
-        Raise :class:`FetchError` past :data:`MAX_DOUBTS`: a stream that far out of
-        order is no feed (random bytes, scattered sequences), and the connection goes.
+        Raise :class:`FetchError` past :data:`MAX_DOUBTS` and past a quarter of the
+        packets received: a stream that far out of order is no feed (random bytes,
+        scattered sequences), and the connection goes.  A fixed count alone would fail
+        a long feed through a network that reorders a few packets in a hundred.
         """
         self.doubts.update(sequences.tolist())
         self._first_doubt = None
-        if len(self.doubts) > MAX_DOUBTS:
+        limit = max(MAX_DOUBTS, self.received // 4)
+        if len(self.doubts) > limit:
             raise FetchError(
-                f"more than {MAX_DOUBTS} packets came out of sequence order: the server "
-                f"does not send a feed in order"
+                f"more than {limit} packets (and a quarter of those received) came out of "
+                f"sequence order: the server does not send a feed in order"
             )
 
     def trust(self, sequences: list[int]) -> None:
