@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from packetcore.client.follow import FollowStats, follow
+from packetcore.packets import Packets
 from packetcore.protocol import range_requests
 from packetcore.server.server import Server
 
@@ -234,3 +236,21 @@ class LoopThread:
     def alive(self) -> bool:
         """Return whether the loop's thread still runs."""
         return self._thread.is_alive()
+
+
+def collect(port: int, **options: object) -> tuple[Packets, FollowStats]:
+    """Follow ``127.0.0.1:port`` to the end (or ``until``); every batch joined, and the stats.
+
+    ``options`` are :func:`packetcore.follow`'s (``timeout`` 2 s unless given); a follow
+    that has not ended in 30 s fails the test.
+    """
+
+    async def run() -> tuple[Packets, FollowStats]:
+        batches: list[Packets] = []
+        settings = {"timeout": 2.0, **options}
+        async with follow("127.0.0.1", port, **settings) as feed:
+            async for batch in feed:
+                batches.append(batch)
+            return Packets.concat(batches), feed.stats
+
+    return asyncio.run(asyncio.wait_for(run(), 30.0))

@@ -33,7 +33,7 @@ from packetcore.protocol import (
     encode_info,
 )
 from packetcore.server.server import Server
-from serverutil import PACKET, RawServer
+from serverutil import PACKET, RawServer, collect
 
 import packetcore
 from packetcore.engine import encode
@@ -130,20 +130,6 @@ class LiveStub:
                 time.sleep(0.002)
         # A server that stops resets its subscriptions: end of file would say the feed ended.
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-
-
-def collect(port: int, **options: object) -> tuple[Packets, FollowStats]:
-    """Follow to the end and return every batch joined, and the stats."""
-
-    async def run() -> tuple[Packets, FollowStats]:
-        batches: list[Packets] = []
-        settings = {"timeout": 2.0, **options}
-        async with follow("127.0.0.1", port, **settings) as feed:
-            async for batch in feed:
-                batches.append(batch)
-            return Packets.concat(batches), feed.stats
-
-    return asyncio.run(asyncio.wait_for(run(), TIMEOUT))
 
 
 def assert_exactly(packets: Packets, first: int, last: int) -> None:

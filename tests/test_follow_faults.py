@@ -6,36 +6,22 @@ loopback, with feeds small enough to take a second or two.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from packetcore.client.follow import FollowStats, follow
+from packetcore.client.follow import FollowStats
 from packetcore.faults.model import FaultPlan, Faults
 from packetcore.faults.proxy import Proxy
 from packetcore.io.feeds import synthetic
 from packetcore.packets import Packets
 from packetcore.server.server import Server
+from serverutil import collect
 
 import packetcore
 from packetcore.engine import encode
 
 TIMEOUT = 30.0
-
-
-def collect(port: int, **options: object) -> tuple[Packets, FollowStats]:
-    """Follow to the end (or ``until``) and return every batch joined, and the stats."""
-
-    async def run() -> tuple[Packets, FollowStats]:
-        batches: list[Packets] = []
-        settings = {"timeout": 2.0, **options}
-        async with follow("127.0.0.1", port, **settings) as feed:
-            async for batch in feed:
-                batches.append(batch)
-            return Packets.concat(batches), feed.stats
-
-    return asyncio.run(asyncio.wait_for(run(), TIMEOUT))
 
 
 @pytest.mark.parametrize("seed", [*range(1, 13), 13, 14, 32, 44, 60])
