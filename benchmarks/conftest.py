@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from packetcore.packets import Packets
 
-from packetcore import _pure
+from packetcore.engine import _pure
 
 N_PACKETS = 1_000_000
 SEED = 20240617

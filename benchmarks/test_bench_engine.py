@@ -15,7 +15,7 @@ import orjson
 import pytest
 from packetcore.packets import Packets
 
-from packetcore import _engine, _pure
+from packetcore.engine import _engine, _pure
 
 ENGINES = {"c": _engine, "py": _pure}
 
