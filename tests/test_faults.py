@@ -22,7 +22,12 @@ from packetcore.faults.proxy import ConnectionRecord, Proxy
 from packetcore.faults.scenario import load_scenario
 from packetcore.faults.shaper import Shaper
 from packetcore.io.feeds import synthetic
-from packetcore.protocol import hello_request, resend_request, stream_all_request
+from packetcore.protocol import (
+    hello_request,
+    resend_request,
+    stream_all_request,
+    subscribe_request,
+)
 from packetcore.server.server import Server, ServerStats
 from packetcore.server.workers import WorkerReport, Workers
 
@@ -427,6 +432,14 @@ BAD = [
     ("serve", ["--scenario", HANG_ONE], "hang acts in packetcore-proxy only"),
     ("serve", ["--scenario", UPSTREAM], "upstream-faults acts in packetcore-proxy only"),
     ("serve", ["--scenario", UNKNOWN_KEY], "unknown fault 'freeze'"),
+    ("proxy", ["--drop-sequences", "5-3"], "A <= B"),
+    ("proxy", ["--drop-resend-sequences", "14,x"], "not a sequence"),
+    ("serve", ["--drop-sequences", ""], "not a sequence"),
+    ("serve", ["--drop-resend-sequences", "-1"], "not a sequence"),
+    ("serve", ["--drop-sequences", "1-2000000"], "at most"),
+    ("serve", ["--close-at-request", "0"], "a request number"),
+    ("proxy", ["--close-at-request", "two"], "not a whole number"),
+    ("proxy", ["--upstream-faults", "--drop-sequences", "3"], "not with --upstream-faults"),
 ]
 
 
@@ -515,6 +528,224 @@ def test_a_server_with_faults_says_so_when_none_were_injected(workers: str) -> N
         last = stderr.splitlines()[-1]
         assert last.startswith("packetcore-serve: stopped by SIGINT: "), stderr
         assert "; faults: none injected" in last, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# -- faults keyed to sequences and requests -------------------------------------------------
+
+BOOK = 14  # the reference book's packets: sequences 1..14
+
+
+def book_sequences(data: bytes) -> list[int]:
+    """Return the sequences of the whole packets in ``data``, in order."""
+    return sequences(data).tolist()
+
+
+def silent_answer(port: int, request: bytes, wait: float = 0.3) -> bytes:
+    """Send ``request`` and return what comes within ``wait`` s (the client then gives up)."""
+    got = bytearray()
+    with connect(port, timeout=wait) as sock:
+        sock.sendall(request)
+        with contextlib.suppress(socket.timeout):
+            while data := sock.recv(1 << 16):
+                got += data
+    return bytes(got)
+
+
+@contextlib.contextmanager
+def keyed(where: str, faults: Faults) -> Iterator[tuple[int, dict[str, int]]]:
+    """Serve the book with ``faults``, in the server itself or through a proxy in front.
+
+    Yields the port to ask and the fault counts.
+    """
+    plan = FaultPlan(faults, seed=1)
+    if where == "server":
+        with Server(host="127.0.0.1", port=0, drop=0.0, faults=plan) as server:
+            yield server.port, server.stats.faults
+    else:
+        with (
+            Server(host="127.0.0.1", port=0, drop=0.0) as server,
+            Proxy(("127.0.0.1", server.port), plan) as proxy,
+        ):
+            yield proxy.port, proxy.stats.faults
+
+
+def test_the_shaper_tells_stream_packets_from_repair_answers() -> None:
+    from packetcore.protocol import RESEND, RESEND_RANGE, STREAM_ALL, Request
+
+    book = WIRE[: BOOK * PACKET]  # sequences 1..14
+    faults = Faults(drop_sequences={5, 14}, drop_resends={5})
+    plan = FaultPlan(faults)
+    shaper = Shaper(faults, ledger=plan.ledger)
+    # A resend of 5 pipelined before a stream: its answer is a repair, the stream's 5 not.
+    assert shaper.request(Request(RESEND, 5, 1)) and shaper.request(Request(STREAM_ALL))
+    out = bytes(shaper.feed(book[4 * PACKET : 5 * PACKET] + book)) + bytes(shaper.finish())
+    assert book_sequences(out) == [*range(1, 5), *range(6, 14)]
+    assert shaper.counts == {"drop_resend": 1, "drop_sequence": 2}
+    # Another connection of the plan: each was dropped once already, so it passes.
+    again = Shaper(faults, ledger=plan.ledger)
+    again.request(Request(RESEND_RANGE, 3, 4))
+    again.request(Request(STREAM_ALL))
+    out = bytes(again.feed(book[2 * PACKET : 6 * PACKET] + book))
+    assert book_sequences(out) == [3, 4, 5, 6, *range(1, 15)]
+    assert again.own == {}
+    assert plan.ledger.dropped("drop_sequence") == {5, 14}
+    # A range answers in order: 9 after 10 of range 8+4 is no answer to it.
+    ranged = Shaper(Faults(drop_resends={9}))
+    ranged.request(Request(RESEND_RANGE, 8, 4))
+    out = bytes(ranged.feed(packets_of(book, 8, 10, 9, 9)))
+    assert book_sequences(out) == [8, 10, 9, 9] and ranged.own == {}
+    first = Shaper(Faults(drop_resends={9}))
+    first.request(Request(RESEND_RANGE, 8, 4))
+    assert book_sequences(bytes(first.feed(packets_of(book, 8, 9, 9)))) == [8, 9]
+
+
+def packets_of(book: bytes, *numbers: int) -> bytes:
+    return b"".join(book[(n - 1) * PACKET : n * PACKET] for n in numbers)
+
+
+def test_close_at_request_answers_none_from_that_request_on() -> None:
+    from packetcore.protocol import HELLO, RESEND, Request
+
+    shaper = Shaper(Faults(close_at_request=3))
+    answered = [shaper.request(Request(call, 1, 1)) for call in (HELLO, RESEND, RESEND, RESEND)]
+    assert answered == [True, True, False, False]
+    assert shaper.cut and shaper.own == {"close": 1}
+
+
+@pytest.mark.parametrize("where", ["server", "proxy"])
+def test_drop_sequences_drops_the_first_stream_copy_only(where: str) -> None:
+    with keyed(where, Faults(drop_sequences={14})) as (port, counts):
+        first, second = ask(port), ask(port)
+        assert book_sequences(first) == list(range(1, BOOK))  # the tail lost: 13 of 14
+        assert book_sequences(second) == list(range(1, BOOK + 1))
+        # A resend of it is no stream: never dropped by drop_sequences.
+        assert book_sequences(silent_answer(port, resend_request(14))) == [14]
+        assert counts == {"drop_sequence": 1}
+    # A subscription is a stream too (a finished feed's: all of it, then the end).
+    with keyed(where, Faults(drop_sequences={5, 9})) as (port, counts):
+        first = book_sequences(ask(port, subscribe_request(3)))
+        assert first == [3, 4, 6, 7, 8, *range(10, BOOK + 1)]
+        assert book_sequences(ask(port, subscribe_request(3))) == list(range(3, BOOK + 1))
+        assert counts == {"drop_sequence": 2}
+
+
+@pytest.mark.parametrize("where", ["server", "proxy"])
+def test_corrupt_sequences_moves_the_first_stream_copy_far_ahead(where: str) -> None:
+    with keyed(where, Faults(corrupt_sequences={9})) as (port, counts):
+        first, second = ask(port), ask(port)
+        # Sequence 9's packet, otherwise whole, claims 9 + 65,536: in its place.
+        assert book_sequences(first) == [*range(1, 9), 9 + 65_536, *range(10, BOOK + 1)]
+        assert first[8 * PACKET : 8 * PACKET + 13] == second[8 * PACKET : 8 * PACKET + 13]
+        assert book_sequences(second) == list(range(1, BOOK + 1))
+        assert book_sequences(silent_answer(port, resend_request(9))) == [9]
+        assert counts == {"corrupt_sequence": 1}
+
+
+@pytest.mark.parametrize("where", ["server", "proxy"])
+def test_drop_resends_drops_the_first_answer_then_a_new_connection_gets_it(where: str) -> None:
+    with keyed(where, Faults(drop_resends={14, 12})) as (port, counts):
+        assert book_sequences(ask(port)) == list(range(1, BOOK + 1))  # streams untouched
+        assert silent_answer(port, resend_request(14)) == b""
+        assert book_sequences(silent_answer(port, resend_request(14))) == [14]
+        # A range covering one: the rest of it comes, the listed one the next time.
+        assert book_sequences(silent_answer(port, range_request(10, 5))) == [10, 11, 13, 14]
+        assert book_sequences(silent_answer(port, range_request(10, 5))) == [10, 11, 12, 13, 14]
+        assert counts == {"drop_resend": 2}
+
+
+@pytest.mark.parametrize("where", ["server", "proxy"])
+def test_close_at_request_answers_the_requests_before_it_then_ends(where: str) -> None:
+    with keyed(where, Faults(close_at_request=3)) as (port, counts):
+        with connect(port) as sock:
+            sock.sendall(resend_request(1))
+            assert book_sequences(read_exact(sock, PACKET)) == [1]
+            # The second and third arrive together: the second answered, then the end.
+            sock.sendall(resend_request(2) + resend_request(3) + resend_request(4))
+            assert book_sequences(read_to_eof(sock)) == [2]
+        # Pipelined all at once, on a new connection: the same.
+        assert book_sequences(ask(port, b"".join(resend_request(s) for s in (5, 6, 7, 8)))) == [
+            5,
+            6,
+        ]
+        # Nothing more written: the end comes anyway (hellos count).
+        answer = ask(port, hello_request() * 3)
+        assert len(answer) == 32 and answer[:4] == answer[16:20] == b"PKCI"
+        assert counts["close"] == 3
+
+
+def range_request(start: int, count: int) -> bytes:
+    from packetcore.protocol import range_requests
+
+    return range_requests([(start, count)])
+
+
+KEYED_SCENARIO = """\
+[faults]
+drop-sequences = [14, "20-22"]
+[[phase]]
+after = 3600
+drop-resends = ["1-3", 9]
+[[connection]]
+number = 1
+close-at-request = 2
+[[connection]]
+number = 2
+drop-resend-sequences = 7
+"""
+
+
+def test_scenario_keys_name_sequences_and_a_request(tmp_path: Path) -> None:
+    path = tmp_path / "keyed.toml"
+    path.write_text(KEYED_SCENARIO)
+    plan = load_scenario(path)
+    base = Faults(drop_sequences={14, 20, 21, 22})
+    assert plan.faults_for(0) == base
+    assert plan.faults_for(0, elapsed=4000) == base.replace(drop_resends={1, 2, 3, 9})
+    assert plan.faults_for(1) == base.replace(close_at_request=2)
+    assert plan.faults_for(2) == base.replace(drop_resends={7})
+    with Server(host="127.0.0.1", port=0, drop=0.0, faults=plan) as server:
+        assert book_sequences(ask(server.port)) == list(range(1, BOOK))  # connection 0
+        assert book_sequences(ask(server.port, resend_request(1) * 3)) == [1]  # 1: closed at 2
+        assert silent_answer(server.port, resend_request(7)) == b""  # 2: 7 dropped once
+        assert book_sequences(silent_answer(server.port, resend_request(7))) == [7]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[faults]\ndrop-sequences = ["3-1"]\n', "A <= B"),
+        ("[faults]\ndrop-resends = [1.5]\n", "not a sequence"),
+        ("[faults]\nclose-at-request = 0\n", "1 or more"),
+        ('[faults]\nclose-at-request = "2"\n', "whole numbers"),
+    ],
+)
+def test_bad_keyed_scenarios_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_scenario(path)
+
+
+def test_serve_command_takes_the_keyed_faults() -> None:
+    process = python(
+        "serve", "--host", "127.0.0.1", "--port", "0", "--drop", "0", "-q",
+        "--drop-sequences", "13-14", "--drop-resend-sequences", "2", "--close-at-request", "4",
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        port = int(process.stderr.readline().split()[4])
+        assert book_sequences(ask(port)) == list(range(1, 13))
+        asked = b"".join(resend_request(s) for s in (1, 2, 2, 3, 4))
+        assert book_sequences(ask(port, asked)) == [1, 2]  # 2 dropped once; the 4th closes
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130
+        last = stderr.splitlines()[-1]
+        assert "faults: close 1, drop_resend 1, drop_sequence 2" in last, stderr
     finally:
         if process.poll() is None:
             process.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import socket
 import socketserver
@@ -15,22 +16,29 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packetcore.faults.model import Faults
+from packetcore.faults.model import FaultPlan, Faults
 from packetcore.faults.proxy import ConnectionRecord, Proxy
 from packetcore.faults.shaper import Shaper
+from packetcore.faults.trace import MAX_EVENTS, Trace, TracedRequest
+from packetcore.io.feeds import synthetic
 from packetcore.protocol import (
     HELLO,
     RESEND,
     RESEND_RANGE,
     STREAM_ALL,
     FeedInfo,
+    Request,
     RequestFramer,
     encode_info,
     hello_request,
     resend_request,
     stream_all_request,
 )
+from packetcore.server.server import Server
 from serverutil import range_request
+
+import packetcore
+from packetcore import encode
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -464,3 +472,113 @@ def test_shaping_does_not_depend_on_how_the_stream_is_split(
     assert len(split) == (full if limit is None else min(limit, full))
     if not any(k < 16 for k in corrupt):
         assert split[:16] == INFO[: len(split)]
+
+
+# -- the per-connection trace, in front of a real server ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def book_server() -> Iterator[Server]:
+    """The reference book (sequences 1..14) from a packetcore server, nothing dropped."""
+    with Server(host="127.0.0.1", port=0, drop=0.0) as served:
+        yield served
+
+
+def traced(record: ConnectionRecord) -> Trace:
+    """The trace of a finished connection's record."""
+    assert record.trace is not None
+    return record.trace
+
+
+def wire_sequences(data: bytes) -> list[int]:
+    """The sequences of the whole 17-byte packets in ``data``, in order."""
+    return [int.from_bytes(data[at + 13 : at + 17], "big") for at in range(0, len(data), PACKET)]
+
+
+def test_a_traced_fetch_shows_its_requests_and_packets_in_time(book_server: Server) -> None:
+    with Proxy(("127.0.0.1", book_server.port), trace=True) as proxy:
+        started = proxy.clock()
+        got = packetcore.fetch("127.0.0.1", proxy.port)
+        assert proxy.wait_idle()
+        records = proxy.records
+        assert abs(proxy.origin + started - time.monotonic()) < 30  # a monotonic reading
+    assert got.complete and got.packets.sequence.tolist() == list(range(1, 15))
+    packets: list[int] = []
+    for record in records:
+        trace = traced(record)
+        assert trace.closed is not None and started <= trace.opened <= trace.closed
+        times = [r.at for r in trace.requests] + [at for at, _ in trace.packets]
+        assert all(trace.opened <= at <= trace.closed for at in times + trace.info_frames)
+        assert [r.at for r in trace.requests] == sorted(r.at for r in trace.requests)
+        assert [at for at, _ in trace.packets] == sorted(at for at, _ in trace.packets)
+        assert trace.requests_total == sum(record.requests.values()) == len(trace.requests)
+        assert trace.packets_total == len(trace.packets)
+        assert len(trace.info_frames) == record.info_frames
+        if trace.packets:  # each packet after the request that asked for it
+            assert trace.requests and trace.requests[0].at <= trace.packets[0][0]
+        packets += [sequence for _, sequence in trace.packets]
+    calls = [r.call_type for record in records for r in traced(record).requests]
+    assert HELLO in calls and STREAM_ALL in calls
+    assert sorted(set(packets)) == list(range(1, 15))
+    json.dumps([traced(record).as_dict() for record in records])  # plain values only
+
+
+def test_a_trace_lacks_what_the_faults_dropped(book_server: Server) -> None:
+    plan = FaultPlan(Faults(loss=0.3), seed=2)
+    with Proxy(("127.0.0.1", book_server.port), plan, trace=True) as proxy:
+        data = fetch(proxy.port)
+        record = only(proxy)
+    trace = traced(record)
+    assert 0 < record.counts["loss"] < 14
+    assert [sequence for _, sequence in trace.packets] == wire_sequences(data)
+    assert len(trace.packets) == 14 - record.counts["loss"]
+    assert trace.requests == [TracedRequest(trace.requests[0].at, STREAM_ALL, 0, 0)]
+    assert trace.as_dict()["packets_total"] == len(trace.packets)
+
+
+def test_a_trace_frames_whole_packets_from_one_byte_writes(book_server: Server) -> None:
+    faults = Faults(split=1, latency=0.01)
+    with Proxy(("127.0.0.1", book_server.port), faults, trace=True) as proxy:
+        with connect(proxy.port) as sock:
+            sock.sendall(HELLO_REQUEST + resend_request(3) + bytes((9, 0)) + range_request(5, 3))
+            sock.shutdown(socket.SHUT_WR)  # the server answers, then closes
+            data = read_to_eof(sock)
+        record = only(proxy)
+    trace = traced(record)
+    assert record.largest_write == 1 and record.writes == len(data)
+    assert len(trace.info_frames) == 1
+    assert [sequence for _, sequence in trace.packets] == [3, 5, 6, 7]
+    assert [at for at, _ in trace.packets] == sorted(at for at, _ in trace.packets)
+    assert trace.info_frames[0] <= trace.packets[0][0]
+    # Unknown callTypes are traced as framed, the range with its start and count.
+    assert [(r.call_type, r.start, r.count) for r in trace.requests] == [
+        (HELLO, 0, 0),
+        (RESEND, 3, 1),
+        (9, 0, 0),
+        (RESEND_RANGE, 5, 3),
+    ]
+
+
+def test_a_trace_keeps_the_first_packets_and_counts_them_all() -> None:
+    many = encode(synthetic(12_000, 3))
+    with (
+        Server(synthetic(12_000, 3), host="127.0.0.1", port=0, drop=0.0) as served,
+        Proxy(("127.0.0.1", served.port), trace=True) as proxy,
+    ):
+        assert fetch(proxy.port) == many
+        trace = traced(only(proxy))
+    assert trace.packets_total == 12_000 and len(trace.packets) == MAX_EVENTS
+    assert [sequence for _, sequence in trace.packets] == list(range(1, MAX_EVENTS + 1))
+    small = Trace(0.0, cap=2)
+    for k in range(5):
+        small.request(float(k), Request(RESEND, k + 1, 1))
+    small.written(1.0, many[: 3 * PACKET + 5])
+    small.written(2.0, many[3 * PACKET + 5 : 4 * PACKET])
+    assert small.requests_total == 5 and len(small.requests) == 2
+    assert small.packets == [(1.0, 1), (1.0, 2)] and small.packets_total == 4
+
+
+def test_no_trace_unless_asked(book_server: Server) -> None:
+    with Proxy(("127.0.0.1", book_server.port)) as proxy:
+        fetch(proxy.port)
+        assert only(proxy).trace is None

@@ -224,6 +224,16 @@ _milliseconds = number(0.0, what="a duration of 0 ms or more")
 _bytes = integer(0, what="a byte count: 0 or more")
 _burst = number(1.0, what="a mean burst length of 1 or more")
 _split = integer(1, what="a byte count: 1 or more")
+_request_number = integer(1, what="a request number: 1 or more (the first request is 1)")
+
+
+def _sequences(text: str) -> frozenset[int]:
+    from ..faults.model import parse_sequences
+
+    try:
+        return parse_sequences(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_faults(parser: argparse.ArgumentParser, *, upstream: bool = False) -> None:
@@ -257,6 +267,22 @@ def add_faults(parser: argparse.ArgumentParser, *, upstream: bool = False) -> No
         help="forward nothing more after BYTES bytes, keeping the connection open")  # fmt: skip
     add("--close-after", type=_bytes, default=None, metavar="BYTES",
         help="close the connection (FIN) after BYTES bytes")  # fmt: skip
+    add("--drop-sequences", type=_sequences, default=frozenset(), metavar="LIST",
+        help="drop the first copy of each of these sequences in a stream (callType 1 or 5) "
+        "over all connections; later streams carry it.  LIST: sequences and inclusive "
+        "ranges, comma-separated (14 or 100-120,200)")  # fmt: skip
+    add("--drop-resend-sequences", type=_sequences, default=frozenset(), metavar="LIST",
+        dest="drop_resend_sequences",
+        help="drop the first answer to a resend or range request of each of these "
+        "sequences over all connections; a later ask gets it.  LIST as for "
+        "--drop-sequences")  # fmt: skip
+    add("--corrupt-sequences", type=_sequences, default=frozenset(), metavar="LIST",
+        help="the first copy of each of these sequences in a stream claims a sequence "
+        "65,536 higher: a bit of its sequence field flipped in flight.  LIST as for "
+        "--drop-sequences")  # fmt: skip
+    add("--close-at-request", type=_request_number, default=None, metavar="N",
+        help="close the connection (FIN) when its N-th request arrives (the first is 1, "
+        "hellos count): that request and later ones go unanswered")  # fmt: skip
     add("--scenario", default=None, metavar="FILE.toml",
         help="faults that change over time or by connection number (docs/faults.md); "
         "the options above are its defaults")  # fmt: skip
@@ -290,6 +316,10 @@ def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan |
             reset_after=args.reset_after,
             stall_after=args.stall_after,
             close_after=args.close_after,
+            drop_sequences=args.drop_sequences,
+            drop_resends=args.drop_resend_sequences,
+            corrupt_sequences=args.corrupt_sequences,
+            close_at_request=args.close_at_request,
         )
         if args.scenario is not None:
             plan = load_scenario(args.scenario, faults, seed=args.seed, upstream=upstream)
@@ -297,7 +327,8 @@ def fault_plan(args: argparse.Namespace, *, server: bool = False) -> FaultPlan |
             plan = FaultPlan(faults, seed=args.seed, upstream=upstream)
         if plan.upstream and plan.faults.packet_faults:
             raise ValueError(
-                "--loss, --duplicate, --reorder and --corrupt act on the server's packets: "
+                "--loss, --duplicate, --reorder, --corrupt, --drop-sequences, "
+                "--drop-resend-sequences and --corrupt-sequences act on the server's packets: "
                 "not with --upstream-faults"
             )
         if server:

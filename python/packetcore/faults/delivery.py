@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..net.transport import reset_transport
-from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE
+from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request
 from .shaper import Shaper
 
 __all__ = ["Delivery", "end_connection", "unsent_bytes"]
@@ -70,13 +70,17 @@ class Delivery:
         rng: np.random.Generator | None = None,
         *,
         written: Callable[[int], None] | None = None,
+        tap: Callable[[bytes | bytearray | memoryview], None] | None = None,
     ) -> None:
-        """``written(n)`` is told of every ``n`` bytes handed to the writer."""
+        """``written(n)`` is told of every ``n`` bytes handed to the writer, ``tap`` of
+        the bytes themselves (as they are handed over)."""
         self.writer = writer
         self._written = written
+        self._tap = tap
         self.shaper = shaper
         self.faults = shaper.faults
         self.ended = False  # the limit was reached: nothing more goes out
+        self.end_kind: str | None = None  # how it ended: "close", "reset" or "stall"
         self.writes = 0
         self.largest_write = 0
         self._rng = rng if rng is not None else np.random.default_rng()
@@ -105,14 +109,23 @@ class Delivery:
         if self.error is not None:
             raise self.error
 
-    def request(self, call_type: int) -> None:
-        """Note a request of the peer's: its answers are what the faults will shape."""
+    def request(self, request: Request) -> bool:
+        """Note a request of the peer's; return whether it is to be answered.
+
+        Its answers are what the faults will shape.  False from the request that
+        ``close_at_request`` names on: the caller hands over what it answered before,
+        then ends the connection (:meth:`close`), answering nothing more.
+        """
+        if not self.shaper.request(request):
+            return False
+        call_type = request.call_type
         if call_type == HELLO:
             self.shaper.hello()
         elif call_type in (STREAM_ALL, SUBSCRIBE):
             self._streamed = True
         elif call_type in (RESEND, RESEND_RANGE) and not self._streamed:
             self.shaper.resend_mode()
+        return True
 
     async def close(self, reader: asyncio.StreamReader) -> None:
         """Send what is held back and end the stream; a stalled one waits for the peer.
@@ -121,7 +134,7 @@ class Delivery:
         then the end, and only then finishes.
         """
         await self.finish("close")
-        if self.ended and self.faults.limit_kind == "stall":
+        if self.end_kind == "stall":
             with contextlib.suppress(ConnectionError, OSError):
                 while await reader.read(1 << 16):
                     pass
@@ -134,7 +147,7 @@ class Delivery:
     async def _put(self, out: bytes | bytearray | memoryview) -> None:
         if out:
             if not self.faults.timed:
-                self._note(len(out))
+                self._note(out)
                 self.writer.write(out)
                 await self.writer.drain()
             else:
@@ -144,16 +157,20 @@ class Delivery:
 
     async def _put_end(self, kind: str) -> None:
         self.ended = True
+        self.end_kind = kind
         if self.faults.timed:
             await self._enqueue(kind)
         else:
             await end_connection(self.writer, kind)
 
-    def _note(self, size: int) -> None:
+    def _note(self, data: bytes | bytearray | memoryview) -> None:
+        size = len(data)
         self.writes += 1
         self.largest_write = max(self.largest_write, size)
         if self._written is not None:
             self._written(size)
+        if self._tap is not None:
+            self._tap(data)
 
     async def _enqueue(self, item: bytes | str) -> None:
         if self.error is not None:
@@ -195,7 +212,7 @@ class Delivery:
             piece = data[at : at + step]
             if rate is not None:
                 self._next_send = max(self._next_send, time.monotonic())
-            self._note(len(piece))
+            self._note(piece)
             writer.write(piece)
             await writer.drain()
             if rate is not None:

@@ -3,11 +3,13 @@
 :class:`Faults` says what one connection suffers: probabilities per packet (``loss``
 with ``burst``, ``duplicate``, ``reorder``, ``corrupt``), timing (``latency``,
 ``jitter``, ``bandwidth``, ``split``), byte positions where the connection ends
-(``close_after``, ``reset_after``, ``stall_after``) and exact, deterministic faults for
-tests (``duplicate_at``, ``reorder_at``, ``corrupt_at``, ``swallow_resends``, ``hang``).
-:class:`FaultPlan` chooses the faults of each connection by its number (from 0, in
-accept order) and the time since start, and hands out each connection's random stream
-(:mod:`packetcore.seeds`).  A scenario file produces one (:mod:`.scenario`); a
+(``close_after``, ``reset_after``, ``stall_after``), exact, deterministic faults for
+tests (``duplicate_at``, ``reorder_at``, ``corrupt_at``, ``swallow_resends``, ``hang``) and
+faults keyed to what the client asks for (``drop_sequences``, ``drop_resends``,
+``close_at_request``).  :class:`FaultPlan` chooses the faults of each connection by its
+number (from 0, in accept order) and the time since start, hands out each connection's
+random stream (:mod:`packetcore.seeds`) and keeps the :class:`Ledger` of the sequences
+its connections have dropped once already.  A scenario file produces one (:mod:`.scenario`); a
 :class:`~packetcore.faults.shaper.Shaper` applies the faults to the bytes, a
 :class:`~packetcore.faults.delivery.Delivery` writes them when due.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -25,12 +28,15 @@ import numpy as np
 from ..seeds import Kind, Streams
 
 __all__ = [
+    "MAX_LISTED",
     "FaultCounts",
     "FaultPlan",
     "Faults",
+    "Ledger",
     "Rule",
     "Script",
     "parse_rate",
+    "parse_sequences",
 ]
 
 _RATE_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
@@ -56,6 +62,48 @@ def parse_rate(text: str | float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{text!r} is not a rate in bytes/s above 0")
     return value
+
+
+#: The most sequences one list (``drop_sequences``, ``drop_resends``) may name.
+MAX_LISTED = 1_000_000
+_SEQUENCE_MAX = 2**31 - 1
+
+
+def parse_sequences(items: str | int | Iterable[str | int]) -> frozenset[int]:
+    """Return the sequences a list names: ``"14"``, ``"100-120,200"`` or ``[14, "100-120"]``.
+
+    Ranges are inclusive; every sequence is in 0..2**31-1 and at most :data:`MAX_LISTED`
+    are named.  A bad list raises one :class:`ValueError`.
+    """
+    if isinstance(items, str):
+        parts: list[str | int] = [part.strip() for part in items.split(",")]
+    elif isinstance(items, int):
+        parts = [items]  # a bool too: refused below
+    else:
+        parts = list(items)
+    out: set[int] = set()
+    for part in parts:
+        if isinstance(part, bool) or not isinstance(part, (int, str)):
+            raise ValueError(f"{part!r} is not a sequence or a range A-B of them")
+        if isinstance(part, int):
+            low = high = part
+        else:
+            low_text, dash, high_text = part.strip().partition("-")
+            try:
+                low = int(low_text)
+                high = int(high_text) if dash else low
+            except ValueError:
+                raise ValueError(
+                    f"{part!r} is not a sequence or a range A-B of them (e.g. 14 or 100-120)"
+                ) from None
+        if not 0 <= low <= high <= _SEQUENCE_MAX:
+            raise ValueError(
+                f"{part!r} is not a sequence in 0..{_SEQUENCE_MAX} or a range A-B with A <= B"
+            )
+        if len(out) + high - low + 1 > MAX_LISTED:
+            raise ValueError(f"a list of sequences may name at most {MAX_LISTED:,}")
+        out.update(range(low, high + 1))
+    return frozenset(out)
 
 
 def _indices(values: Iterable[int]) -> list[int]:
@@ -92,9 +140,24 @@ class Faults:
     #: a connection that resends before it streams gets silence (but its first info frame)
     swallow_resends: bool = False
     hang: bool = False  #: accept, read, never answer, never close
+    #: the first copy of each of these sequences in a stream (callType 1 or 5) is dropped
+    drop_sequences: frozenset[int] = frozenset()
+    #: the first answer to a resend or range asking for each of these is dropped
+    drop_resends: frozenset[int] = frozenset()
+    #: the connection closes (FIN) when its N-th request (from 1) arrives, unanswered
+    close_at_request: int | None = None
+    #: the first copy of each of these sequences in a stream claims a sequence 65,536
+    #: higher (a bit of its sequence field flipped in flight, past every checksum)
+    corrupt_sequences: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         """Normalise the collections and reject impossible values."""
+        for name in ("drop_sequences", "drop_resends", "corrupt_sequences"):
+            object.__setattr__(self, name, parse_sequences(getattr(self, name)))
+        if self.close_at_request is not None and (
+            isinstance(self.close_at_request, bool) or self.close_at_request < 1
+        ):
+            raise ValueError(f"close_at_request must be 1 or more, not {self.close_at_request}")
         object.__setattr__(self, "duplicate_at", frozenset(_indices(self.duplicate_at)))
         object.__setattr__(self, "reorder_at", frozenset(_indices(self.reorder_at)))
         object.__setattr__(self, "corrupt_at", tuple(sorted(_indices(self.corrupt_at))))
@@ -147,7 +210,13 @@ class Faults:
         return bool(
             self.loss or self.duplicate or self.reorder or self.corrupt
             or self.duplicate_at or self.reorder_at or self.swallow_resends
+            or self.drop_sequences or self.drop_resends or self.corrupt_sequences
         )  # fmt: skip
+
+    @property
+    def keyed(self) -> bool:
+        """Return whether faults pick packets by their sequence (and their request)."""
+        return bool(self.drop_sequences or self.drop_resends or self.corrupt_sequences)
 
     @property
     def timed(self) -> bool:
@@ -187,6 +256,41 @@ class Rule:
         return self.first <= number and (self.last is None or number <= self.last)
 
 
+class Ledger:
+    """The sequences a plan's connections have dropped once already, by kind.
+
+    ``drop_sequences`` and ``drop_resends`` drop only the first copy of each sequence
+    over every connection of one plan: a client that asks again, on any connection,
+    gets it.  Shared by the plan's shapers (one process: a forked worker has its own).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a server and a proxy may share a plan, each a thread
+        self._dropped: dict[str, set[int]] = {
+            "drop_sequence": set(),
+            "drop_resend": set(),
+            "corrupt_sequence": set(),
+        }
+
+    def first(self, kind: str, sequence: int) -> bool:
+        """Return whether ``sequence`` is dropped now: True once per sequence and kind."""
+        with self._lock:
+            dropped = self._dropped[kind]
+            if sequence in dropped:
+                return False
+            dropped.add(sequence)
+            return True
+
+    def dropped(self, kind: str) -> frozenset[int]:
+        """Return the sequences dropped so far by ``kind`` ("drop_sequence", "drop_resend")."""
+        with self._lock:
+            return frozenset(self._dropped[kind])
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{kind} {len(s)}" for kind, s in self._dropped.items())
+        return f"<Ledger {sizes}>"
+
+
 @dataclass(frozen=True)
 class FaultPlan:
     """Choose each connection's faults by its number and the time since start.
@@ -196,6 +300,8 @@ class FaultPlan:
     connection; a scenario's phases and connection rules override single fields
     (:func:`~packetcore.faults.scenario.load_scenario` reads them from a file).
     ``upstream``: the faults act on the client->server direction (a proxy only).
+    ``ledger`` records what ``drop_sequences`` and ``drop_resends`` have dropped, over
+    all the plan's connections.
     """
 
     faults: Faults = field(default_factory=Faults)
@@ -204,10 +310,12 @@ class FaultPlan:
     upstream: bool = False
     rules: tuple[Rule, ...] = ()
     streams: Streams = field(init=False, repr=False, compare=False)
+    ledger: Ledger = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Decide the seed's entropy once, so that every connection draws from it."""
         object.__setattr__(self, "streams", Streams(self.seed))
+        object.__setattr__(self, "ledger", Ledger())
 
     def faults_for(self, number: int, elapsed: float = 0.0) -> Faults:
         """Return the faults of connection ``number`` accepted ``elapsed`` s after start."""

@@ -6,7 +6,8 @@ both as context managers.  Every accepted connection (numbered from 0) gets its 
 upstream connection and the faults its :class:`~packetcore.faults.model.FaultPlan` chooses;
 the proxy frames the client's requests, so that info frames pass untouched and the
 faults hit whole packets.  ``stats`` counts what all connections did, ``records`` what
-each one did.
+each one did; with ``trace=True`` each record also holds a
+:class:`~packetcore.faults.trace.Trace` of its requests and packets, timed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..engine import PACKET_SIZE
@@ -27,15 +29,19 @@ from ..net.service import Service
 from ..protocol import (
     HELLO,
     INFO_SIZE,
+    RANGE_REQUEST_SIZE,
+    REQUEST_SIZE,
     RESEND,
     RESEND_RANGE,
     STREAM_ALL,
     SUBSCRIBE,
+    SUBSCRIBE_REQUEST_SIZE,
     RequestFramer,
 )
 from .delivery import Delivery, end_connection
 from .model import FaultPlan, Faults, Script
 from .shaper import Shaper
+from .trace import Trace
 
 __all__ = ["MAX_RECORDS", "ConnectionRecord", "Proxy", "ProxyStats"]
 
@@ -96,6 +102,8 @@ class ConnectionRecord:
     #: "shutdown" or "proxy_error"
     outcome: str = "open"
     done: bool = False
+    #: the requests and packets, timed, if the proxy traces (``Proxy(..., trace=True)``)
+    trace: Trace | None = None
 
     @property
     def applied(self) -> list[str]:
@@ -103,27 +111,52 @@ class ConnectionRecord:
         return [kind for kind, n in self.counts.items() if n]
 
 
+#: The bytes of a request, by callType (every other callType frames as 2).
+_SIZES = {RESEND_RANGE: RANGE_REQUEST_SIZE, SUBSCRIBE: SUBSCRIBE_REQUEST_SIZE}
+
+
 class _Requests:
     """Frame the client's requests, count them, and tell the delivery what they ask for."""
 
-    def __init__(self, record: ConnectionRecord, delivery: Delivery, stats: ProxyStats) -> None:
+    def __init__(
+        self,
+        record: ConnectionRecord,
+        delivery: Delivery,
+        stats: ProxyStats,
+        clock: Callable[[], float],
+    ) -> None:
         self._record = record
         self._delivery = delivery
         self._stats = stats
+        self._clock = clock
         self._framer = RequestFramer()
+        self._received = 0  # bytes of the client's so far
+        self._framed = 0  # bytes of its complete requests so far
         self.streamed = False
+        #: The faults close the connection at a request: nothing from it on is forwarded.
+        self.cut = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Frame a chunk of the client's; return how many of its bytes go to the server."""
         counts = self._record.requests
+        trace = self._record.trace
+        received, self._received = self._received, self._received + len(data)
+        forward = 0 if self.cut else len(data)
         for request in self._framer.feed(data):
             call = request.call_type
             counts[call] = counts.get(call, 0) + 1
-            self._delivery.request(call)
+            if trace is not None:
+                trace.request(self._clock(), request)
+            if not self.cut and not self._delivery.request(request):
+                self.cut = True
+                forward = max(0, self._framed - received)  # the requests before this one
+            self._framed += _SIZES.get(call, REQUEST_SIZE)
             if call in (STREAM_ALL, SUBSCRIBE):
                 self.streamed = True
                 self._stats.streams += 1
             elif call not in _KNOWN:
                 self._stats.bad_requests += 1
+        return forward
 
 
 class _Upstream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
@@ -204,20 +237,28 @@ class _Connection:
         faults = record.faults
         rng = plan.rng(number)
         counts = proxy.stats.faults
-        down = Faults() if plan.upstream else faults
-        self._down = Shaper(down, rng, counts)
-        self._up = Shaper(faults if plan.upstream else Faults(), rng, counts)
-        self._delivery = Delivery(writer, self._down, rng)
-        self._requests = _Requests(record, self._delivery, proxy.stats)
+        # The requests are counted on the client's side whichever way the faults act.
+        down = Faults(close_at_request=faults.close_at_request) if plan.upstream else faults
+        self._down = Shaper(down, rng, counts, plan.ledger)
+        self._up = Shaper(faults if plan.upstream else Faults(), rng, counts, plan.ledger)
+        self._clock = proxy.clock
+        trace = record.trace
+        tap = None if trace is None else lambda data: trace.written(self._clock(), data)
+        self._delivery = Delivery(writer, self._down, rng, tap=tap)
+        self._requests = _Requests(record, self._delivery, proxy.stats, self._clock)
         self._up_transport: asyncio.Transport | None = None
         self._chunks: deque[bytes] = deque()
         self._queued = 0
         self._paused = False
         self._up_end: BaseException | None = None
         self._wake = asyncio.Event()
-        self._splice_ok = _SPLICE and isinstance(
-            asyncio.get_running_loop(), asyncio.SelectorEventLoop
+        # A trace sees every byte the client gets: nothing may bypass the delivery.
+        self._splice_ok = (
+            _SPLICE
+            and trace is None
+            and isinstance(asyncio.get_running_loop(), asyncio.SelectorEventLoop)
         )
+        self._cut_timer: asyncio.TimerHandle | None = None
         self._up_writer: asyncio.StreamWriter | None = None
         self._up_delivery: Delivery | None = None
         self._upstream_open = False
@@ -239,8 +280,12 @@ class _Connection:
             self._delivery.cancel()
             if self._up_delivery is not None:
                 self._up_delivery.cancel()
+            if self._cut_timer is not None:
+                self._cut_timer.cancel()
             self._account()
             await self._close(abort=aborted)
+            if self._record.trace is not None:
+                self._record.trace.close(self._clock())
 
     async def _serve(self) -> bool:
         """Run the faults; return whether the client socket should be aborted at the end."""
@@ -313,18 +358,39 @@ class _Connection:
             if not data:
                 break
             self._record.bytes_up += len(data)
-            self._requests.feed(data)  # before forwarding: the answer cannot precede it
-            if self._upstream_open and not delivery.ended:
+            # Framed before forwarding: the answer cannot precede it.
+            forward = self._requests.feed(data)
+            if forward and self._upstream_open and not delivery.ended:
                 try:
-                    await delivery.send(data)
+                    await delivery.send(data[:forward] if forward < len(data) else data)
                 except (ConnectionError, OSError):
                     self._upstream_open = False
+            if self._requests.cut and self._cut_timer is None:
+                await self._cut(delivery)
         if self._upstream_open and not delivery.ended:
             with contextlib.suppress(ConnectionError, OSError):
                 await delivery.finish()
                 if self._up_writer is not None and self._up_writer.can_write_eof():
                     self._up_writer.write_eof()
         return True
+
+    async def _cut(self, delivery: Delivery) -> None:
+        """End the connection at the request the faults name: nothing more goes upstream.
+
+        The server is told the requests ended (half-close), so that it answers those
+        before the cut and closes; then the client gets an end of file.  A server that
+        does not close within ``linger`` is closed on.
+        """
+        self._set_outcome("close")
+        self._cut_timer = asyncio.get_running_loop().call_later(
+            self._proxy.linger, self._close_upstream
+        )
+        if self._upstream_open and not delivery.ended:
+            with contextlib.suppress(ConnectionError, OSError):
+                await delivery.finish()
+                if self._up_writer is not None and self._up_writer.can_write_eof():
+                    self._up_writer.write_eof()
+        self._upstream_open = False
 
     def upstream_data(self, data: bytes) -> None:
         """Queue a chunk from the server for the client (called by the protocol)."""
@@ -450,7 +516,7 @@ class _Connection:
             stats.packets_sent += packets
         else:
             stats.packets_resent += packets
-        dropped = shaper.own.get("loss", 0) + shaper.own.get("swallow", 0)
+        dropped = sum(shaper.own.get(kind, 0) for kind in _DROPS)
         stats.packets_dropped += dropped - self._dropped
         self._dropped = dropped
 
@@ -489,6 +555,9 @@ class _Connection:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             writer.transport.abort()
 
+
+#: The fault kinds that drop a packet.
+_DROPS = ("loss", "swallow", "drop_sequence", "drop_resend")
 
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
@@ -545,6 +614,7 @@ class Proxy(Service):
         port: int = 0,
         connect_timeout: float = 5.0,
         linger: float = 1.0,
+        trace: bool = False,
     ) -> None:
         self.upstream = _upstream(upstream)
         if isinstance(faults, FaultPlan):
@@ -555,15 +625,27 @@ class Proxy(Service):
             self.plan = FaultPlan(script=faults)
         if self.plan.upstream and self.plan.faults.packet_faults:
             raise ValueError(
-                "loss, duplicate, reorder, corrupt and swallow act on the server's packets: "
+                "loss, duplicate, reorder, corrupt, swallow, drop_sequences, drop_resends and "
+                "corrupt_sequences act on the server's packets: "
                 "not with upstream faults"
             )
         super().__init__(host, port)
         self.connect_timeout = connect_timeout
         self.linger = linger
+        #: Whether each connection's record holds a trace of its requests and packets.
+        self.trace = trace
         self.stats = ProxyStats()
         # The latest connections' records: a proxy that runs for days keeps a bounded few.
         self._records: deque[ConnectionRecord] = deque(maxlen=MAX_RECORDS)
+
+    @property
+    def origin(self) -> float:
+        """Return when the proxy started, in :func:`time.monotonic` seconds: trace time 0."""
+        return self._started_at
+
+    def clock(self) -> float:
+        """Return the seconds since the proxy started (the times of its traces)."""
+        return time.monotonic() - self._started_at
 
     @property
     def records(self) -> list[ConnectionRecord]:
@@ -602,6 +684,8 @@ class Proxy(Service):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         number = self.stats.connections
         record = ConnectionRecord(number=number, faults=Faults())
+        if self.trace:
+            record.trace = Trace(self.clock())
         self._records.append(record)
         stats = self.stats
         stats.connections += 1
@@ -630,7 +714,16 @@ def _describe(faults: Faults) -> str:
         return "none"
     clean = Faults()
     return ", ".join(
-        f"{name} {getattr(faults, name)}"
+        f"{name} {_short(getattr(faults, name))}"
         for name in faults.__dataclass_fields__
         if getattr(faults, name) != getattr(clean, name)
     )
+
+
+def _short(value: object) -> str:
+    """Return a fault's value for a log line: a long set of sequences as its size and span."""
+    if isinstance(value, frozenset) and len(value) > 8:
+        return f"{len(value)} in {min(value)}..{max(value)}"
+    if isinstance(value, frozenset):
+        return str(sorted(value))
+    return str(value)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .model import FaultPlan, Faults, Rule, parse_rate
+from .model import FaultPlan, Faults, Rule, parse_rate, parse_sequences
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,8 +25,18 @@ __all__ = ["load_scenario"]
 
 _FIELDS = {f.name for f in dataclasses.fields(Faults)}
 _MS_FIELDS = {"latency", "jitter"}
-_INT_FIELDS = {"split", "close_after", "reset_after", "stall_after", "corrupt_xor"}
+_INT_FIELDS = {
+    "split",
+    "close_after",
+    "reset_after",
+    "stall_after",
+    "corrupt_xor",
+    "close_at_request",
+}
 _SET_FIELDS = {"duplicate_at", "reorder_at", "corrupt_at"}
+_SEQUENCE_FIELDS = {"drop_sequences", "drop_resends", "corrupt_sequences"}
+#: The command line's names of fields named otherwise.
+_ALIASES = {"drop_resend_sequences": "drop_resends"}
 
 
 def _overrides(table: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -34,12 +44,19 @@ def _overrides(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
+        name = _ALIASES.get(name, name)
         if name not in _FIELDS:
             raise ValueError(f"{where}: unknown fault {key!r}")
         if name in _MS_FIELDS:
             out[name] = float(value) / 1000.0
         elif name == "bandwidth":
             out[name] = parse_rate(value)
+        elif name in _SEQUENCE_FIELDS:
+            # A list of sequences and "A-B" ranges (inclusive), or one of them.
+            try:
+                out[name] = parse_sequences(value if isinstance(value, list) else [value])
+            except ValueError as exc:
+                raise ValueError(f"{where}: {key}: {exc}") from None
         elif name in _INT_FIELDS or name in _SET_FIELDS:
             items = value if name in _SET_FIELDS else [value]
             if not isinstance(items, list) or not all(
@@ -125,7 +142,8 @@ def _from_table(
         states.append(together)
     if up and any(state.packet_faults for state in states):
         raise ValueError(
-            f"{name}: loss, duplicate, reorder and corrupt act on the server's packets: "
+            f"{name}: loss, duplicate, reorder, corrupt, drop-sequences, drop-resends and "
+            "corrupt-sequences act on the server's packets: "
             "not with upstream-faults"
         )
     return plan

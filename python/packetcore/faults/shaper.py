@@ -5,17 +5,31 @@ info frames (which pass untouched at a packet boundary after a hello), and appli
 faults to whole packets and to byte positions.  Its random draws come from the
 connection's stream of the seed (:mod:`packetcore.seeds`), one stream per kind of draw,
 one chunk's worth at a time: the same faults however the stream is cut.
+
+It is told of every request of the peer's (:meth:`Shaper.request`), so that it can tell
+an answer to a repair (a resend, or a range) from a stream packet, for the faults keyed
+to sequences, and count the requests for ``close_at_request``.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 import numpy.typing as npt
 
 from ..engine import PACKET_SIZE
-from ..protocol import INFO_MAGIC, INFO_SIZE
+from ..protocol import (
+    INFO_MAGIC,
+    INFO_SIZE,
+    RESEND,
+    RESEND_RANGE,
+    STREAM_ALL,
+    SUBSCRIBE,
+    Request,
+)
 from ..seeds import split
-from .model import Faults
+from .model import Faults, Ledger
 
 __all__ = ["REORDER_SPAN", "Shaper"]
 
@@ -41,8 +55,11 @@ class Shaper:
 
     ``feed`` returns the bytes to send now, ``finish`` what is held back at the end;
     ``counts`` gathers the injected faults by kind (shared with a server's or a
-    proxy's stats when given).  Call :meth:`hello` when the peer sends a hello and
-    :meth:`resend_mode` when it asks for resends before any stream (``swallow_resends``).
+    proxy's stats when given).  Call :meth:`request` with every request of the peer's,
+    :meth:`hello` when the peer sends a hello and :meth:`resend_mode` when it asks for
+    resends before any stream (``swallow_resends``).  ``ledger`` (its plan's, shared by
+    all its connections) records the sequences ``drop_sequences`` and ``drop_resends``
+    dropped once already; without one, the shaper keeps its own.
     """
 
     def __init__(
@@ -50,6 +67,7 @@ class Shaper:
         faults: Faults,
         rng: np.random.Generator | None = None,
         counts: dict[str, int] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.faults = faults
         self.counts: dict[str, int] = {} if counts is None else counts
@@ -79,6 +97,45 @@ class Shaper:
         enter_bad = faults.loss * leave_bad / (1.0 - faults.loss) if faults.loss < 1 else 1.0
         self._ge_p = {False: max(enter_bad, 1e-12), True: leave_bad}
         self._ge_buffer = {False: np.zeros(0, np.int64), True: np.zeros(0, np.int64)}
+        # Faults keyed to sequences: the repairs asked for and not yet answered, in order,
+        # each [first, end) (a resend is one sequence); None where a stream was asked for.
+        self._ledger = ledger if ledger is not None else Ledger()
+        self._keyed = faults.keyed
+        self._repairs: deque[list[int] | None] = deque()
+        self._listed = {
+            kind: np.fromiter(sequences, dtype=np.int64, count=len(sequences))
+            for kind, sequences in (
+                ("drop_sequence", faults.drop_sequences),
+                ("drop_resend", faults.drop_resends),
+                ("corrupt_sequence", faults.corrupt_sequences),
+            )
+            if sequences
+        }
+        self.requests = 0  # requests of the peer's so far
+        #: The request close_at_request names has come: nothing more is answered.
+        self.cut = False
+
+    def request(self, request: Request) -> bool:
+        """Note a request of the peer's; return whether it is to be answered.
+
+        From the ``close_at_request``-th request on, none is (counted once, as "close").
+        """
+        self.requests += 1
+        at = self.faults.close_at_request
+        if self.cut or (at is not None and self.requests >= at):
+            if not self.cut:
+                self.cut = True
+                self._count("close")
+            return False
+        if self._keyed:
+            call, start = request.call_type, request.start
+            if call == RESEND:
+                self._repairs.append([start, start + 1])
+            elif call == RESEND_RANGE and request.count:
+                self._repairs.append([start, start + request.count])
+            elif call in (STREAM_ALL, SUBSCRIBE) and self._repairs:
+                self._repairs.append(None)  # the repairs before it are answered before it
+        return True
 
     def hello(self) -> None:
         """Expect an info frame (the peer sent a hello)."""
@@ -214,6 +271,9 @@ class Shaper:
             self._count("swallow", n)
             return b""
         index = np.arange(first, first + n)
+        if self._keyed:
+            keep = self._keyed_keep(rows)
+            rows, index = rows[keep], index[keep]
         if faults.loss:
             keep = ~self._loss_mask(n)
             self._count("loss", n - int(keep.sum()))
@@ -237,6 +297,56 @@ class Shaper:
                 rows[hit, columns] ^= (1 + where[:, 1] * 255).astype(np.uint8)
                 self._count("corrupt", int(hit.size))
         return rows.tobytes()
+
+    def _keyed_keep(self, rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+        """Return which packets pass drop_sequences and drop_resends (False: dropped).
+
+        A stream packet that corrupt_sequences names is changed in place instead: its
+        sequence field claims 65,536 more.
+        """
+        sequences = rows[:, 13:17].copy().view(">u4").ravel().astype(np.int64)
+        repair = self._classify(sequences)
+        keep = np.ones(len(rows), dtype=bool)
+        for kind, listed in self._listed.items():
+            chosen = repair if kind == "drop_resend" else ~repair
+            hits = np.flatnonzero(chosen & np.isin(sequences, listed))
+            for i in hits.tolist():  # per listed packet, not per packet
+                if self._ledger.first(kind, int(sequences[i])):
+                    if kind == "corrupt_sequence":
+                        rows[i, 14] ^= 0x01  # the field's 2**16 bit
+                    else:
+                        keep[i] = False
+                    self._count(kind)
+        return keep
+
+    def _classify(self, sequences: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Return which packets answer a repair asked for (the rest are stream packets).
+
+        Answers come in request order: a packet in the first pending repair that holds
+        it ends the repairs before that one; a packet in none, once a stream was asked
+        for, is the stream's, and ends every repair asked for before it.
+        """
+        repair = np.zeros(len(sequences), dtype=bool)
+        repairs = self._repairs
+        if not repairs:
+            return repair
+        for i, sequence in enumerate(sequences.tolist()):
+            if not repairs:
+                break
+            for k, entry in enumerate(repairs):
+                if entry is None:
+                    for _ in range(k + 1):
+                        repairs.popleft()
+                    break
+                if entry[0] <= sequence < entry[1]:
+                    for _ in range(k):
+                        repairs.popleft()
+                    entry[0] = sequence + 1  # a range is answered in sequence order
+                    if entry[0] >= entry[1]:
+                        repairs.popleft()
+                    repair[i] = True
+                    break
+        return repair
 
     def _loss_mask(self, n: int) -> npt.NDArray[np.bool_]:
         faults = self.faults

@@ -19,6 +19,7 @@ from ..faults.delivery import Delivery
 from ..faults.shaper import Shaper
 from ..net.listener import peer_name
 from ..net.transport import reset_transport
+from ..protocol import Request
 from .stats import ServerStats
 
 __all__ = ["Connection"]
@@ -84,10 +85,13 @@ class Connection:
 
     # -- writing --------------------------------------------------------------------------
 
-    def request(self, call_type: int) -> None:
-        """Note a request of the client's: the faults shape its answers by their kind."""
-        if self.delivery is not None:
-            self.delivery.request(call_type)
+    def request(self, request: Request) -> bool:
+        """Note a request of the client's; return whether it is to be answered.
+
+        The faults shape its answers by their kind; from the request their
+        ``close_at_request`` names on, none is answered and the connection is to close.
+        """
+        return self.delivery is None or self.delivery.request(request)
 
     async def write(self, data: bytes | bytearray | memoryview, *, timed: bool = True) -> None:
         """Write ``data`` and wait until the socket takes it (or the faults send it).

@@ -73,6 +73,7 @@ class Conversation:
         self._tally = _Tally()
         self._resend_rng = loss.resend_rng(number)
         self._publisher = publisher
+        self._requests = 0  # requests framed so far
 
     @property
     def timed_out(self) -> bool:
@@ -162,8 +163,18 @@ class Conversation:
         ranges: list[Request] = []
         try:
             for request in requests:
+                self._requests += 1
                 kind = request.call_type
-                self.connection.request(kind)
+                if not self.connection.request(request):
+                    # The faults close the connection at this request: what was
+                    # answered before it goes out first, nothing after.
+                    if ranges:
+                        await self._resend_ranges(ranges, out)
+                    await self._flush(out)
+                    log.info(
+                        "closing %s at request %d, as its faults say", self.peer, self._requests
+                    )
+                    return False
                 if kind == RESEND_RANGE:
                     ranges.append(request)
                     continue

@@ -195,7 +195,7 @@ class Server(Service):
         if not faults.active:
             return None, None
         rng = self.faults.rng(number)
-        return Shaper(faults, rng, self.stats.faults), rng
+        return Shaper(faults, rng, self.stats.faults, self.faults.ledger), rng
 
     def _admit(self, writer: asyncio.StreamWriter) -> bool:
         if not self._stopping and len(self._tasks) < self.max_connections:
