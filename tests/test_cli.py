@@ -86,14 +86,14 @@ def test_no_command_is_a_usage_error_on_stderr(capsys: pytest.CaptureFixture[str
     assert packetcore_main([]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("usage: python -m packetcore {serve,fetch,proxy,info,convert,demo}")
+    assert err.startswith("usage: python -m packetcore {serve,fetch,proxy,check,info,convert,demo}")
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_help_is_usage_on_stdout(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert packetcore_main([flag]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("usage: python -m packetcore {serve,fetch,proxy,info,convert,demo}")
+    assert out.startswith("usage: python -m packetcore {serve,fetch,proxy,check,info,convert,demo}")
     assert err == ""
 
 

@@ -65,8 +65,9 @@ def files(gappy: packetcore.Packets, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.mark.parametrize(
     "argv",
     [
-        ["packetcore-serve"], ["packetcore-fetch"], ["packetcore-proxy"], ["packetcore"],
-        ["packetcore", "serve"], ["packetcore", "fetch"], ["packetcore", "proxy"],
+        ["packetcore-serve"], ["packetcore-fetch"], ["packetcore-proxy"], ["packetcore-check"],
+        ["packetcore"], ["packetcore", "serve"], ["packetcore", "fetch"],
+        ["packetcore", "proxy"], ["packetcore", "check"],
         ["packetcore", "info"], ["packetcore", "convert"], ["packetcore", "demo"],
     ],
 )  # fmt: skip
@@ -88,8 +89,10 @@ def test_python_m_packetcore_says_its_version() -> None:
 def test_packetcore_runs_each_command_under_its_own_name() -> None:
     listing = command("packetcore", "--help")
     assert listing.returncode == 0
-    assert listing.stdout.startswith("usage: packetcore {serve,fetch,proxy,info,convert,demo}")
-    for name in ("serve", "fetch", "proxy", "info", "convert", "demo"):
+    assert listing.stdout.startswith(
+        "usage: packetcore {serve,fetch,proxy,check,info,convert,demo}"
+    )
+    for name in ("serve", "fetch", "proxy", "check", "info", "convert", "demo"):
         result = command("packetcore", name, "--help")
         assert result.returncode == 0, (name, result.stderr)
         assert result.stdout.startswith(f"usage: packetcore {name} [-h]"), name

@@ -71,3 +71,15 @@ def test_the_command_line_loads_no_numpy_before_a_command_runs() -> None:
         assert "packetcore.__main__" in modules or "packetcore" in modules, args
         assert not {m for m in modules if m.split(".")[0] == "numpy"}, args
         assert not {m for m in modules if m.startswith("packetcore.engine")}, args
+
+
+def test_every_benchmark_module_imports() -> None:
+    # `make bench` is not run by `make test`: a module moved in the package must not
+    # leave a benchmark that cannot even be collected.
+    root = CONTRACTS.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         str(root / "benchmarks")],
+        capture_output=True, text=True, timeout=120, cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

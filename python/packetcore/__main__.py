@@ -1,4 +1,4 @@
-"""``packetcore serve|fetch|proxy|info|convert|demo`` (also ``python -m packetcore ...``)."""
+"""``packetcore serve|fetch|proxy|check|info|convert|demo`` (also ``python -m packetcore ...``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import sys
 from collections.abc import Sequence
 
 PROG = "python -m packetcore"
-USAGE = """usage: {prog} {{serve,fetch,proxy,info,convert,demo}} [options]
+USAGE = """usage: {prog} {{serve,fetch,proxy,check,info,convert,demo}} [options]
        {prog} --version
 
   serve    run the exchange (same as packetcore-serve)
   fetch    fetch a feed into output.json (same as packetcore-fetch)
   proxy    forward to a server with faults (same as packetcore-proxy)
+  check    grade a client or a server of the protocol (same as packetcore-check)
   info     count, sequences, gaps and format of a feed file (no server)
   convert  convert a feed file from any format to any other (no server)
   demo     start a server on a free port, fetch from it, stop it
@@ -25,7 +26,12 @@ SUBCOMMANDS = ("info", "convert", "demo")
 
 
 #: The commands: their module under packetcore.cli and their name as a program.
-COMMANDS = {"serve": "packetcore-serve", "fetch": "packetcore-fetch", "proxy": "packetcore-proxy"}
+COMMANDS = {
+    "serve": "packetcore-serve",
+    "fetch": "packetcore-fetch",
+    "proxy": "packetcore-proxy",
+    "check": "packetcore-check",
+}
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
@@ -146,6 +152,11 @@ def fetch() -> int:
 def proxy() -> int:
     """Run ``packetcore-proxy`` (its console script)."""
     return _run("proxy", sys.argv[1:], COMMANDS["proxy"])
+
+
+def check() -> int:
+    """Run ``packetcore-check`` (its console script)."""
+    return _run("check", sys.argv[1:], COMMANDS["check"])
 
 
 if __name__ == "__main__":

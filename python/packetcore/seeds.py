@@ -14,6 +14,7 @@ kind  :class:`Kind`      one stream per
 2     ``FAULTS``         connection (accept order): its random faults, server or proxy
 3     ``FEED_BLOCKS``    block of a synthetic live feed
 4     ``SUBSCRIPTIONS``  subscription (callType 5): its drop mask
+5     ``SCENARIOS``      scenario of a check (keyed by its name and draw): its seed
 ====  =================  =========================================================
 
 A connection's faults are split further by :func:`split`: one generator per kind of
@@ -43,6 +44,7 @@ class Kind(enum.IntEnum):
     FAULTS = 2
     FEED_BLOCKS = 3
     SUBSCRIPTIONS = 4
+    SCENARIOS = 5
 
 
 class Streams:

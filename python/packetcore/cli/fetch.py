@@ -27,7 +27,7 @@ from .exits import EXIT_INCOMPLETE, EXIT_STRICT, EXIT_USAGE
 from .options import check_format as _check_format
 from .options import integer, number
 from .output import given_up, open_output
-from .progress import progress_bar
+from .progress import process_age, progress_bar
 
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
 # Ctrl-C while it loads is one line like any other; the module itself imports fast.
@@ -197,7 +197,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
     """Run ``packetcore-fetch``; return the exit status."""
-    started = time.perf_counter() - _age()  # the summary quotes the wall time waited
+    started = time.perf_counter() - process_age()  # the summary quotes the wall time waited
     try:
         parser = build_parser(prog)  # loads the fetch machinery
     except KeyboardInterrupt as exc:
@@ -205,18 +205,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
         print(f"{PROGRAM}: {interrupted.what}", file=sys.stderr)
         return interrupted.status
     return run(PROGRAM, parser, lambda args: _fetch(args, started), argv)
-
-
-def _age() -> float:
-    """Return how long this process has run, as far as the platform tells (Linux)."""
-    try:
-        with open("/proc/self/stat", "rb") as stat, open("/proc/uptime", "rb") as uptime:
-            # Field 22, after the parenthesised command name, is the start in clock ticks.
-            start = int(stat.read().rsplit(b")", 1)[1].split()[19])
-            up = float(uptime.read().split()[0])
-        return max(up - start / os.sysconf("SC_CLK_TCK"), 0.0)
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def _fetch(args: argparse.Namespace, started: float) -> int:

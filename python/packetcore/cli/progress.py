@@ -8,6 +8,7 @@ T s``.  A thread of their own writes them, so a stalled fetch still says so.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..client.session import Progress
 
-__all__ = ["DEFAULT_INTERVAL", "progress_bar", "status_lines"]
+__all__ = ["DEFAULT_INTERVAL", "process_age", "progress_bar", "status_lines"]
 
 #: Seconds between two lines when ``--progress`` names none.
 DEFAULT_INTERVAL = 5.0
@@ -97,3 +98,15 @@ def progress_bar(
             yield progress
     finally:
         bar.close()
+
+
+def process_age() -> float:
+    """Return how long this process has run, as far as the platform tells (Linux)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat, open("/proc/uptime", "rb") as uptime:
+            # Field 22, after the parenthesised command name, is the start in clock ticks.
+            start = int(stat.read().rsplit(b")", 1)[1].split()[19])
+            up = float(uptime.read().split()[0])
+        return max(up - start / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -1,0 +1,252 @@
+"""packetcore-check client: each verdict from a purpose-built client, the user's files kept.
+
+The clients are tests/clients/feedclient.py (correct by default; ``--break KIND`` makes it
+fail one way) and packetcore-fetch itself, the proof that the battery is fair.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from packetcore.check.client import check_client
+from packetcore.check.model import CheckRun, Level, Verdict
+from packetcore.check.scenarios import SCENARIOS, scenario_seed
+
+CLIENT = Path(__file__).parent / "clients" / "feedclient.py"
+REQUIRED = [s.name for s in SCENARIOS if s.level is Level.REQUIRED]
+HARDENING = [s.name for s in SCENARIOS if s.level is Level.HARDENING]
+
+
+def client(*args: str) -> list[str]:
+    """The test client's command, connecting to ``{port}`` and writing ``{output}``."""
+    return [sys.executable, str(CLIENT), "--port", "{port}", "--output", "{output}", *args]
+
+
+def verdicts(run: CheckRun) -> dict[str, Verdict]:
+    return {r.label: r.verdict for r in run.results}
+
+
+def test_a_correct_client_passes_every_scenario_and_the_same_seed_gives_the_same_run() -> None:
+    run = check_client(client(), jobs=2, level=Level.HARDENING, seed=7)
+    assert verdicts(run) == {s.name: Verdict.PASS for s in SCENARIOS}, run.summary()
+    assert run.passed and run.summary().startswith(f"PASSED: {len(SCENARIOS)} of {len(SCENARIOS)}")
+    assert [r.seed for r in run.results] == [scenario_seed(7, s.name) for s in SCENARIOS]
+    traced = {r.name: r.timeline for r in run.results}
+    # The timeline shows what the client did: its first connection asked for the stream.
+    assert traced["clean"][0]["requests"][0]["call_type"] == 1
+    assert traced["clean"][0]["packets_total"] == 14
+
+
+@pytest.mark.parametrize(
+    ("broken", "scenario", "verdict", "words"),
+    [
+        ("split", "split-bytes", Verdict.NO_OUTPUT, "wrote no output.json"),
+        ("duplicates", "duplicates", Verdict.WRONG, "duplicated"),
+        ("tail", "tail-loss", Verdict.WRONG, "1 missing (14)"),
+        ("unsorted", "clean", Verdict.WRONG, "13 out of order"),
+        ("nothing", "clean", Verdict.NO_OUTPUT, "wrote no output.json"),
+        ("crash", "clean", Verdict.CRASHED, "exit status 1: RuntimeError: the client crashed"),
+        ("hang", "clean", Verdict.HUNG, "still running after the time limit of 2 s"),
+    ],
+)
+def test_each_broken_client_gets_exactly_its_verdict(
+    broken: str, scenario: str, verdict: Verdict, words: str
+) -> None:
+    run = check_client(
+        client("--break", broken), only=["clean", scenario], jobs=2, time_limit=2.0
+        if broken == "hang" else None,
+    )  # fmt: skip
+    result = {r.name: r for r in run.results}[scenario]
+    assert result.verdict is verdict, result.reason
+    assert words in result.reason
+    if scenario not in ("clean", "split-bytes"):  # the fault broke it: without, it passes
+        assert {r.name: r for r in run.results}["clean"].verdict is Verdict.PASS
+    # A hardening scenario counts only at --level hardening.
+    assert run.passed is (result.level is Level.HARDENING)
+
+
+def test_a_crash_keeps_the_last_lines_of_stderr() -> None:
+    run = check_client(client("--break", "crash"), only=["clean"], port=free_port())
+    tail = run.results[0].details["stderr_tail"]
+    assert tail[0].startswith("Traceback") and "RuntimeError" in tail[-1]
+
+
+def test_a_wrong_output_names_the_first_differing_record_and_maps_the_missing_ones() -> None:
+    run = check_client(client("--break", "tail"), only=["tail-loss"], port=free_port())
+    result = run.results[0]
+    first = result.details["first_difference"]
+    assert first["position"] == 13 and first["got"] is None
+    assert first["expected"]["packetSequence"] == 14
+    assert [r.as_list() for r in result.sequence_map] == [["received", 1, 13], ["missing", 14, 1]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check_command(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "packetcore", "check", *args], cwd=cwd, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_the_port_substitution_and_the_environment_variable(tmp_path: Path) -> None:
+    # No {port}: the client reads $PACKETCORE_PORT; --output names where it writes.
+    port = free_port()
+    command = [sys.executable, str(CLIENT), "--output", "book.json"]
+    run = check_client(command, port=port, output="book.json", cwd=tmp_path, only=["clean"])
+    assert verdicts(run) == {"clean": Verdict.PASS}
+    assert not (tmp_path / "book.json").exists()
+
+
+def test_the_users_output_survives_a_run(tmp_path: Path) -> None:
+    mine = tmp_path / "output.json"
+    mine.write_text("my own work\n")
+    port = free_port()
+    command = [sys.executable, str(CLIENT), "--port", str(port)]
+    run = check_client(command, port=port, cwd=tmp_path, only=["clean", "tail-loss"])
+    assert verdicts(run) == {"clean": Verdict.PASS, "tail-loss": Verdict.PASS}
+    assert mine.read_text() == "my own work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
+
+
+def test_the_users_output_survives_a_ctrl_c(tmp_path: Path) -> None:
+    mine = tmp_path / "output.json"
+    mine.write_text("my own work\n")
+    port = free_port()
+    process = check_command(
+        "client", "--port", str(port), "--only", "clean", "--", sys.executable,
+        str(CLIENT), "--port", str(port), "--break", "hang", cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not any(p.name.startswith(".output.json.") for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # the client is running now
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, (out, err)
+    assert mine.read_text() == "my own work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
+    assert "Traceback" not in err and "(interrupted)" in out
+
+
+def test_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        process = check_command(
+            "client", "--port", str(port), "--", sys.executable, str(CLIENT), cwd=tmp_path
+        )
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert err.count("\n") == 1 and f"port {port} is in use" in err
+
+
+def test_a_command_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
+    process = check_command(
+        "client", "--port", str(free_port()), "--", "no-such-client-x", cwd=tmp_path
+    )
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    expected = "the client command 'no-such-client-x' is not found on the PATH"
+    assert err == f"packetcore-check: error: {expected}\n"
+
+
+def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
+    for args in (["client", "--only", "nope", "--", "true"], ["client", "--jobs", "2", "--",
+                 "true"], ["client"], ["server", "nohostport"]):  # fmt: skip
+        process = check_command(*args, cwd=tmp_path)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 2, (args, err)
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+            ("python -m packetcore check", "packetcore-check", "usage")
+        ), err
+
+
+def test_the_command_line_prints_a_line_a_scenario_and_writes_the_reports(tmp_path: Path) -> None:
+    port = free_port()
+    process = check_command(
+        "client", "--port", str(port), "--only", "clean,tail-loss", "--json", "run.json",
+        "--junit", "run.xml", "--", sys.executable, str(CLIENT), "--port", "{port}",
+        "--break", "tail", cwd=tmp_path,
+    )  # fmt: skip
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    lines = out.splitlines()
+    assert lines[0].startswith("[1/2] clean") and "PASS" in lines[0]
+    assert lines[1].startswith("[2/2] tail-loss") and "WRONG" in lines[1]
+    assert "1 missing (14)" in lines[1]
+    assert lines[-1].startswith("FAILED: 1 of 2 required scenarios passed")
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert [r["verdict"] for r in report["results"]] == ["pass", "wrong"]
+    assert (tmp_path / "run.xml").read_text().startswith("<?xml")
+
+
+def test_packetcore_fetch_passes_every_scenario_at_both_levels(tmp_path: Path) -> None:
+    # The proof that the battery is fair: our own client gets through all of it.
+    fetch = [sys.executable, "-m", "packetcore", "fetch", "--port", "{port}", "-o", "{output}",
+             "-q"]  # fmt: skip
+    run = check_client(fetch, jobs=2, level=Level.HARDENING, cwd=tmp_path)
+    failed = {r.label: r.reason for r in run.results if not r.passed}
+    assert failed == {} and run.passed, run.summary()
+
+
+def test_packetcore_fetch_follows_every_scenario_served_live(tmp_path: Path) -> None:
+    # --live: each feed is published as time passes, with the same losses and faults
+    # (corrupted sequences and lost repairs of the tail included); a follow must pass.
+    follow = [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", "{port}",
+              "-o", "{output}", "-q"]  # fmt: skip
+    run = check_client(follow, jobs=2, level=Level.HARDENING, cwd=tmp_path, live=True)
+    failed = {r.label: r.reason for r in run.results if not r.passed}
+    assert failed == {} and run.passed and run.live, run.summary()
+    assert all(r.timeline for r in run.results)
+    # It subscribed (callType 5): the live feed reached it as a subscription.
+    calls = {q["call_type"] for r in run.results for c in r.timeline for q in c["requests"]}
+    assert 5 in calls
+
+
+def test_the_pytest_plugin_fails_a_test_with_a_line_per_failed_scenario(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["packetcore.check.pytest_plugin"]\n')
+    command = [sys.executable, str(CLIENT), "--port", "{port}", "--output", "{output}"]
+    (tmp_path / "test_mine.py").write_text(
+        f"COMMAND = {command!r}\n\n"
+        "def test_good(packetcore_check):\n"
+        "    run = packetcore_check(COMMAND, only=['clean', 'tail-loss'], jobs=2)\n"
+        "    assert run.passed and len(run.results) == 2\n\n"
+        "def test_broken(packetcore_check):\n"
+        "    packetcore_check(COMMAND + ['--break', 'tail'], only=['tail-loss'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert "1 failed, 1 passed" in result.stdout
+    assert "tail-loss (required): wrong: 13 records for 14 sequences: 1 missing (14)" in (
+        result.stdout
+    )
+
+
+def test_the_same_seed_gives_the_same_verdicts_and_reasons() -> None:
+    # A client that trusts one stream: its verdicts follow the seeded losses alone.
+    names = ["loss", "latency", "split-odd", "tail-loss", "everything"]
+    runs = [
+        check_client(client("--break", "tail"), only=names, jobs=2, seed=seed, repeat=3)
+        for seed in (11, 11, 12)
+    ]
+    seen = [[(r.label, r.seed, r.verdict, r.reason) for r in run.results] for run in runs]
+    assert seen[0] == seen[1]
+    assert [s for _, s, _, _ in seen[0]] != [s for _, s, _, _ in seen[2]]
+    assert len(seen[0]) == 3 + 3 + 1 + 1 + 3  # the randomized ones drawn three times
