@@ -10,7 +10,9 @@ and ignores unknown callTypes, as the reference exchange does, except for its on
 * ``whole-requests-only``: a read that does not hold whole requests is thrown away;
 * ``dies-on-unknown``: an unknown callType stops the whole server (listener included);
 * ``bad-hello``: a hello is answered with 16 bytes whose magic is not ``PKCI``;
-* ``dies-mid-stream``: stream-all writes :data:`EARLY_BYTES` bytes, then the server stops.
+* ``dies-mid-stream``: stream-all writes :data:`EARLY_BYTES` bytes, then the server stops;
+* ``silent``: stream-all is answered with nothing, the connection closed;
+* ``mute``: nothing is ever answered, and no connection is closed by the server.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ FLAWS = (
     "dies-on-unknown",
     "bad-hello",
     "dies-mid-stream",
+    "silent",
+    "mute",
 )
 #: What ``bad-hello`` answers a hello with.
 BAD_INFO = b"PKCX" + bytes(12)
@@ -59,6 +63,8 @@ class BrokenServer(_Background):
         return self.wire[(sequence - 1) * _PACKET : sequence * _PACKET]
 
     def _stream(self) -> bytes:
+        if self.flaw == "silent":
+            return b""
         if self.flaw in ("close-early", "dies-mid-stream"):
             return self.wire[:EARLY_BYTES]
         if self.flaw == "short-packets":
@@ -80,6 +86,8 @@ class BrokenServer(_Background):
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer = RequestFramer()
         while data := await reader.read(4096):
+            if self.flaw == "mute":
+                continue
             if self.flaw == "whole-requests-only" and (framer.pending or len(data) % 2):
                 framer = RequestFramer()  # the piece, and what it started, is lost
                 continue

@@ -18,6 +18,7 @@ import pytest
 from packetcore.check.client import check_client
 from packetcore.check.model import CheckRun, Level, Verdict
 from packetcore.check.scenarios import SCENARIOS, scenario_seed
+from packetcore.errors import UserError
 
 CLIENT = Path(__file__).parent / "clients" / "feedclient.py"
 REQUIRED = [s.name for s in SCENARIOS if s.level is Level.REQUIRED]
@@ -138,7 +139,7 @@ def test_the_users_output_survives_a_ctrl_c(tmp_path: Path) -> None:
     assert process.returncode == 130, (out, err)
     assert mine.read_text() == "my own work\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
-    assert "Traceback" not in err and "(interrupted)" in out
+    assert "Traceback" not in err and "INTERRUPTED: 0 of 1 scenarios ran" in out
 
 
 def test_a_busy_port_is_one_line(tmp_path: Path) -> None:
@@ -250,3 +251,121 @@ def test_the_same_seed_gives_the_same_verdicts_and_reasons() -> None:
     assert seen[0] == seen[1]
     assert [s for _, s, _, _ in seen[0]] != [s for _, s, _, _ in seen[2]]
     assert len(seen[0]) == 3 + 3 + 1 + 1 + 3  # the randomized ones drawn three times
+
+
+@pytest.mark.parametrize("output", ["", ".", "mine", "no-such-dir/output.json"])
+def test_an_output_that_is_no_file_the_client_can_write_is_refused(
+    tmp_path: Path, output: str
+) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "work.txt").write_text("my own work\n")
+    with pytest.raises(UserError) as caught:
+        check_client(["true"], port=free_port(), output=output, cwd=tmp_path, only=["clean"])
+    assert caught.value.exit_code == 2 and "--output" in str(caught.value)
+    # Nothing was moved: the directory and what it holds are where they were.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert (tmp_path / "mine" / "work.txt").read_text() == "my own work\n"
+
+
+def test_a_client_that_makes_a_directory_of_its_output_is_wrong_and_the_users_file_survives(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "output.json").write_text("my own work\n")
+    notes: list[str] = []
+    run = check_client(
+        ["sh", "-c", "mkdir output.json && echo x > output.json/part"], port=free_port(),
+        cwd=tmp_path, only=["clean", "tail-loss"], note=notes.append,
+    )  # fmt: skip
+    assert [(r.verdict, r.reason) for r in run.results] == [
+        (Verdict.WRONG, "output.json is a directory, not a file")
+    ] * 2
+    assert (tmp_path / "output.json").read_text() == "my own work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
+    assert notes == [
+        "output.json is kept aside as .output.json.packetcore-check.kept while the check "
+        "runs, and put back at the end"
+    ]
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_check_killed_outright_leaves_the_users_file_for_the_next_to_put_back(
+    tmp_path: Path,
+) -> None:
+    # What SIGKILL leaves: the user's file kept aside, the lock of a pid now gone.
+    (tmp_path / ".output.json.packetcore-check.kept").write_text("my own work\n")
+    (tmp_path / ".output.json.packetcore-check.lock").write_text(f"{dead_pid()}\n")
+    notes: list[str] = []
+    port = free_port()
+    command = [sys.executable, str(CLIENT), "--port", str(port)]
+    run = check_client(command, port=port, cwd=tmp_path, only=["clean"], note=notes.append)
+    assert verdicts(run) == {"clean": Verdict.PASS}
+    assert notes[0].startswith("put output.json back from .output.json.packetcore-check.kept")
+    assert (tmp_path / "output.json").read_text() == "my own work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json"]
+
+
+def test_a_kept_file_beside_a_new_output_is_left_for_the_user_to_choose(tmp_path: Path) -> None:
+    (tmp_path / ".output.json.packetcore-check.kept").write_text("my own work\n")
+    (tmp_path / "output.json").write_text("what a client wrote\n")
+    with pytest.raises(UserError, match=r"an earlier check of output\.json was killed"):
+        check_client(["true"], port=free_port(), cwd=tmp_path, only=["clean"])
+    assert (tmp_path / ".output.json.packetcore-check.kept").read_text() == "my own work\n"
+    assert (tmp_path / "output.json").read_text() == "what a client wrote\n"
+    assert not (tmp_path / ".output.json.packetcore-check.lock").exists()
+
+
+def test_a_second_check_of_the_same_output_is_refused_while_the_first_runs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "output.json").write_text("my own work\n")
+    with subprocess.Popen(["sleep", "60"]) as first:
+        try:
+            (tmp_path / ".output.json.packetcore-check.lock").write_text(f"{first.pid}\n")
+            with pytest.raises(
+                UserError, match=rf"in use by another packetcore-check \(pid {first.pid}\)"
+            ):
+                check_client(["true"], port=free_port(), cwd=tmp_path, only=["clean"])
+        finally:
+            first.kill()
+    assert (tmp_path / "output.json").read_text() == "my own work\n"
+    assert (tmp_path / ".output.json.packetcore-check.lock").read_text() == f"{first.pid}\n"
+
+
+def test_a_report_on_stdout_has_it_alone_and_two_reports_on_one_path_are_refused(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    process = check_command(
+        "client", "--port", str(port), "--only", "clean", "--json", "-", "--",
+        sys.executable, str(CLIENT), "--port", "{port}", cwd=tmp_path,
+    )  # fmt: skip
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert json.loads(out)["results"][0]["verdict"] == "pass"  # stdout is the JSON alone
+    assert "[1/1] clean" in err and "PASSED: 1 of 1" in err
+    for args in (["--json", "run.out", "--html", "./run.out"], ["--json", "-", "--junit",
+                 "/dev/stdout"]):  # fmt: skip
+        process = check_command("client", *args, "--", "true", cwd=tmp_path)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 2 and "both write" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run.out").exists()
+
+
+def test_a_reason_quoting_the_clients_stderr_holds_no_control_characters(tmp_path: Path) -> None:
+    command = ["sh", "-c", r"printf 'bad \033[31mred\033[0m\a\177 over\ttab\n' >&2; exit 3"]
+    run = check_client(command, port=free_port(), cwd=tmp_path, only=["clean"])
+    assert run.results[0].reason == "exit status 3: bad [31mred[0m over tab"
+
+
+def test_an_interrupted_summary_says_how_far_the_run_went() -> None:
+    run = CheckRun("client", "x", Level.REQUIRED, 0, "", planned=5, interrupted=True)
+    assert run.summary() == (
+        "INTERRUPTED: 0 of 5 scenarios ran (nothing run) in 0.0 s; 0 of the 0 required "
+        "ones that ran passed"
+    )
+    assert not run.passed

@@ -87,6 +87,11 @@ def test_output_keys_match_case_insensitively(tmp_path: Path, key: str) -> None:
     assert compare(book(), read_output(path)).matches
 
 
+RECORD = (
+    '{"symbol": "MSFT", "buysellindicator": "B", "quantity": 1, "price": 1, "packetSequence": 1}'
+)
+
+
 @pytest.mark.parametrize("name", ["output.ndjson", "output.csv", "output.bin", "output.json"])
 def test_every_format_packetcore_writes_is_read(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
@@ -96,12 +101,36 @@ def test_every_format_packetcore_writes_is_read(tmp_path: Path, name: str) -> No
 
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("[{\"symbol", "not a json document"), ("{}", "not a json feed of records"),
-     ('[{"symbol": "A"}]', "not a feed of packet records"), ("[1, 2]", "not a json feed")],
+    [("[{\"symbol", "is not a json document"),
+     ("{}", "is not a json feed of records"),
+     ('[{"symbol": "A"}]', "record 0 lacks buysellindicator, quantity, price, packetSequence"),
+     ("[1, 2]", "record 0 is 1"),
+     (f'[{RECORD}, {{"symbol": "MSFT", "buysellindicator": "B", "quantity": "many", '
+      '"price": 1, "packetSequence": 2}]', "record 1: quantity is \"many\", not an integer"),
+     (f'[{RECORD}, {RECORD}, {{"symbol": "MSFT", "buysellindicator": "B", "quantity": 1, '
+      '"price": 1.5, "packetSequence": 2}]', "record 2: price is 1.5, not an integer"),
+     ('[{"symbol": 7, "buysellindicator": "B", "quantity": 1, "price": 1, '
+      '"packetSequence": 2}]', "record 0: symbol is 7, not a string"),
+     ('[{"symbol": "MSFT", "buysellindicator": "B", "quantity": 1, "price": 1, '
+      '"packetSequence": 99999999999}]', "record 0: packetSequence is 99999999999, beyond")],
 )  # fmt: skip
 def test_an_unreadable_output_says_why_in_one_line(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "output.json"
     path.write_text(text)
-    with pytest.raises(UnreadableOutput, match=words) as caught:
+    with pytest.raises(UnreadableOutput) as caught:
         read_output(path)
+    assert words in str(caught.value)
     assert "\n" not in str(caught.value)
+    assert str(tmp_path) not in str(caught.value)  # the file's name, not a scratch path
+
+
+def test_integral_numbers_and_numeric_strings_are_read_as_integers(tmp_path: Path) -> None:
+    path = tmp_path / "output.json"
+    path.write_text(
+        '[{"SYMBOL": "MSFT", "buySellIndicator": "B", "quantity": "5", "price": 12.0, '
+        '"packetsequence": 1, "extra": [1]}]'
+    )
+    got = read_output(path)
+    assert got[0].to_record() == {
+        "symbol": "MSFT", "buysellindicator": "B", "quantity": 5, "price": 12, "packetSequence": 1,
+    }  # fmt: skip

@@ -182,6 +182,27 @@ def test_a_hello_answered_with_no_info_frame_is_wrong() -> None:
         assert results(run)[name].reason == "not offered: no valid info frame"
 
 
+@pytest.mark.parametrize(
+    ("flaw", "verdict", "because"),
+    [("silent", Verdict.NO_OUTPUT, "without writing a byte"),
+     ("mute", Verdict.HUNG, "no end of file within 2 s (nothing at all)")],
+)  # fmt: skip
+def test_a_server_that_serves_no_feed_passes_nothing_that_needs_one(
+    flaw: str, verdict: Verdict, because: str
+) -> None:
+    run = check_broken(flaw, level=Level.HARDENING)
+    by_name = results(run)
+    assert by_name["stream-all"].verdict is verdict and because in by_name["stream-all"].reason
+    # Every scenario that judges answers against the feed fails, with the reason, and
+    # at once: the feed is tried once, not once a scenario.
+    for name, result in by_name.items():
+        if name not in ("stream-all", "still-serving"):
+            assert result.verdict is verdict, (name, result.reason)
+            assert result.reason.startswith("the feed is unknown, nothing to judge against")
+            assert result.duration < 1.0, name
+    assert not run.passed
+
+
 def test_nothing_listening_is_one_clear_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -196,6 +217,11 @@ def test_names_and_limits_are_checked_before_connecting() -> None:
     assert caught.value.exit_code == 2
     with pytest.raises(UserError, match="time limit must be above 0"):
         check_server("127.0.0.1", 1, time_limit=0)
+    with pytest.raises(UserError, match=r"port 70000 is not in 1\.\.65535") as caught:
+        check_server("127.0.0.1", 70000)
+    assert caught.value.exit_code == 2
+    with pytest.raises(UserError, match="--seed must be 0 or more"):
+        check_server("127.0.0.1", 1, seed=-5)
 
 
 def test_a_seed_decides_what_is_asked() -> None:

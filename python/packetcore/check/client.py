@@ -23,7 +23,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ from ..packets import Packets
 from ..protocol import DEFAULT_PORT
 from ..server.server import Server
 from .compare import UnreadableOutput, compare, read_output
-from .model import CheckRun, Level, ScenarioResult, Verdict
+from .custody import Custody, Note, remove
+from .model import CheckRun, Level, ScenarioResult, Verdict, printable
 from .scenarios import BOOK, SCENARIOS, Scenario, scenario_seed, select
 
 __all__ = ["ClientCommand", "check_client", "check_client_async"]
@@ -140,22 +141,6 @@ def _free_port() -> int:
         return port
 
 
-@contextlib.contextmanager
-def _kept_aside(path: Path) -> Iterator[None]:
-    """Move the user's ``path`` aside for the block, and put it back after, whatever happens."""
-    if not path.exists() and not path.is_symlink():
-        yield
-        return
-    aside = path.with_name(f".{path.name}.packetcore-check-{os.getpid()}")
-    os.replace(path, aside)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.replace(aside, path)
-
-
 def _tail(path: Path) -> list[str]:
     try:
         with open(path, "rb") as file:
@@ -192,8 +177,12 @@ class _Runner:
         time_limit: float | None,
         jobs: int,
         live: bool,
+        note: Note | None = None,
     ) -> None:
         self.command = command
+        self.note = note
+        #: The user's output path the whole run holds (a fixed one), if any.
+        self.held: Custody | None = None
         self.live = live
         self.host = host
         self.seed = seed
@@ -253,9 +242,12 @@ class _Runner:
         work = Path(tempfile.mkdtemp(prefix=f"{result.name}-", dir=self.scratch))
         chosen = work / f"output{Path(command.output).suffix or '.json'}"
         output = command.output_path(port, chosen)
-        # A file already there (a name with {port} in it) is the user's: kept aside.
-        with _kept_aside(output) if output != chosen else contextlib.nullcontext():
+        if output == chosen or (self.held is not None and output == self.held.path):
             await self._judged(result, feed, port, proxy, output, work)
+        else:
+            # A name with {port} in it: held for the scenario, a file there kept aside.
+            with Custody(output, note=self.note):
+                await self._judged(result, feed, port, proxy, output, work)
 
     async def _judged(
         self,
@@ -305,21 +297,21 @@ class _Runner:
         elif code != 0:
             result.verdict = Verdict.CRASHED
             last = next((line for line in reversed(result.details["stderr_tail"]) if line), "")
-            result.reason = _status(code) + (f": {last.strip()[:200]}" if last else "")
+            result.reason = _status(code) + (f": {printable(last).strip()[:200]}" if last else "")
         elif not output.exists():
             result.verdict = Verdict.NO_OUTPUT
             result.reason = f"ended with exit status 0 and wrote no {output.name}"
         try:
-            got = read_output(output) if output.exists() else None
-        except (UnreadableOutput, OSError) as exc:
+            got = _read(output)
+        except UnreadableOutput as exc:
             if result.verdict is Verdict.PASS:
                 result.verdict = Verdict.WRONG
-                result.reason = f"{output.name} is {exc}"
+                result.reason = f"{output.name} {exc}"
             return
         finally:
-            # The next scenario starts with no output (the user's was moved aside).
-            with contextlib.suppress(FileNotFoundError):
-                output.unlink()
+            # The next scenario starts with no output (the user's is kept aside).
+            with contextlib.suppress(OSError):
+                remove(output)
         if got is None:
             return
         comparison = compare(feed, got)
@@ -328,6 +320,18 @@ class _Runner:
         if result.verdict is Verdict.PASS and not comparison.matches:
             result.verdict = Verdict.WRONG
             result.reason = comparison.reason
+
+
+def _read(output: Path) -> Packets | None:
+    """Return the packets the client wrote at ``output`` (None: it wrote nothing there)."""
+    if output.is_dir():
+        raise UnreadableOutput("is a directory, not a file")
+    if not output.exists():
+        return None
+    try:
+        return read_output(output)
+    except OSError as exc:
+        raise UnreadableOutput(f"cannot be read: {exc.strerror or exc}") from None
 
 
 class _Only(dict[str, str]):
@@ -393,6 +397,7 @@ async def check_client_async(
     on_result: Finished | None = None,
     stop: asyncio.Event | None = None,
     live: bool = False,
+    note: Note | None = None,
 ) -> CheckRun:
     """Grade the client ``command``; see :func:`check_client`.
 
@@ -407,6 +412,8 @@ async def check_client_async(
     )  # fmt: skip
     if repeat < 1 or jobs < 1:
         raise UserError("--repeat and --jobs must be 1 or more", 2)
+    if seed < 0:
+        raise UserError("--seed must be 0 or more", 2)
     if time_limit is not None and not time_limit > 0:
         raise UserError("--time-limit must be above 0 seconds", 2)
     if jobs > 1 and not client.takes_port:
@@ -441,10 +448,13 @@ async def check_client_async(
         level=level,
         seed=seed,
         live=live,
+        planned=len(plan),
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     began = time.monotonic()
-    runner = _Runner(client, host=host, seed=seed, time_limit=time_limit, jobs=jobs, live=live)
+    runner = _Runner(
+        client, host=host, seed=seed, time_limit=time_limit, jobs=jobs, live=live, note=note
+    )
     results: dict[int, ScenarioResult] = {}
     slots = asyncio.Semaphore(jobs)
 
@@ -461,7 +471,7 @@ async def check_client_async(
         with contextlib.ExitStack() as stack:
             if not client.takes_output and fixed is not None:
                 user_output = client.cwd / client.output.replace("{port}", str(fixed))
-                stack.enter_context(_kept_aside(user_output))
+                runner.held = stack.enter_context(Custody(user_output, note=note))
             tasks = [asyncio.ensure_future(one(i, s, r)) for i, (s, r) in enumerate(plan)]
             stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
             try:
@@ -500,6 +510,7 @@ def check_client(
     loss and fault; ``repeat`` draws randomized scenarios that many times; ``level``
     decides which verdicts count in :attr:`CheckRun.passed`; ``only``/``skip`` name
     scenarios; ``time_limit`` replaces each scenario's own.  ``on_start(label, i,
-    total)`` and ``on_result(result)`` are called as the run goes.
+    total)`` and ``on_result(result)`` are called as the run goes, ``note(line)`` with
+    what the check does to the user's files (an output kept aside, one put back).
     """
     return asyncio.run(check_client_async(command, **options))

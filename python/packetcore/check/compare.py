@@ -36,14 +36,18 @@ class UnreadableOutput(ValueError):
 
 
 def read_output(path: str | os.PathLike[str]) -> Packets:
-    """Return the packets of a client's output file, in the order it holds them."""
+    """Return the packets of a client's output file, in the order it holds them.
+
+    :class:`UnreadableOutput` says why it cannot, in words that follow the file's name
+    ("is not a json document: ...").
+    """
     form = format_named_by(path) or "json"
     try:
         return read(path, form)
     except (FeedError, ValueError) as exc:
         if form not in ("json", "ndjson"):
-            raise UnreadableOutput(f"not a {form} feed: {exc}") from None
-        strict = exc
+            raise UnreadableOutput(f"is not a {form} feed: {_unplaced(exc, path)}") from None
+        strict = _unplaced(exc, path)
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
@@ -52,23 +56,63 @@ def read_output(path: str | os.PathLike[str]) -> Packets:
         else:
             records = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnreadableOutput(f"not a {form} document: {exc}") from None
-    if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
-        raise UnreadableOutput(f"not a {form} feed of records: {strict}")
+        raise UnreadableOutput(f"is not a {form} document: {exc}") from None
+    if not isinstance(records, list):
+        raise UnreadableOutput(f"is not a {form} feed of records: {strict}")
+    rows = [_normalised(r, i) for i, r in enumerate(records)]
     try:
-        return Packets.from_records(_normalised(r) for r in records)
+        return Packets.from_records(rows)
     except (TypeError, ValueError) as exc:
-        raise UnreadableOutput(f"not a feed of packet records: {exc}") from None
+        raise UnreadableOutput(f"is not a feed of packet records: {exc}") from None
 
 
-def _normalised(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``record`` with the reference's keys, matched case-insensitively."""
+def _unplaced(exc: BaseException, path: str | os.PathLike[str]) -> str:
+    """Return ``exc``'s message with the file's path said as its name alone."""
+    return str(exc).replace(os.fspath(path), os.path.basename(path))
+
+
+_INTEGERS = ("quantity", "price", "packetSequence")
+
+
+def _normalised(record: Any, index: int) -> dict[str, Any]:
+    """Return ``record`` with the reference's keys, matched case-insensitively.
+
+    :class:`UnreadableOutput` names the record (from 0) and the field that is amiss.
+    """
+    where = f"record {index}"
+    if not isinstance(record, Mapping):
+        raise UnreadableOutput(f"is not a feed of records: {where} is {_shown(record)}")
     out: dict[str, Any] = {}
     for key, value in record.items():
         name = _LOWER_KEYS.get(str(key).lower())
-        if name is not None:
-            out[name] = int(value) if name in ("quantity", "price", "packetSequence") else value
+        if name is None:
+            continue
+        if name in _INTEGERS:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise UnreadableOutput(f"{where}: {key} is {_shown(value)}, not an integer")
+            try:
+                number = float(value) if isinstance(value, str) else value
+                if number != int(number):
+                    raise ValueError
+            except (ValueError, OverflowError):
+                raise UnreadableOutput(
+                    f"{where}: {key} is {_shown(value)}, not an integer"
+                ) from None
+            value = int(number)
+            if not -(2**31) <= value < 2**31:
+                raise UnreadableOutput(f"{where}: {key} is {value}, beyond a packet's int32")
+        elif not isinstance(value, str):
+            raise UnreadableOutput(f"{where}: {key} is {_shown(value)}, not a string")
+        out[name] = value
+    missing = [k for k in JSON_KEYS if k not in out]
+    if missing:
+        raise UnreadableOutput(f"{where} lacks {', '.join(missing)}")
     return out
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass

@@ -21,6 +21,7 @@ __all__ = [
     "ScenarioResult",
     "SequenceRun",
     "Verdict",
+    "printable",
     "runs_of",
 ]
 
@@ -160,6 +161,18 @@ class ScenarioResult:
         }
 
 
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F], None) | {0x09: " "}
+
+
+def printable(text: str) -> str:
+    """Return ``text`` without control characters, for one line of a terminal.
+
+    A client's stderr may hold escape sequences and carriage returns; a reason quoting
+    it must not move the cursor or recolour the table.
+    """
+    return "".join(c if c.isprintable() else "\ufffd" for c in text.translate(_CONTROLS))
+
+
 @dataclass
 class CheckRun:
     """A whole check: what was graded, at which level and seed, and every result."""
@@ -173,6 +186,7 @@ class CheckRun:
     duration: float = 0.0  #: seconds, the run's wall time
     interrupted: bool = False  #: stopped by a signal before every scenario ran
     live: bool = False  #: the feeds were published as time passed (clients that follow)
+    planned: int = 0  #: how many scenario draws the run was to run (0: as many as it has)
 
     def counted(self) -> Iterator[ScenarioResult]:
         """Yield the results whose verdict counts at this run's level."""
@@ -200,11 +214,18 @@ class CheckRun:
         tally = ", ".join(f"{n} {v}" for v, n in self.tally().items() if n) or "nothing run"
         counted = list(self.counted())
         failed = len(self.failures)
-        head = "PASSED" if self.passed else "FAILED"
         scope = "required" if self.level is Level.REQUIRED else "required and hardening"
+        if self.interrupted:
+            planned = max(self.planned, len(self.results))
+            return (
+                f"INTERRUPTED: {len(self.results)} of {planned} scenarios ran ({tally}) in "
+                f"{self.duration:.1f} s; {len(counted) - failed} of the {len(counted)} "
+                f"{scope} ones that ran passed"
+            )
+        head = "PASSED" if self.passed else "FAILED"
         return (
             f"{head}: {len(counted) - failed} of {len(counted)} {scope} scenarios passed "
-            f"({tally}) in {self.duration:.1f} s" + (" (interrupted)" if self.interrupted else "")
+            f"({tally}) in {self.duration:.1f} s"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -219,6 +240,7 @@ class CheckRun:
             "started": self.started,
             "duration": round(self.duration, 6),
             "interrupted": self.interrupted,
+            "planned": max(self.planned, len(self.results)),
             "passed": self.passed,
             "summary": self.summary(),
             "results": [r.as_dict() for r in self.results],

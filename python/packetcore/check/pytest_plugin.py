@@ -8,7 +8,8 @@ Enable it in a ``conftest.py`` (it is not loaded on its own)::
         packetcore_check(["node", "client.js", "--port", "{port}"], jobs=2)
 
 The fixture runs :func:`~packetcore.check.client.check_client` and fails the test with
-one line per scenario that did not pass; it returns the :class:`CheckRun` otherwise.
+one line per scenario that did not pass (or one line saying why the check could not
+run); it returns the :class:`CheckRun` otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from ..errors import UserError
 from .client import check_client
 from .model import CheckRun
 
@@ -45,6 +47,11 @@ def packetcore_check(
 
     def check(command: str | Sequence[str], **options: Any) -> CheckRun:
         options.setdefault("cwd", tmp_path_factory.mktemp("packetcore-check"))
-        return assert_passes(check_client(command, **options))
+        try:
+            run = check_client(command, **options)
+        except UserError as exc:
+            # The check could not run (a busy port, a command not found): one line.
+            pytest.fail(f"packetcore-check: {exc}", pytrace=False)
+        return assert_passes(run)
 
     return check

@@ -273,7 +273,8 @@ def select(
 ) -> list[Scenario]:
     """Return the scenarios ``only`` names (all if empty) but those ``skip`` names.
 
-    An unknown name is a :class:`ValueError` listing the known ones.
+    An unknown name is a :class:`ValueError` listing the known ones, and so is a choice
+    that leaves none.
     """
     known = {s.name for s in scenarios}
     unknown = [n for n in (*only, *skip) if n not in known]
@@ -281,4 +282,7 @@ def select(
         raise ValueError(
             f"no scenario {unknown[0]!r} (the scenarios: {', '.join(s.name for s in scenarios)})"
         )
-    return [s for s in scenarios if (not only or s.name in only) and s.name not in skip]
+    chosen = [s for s in scenarios if (not only or s.name in only) and s.name not in skip]
+    if not chosen:
+        raise ValueError("--skip leaves no scenario of those --only names to run")
+    return chosen

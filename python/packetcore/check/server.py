@@ -200,6 +200,14 @@ class _NoOutput(_Failure):
     verdict = Verdict.NO_OUTPUT
 
 
+class _Unlearned(_Failure):
+    """A scenario that needs the feed, where no stream-all pass could learn it."""
+
+    def __init__(self, verdict: Verdict, reason: str) -> None:
+        super().__init__(f"the feed is unknown, nothing to judge against: {reason}")
+        self.verdict = verdict
+
+
 class _Closed(Exception):
     """The server ended a connection where more was due (checked for a crash first)."""
 
@@ -442,6 +450,8 @@ class _Run:
         self.info: FeedInfo | None = None
         self.hello_probed = False
         self.hello_fault = ""
+        #: Why no stream-all pass could learn the feed (its verdict and reason), once tried.
+        self.unlearned: tuple[Verdict, str] | None = None
         self.deadline = 0.0
         self.timeline: list[dict[str, Any]] = []
         self.rng = random.Random(seed)
@@ -541,9 +551,30 @@ class _Run:
         return pairs
 
     async def ensure_feed(self) -> None:
-        """Learn the feed with one stream-all pass, if no scenario did yet."""
-        if not self.known:
-            await self.stream_all("stream-all (to learn the feed)")
+        """Learn the feed with one stream-all pass, if no scenario did yet.
+
+        A server whose stream-all gives no packet leaves the feed unknown: each scenario
+        that needs it fails with the reason (tried once: a silent server costs one time
+        limit, not one a scenario).
+        """
+        if self.known:
+            return
+        if self.unlearned is None:
+            try:
+                await self.stream_all("stream-all (to learn the feed)")
+            except (_Failure, _Closed) as exc:
+                self.unlearn(exc)
+                raise
+            if self.known:
+                return
+            self.unlearned = (Verdict.NO_OUTPUT, "stream-all carried no packet")
+        raise _Unlearned(*self.unlearned)
+
+    def unlearn(self, exc: _Failure | _Closed) -> None:
+        """Note that a stream-all pass meant to learn the feed ended with ``exc``."""
+        if not self.known and self.unlearned is None:
+            verdict = exc.verdict if isinstance(exc, _Failure) else Verdict.WRONG
+            self.unlearned = (verdict, exc.reason)
 
     async def hello(self, what: str = "hello") -> FeedInfo | None:
         """Send a hello on a new connection; return the info frame, None if unanswered.
@@ -598,16 +629,20 @@ def _stream_marks(run: _Run, seen: set[int]) -> list[tuple[int, Mark]]:
 
 
 async def _stream_all(run: _Run) -> _Outcome:
-    conn = await run.connect("stream-all")
     try:
-        await conn.send(stream_all_request())
-        data = await conn.read_to_end("stream-all")
-    finally:
-        await conn.close()
-    if not data:
-        raise _NoOutput("stream-all: the server closed the connection without writing a byte")
-    pairs = _packets(data, "stream-all")
-    run.compare(pairs, "stream-all")
+        conn = await run.connect("stream-all")
+        try:
+            await conn.send(stream_all_request())
+            data = await conn.read_to_end("stream-all")
+        finally:
+            await conn.close()
+        if not data:
+            raise _NoOutput("stream-all: the server closed the connection without writing a byte")
+        pairs = _packets(data, "stream-all")
+        run.compare(pairs, "stream-all")
+    except (_Failure, _Closed) as exc:
+        run.unlearn(exc)  # the scenarios after it do not try again
+        raise
     seen = {s for s, _ in pairs}
     marks = _stream_marks(run, seen)
     missing = sum(1 for _, m in marks if m is Mark.MISSING)
@@ -1243,19 +1278,25 @@ async def check_server_async(
     """
     if time_limit <= 0:
         raise UserError(f"the time limit must be above 0 seconds, got {time_limit:g}", 2)
+    if not 1 <= port <= 0xFFFF:
+        raise UserError(f"port {port} is not in 1..65535", 2)
+    if seed < 0:
+        raise UserError("--seed must be 0 or more", 2)
     chosen = _selected(level, only, skip)
     run = _Run(host, port, seed, time_limit)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     began = time.monotonic()
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), time_limit)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot find the host {host!r}: {exc.strerror or exc}") from None
     except (OSError, asyncio.TimeoutError) as exc:
         why = "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
         raise UserError(f"nothing is listening on {run.target} ({why})") from None
     writer.close()
     with contextlib.suppress(OSError, asyncio.TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), 1.0)
-    checked = CheckRun("server", run.target, level, seed, started)
+    checked = CheckRun("server", run.target, level, seed, started, planned=len(chosen))
     stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
     try:
         for i, scenario in enumerate(chosen, 1):

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from . import UserError, add_verbosity, exits, run, signals
 from .exits import EXIT_FAILURE
@@ -188,11 +189,13 @@ def _check(args: argparse.Namespace) -> int:
         return _list(args.kind)
     level = Level(args.level)
     if args.verbosity < 1:
-        # The check's own server and proxy log every connection: -v shows them.
-        for name in ("packetcore.server", "packetcore.proxy"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    reports = {k: getattr(args, k) for k in ("json", "junit", "html") if getattr(args, k)}
-    table = _Table(args.verbosity)
+        # The check's own server and proxy log every connection and every fault, which
+        # the scenarios cause on purpose: -v shows them.
+        for name in ("packetcore.server", "packetcore.proxy", "packetcore.faults"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    reports = _reports(args)
+    # A report on stdout has it alone: the table and the summary go to stderr then.
+    table = _Table(args.verbosity, sys.stderr if "-" in reports.values() else sys.stdout)
     if reports:
         from ..check.report import check_targets
 
@@ -211,10 +214,35 @@ def _check(args: argparse.Namespace) -> int:
 
         write_reports(result, **reports)
     result.duration = time.perf_counter() - started
-    print(result.summary(), file=sys.stderr if args.verbosity < 0 else sys.stdout, flush=True)
+    print(result.summary(), file=sys.stderr if args.verbosity < 0 else table.out, flush=True)
     if result.interrupted:
         return exits.signalled(table.signum)
     return 0 if result.passed else EXIT_FAILURE
+
+
+def _reports(args: argparse.Namespace) -> dict[str, str]:
+    """Return the reports asked for, by kind; two on one path are a usage error."""
+    reports: dict[str, str] = {}
+    for kind in ("json", "junit", "html"):
+        path = getattr(args, kind)
+        if path is None:
+            continue
+        if path in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+            path = "-"  # written to stdout as "-" is, not reopened
+        for other, taken in reports.items():
+            if _same(taken, path):
+                where = "stdout" if path == "-" else path
+                raise UserError(f"--{other} and --{kind} both write {where}: give each its own", 2)
+        reports[kind] = path
+    return reports
+
+
+def _same(a: str, b: str) -> bool:
+    if a == "-" or b == "-":
+        return a == b
+    return os.path.abspath(a) == os.path.abspath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    )
 
 
 def _list(kind: str) -> int:
@@ -235,29 +263,40 @@ def _list(kind: str) -> int:
 class _Table:
     """Print one line a scenario as it ends, with how far the run is."""
 
-    def __init__(self, verbosity: int) -> None:
+    def __init__(self, verbosity: int, out: TextIO) -> None:
         self.verbosity = verbosity
+        self.out = out
         self.done = 0
         self.signum = 2
-        self.tty = sys.stdout.isatty()
+        self.tty = out.isatty()
 
     def started(self, label: str, index: int, total: int) -> None:
         self.total = total
         if self.tty and self.verbosity >= 0:
-            print(f"\r\x1b[K[{self.done}/{total}] running {label} ...", end="", flush=True)
+            print(f"\r\x1b[K[{self.done}/{total}] running {label} ...", end="", file=self.out,
+                  flush=True)  # fmt: skip
+
+    def note(self, line: str) -> None:
+        """Say what the check does to the user's files (stderr: not part of the table)."""
+        if self.verbosity >= 0:
+            if self.tty and self.out is sys.stdout:
+                print("\r\x1b[K", end="", flush=True)
+            print(f"{PROGRAM}: {line}", file=sys.stderr, flush=True)
 
     def finished(self, result: ScenarioResult) -> None:
+        from ..check.model import printable
+
         self.done += 1
         if self.verbosity < 0 and result.passed:
             return
         total = getattr(self, "total", self.done)
-        reason = f"  {result.reason}" if result.reason else ""
+        reason = f"  {printable(result.reason)}" if result.reason else ""
         line = (
             f"[{self.done:>{len(str(total))}}/{total}] {result.label:<22} "
             f"{result.level.value:<9} {result.verdict.value.upper():<9} "
             f"{result.duration:6.1f} s{reason}"
         )
-        print(("\r\x1b[K" if self.tty else "") + line, flush=True)
+        print(("\r\x1b[K" if self.tty else "") + line, file=self.out, flush=True)
 
 
 async def _stoppable(
@@ -286,6 +325,7 @@ def _run_client(
             seed=args.seed, level=level, only=args.only, skip=args.skip,
             repeat=args.repeat, jobs=args.jobs, time_limit=args.time_limit,
             on_start=table.started, on_result=table.finished, stop=stop, live=args.live,
+            note=table.note,
         )  # fmt: skip
 
     with signals.in_loop():
