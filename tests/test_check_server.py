@@ -100,7 +100,7 @@ def test_a_base_server_passes_and_the_extension_is_not_offered() -> None:
 def check_broken(flaw: str, **options: object) -> CheckRun:
     with BrokenServer(flaw) as server:
         settings: dict[str, object] = {"time_limit": LIMIT, **options}
-        return check_server("127.0.0.1", server.port, **settings)  # type: ignore[arg-type]
+        return check_server("127.0.0.1", server.port, **settings)
 
 
 def test_a_corrupted_resend_is_wrong_and_named() -> None:

@@ -1321,29 +1321,9 @@ async def check_server_async(
     return checked
 
 
-def check_server(
-    host: str,
-    port: int,
-    *,
-    seed: int = 0,
-    level: Level = Level.REQUIRED,
-    only: Sequence[str] = (),
-    skip: Sequence[str] = (),
-    time_limit: float = 10.0,
-    on_start: Callable[[str, int, int], None] | None = None,
-    on_result: Callable[[ScenarioResult], None] | None = None,
-) -> CheckRun:
-    """Run :func:`check_server_async` on a new event loop and return its :class:`CheckRun`."""
-    return asyncio.run(
-        check_server_async(
-            host,
-            port,
-            seed=seed,
-            level=level,
-            only=only,
-            skip=skip,
-            time_limit=time_limit,
-            on_start=on_start,
-            on_result=on_result,
-        )
-    )
+def check_server(host: str, port: int, **options: Any) -> CheckRun:
+    """Grade the server at ``host:port``; return the run and its verdicts.
+
+    The options are :func:`check_server_async`'s, run on a new event loop.
+    """
+    return asyncio.run(check_server_async(host, port, **options))
