@@ -287,6 +287,20 @@ def test_a_client_that_makes_a_directory_of_its_output_is_wrong_and_the_users_fi
     ]
 
 
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [("mkfifo output.json", "output.json is a FIFO, not a regular file"),
+     ("ln -s /dev/zero output.json", "output.json is a device, not a regular file")],
+)  # fmt: skip
+def test_an_output_that_is_no_regular_file_is_wrong_without_being_opened(
+    tmp_path: Path, script: str, reason: str
+) -> None:
+    # Opening a FIFO would wait for a writer for ever; /dev/zero never ends.
+    run = check_client(["sh", "-c", script], port=free_port(), cwd=tmp_path, only=["clean"])
+    assert [(r.verdict, r.reason) for r in run.results] == [(Verdict.WRONG, reason)]
+    assert list(tmp_path.iterdir()) == []
+
+
 def dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()

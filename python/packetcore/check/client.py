@@ -21,6 +21,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -302,7 +303,7 @@ class _Runner:
             result.verdict = Verdict.NO_OUTPUT
             result.reason = f"ended with exit status 0 and wrote no {output.name}"
         try:
-            got = _read(output)
+            got = await asyncio.to_thread(_read, output)  # the loop still hears a Ctrl-C
         except UnreadableOutput as exc:
             if result.verdict is Verdict.PASS:
                 result.verdict = Verdict.WRONG
@@ -323,11 +324,24 @@ class _Runner:
 
 
 def _read(output: Path) -> Packets | None:
-    """Return the packets the client wrote at ``output`` (None: it wrote nothing there)."""
-    if output.is_dir():
+    """Return the packets the client wrote at ``output`` (None: it wrote nothing there).
+
+    Only a regular file is opened: a FIFO would block the check until someone wrote to
+    it, a device could be endless.
+    """
+    try:
+        mode = output.stat().st_mode
+    except FileNotFoundError:
+        return None  # nothing there, or a symlink to nothing
+    except OSError as exc:
+        raise UnreadableOutput(f"cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
         raise UnreadableOutput("is a directory, not a file")
-    if not output.exists():
-        return None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        )
+        raise UnreadableOutput(f"is {kind}, not a regular file")
     try:
         return read_output(output)
     except OSError as exc:
