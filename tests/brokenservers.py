@@ -12,20 +12,25 @@ and ignores unknown callTypes, as the reference exchange does, except for its on
 * ``bad-hello``: a hello is answered with 16 bytes whose magic is not ``PKCI``;
 * ``dies-mid-stream``: stream-all writes :data:`EARLY_BYTES` bytes, then the server stops;
 * ``silent``: stream-all is answered with nothing, the connection closed;
-* ``mute``: nothing is ever answered, and no connection is closed by the server.
+* ``mute``: nothing is ever answered, and no connection is closed by the server;
+* ``leap``: stream-all carries sequence 1, then :data:`LEAP` (all between lost);
+* ``garbage``: stream-all is answered with 0xff bytes, endlessly;
+* ``endless``: stream-all carries more than the check reads of a stream, then never ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fakes import _Background
-from packetcore.io.feeds import book
+from packetcore.check.server import STREAM_MOST
+from packetcore.io.feeds import book, synthetic
 from packetcore.protocol import HELLO, RESEND, STREAM_ALL, RequestFramer
 
 from packetcore import encode
 
-__all__ = ["BAD_INFO", "CORRUPTED", "EARLY_BYTES", "FLAWS", "BrokenServer"]
+__all__ = ["BAD_INFO", "CORRUPTED", "EARLY_BYTES", "FLAWS", "LEAP", "BrokenServer"]
 
 FLAWS = (
     "corrupt-resend",
@@ -38,7 +43,12 @@ FLAWS = (
     "dies-mid-stream",
     "silent",
     "mute",
+    "leap",
+    "garbage",
+    "endless",
 )
+#: The second sequence of ``leap``'s stream: the highest a packet can carry.
+LEAP = 2**31 - 1
 #: What ``bad-hello`` answers a hello with.
 BAD_INFO = b"PKCX" + bytes(12)
 #: The sequence whose resend ``corrupt-resend`` corrupts.
@@ -65,6 +75,9 @@ class BrokenServer(_Background):
     def _stream(self) -> bytes:
         if self.flaw == "silent":
             return b""
+        if self.flaw == "leap":
+            last = self._packet(self.last)
+            return self._packet(1) + last[:13] + LEAP.to_bytes(4, "big")
         if self.flaw in ("close-early", "dies-mid-stream"):
             return self.wire[:EARLY_BYTES]
         if self.flaw == "short-packets":
@@ -92,6 +105,9 @@ class BrokenServer(_Background):
                 framer = RequestFramer()  # the piece, and what it started, is lost
                 continue
             for request in framer.feed(data):
+                if request.call_type == STREAM_ALL and self.flaw in ("garbage", "endless"):
+                    await self._endless(writer)
+                    return
                 if request.call_type == STREAM_ALL:
                     writer.write(self._stream())
                     await writer.drain()
@@ -107,6 +123,17 @@ class BrokenServer(_Background):
                 elif self.flaw == "dies-on-unknown":
                     await self._die()
                     return
+
+    async def _endless(self, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):  # until the check hangs up
+            if self.flaw == "endless":
+                # Valid packets, sequences increasing, more than the check reads of a stream.
+                writer.write(encode(synthetic(STREAM_MOST + 1000, 1)))
+                await writer.drain()
+                await asyncio.sleep(3600)
+            while True:
+                writer.write(b"\xff" * 65536)
+                await writer.drain()
 
     async def _die(self) -> None:
         # As a process that crashed: the port closes and every connection with it.

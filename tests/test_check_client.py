@@ -7,6 +7,7 @@ fail one way) and packetcore-fetch itself, the proof that the battery is fair.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from packetcore.check.client import check_client
 from packetcore.check.model import CheckRun, Level, Verdict
 from packetcore.check.scenarios import SCENARIOS, scenario_seed
 from packetcore.errors import UserError
+from packetcore.io.feeds import book
 
 CLIENT = Path(__file__).parent / "clients" / "feedclient.py"
 REQUIRED = [s.name for s in SCENARIOS if s.level is Level.REQUIRED]
@@ -383,3 +385,151 @@ def test_an_interrupted_summary_says_how_far_the_run_went() -> None:
         "ones that ran passed"
     )
     assert not run.passed
+
+
+def test_a_client_that_writes_the_feed_without_fetching_it_is_wrong(tmp_path: Path) -> None:
+    # A copy of the book from an earlier run is the feed, but not the one served.
+    (tmp_path / "book.json").write_text(json.dumps(book().to_records()))
+    run = check_client(["cp", "book.json", "{output}"], cwd=tmp_path, only=["clean", "loss"])
+    assert {r.verdict for r in run.results} == {Verdict.WRONG}
+    assert "holds the feed, but no request reached port" in run.results[0].reason
+
+
+def test_a_second_ctrl_c_kills_a_client_that_ignores_sigterm(tmp_path: Path) -> None:
+    mine = tmp_path / "output.json"
+    mine.write_text("my own work\n")
+    (tmp_path / "stubborn.sh").write_text(
+        "trap '' TERM INT\nwhile :; do sleep 0.1; echo CLOBBER > output.json; done\n"
+    )
+    process = check_command(
+        "client", "--only", "clean", "--time-limit", "60", "--", "sh", "stubborn.sh", "{port}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "output.json").exists() or mine.read_text() != "CLOBBER\n":
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # the check stops the client: SIGTERM, ignored
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)  # another request: the check gives up, SIGKILL
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    time.sleep(0.5)  # a client still running would have written by now
+    assert mine.read_text() == "my own work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.json", "stubborn.sh"]
+
+
+def test_an_output_larger_than_any_feed_is_not_read(tmp_path: Path) -> None:
+    script = "head -c 20000000 /dev/zero > output.json"
+    run = check_client(["sh", "-c", script], port=free_port(), cwd=tmp_path, only=["clean"])
+    assert run.results[0].verdict is Verdict.WRONG
+    assert run.results[0].reason == (
+        "output.json is 20,000,000 bytes, more than any format of a 14-packet feed takes "
+        "(16,777,216): not read"
+    )
+
+
+def test_a_byte_order_mark_is_no_fault(tmp_path: Path) -> None:
+    port = free_port()
+    command = ["sh", "-c", f"{sys.executable} {CLIENT} --port {port} --output book.json && "
+               "printf '\\357\\273\\277' | cat - book.json > output.json"]  # fmt: skip
+    run = check_client(command, port=port, cwd=tmp_path, only=["clean"])
+    assert verdicts(run) == {"clean": Verdict.PASS}, run.results[0].reason
+
+
+def test_a_fixed_output_is_held_for_the_whole_run_when_the_port_varies(tmp_path: Path) -> None:
+    (tmp_path / "output.json").write_text("my own work\n")
+    notes: list[str] = []
+    locks: list[bool] = []
+    command = [sys.executable, str(CLIENT), "--port", "{port}"]
+    lock = tmp_path / ".output.json.packetcore-check.lock"
+    run = check_client(
+        command, cwd=tmp_path, only=["clean", "tail-loss", "loss"], note=notes.append,
+        on_start=lambda *_: locks.append(lock.exists()),
+    )  # fmt: skip
+    assert run.passed and locks == [True, True, True]
+    assert len(notes) == 1  # kept aside once, not once a scenario
+    assert (tmp_path / "output.json").read_text() == "my own work\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["--output", "/"], "--output '/': names a directory"),
+     (["--output", "x.json/"], "--output 'x.json/': names a directory"),
+     (["--output", "x.json/."], "--output 'x.json/.': names a directory"),
+     (["--jobs", "65"], "--jobs: 65 is not a count in 1..64"),
+     (["--host", "256.1.1.1"], "--host 256.1.1.1:"),
+     (["--json", "output.json"], "--json output.json is where the client writes (--output)")],
+)  # fmt: skip
+def test_more_bad_options_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    (tmp_path / "output.json").write_text("my own work\n")
+    process = check_command("client", "--port", str(free_port()), *args, "--", "true", cwd=tmp_path)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err
+    assert words in err, err
+    assert err.count("\n") == 1 or err.startswith("usage"), err
+    assert (tmp_path / "output.json").read_text() == "my own work\n"
+
+
+def test_a_reader_that_leaves_ends_the_run_and_the_users_file_is_back(tmp_path: Path) -> None:
+    (tmp_path / "output.json").write_text("my own work\n")
+    command = [
+        sys.executable,
+        "-m",
+        "packetcore",
+        "check",
+        "client",
+        "--only",
+        "clean,tail-loss,loss",
+        "--",
+        sys.executable,
+        str(CLIENT),
+        "--port",
+        "{port}",
+    ]
+    shell = " ".join(shlex.quote(a) for a in command) + " | head -c 1"  # fmt: skip
+    process = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr
+    assert (tmp_path / "output.json").read_text() == "my own work\n"
+
+
+def test_a_closed_stdout_puts_the_table_on_stderr(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "packetcore",
+        "check",
+        "client",
+        "--only",
+        "clean",
+        "--",
+        sys.executable,
+        str(CLIENT),
+        "--port",
+        "{port}",
+        "--output",
+        "{output}",
+    ]
+    shell = " ".join(shlex.quote(a) for a in command) + " >&-"  # fmt: skip
+    process = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_the_server_scenarios_are_listed_without_a_server() -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "packetcore", "check", "server", "--list"], capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert process.returncode == 0 and process.stdout.startswith("stream-all"), process.stderr
+    process = subprocess.run(
+        [sys.executable, "-m", "packetcore", "check", "server"], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert process.returncode == 2 and "HOST:PORT" in process.stderr

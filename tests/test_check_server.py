@@ -4,10 +4,13 @@ fails the scenario that names its flaw, with the right verdict and reason."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import subprocess
+import sys
 
 import pytest
-from brokenservers import CORRUPTED, EARLY_BYTES, BrokenServer
+from brokenservers import CORRUPTED, EARLY_BYTES, LEAP, BrokenServer
 from fakes import FakeBaseServer
 from packetcore.check.model import CheckRun, Level, ScenarioResult, Verdict
 from packetcore.check.server import (
@@ -201,6 +204,51 @@ def test_a_server_that_serves_no_feed_passes_nothing_that_needs_one(
             assert result.reason.startswith("the feed is unknown, nothing to judge against")
             assert result.duration < 1.0, name
     assert not run.passed
+
+
+def test_a_stream_that_leaps_to_the_highest_sequence_costs_memory_for_what_came() -> None:
+    # Sequence 1, then 2**31-1: two billion unseen, counted and mapped as one run, in a
+    # check limited to 1 GiB of address space beyond what it started with.
+    with BrokenServer("leap") as server:
+        process = subprocess.run(
+            [sys.executable, "-c", LIMITED, str(server.port)], capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    report = json.loads(process.stdout)
+    stream = {r["name"]: r for r in report["results"]}["stream-all"]
+    assert stream["verdict"] == "pass"
+    assert stream["reason"].endswith("(2,147,483,645 not carried this pass)")
+    assert stream["sequence_map"] == [["received", 1, 1], ["missing", 2, LEAP - 2],
+                                      ["received", LEAP, 1]]  # fmt: skip
+    missing = {r["name"]: r for r in report["results"]}["resend-missing"]
+    assert "2,147,483,519 unseen above 127" in missing["reason"] or missing["verdict"] != "pass"
+
+
+LIMITED = """
+import json, resource, sys
+from packetcore.check.server import check_server
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+with open("/proc/self/statm") as statm:
+    size = int(statm.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), hard))
+run = check_server("127.0.0.1", int(sys.argv[1]), time_limit=2.0,
+                   only=["stream-all", "stream-again", "resend-missing", "still-serving"])
+print(json.dumps(run.as_dict()))
+"""
+
+
+@pytest.mark.parametrize(
+    ("flaw", "because"),
+    [("garbage", "stream-all: packet 1 (from byte 0) is mis-framed or invalid"),
+     ("endless", "stream-all: more than 2,000,000 packets without end of file")],
+)  # fmt: skip
+def test_a_stream_that_never_ends_is_wrong_and_read_no_further(flaw: str, because: str) -> None:
+    with BrokenServer(flaw) as server:
+        run = check_server("127.0.0.1", server.port, only=["stream-all"], time_limit=20.0)
+    (stream,) = run.results
+    assert stream.verdict is Verdict.WRONG and stream.reason.startswith(because), stream.reason
+    assert stream.duration < 15.0  # judged as it came, not at the time limit
 
 
 def test_nothing_listening_is_one_clear_error() -> None:

@@ -50,6 +50,13 @@ KILL_GRACE = 2.0
 #: that the longest takes :data:`LIVE_SECONDS`.
 LIVE_RATE = 100.0
 LIVE_SECONDS = 0.5
+#: The largest output read: this many bytes a packet of the feed (a pretty-printed JSON
+#: record takes about 150), and never less than the floor.
+OUTPUT_PER_PACKET = 1024
+OUTPUT_FLOOR = 16 << 20
+#: The most scenarios run at once: beyond, the check's own servers starve on a small
+#: machine and a correct client would be failed for the check's slowness.
+MAX_JOBS = 64
 #: The environment variable that tells a client the port, beside ``{port}`` in its command.
 PORT_VARIABLE = "PACKETCORE_PORT"
 
@@ -283,8 +290,8 @@ class _Runner:
             except asyncio.TimeoutError:
                 hung = True
             finally:
+                result.duration = time.monotonic() - started  # not the stop's grace
                 await _stop(process)
-        result.duration = time.monotonic() - started
         await asyncio.to_thread(proxy.wait_idle, 2.0)
         result.timeline = _timeline(proxy, started)
         result.details["stderr_tail"] = _tail(err)
@@ -303,7 +310,8 @@ class _Runner:
             result.verdict = Verdict.NO_OUTPUT
             result.reason = f"ended with exit status 0 and wrote no {output.name}"
         try:
-            got = await asyncio.to_thread(_read, output)  # the loop still hears a Ctrl-C
+            # Off the loop, which still hears a Ctrl-C while a large output is read.
+            got = await asyncio.to_thread(_read, output, len(feed))
         except UnreadableOutput as exc:
             if result.verdict is Verdict.PASS:
                 result.verdict = Verdict.WRONG
@@ -321,13 +329,21 @@ class _Runner:
         if result.verdict is Verdict.PASS and not comparison.matches:
             result.verdict = Verdict.WRONG
             result.reason = comparison.reason
+        elif result.verdict is Verdict.PASS and not any(c["requests"] for c in result.timeline):
+            # The feed was not fetched from the check's server: a copy from elsewhere.
+            result.verdict = Verdict.WRONG
+            result.reason = (
+                f"{output.name} holds the feed, but no request reached port {port}: "
+                "it was not fetched from the server the check ran"
+            )
 
 
-def _read(output: Path) -> Packets | None:
+def _read(output: Path, packets: int) -> Packets | None:
     """Return the packets the client wrote at ``output`` (None: it wrote nothing there).
 
-    Only a regular file is opened: a FIFO would block the check until someone wrote to
-    it, a device could be endless.
+    Only a regular file is opened (a FIFO would block the check until someone wrote to
+    it, a device could be endless), and only one of a size a feed of ``packets`` could
+    take in any format: the check's memory follows the feed, not the client.
     """
     try:
         mode = output.stat().st_mode
@@ -342,6 +358,12 @@ def _read(output: Path) -> Packets | None:
             "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         )
         raise UnreadableOutput(f"is {kind}, not a regular file")
+    size, most = output.stat().st_size, max(OUTPUT_FLOOR, OUTPUT_PER_PACKET * packets)
+    if size > most:
+        raise UnreadableOutput(
+            f"is {size:,} bytes, more than any format of a {packets:,}-packet feed takes "
+            f"({most:,}): not read"
+        )
     try:
         return read_output(output)
     except OSError as exc:
@@ -356,17 +378,30 @@ class _Only(dict[str, str]):
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
-    """Stop ``process`` and its process group: SIGTERM, then SIGKILL after a grace."""
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)  # its group: whatever it started too
-        if process.returncode is not None and sig == signal.SIGTERM:
-            continue  # ended on its own: only what it left running is asked to stop
-        try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), grace)
-            return
-        except asyncio.TimeoutError:
-            continue
+    """Stop ``process`` and its process group: SIGTERM, then SIGKILL after a grace.
+
+    Cancelled meanwhile (a second Ctrl-C gives the check up), it kills the group at once:
+    a client that ignores SIGTERM must not outlive the check and write over the output
+    the check put back.
+    """
+    try:
+        for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
+            _signal_group(process, sig)
+            if process.returncode is not None and sig == signal.SIGTERM:
+                continue  # ended on its own: only what it left running is asked to stop
+            try:
+                await asyncio.wait_for(asyncio.shield(process.wait()), grace)
+                return
+            except asyncio.TimeoutError:
+                continue
+    except asyncio.CancelledError:
+        _signal_group(process, signal.SIGKILL)
+        raise
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)  # its group: whatever it started too
 
 
 def _timeline(proxy: Proxy, started: float) -> list[dict[str, Any]]:
@@ -424,8 +459,8 @@ async def check_client_async(
         command if isinstance(command, ClientCommand)
         else ClientCommand.of(command, cwd=cwd, output=output, env=env)
     )  # fmt: skip
-    if repeat < 1 or jobs < 1:
-        raise UserError("--repeat and --jobs must be 1 or more", 2)
+    if repeat < 1 or not 1 <= jobs <= MAX_JOBS:
+        raise UserError(f"--repeat must be 1 or more, --jobs 1 to {MAX_JOBS}", 2)
     if seed < 0:
         raise UserError("--seed must be 0 or more", 2)
     if time_limit is not None and not time_limit > 0:
@@ -440,8 +475,17 @@ async def check_client_async(
             "--jobs runs scenarios at once: each needs its own output ({output} in the "
             "command, or {port} in --output)", 2,
         )  # fmt: skip
+    if not client.takes_output:
+        name = client.output.strip()
+        if os.path.basename(name) in ("", ".", ".."):  # "", "/", "dir/", "x.json/."
+            raise UserError(f"--output {client.output!r}: names a directory, not a file", 2)
     try:
-        chosen = select(scenarios, only, skip)
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UserError(f"--host {host}: {exc.strerror or exc}", 2) from None
+    try:
+        chosen = select(scenarios, [only] if isinstance(only, str) else only,
+                        [skip] if isinstance(skip, str) else skip)  # fmt: skip
     except ValueError as exc:
         raise UserError(str(exc), 2) from None
     client.check_runnable()
@@ -483,8 +527,10 @@ async def check_client_async(
 
     try:
         with contextlib.ExitStack() as stack:
-            if not client.takes_output and fixed is not None:
-                user_output = client.cwd / client.output.replace("{port}", str(fixed))
+            if not client.takes_output and (fixed is not None or "{port}" not in client.output):
+                # One path for every scenario: held (locked, the user's file kept aside)
+                # for the whole run, not scenario by scenario.
+                user_output = client.output_path(fixed or 0)
                 runner.held = stack.enter_context(Custody(user_output, note=note))
             tasks = [asyncio.ensure_future(one(i, s, r)) for i, (s, r) in enumerate(plan)]
             stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None

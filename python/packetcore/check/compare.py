@@ -49,7 +49,7 @@ def read_output(path: str | os.PathLike[str]) -> Packets:
             raise UnreadableOutput(f"is not a {form} feed: {_unplaced(exc, path)}") from None
         strict = _unplaced(exc, path)
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8-sig") as file:  # a byte-order mark is no fault
             text = file.read()
         if form == "ndjson":
             records: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -84,7 +84,8 @@ def _normalised(record: Any, index: int) -> dict[str, Any]:
         raise UnreadableOutput(f"is not a feed of records: {where} is {_shown(record)}")
     out: dict[str, Any] = {}
     for key, value in record.items():
-        name = _LOWER_KEYS.get(str(key).lower())
+        text = str(key)
+        name = _LOWER_KEYS.get(text.lower()) if text.isascii() else None
         if name is None:
             continue
         if name in _INTEGERS:

@@ -56,6 +56,8 @@ class Custody:
     """Hold ``path`` for a check: locked, the user's file kept aside, given back at the end."""
 
     def __init__(self, path: Path, *, note: Note | None = None) -> None:
+        if path.name in ("", ".", ".."):
+            raise UserError(f"--output {str(path)!r}: names a directory, not a file", 2)
         self.path = path
         self.lock = path.with_name(f".{path.name}.packetcore-check.lock")
         self.kept = path.with_name(f".{path.name}.packetcore-check.kept")
@@ -71,7 +73,7 @@ class Custody:
         try:
             self._recover()
             if self.path.is_symlink() or self.path.exists():
-                os.replace(self.path, self.kept)
+                self._move(self.path, self.kept, "aside")
                 self._keeping = True
                 self.note(
                     f"{self.path.name} is kept aside as {self.kept.name} while the check "
@@ -84,8 +86,6 @@ class Custody:
 
     def _refuse_unusable(self) -> None:
         path = self.path
-        if path.name in ("", ".", ".."):
-            raise UserError(f"--output {str(path)!r}: names a directory, not a file", 2)
         if path.is_dir() and not path.is_symlink():
             raise UserError(f"--output {path}: is a directory; name the file the client writes", 2)
         if not path.parent.is_dir():
@@ -132,11 +132,19 @@ class Custody:
                 f"aside at {self.kept}; {self.path.name} exists too: keep the one you want "
                 "(move it to its name, or delete it), then run again"
             )
-        os.replace(self.kept, self.path)
+        self._move(self.kept, self.path, "back")
         self.note(
             f"put {self.path.name} back from {self.kept.name}, where an earlier check that "
             "was killed had kept it"
         )
+
+    def _move(self, source: Path, target: Path, how: str) -> None:
+        try:
+            os.replace(source, target)
+        except OSError as exc:
+            raise UserError(
+                f"cannot move {source.name} {how} (to {target.name}): {exc.strerror or exc}"
+            ) from None
 
     # -- giving back -----------------------------------------------------------------------
 

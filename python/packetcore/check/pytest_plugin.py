@@ -50,8 +50,11 @@ def packetcore_check(
         try:
             run = check_client(command, **options)
         except UserError as exc:
-            # The check could not run (a busy port, a command not found): one line.
-            pytest.fail(f"packetcore-check: {exc}", pytrace=False)
-        return assert_passes(run)
+            failure = f"packetcore-check: {exc}"
+        else:
+            return assert_passes(run)
+        # The check could not run (a busy port, a command not found): one line, and
+        # outside the except, so that no "during handling" chain follows it.
+        pytest.fail(failure, pytrace=False)
 
     return check

@@ -66,6 +66,11 @@ RANGE_MAX = 100_000
 #: The most sequences ``slow-reader`` asks for in one range (34 KB, read 512 bytes a time).
 SLOW_MAX = 2000
 _SIDES = (b"B", b"S")
+#: The most packets a stream read by the check may carry (34 MB; what the check keeps
+#: of a feed is about 100 bytes a packet): a server check is for feeds up to this size.
+STREAM_MOST = 2_000_000
+#: Bytes of a stream between two judgements of the packets received.
+JUDGED_EVERY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,7 @@ class _Outcome:
     reason: str = ""
     marks: list[tuple[int, Mark]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    runs: list[SequenceRun] = field(default_factory=list)  #: instead of marks, for a stream
 
 
 # ------------------------------------------------------------------ packets, records
@@ -271,6 +277,16 @@ def _first_difference(sequence: int, expected: bytes, got: bytes) -> dict[str, A
     }
 
 
+def _valid(data: bytearray, start: int, end: int, what: str) -> None:
+    """Raise :class:`_Wrong` for the first invalid packet of ``data[start:end]``."""
+    batch = engine.decode(memoryview(data)[start:end])
+    if len(batch.invalid):
+        at = start + int(batch.invalid[0])
+        fault = _fault(bytes(data[at : at + PACKET])) or "not a valid packet"
+        number = at // PACKET + 1
+        raise _Wrong(f"{what}: packet {number} (from byte {at}) is mis-framed or invalid: {fault}")
+
+
 def _packets(data: bytes, what: str, *, whole: bool = True) -> list[tuple[int, bytes]]:
     """Split a stream of packets into ``(sequence, packet)``, judged on the way.
 
@@ -281,10 +297,7 @@ def _packets(data: bytes, what: str, *, whole: bool = True) -> list[tuple[int, b
     size = len(data) // PACKET * PACKET
     batch = engine.decode(memoryview(data)[:size])
     if len(batch.invalid):
-        at = int(batch.invalid[0])
-        fault = _fault(data[at : at + PACKET]) or "not a valid packet"
-        number = at // PACKET + 1
-        raise _Wrong(f"{what}: packet {number} (from byte {at}) is mis-framed or invalid: {fault}")
+        _valid(bytearray(data), 0, size, what)
     sequences = batch.sequence.astype(np.int64)
     if len(sequences) > 1:
         down = np.flatnonzero(np.diff(sequences) <= 0)
@@ -395,6 +408,7 @@ class _Conn:
         """
         data = bytearray()
         slow_until = time.monotonic() + self.run.time_limit / 4 if slowly else 0.0
+        judged = 0  # the bytes whose packets are known valid
         while True:
             try:
                 most = 512 if time.monotonic() < slow_until else 1 << 16
@@ -411,6 +425,17 @@ class _Conn:
                     )
                 return bytes(data)
             data += chunk
+            # Each packet is judged as it comes (garbage fails at once, not at the end),
+            # and what is kept is bounded: an endless stream is a fault, not a burden.
+            whole = len(data) // PACKET * PACKET
+            if whole - judged >= JUDGED_EVERY or len(data) > STREAM_MOST * PACKET:
+                _valid(data, judged, whole, awaited)
+                judged = whole
+            if len(data) > STREAM_MOST * PACKET:
+                raise _Wrong(
+                    f"{awaited}: more than {STREAM_MOST:,} packets without end of file "
+                    "(the check reads no more of a stream)"
+                )
             if time.monotonic() < slow_until:
                 await asyncio.sleep(0.005)
 
@@ -622,10 +647,30 @@ class _Run:
 # ------------------------------------------------------------------------ scenarios
 
 
-def _stream_marks(run: _Run, seen: set[int]) -> list[tuple[int, Mark]]:
-    return [
-        (s, Mark.RECEIVED if s in seen else Mark.MISSING) for s in range(run.first, run.last + 1)
-    ]
+def _stream_runs(run: _Run, seen: set[int]) -> list[SequenceRun]:
+    """Return the feed's runs, first..last, of sequences ``seen`` and missing.
+
+    Computed from the sequences seen alone: a server that jumps from 1 to 2**31-1
+    costs two runs, not two billion marks.
+    """
+    first, last = run.first, run.last
+    out: list[SequenceRun] = []
+    at = first
+    for sequence in sorted(s for s in seen if first <= s <= last):
+        if sequence > at:
+            out.append(SequenceRun(Mark.MISSING, at, sequence - at))
+        if out and out[-1].mark is Mark.RECEIVED and out[-1].last + 1 == sequence:
+            out[-1] = SequenceRun(Mark.RECEIVED, out[-1].first, out[-1].count + 1)
+        else:
+            out.append(SequenceRun(Mark.RECEIVED, sequence, 1))
+        at = sequence + 1
+    if at <= last:
+        out.append(SequenceRun(Mark.MISSING, at, last - at + 1))
+    return out
+
+
+def _missing(runs: list[SequenceRun]) -> int:
+    return sum(r.count for r in runs if r.mark is Mark.MISSING)
 
 
 async def _stream_all(run: _Run) -> _Outcome:
@@ -643,13 +688,12 @@ async def _stream_all(run: _Run) -> _Outcome:
     except (_Failure, _Closed) as exc:
         run.unlearn(exc)  # the scenarios after it do not try again
         raise
-    seen = {s for s, _ in pairs}
-    marks = _stream_marks(run, seen)
-    missing = sum(1 for _, m in marks if m is Mark.MISSING)
+    runs = _stream_runs(run, {s for s, _ in pairs})
+    missing = _missing(runs)
     return _Outcome(
         f"{len(pairs)} packets, sequences {pairs[0][0]}..{pairs[-1][0]}, then end of file"
-        + (f" ({missing} not carried this pass)" if missing else ""),
-        marks,
+        + (f" ({missing:,} not carried this pass)" if missing else ""),
+        runs=runs,
     )
 
 
@@ -660,12 +704,11 @@ async def _stream_again(run: _Run) -> _Outcome:
     for n in range(1, AGAIN_PASSES + 1):
         pairs = await run.stream_all(f"stream-all pass {n}")
         seen.update(s for s, _ in pairs)
-    marks = _stream_marks(run, set(run.known))
-    missing = sum(1 for _, m in marks if m is Mark.MISSING)
+    runs = _stream_runs(run, set(run.known))
     return _Outcome(
         f"{AGAIN_PASSES} passes agree; {len(run.known)} sequences known "
-        f"({len(run.known) - before} new), {missing} never carried",
-        marks,
+        f"({len(run.known) - before} new), {_missing(runs):,} never carried",
+        runs=runs,
     )
 
 
@@ -732,10 +775,14 @@ async def _resend(run: _Run) -> _Outcome:
 async def _resend_missing(run: _Run) -> _Outcome:
     await run.ensure_feed()
     highest = max(run.known)
-    missing = [s for s in range(run.first, highest + 1) if s not in run.known]
-    nameable = [s for s in missing if 1 <= s <= BASE_RESEND_MAX]
-    beyond = len(missing) - len(nameable)
-    note = f"; {beyond} unseen above {BASE_RESEND_MAX}, which a resend cannot name" * bool(beyond)
+    # Counted, not listed: a server that jumps to 2**31-1 leaves two billion unseen.
+    held = sum(1 for s in run.known if run.first <= s <= highest)
+    nameable = [
+        s for s in range(max(run.first, 1), min(highest, BASE_RESEND_MAX) + 1)
+        if s not in run.known
+    ]  # fmt: skip
+    beyond = (highest - run.first + 1 - held) - len(nameable)
+    note = f"; {beyond:,} unseen above {BASE_RESEND_MAX}, which a resend cannot name" * bool(beyond)
     if not nameable:
         upto = min(highest, BASE_RESEND_MAX)
         return _Outcome(f"no sequence up to {upto} missing from the stream passes{note}")
@@ -894,7 +941,7 @@ async def _concurrent(run: _Run) -> _Outcome:
         run.compare(pairs, f"concurrent client {n}")
         seen.update(s for s, _ in pairs)
     return _Outcome(
-        f"{CONCURRENT_CLIENTS} clients streamed at once and agree", _stream_marks(run, seen)
+        f"{CONCURRENT_CLIENTS} clients streamed at once and agree", runs=_stream_runs(run, seen)
     )
 
 
@@ -1171,7 +1218,7 @@ async def _still_serving(run: _Run) -> _Outcome:
         raise _NoOutput("stream-all at the end: nothing written, then end of file")
     return _Outcome(
         f"a last stream-all: {len(pairs)} packets, then end of file",
-        _stream_marks(run, {s for s, _ in pairs}),
+        runs=_stream_runs(run, {s for s, _ in pairs}),
     )
 
 
@@ -1235,7 +1282,7 @@ async def _run_one(run: _Run, scenario: ServerScenario) -> ScenarioResult:
         # A wrong end that was the server dying (a crash closes its connections too).
         verdict = Verdict.CRASHED
         outcome.reason += "; then the server refused connections"
-    marks: list[SequenceRun] = runs_of(outcome.marks)
+    marks: list[SequenceRun] = outcome.runs or runs_of(outcome.marks)
     return ScenarioResult(
         name=scenario.name,
         level=scenario.level,

@@ -144,8 +144,8 @@ def _call(program: str, body: Callable[[argparse.Namespace], int], args: argpars
         _report(program, exc, args.verbosity)
         return EXIT_FAILURE
     except MemoryError as exc:
-        _report(program, MemoryError(f"not enough memory ({exc or 'allocation failed'})"),
-                args.verbosity)  # fmt: skip
+        why = f" ({exc})" if str(exc) else ""
+        _report(program, MemoryError(f"not enough memory{why}"), args.verbosity)
         return EXIT_FAILURE
 
 

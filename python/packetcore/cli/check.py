@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from . import UserError, add_verbosity, exits, run, signals
+from . import UserError, add_verbosity, exits, reader_left, run, signals
 from .exits import EXIT_FAILURE
 from .options import integer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable
 
     from ..check.model import CheckRun, Level, ScenarioResult
 
@@ -52,6 +53,7 @@ them count).  The same --seed gives the same faults and the same verdicts."""
 
 _port = integer(1, 0xFFFF, what="a port in 1..65535")
 _count = integer(1, 1000, what="a count in 1..1000")
+_jobs = integer(1, 64, what="a count in 1..64 (more starves the check's own servers)")
 _seed = integer(0, 2**63 - 1, what="a seed of 0 or more")
 
 
@@ -154,7 +156,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         help="draw each randomized scenario N times (default 1)",
     )  # fmt: skip
     client.add_argument(
-        "--jobs", type=_count, default=1, metavar="N",
+        "--jobs", type=_jobs, default=1, metavar="N",
         help="run N scenarios at once (the command must take {port}, and {output} or "
         "an --output with {port})",
     )  # fmt: skip
@@ -169,7 +171,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "server", help="grade a server at HOST:PORT",
         description="Grade the server at HOST:PORT as a client of the protocol would see it.",
     )  # fmt: skip
-    server.add_argument("target", type=_target, metavar="HOST:PORT")
+    server.add_argument("target", type=_target, nargs="?", metavar="HOST:PORT")
     _common(server, "10 s")
     return parser
 
@@ -187,6 +189,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.list:
         return _list(args.kind)
+    if args.kind == "server" and args.target is None:
+        raise UserError("packetcore-check server: give the server as HOST:PORT", 2)
     level = Level(args.level)
     if args.verbosity < 1:
         # The check's own server and proxy log every connection and every fault, which
@@ -206,18 +210,40 @@ def _check(args: argparse.Namespace) -> int:
             command = command[1:]
         if not command:
             raise UserError("no client command: packetcore-check client [options] -- COMMAND", 2)
+        _refuse_reports_on_the_output(args, command, reports)
         result = _run_client(args, command, level, table)
     else:
         result = _run_server(args, level, table)
+    # The reports carry the wall time up to their writing; the summary, after them, the
+    # wall time the user waited.
+    result.duration = time.perf_counter() - started
     if reports:
         from ..check.report import write_reports
 
         write_reports(result, **reports)
     result.duration = time.perf_counter() - started
-    print(result.summary(), file=sys.stderr if args.verbosity < 0 else table.out, flush=True)
+    table.line(result.summary(), sys.stderr if args.verbosity < 0 else None)
+    if table.gone:
+        reader_left()  # stdout's reader left: the run ended there, not passed
+        return EXIT_FAILURE
     if result.interrupted:
         return exits.signalled(table.signum)
     return 0 if result.passed else EXIT_FAILURE
+
+
+def _refuse_reports_on_the_output(
+    args: argparse.Namespace, command: list[str], reports: dict[str, str]
+) -> None:
+    """A report may not be written where the client writes: it would replace the user's file."""
+    if any("{output}" in a for a in command) or "{port}" in args.output:
+        return
+    output = os.path.join(args.cwd or ".", args.output)
+    for kind, path in reports.items():
+        if path != "-" and _same(path, output):
+            raise UserError(
+                f"--{kind} {path} is where the client writes (--output): give the report "
+                "another path", 2,
+            )  # fmt: skip
 
 
 def _reports(args: argparse.Namespace) -> dict[str, str]:
@@ -261,27 +287,58 @@ def _list(kind: str) -> int:
 
 
 class _Table:
-    """Print one line a scenario as it ends, with how far the run is."""
+    """Print one line a scenario as it ends, with how far the run is.
 
-    def __init__(self, verbosity: int, out: TextIO) -> None:
+    A reader of stdout that leaves (``| head -1``), or a stdout that cannot take more
+    (a full disk), ends the run as a request to stop does: what ran is reported to the
+    files asked for, the user's output is put back.
+    """
+
+    def __init__(self, verbosity: int, out: TextIO | None) -> None:
         self.verbosity = verbosity
-        self.out = out
+        self.out = out if out is not None else sys.stderr  # stdout closed: stderr
         self.done = 0
+        self.total = 0
         self.signum = 2
-        self.tty = out.isatty()
+        self.gone = False  #: stdout's reader left, or stdout failed
+        self.stop: Callable[[], None] = lambda: None
+        try:
+            self.tty = self.out is not None and self.out.isatty()
+        except (ValueError, OSError):
+            self.tty = False
+
+    def line(self, text: str, out: TextIO | None = None, *, end: str = "\n") -> None:
+        """Write ``text`` to the table's stream (or ``out``), unless that stream is gone."""
+        stream = out or self.out
+        if stream is None or (self.gone and stream is self.out):
+            return
+        try:
+            print(text, end=end, file=stream, flush=True)
+        except BrokenPipeError:
+            self._lost(None)
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: OSError | None) -> None:
+        self.gone = True
+        if exc is not None:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"{PROGRAM}: error: cannot write the table: {exc.strerror or exc}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+        self.stop()
 
     def started(self, label: str, index: int, total: int) -> None:
         self.total = total
         if self.tty and self.verbosity >= 0:
-            print(f"\r\x1b[K[{self.done}/{total}] running {label} ...", end="", file=self.out,
-                  flush=True)  # fmt: skip
+            self.line(f"\r\x1b[K[{self.done}/{total}] running {label} ...", end="")
 
     def note(self, line: str) -> None:
         """Say what the check does to the user's files (stderr: not part of the table)."""
         if self.verbosity >= 0:
             if self.tty and self.out is sys.stdout:
-                print("\r\x1b[K", end="", flush=True)
-            print(f"{PROGRAM}: {line}", file=sys.stderr, flush=True)
+                self.line("\r\x1b[K", end="")
+            with contextlib.suppress(OSError, ValueError):
+                print(f"{PROGRAM}: {line}", file=sys.stderr, flush=True)
 
     def finished(self, result: ScenarioResult) -> None:
         from ..check.model import printable
@@ -289,14 +346,14 @@ class _Table:
         self.done += 1
         if self.verbosity < 0 and result.passed:
             return
-        total = getattr(self, "total", self.done)
+        total = self.total or self.done
         reason = f"  {printable(result.reason)}" if result.reason else ""
         line = (
             f"[{self.done:>{len(str(total))}}/{total}] {result.label:<22} "
             f"{result.level.value:<9} {result.verdict.value.upper():<9} "
             f"{result.duration:6.1f} s{reason}"
         )
-        print(("\r\x1b[K" if self.tty else "") + line, file=self.out, flush=True)
+        self.line(("\r\x1b[K" if self.tty else "") + line)
 
 
 async def _stoppable(
@@ -309,6 +366,7 @@ async def _stoppable(
         table.signum = signum
         stop.set()
 
+    table.stop = stop.set
     signals.graceful()
     with signals.watch(stopped):
         return await check(stop)
