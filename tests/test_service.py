@@ -89,3 +89,33 @@ def test_the_server_and_the_proxy_check_their_port_alike(make: Callable[[int], S
         make(70000)
     service = make(0)
     assert isinstance(service, Service) and service.addresses == []
+
+
+class _Nagle(Service):
+    """Notes whether each accepted connection has Nagle's algorithm off."""
+
+    kind = "nagle"
+
+    def __init__(self, host: str) -> None:
+        super().__init__(host, 0)
+        self.no_delay: list[int] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        self.no_delay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_an_accepted_connection_sends_small_writes_at_once(host: str) -> None:
+    # The listener's sockets have proto 0, so asyncio leaves Nagle on for what they
+    # accept: an answer written while the one before was unacknowledged waited for the
+    # client's next segment (a follow's repairs waited a publisher tick for its next
+    # request).  Every accepted TCP connection has TCP_NODELAY set.
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with _Nagle(host) as service:
+        for _ in range(2):
+            with socket.create_connection((host, service.port), timeout=TIMEOUT) as sock:
+                sock.recv(1)
+    assert len(service.no_delay) == 2 and all(service.no_delay), service.no_delay

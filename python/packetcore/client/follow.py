@@ -36,6 +36,9 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
+# np.unique imports numpy.ma on its first call: 8-30 ms on the loop at the first gaps.
+import numpy.ma
 import numpy.typing as npt
 
 from ..errors import FetchError
@@ -310,7 +313,12 @@ class _Follower:
         seen = self._seen
         if top < seen:
             return
-        inside = np.unique(arrived[(arrived >= seen) & (arrived <= top)])
+        inside = arrived[(arrived >= seen) & (arrived <= top)]
+        if len(inside) > 1 and not bool((inside[1:] > inside[:-1]).all()):
+            # Repeats or a reordered sequence: rare.  np.unique sorts (1.8 ms for a
+            # 15,000-packet batch, before its gaps are asked for); an ascending run is
+            # taken as it is.
+            inside = np.unique(inside)
         previous = np.empty(len(inside), dtype=np.int64)
         previous[0] = seen - 1
         previous[1:] = inside[:-1]
