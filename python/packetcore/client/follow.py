@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +39,7 @@ import numpy as np
 # np.unique imports numpy.ma on its first call: 8-30 ms on the loop at the first gaps.
 import numpy.ma
 import numpy.typing as npt
+from hdrh.histogram import HdrHistogram
 
 from ..errors import FetchError
 from ..packets import Packets
@@ -71,39 +71,32 @@ MAX_COPIES = 64
 #: again from the first sequence still needed once they caught up halfway, so memory
 #: stays bounded and nothing is lost.
 WINDOW = 1 << 20
-# Latency histogram: geometric buckets from 1 microsecond, 2 % apart (up to ~10 min).
-_BUCKET_LOW = 1e-6
-_BUCKET_RATIO = 1.02
-_BUCKETS = 1100
+#: The repair latencies' histogram (HdrHistogram): microseconds up to an hour, to 3
+#: significant digits.
+_LATENCY_HIGHEST_US = 3_600_000_000
+_LATENCY_DIGITS = 3
 
 
 class _Latencies:
-    """A bounded histogram of durations: percentiles within 2 %, the maximum exact."""
+    """Durations counted in an HdrHistogram: percentiles to 0.1 %, the maximum exact."""
 
     def __init__(self) -> None:
-        self.counts = np.zeros(_BUCKETS, dtype=np.int64)
+        self._histogram = HdrHistogram(1, _LATENCY_HIGHEST_US, _LATENCY_DIGITS)
         self.count = 0
         self.max = 0.0
-        self._log_ratio = math.log(_BUCKET_RATIO)
 
     def add(self, seconds: float) -> None:
         """Count one duration."""
         self.count += 1
         self.max = max(self.max, seconds)
-        index = 0
-        if seconds > _BUCKET_LOW:
-            index = min(int(math.log(seconds / _BUCKET_LOW) / self._log_ratio) + 1, _BUCKETS - 1)
-        self.counts[index] += 1
+        micros = min(max(round(seconds * 1e6), 1), _LATENCY_HIGHEST_US)
+        self._histogram.record_value(micros)
 
     def percentile(self, q: float) -> float:
         """Return the ``q``-th percentile (0..100) in seconds; 0 when nothing was counted."""
         if not self.count:
             return 0.0
-        rank = max(math.ceil(self.count * q / 100.0), 1)
-        index = int(np.searchsorted(np.cumsum(self.counts), rank))
-        if index == 0:
-            return min(_BUCKET_LOW, self.max)
-        return min(_BUCKET_LOW * _BUCKET_RATIO**index, self.max)
+        return min(float(self._histogram.get_value_at_percentile(q)) / 1e6, self.max)
 
 
 @dataclass
