@@ -118,6 +118,14 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "SIGINT/SIGTERM (output finished, exit 0)",
     )
     add(
+        "--events",
+        default=None,
+        metavar="FILE",
+        help="with --follow: write each gap (first, last, seen, asked, repaired, how), "
+        "reconnect and slow-down to FILE as it happens, one JSON object a line "
+        "('-': stderr)",
+    )
+    add(
         "--protocol",
         choices=("auto", "base", "extended"),
         default=defaults.protocol,
@@ -239,7 +247,10 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
         if form is None and args.output == "-":
             form = "ndjson"  # a follow streams: one record a line, not one endless array
         return follow_into(options, args.output, form, verbosity=args.verbosity,
-                           started=started, progress=args.progress)  # fmt: skip
+                           started=started, progress=args.progress,
+                           events=args.events)  # fmt: skip
+    if args.events is not None:
+        raise UserError("--events applies to --follow", EXIT_USAGE)
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started,
                       progress=args.progress)  # fmt: skip

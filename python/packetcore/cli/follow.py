@@ -17,10 +17,12 @@ end, since a follow has no end of its own: exit 0, no error.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import UserError, signals
 from .output import given_up, open_output
@@ -48,10 +50,13 @@ def follow_into(
     verbosity: int = 0,
     started: float | None = None,
     progress: float | None = None,
+    events: str | None = None,
 ) -> int:
     """Follow into ``output``, print the summary; return the exit status (or raise UserError).
 
-    ``progress``: a status line every so many seconds where stderr is no terminal.
+    ``progress``: a status line every so many seconds where stderr is no terminal;
+    ``events``: a file (``-``: stderr) to write each event of the follow to as it
+    happens, one JSON object a line.
     """
     import asyncio
 
@@ -60,11 +65,20 @@ def follow_into(
     if started is None:
         started = time.perf_counter()
     signals.graceful()  # a request to stop is a follow's normal end
+    if events is not None and events != "-" and output != "-" and _same(events, output):
+        raise UserError(f"--events {events} is the output: give the events another file", 2)
     out = open_output(output, form)  # checks what can be checked before connecting
     to_stdout = output == "-"
     try:
+        journal = _EventsFile(events) if events is not None else None
+    except BaseException:
+        out.abort()
+        raise
+    try:
         with progress_bar(verbosity, progress) as report, signals.in_loop():
-            stats, failure = asyncio.run(_run(options, out, report))
+            stats, failure = asyncio.run(_run(options, out, report, journal))
+        if journal is not None:
+            failure = journal.close() or failure
         reason = stats.reason  # what the summary says ended the follow
         if to_stdout and isinstance(out.error, BrokenPipeError):
             out.abort()  # the reader left (`| head`): a follow's normal end
@@ -100,9 +114,13 @@ def follow_into(
     except KeyboardInterrupt as exc:
         # A second request to stop, while the first one's end was being written.
         out.abort()
+        if journal is not None:
+            journal.close()
         raise given_up(exc, output, " while finishing") from None
     except BaseException:
         out.abort()
+        if journal is not None:
+            journal.close()
         raise
     shown = "stdout" if to_stdout else output
     if not stats.packets and not to_stdout:
@@ -118,7 +136,7 @@ def follow_into(
 
 
 async def _run(
-    options: FetchOptions, out: Output, progress: Progress | None
+    options: FetchOptions, out: Output, progress: Progress | None, events: _EventsFile | None
 ) -> tuple[FollowStats, str | None]:
     """Follow into ``out``; return the stats and, if it failed, why."""
     import asyncio
@@ -139,6 +157,8 @@ async def _run(
         loop.call_soon_threadsafe(stop, reason)  # from the writer thread
 
     out.on_failure(on_failure)
+    if events is not None:
+        events.on_failure = on_failure
 
     def put(batch: Packets) -> None:
         # A failed output stops the follow (on_failure): what comes meanwhile goes
@@ -156,7 +176,7 @@ async def _run(
         try:
             stats = await run_follow(
                 options, put, progress, stopped=stopped,
-                flowing=lambda: out.backlog < _BACKLOG, stats=holder.append,
+                flowing=lambda: out.backlog < _BACKLOG, stats=holder.append, events=events,
             )  # fmt: skip
         except FetchError as exc:
             return (holder[0] if holder else FollowStats()), str(exc)
@@ -164,3 +184,68 @@ async def _run(
             if timer is not None:
                 timer.cancel()
     return stats, (failed[0] if failed else None)
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    )
+
+
+class _EventsFile:
+    """The follow's events, one JSON object a line, written as they happen (``-``: stderr).
+
+    Not atomic, on purpose: ``tail -f`` shows each gap as it is repaired.  Lines are
+    buffered and flushed at least every :data:`FLUSH_SECONDS`, and at the end.  A write
+    that fails (a full disk, a reader gone) ends the follow as a failing output does.
+    """
+
+    FLUSH_SECONDS = 0.25
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: TextIO
+        if path == "-":
+            if sys.stderr is None:
+                raise UserError("--events -: stderr is closed", 2)
+            self.file, self._owned = sys.stderr, False
+        else:
+            try:
+                self.file = open(path, "w", encoding="utf-8", buffering=1 << 16)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot write the events file {path}: {exc.strerror or exc}"
+                ) from exc
+            self._owned = True
+        self.error: str | None = None
+        self.on_failure: Callable[[str], None] = lambda _: None
+        self._flushed = time.monotonic()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.file.write(json.dumps(event, separators=(",", ":")) + "\n")
+            now = time.monotonic()
+            if now - self._flushed >= self.FLUSH_SECONDS:
+                self.file.flush()
+                self._flushed = now
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+            self.on_failure(self.error or "")
+
+    def _failed(self, exc: BaseException) -> None:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.error = f"cannot write the events file {self.path}: {why}"
+
+    def close(self) -> str | None:
+        """Flush and close; return why the events are incomplete, or None."""
+        if self.error is None:
+            try:
+                self.file.flush()
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+        if self._owned:
+            with contextlib.suppress(OSError, ValueError):
+                self.file.close()
+        return self.error

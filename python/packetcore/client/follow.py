@@ -48,7 +48,7 @@ from .ranges import coalesce
 from .session import FetchOptions, Link, Progress, Session, Sink
 from .settle import settle
 
-__all__ = ["POLL", "WINDOW", "Follow", "FollowStats", "follow", "run_follow"]
+__all__ = ["EVENTS", "POLL", "WINDOW", "Events", "Follow", "FollowStats", "follow", "run_follow"]
 
 log = logging.getLogger("packetcore.follow")
 
@@ -97,6 +97,43 @@ class _Latencies:
         if not self.count:
             return 0.0
         return min(float(self._histogram.get_value_at_percentile(q)) / 1e6, self.max)
+
+
+Events = Callable[[dict[str, Any]], None]
+
+#: What a follow tells an ``events`` callback, each a dict with ``event`` naming it and
+#: times in seconds since the follow started:
+#:
+#: * ``gap``: ``first``, ``last`` (the sequences missing), ``seen``, ``asked`` (None if
+#:   the repair connection was being replaced: asked once it was open again),
+#:   ``repaired`` (when it and all before it were held; None if the follow ended first),
+#:   ``how`` (``range``, ``tail`` or ``reconnect``), in the order they were repaired;
+#: * ``reconnect``: ``connection`` (``subscription`` or ``repair``), ``at``, and the
+#:   sequence subscribed from or ``why`` the repair connection went;
+#: * ``slow-down``: ``at``, ``why`` (the consumer is behind, the window full) and the
+#:   first ``sequence`` not handed on; ``resume``: reading again;
+#: * ``end``: ``at``, ``reason``, ``packets``, ``last``, ``gaps``, ``reconnects``.
+EVENTS = ("gap", "reconnect", "slow-down", "resume", "end")
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """A run of sequences asked for: ``start <= sequence < stop``, seen, asked, and why."""
+
+    start: int
+    stop: int
+    seen: float
+    asked: float | None
+    how: str
+
+    def fields(self, origin: float) -> dict[str, Any]:
+        return {
+            "first": self.start,
+            "last": self.stop - 1,
+            "seen": round(self.seen - origin, 6),
+            "asked": None if self.asked is None else round(self.asked - origin, 6),
+            "how": self.how,
+        }
 
 
 @dataclass
@@ -213,11 +250,13 @@ class _Follower:
     """One follow: its two connections, the gaps asked for, and when to stop."""
 
     def __init__(self, options: FetchOptions, sink: Sink, progress: Progress | None = None,
-                 flowing: Callable[[], bool] | None = None,
-                 window: int = WINDOW) -> None:  # fmt: skip
+                 flowing: Callable[[], bool] | None = None, window: int = WINDOW,
+                 events: Events | None = None) -> None:  # fmt: skip
         if window < 1:
             raise ValueError(f"window must be 1 packet or more, not {window}")
         self.options = options
+        self._events = events
+        self._origin = time.monotonic()  # the events' times count from here
         self._window = window
         self.stats = FollowStats()
         self._sink = sink
@@ -227,8 +266,8 @@ class _Follower:
         #: One past the highest sequence received on a subscription or asked for: below
         #: it, every sequence not held has been asked for on the repair connection.
         self._seen = 0
-        #: Gaps asked for and not yet all held: (start, stop, monotonic time seen).
-        self._gaps: deque[tuple[int, int, float]] = deque()
+        #: Gaps asked for and not yet all held, as they were asked for.
+        self._gaps: deque[_Gap] = deque()
         self._repair: Link | None = None
         #: The connection that asks for copies of packets in doubt, and what it brought.
         self._checker: Link | None = None
@@ -337,8 +376,13 @@ class _Follower:
         self._advance()
 
     def _ask(self, starts: npt.NDArray[np.int64], stops: npt.NDArray[np.int64],
-             now: float) -> None:  # fmt: skip
-        """Ask for the runs ``starts[i] <= seq < stops[i]`` at once; time them from ``now``."""
+             now: float, how: str = "range") -> None:  # fmt: skip
+        """Ask for the runs ``starts[i] <= seq < stops[i]`` at once; time them from ``now``.
+
+        ``how``: why they are asked for, as the events say (``range``: a gap the
+        subscription showed; ``tail``: what was published and the subscription did not
+        bring at its end or while it was quiet).
+        """
         until = self.options.stop
         if until is not None:
             keep = starts <= until
@@ -346,11 +390,18 @@ class _Follower:
         if not len(starts):
             return
         self.stats.gaps += len(starts)
-        self._gaps.extend(zip(starts.tolist(), stops.tolist(), [now] * len(starts), strict=True))
         link = self._repair
+        asked: float | None = None
         if link is not None and not link.lost:
             link.send(range_requests(np.stack([starts, stops - starts], axis=1)))
-        # else: the repair connection is being replaced; it asks for everything missing.
+            asked = time.monotonic()
+        else:
+            how = "reconnect"  # the repair connection is being replaced: it asks for
+            # everything missing once it is open again
+        self._gaps.extend(
+            _Gap(start, stop, now, asked, how)
+            for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+        )
 
     def _ask_tail(self, last: int) -> None:
         """Ask for what was published up to ``last`` beyond what arrived or was asked for."""
@@ -360,7 +411,7 @@ class _Follower:
             start = self._seen
             self._seen = last + 1
             self._ask(np.array([start], np.int64), np.array([last + 1], np.int64),
-                      time.monotonic())  # fmt: skip
+                      time.monotonic(), "tail")  # fmt: skip
             self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
 
     def _deliver(self, batch: Packets) -> None:
@@ -377,8 +428,11 @@ class _Follower:
             filled = self.store.contiguous()
             gaps = self._gaps
             latency = self.stats._latency
-            while gaps and gaps[0][1] <= filled:
-                latency.add(now - gaps.popleft()[2])
+            while gaps and gaps[0].stop <= filled:
+                gap = gaps.popleft()
+                latency.add(now - gap.seen)
+                if self._events is not None:
+                    self._event("gap", **gap.fields(self._origin), repaired=self._at(now))
         if session.doubts:
             doubted = session.lowest_doubt()
             if doubted is not None and doubted < self.store.contiguous():
@@ -402,8 +456,20 @@ class _Follower:
                 else:
                     transport.pause_reading()
 
+    # events
+
+    def _at(self, moment: float) -> float:
+        """Return ``moment`` (monotonic) as the events say it: seconds since the start."""
+        return round(moment - self._origin, 6)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self._events is not None:
+            self._events({"event": kind, **fields})
+
     def _hold(self) -> None:
         if not self._held:
+            self._event("slow-down", at=self._at(time.monotonic()), why="window full",
+                        sequence=self.store.cursor)  # fmt: skip
             self._held = True
             self._held_link = self._sub
             log.debug("window of %d packets full at %d: subscription closed", self._window,
@@ -421,11 +487,14 @@ class _Follower:
         # The consumer is behind: stop reading, so the server's bound (not this
         # process's memory) absorbs it; the poll resumes reading once it caught up.
         if not self._paused:
+            self._event("slow-down", at=self._at(time.monotonic()),
+                        why="the consumer is behind", sequence=self.store.cursor)  # fmt: skip
             self._paused = True
             self._reading()
 
     def _resume(self) -> None:
         if self._paused and self.session.flowing():
+            self._event("resume", at=self._at(time.monotonic()), sequence=self.store.cursor)
             self._paused = False
             self._reading()
             self._advance()
@@ -552,7 +621,18 @@ class _Follower:
             confirmed = session.copies.confirmed(self.store.cursor - 1)
             self.stats.single_copy = max(self.stats.packets - confirmed, 0)
             self.stats.seconds = time.perf_counter() - self._started
+            if self._events is not None:
+                self._last_events()
         return self.stats
+
+    def _last_events(self) -> None:
+        """Name the gaps still open at the end (never repaired), then the end itself."""
+        for gap in self._gaps:
+            self._event("gap", **gap.fields(self._origin), repaired=None)
+        stats = self.stats
+        self._event("end", at=self._at(time.monotonic()), reason=stats.reason,
+                    packets=stats.packets, last=stats.delivered, gaps=stats.gaps,
+                    reconnects=stats.reconnects)  # fmt: skip
 
     async def _start(self) -> Link:
         """Open the first repair connection; one reset before the hello's answer is retried."""
@@ -644,6 +724,8 @@ class _Follower:
                 return
             if failed:
                 self.stats.reconnects += 1
+                self._event("reconnect", at=self._at(time.monotonic()),
+                            connection="subscription", sequence=self._seen)  # fmt: skip
             self._sub = link
             self._reading()
             start = self._seen
@@ -775,7 +857,9 @@ class _Follower:
                     f"{retry.failures} times in a row "
                     f"({'silent' if state == 'idle' else link.why()})"
                 )
-            log.debug("repair connection %s; reconnecting", "silent" if state == "idle" else "lost")
+            why = "silent" if state == "idle" else "lost"
+            log.debug("repair connection %s; reconnecting", why)
+            self._event("reconnect", at=self._at(time.monotonic()), connection="repair", why=why)
             await retry.pause()
             link = await self._open_repair()
 
@@ -789,15 +873,17 @@ async def run_follow(
     flowing: Callable[[], bool] | None = None,
     stats: Callable[[FollowStats], None] | None = None,
     window: int = WINDOW,
+    events: Events | None = None,
 ) -> FollowStats:
     """Follow with ``options`` (``start``: from; ``stop``: until), passing batches to ``sink``.
 
     ``stopped`` ends the follow as a normal completion when it completes (with a reason);
     while ``flowing()`` is false the prefix waits and reading stops.  ``stats`` is called
     at once with the stats object the follow updates as it runs.  ``window`` bounds
-    the out-of-order window in packets (see :data:`WINDOW`).
+    the out-of-order window in packets (see :data:`WINDOW`).  ``events`` is called with
+    each event as it happens (:data:`EVENTS`), on the event loop: it must not block.
     """
-    follower = _Follower(options, sink, progress, flowing, window)
+    follower = _Follower(options, sink, progress, flowing, window, events)
     if stats is not None:
         stats(follower.stats)
     return await follower.run(stopped)

@@ -1,0 +1,110 @@
+"""``packetcore-fetch --follow --events FILE``: every gap, reconnect and slow-down, as it happens.
+
+The gaps a follow must name are computed here independently of the follow and of the
+server's loss code: a tracing proxy between them records every packet each
+subscription carried, and what a subscription skipped is a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packetcore.faults.proxy import Proxy
+from serverutil import ServeProcess
+
+UNTIL = 8_000
+
+
+def follow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "packetcore", "fetch", "--follow", *args], cwd=cwd,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_events_name_every_gap_the_subscription_left_and_its_repair(tmp_path: Path) -> None:
+    with (
+        ServeProcess("--live", "20000", "--drop", "0.05", "--seed", "9") as server,
+        Proxy(("127.0.0.1", server.port), trace=True) as proxy,
+    ):
+        done = follow("--port", str(proxy.port), "--until", str(UNTIL), "--events",
+                      "events.ndjson", "-o", "out.bin", cwd=tmp_path)  # fmt: skip
+        traces = [r.trace for r in proxy.records if r.trace is not None]
+    assert done.returncode == 0, done.stderr
+    # What the subscriptions (callType 5) carried; below the highest of it, the rest is
+    # what they skipped: the gaps the follow saw.
+    carried: set[int] = set()
+    for trace in traces:
+        if any(r.call_type == 5 for r in trace.requests):
+            assert trace.packets_total == len(trace.packets)  # all of them traced
+            carried.update(sequence for _, sequence in trace.packets)
+    top = min(max(carried), UNTIL)
+    skipped = set(range(1, top + 1)) - carried
+    assert skipped, "the server's --drop left no gap: the test proves nothing"
+
+    said = events(tmp_path / "events.ndjson")
+    gaps = [e for e in said if e["event"] == "gap"]
+    named = {s for g in gaps for s in range(g["first"], g["last"] + 1)}
+    assert skipped <= named  # every gap the subscription left is named
+    assert all(1 <= g["first"] <= g["last"] <= UNTIL for g in gaps)
+    for gap in gaps:  # each repaired, after it was seen and asked for
+        assert gap["how"] in ("range", "tail", "reconnect")
+        assert gap["repaired"] is not None
+        assert gap["seen"] <= (gap["asked"] if gap["asked"] is not None else gap["seen"])
+        assert gap["seen"] <= gap["repaired"]
+    assert [g["repaired"] for g in gaps] == sorted(g["repaired"] for g in gaps)
+    end = said[-1]
+    assert end["event"] == "end" and end["reason"] == "until reached"
+    assert (end["packets"], end["last"], end["gaps"]) == (UNTIL, UNTIL, len(gaps))
+    # The summary counts the same gaps.
+    assert re.search(rf"\b{len(gaps)} gaps\b", done.stderr), done.stderr
+
+
+def test_the_events_go_to_stderr_with_a_dash(tmp_path: Path) -> None:
+    with ServeProcess("--live", "20000", "--drop", "0.05", "--seed", "9") as server:
+        done = follow("--port", str(server.port), "--until", "2000", "--events", "-", "-o",
+                      "out.bin", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert lines and lines[-1]["event"] == "end" and lines[-1]["packets"] == 2000
+
+
+@pytest.mark.parametrize(
+    ("args", "words", "status"),
+    [(["--events", "out.bin"], "--events out.bin is the output", 2),
+     (["--events", "none/e.ndjson"], "cannot write the events file none/e.ndjson", 1)],
+)  # fmt: skip
+def test_an_events_file_that_cannot_be_is_one_line(
+    tmp_path: Path, args: list[str], words: str, status: int
+) -> None:
+    done = follow("--port", "1", "-o", "out.bin", *args, cwd=tmp_path)
+    assert done.returncode == status and words in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_events_apply_to_a_follow_only(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "packetcore", "fetch", "--port", "1", "--events", "e.ndjson"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--events applies to --follow" in done.stderr
+
+
+def test_a_full_disk_ends_the_follow_with_what_it_handed_on(tmp_path: Path) -> None:
+    with ServeProcess("--live", "20000", "--drop", "0.05", "--seed", "9") as server:
+        done = follow("--port", str(server.port), "--until", "4000", "--events", "/dev/full",
+                      "-o", "out.ndjson", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "cannot write the events file /dev/full: No space left on device" in done.stderr
+    assert "Traceback" not in done.stderr
