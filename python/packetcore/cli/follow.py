@@ -211,7 +211,8 @@ class _EventsFile:
             self.file, self._owned = sys.stderr, False
         else:
             try:
-                self.file = open(path, "w", encoding="utf-8", buffering=1 << 16)
+                # Open for the whole follow, closed by close(): no with-block spans it.
+                self.file = open(path, "w", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
             except OSError as exc:
                 raise UserError(
                     f"cannot write the events file {path}: {exc.strerror or exc}"

@@ -39,7 +39,7 @@ import numpy as np
 # np.unique imports numpy.ma on its first call: 8-30 ms on the loop at the first gaps.
 import numpy.ma
 import numpy.typing as npt
-from hdrh.histogram import HdrHistogram
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # no type information
 
 from ..errors import FetchError
 from ..packets import Packets
