@@ -7,10 +7,13 @@ subscription carried, and what a subscription skipped is a gap.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +84,21 @@ def test_the_events_go_to_stderr_with_a_dash(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "words", "status"),
-    [(["--events", "out.bin"], "--events out.bin is the output", 2),
+    [(["--events", "out.bin"], "--events out.bin is where the output goes", 2),
+     (["--events", "./out.bin.partial"], "--events ./out.bin.partial is where the output", 2),
+     (["--events", "link"], "--events link is where the output goes", 2),
+     (["--events", "fifo"], "cannot write the events file fifo: a FIFO that nobody reads", 1),
      (["--events", "none/e.ndjson"], "cannot write the events file none/e.ndjson", 1)],
 )  # fmt: skip
 def test_an_events_file_that_cannot_be_is_one_line(
     tmp_path: Path, args: list[str], words: str, status: int
 ) -> None:
+    (tmp_path / "link").symlink_to("out.bin")  # the output, not there yet
+    os.mkfifo(tmp_path / "fifo")
     done = follow("--port", "1", "-o", "out.bin", *args, cwd=tmp_path)
     assert done.returncode == status and words in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1
-    assert not (tmp_path / "out.bin").exists()
+    assert not (tmp_path / "out.bin").exists() and not (tmp_path / "link").exists()
 
 
 def test_events_apply_to_a_follow_only(tmp_path: Path) -> None:
@@ -108,3 +116,50 @@ def test_a_full_disk_ends_the_follow_with_what_it_handed_on(tmp_path: Path) -> N
     assert done.returncode == 1, done.stderr
     assert "cannot write the events file /dev/full: No space left on device" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_events_to_the_file_stdout_is_are_refused_with_dash_o(tmp_path: Path) -> None:
+    with open(tmp_path / "records.ndjson", "w") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", "1",
+             "--events", "/dev/stdout", "-o", "-"],
+            cwd=tmp_path, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2 and "--events /dev/stdout is stdout" in done.stderr
+
+
+def test_a_lone_gap_reaches_the_file_while_the_follow_runs(tmp_path: Path) -> None:
+    # Events are flushed at least every 0.25 s, not only when the next one comes.
+    with ServeProcess("--live", "5000", "--drop", "0", "--drop-sequences", "500") as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port",
+             str(server.port), "--deadline", "60", "--events", "events.ndjson", "-o", "o.bin"],
+            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            path = tmp_path / "events.ndjson"
+            while not (path.exists() and '"first":500' in path.read_text()):
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.05)
+        finally:
+            process.terminate()
+            _out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    said = events(tmp_path / "events.ndjson")
+    assert [(e["first"], e["last"]) for e in said if e["event"] == "gap"] == [(500, 500)]
+    assert said[-1]["event"] == "end" and said[-1]["reason"] == "stopped by SIGTERM"
+
+
+def test_an_events_callback_that_raises_ends_the_follow_saying_so() -> None:
+    from packetcore.client.follow import run_follow
+    from packetcore.client.session import FetchOptions
+    from packetcore.errors import FetchError
+
+    def boom(event: dict[str, Any]) -> None:
+        raise RuntimeError("callback boom")
+
+    with ServeProcess("--live", "20000", "--drop", "0.05", "--seed", "9") as server:
+        options = FetchOptions(port=server.port, stop=5000)
+        with pytest.raises(FetchError, match=r"the events callback raised RuntimeError"):
+            asyncio.run(run_follow(options, lambda batch: None, events=boom))

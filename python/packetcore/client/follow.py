@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -116,8 +116,7 @@ Events = Callable[[dict[str, Any]], None]
 EVENTS = ("gap", "reconnect", "slow-down", "resume", "end")
 
 
-@dataclass(frozen=True)
-class _Gap:
+class _Gap(NamedTuple):
     """A run of sequences asked for: ``start <= sequence < stop``, seen, asked, and why."""
 
     start: int
@@ -256,6 +255,7 @@ class _Follower:
             raise ValueError(f"window must be 1 packet or more, not {window}")
         self.options = options
         self._events = events
+        self._events_error: str | None = None
         self._origin = time.monotonic()  # the events' times count from here
         self._window = window
         self.stats = FollowStats()
@@ -428,11 +428,17 @@ class _Follower:
             filled = self.store.contiguous()
             gaps = self._gaps
             latency = self.stats._latency
+            events, origin = self._events, self._origin
             while gaps and gaps[0].stop <= filled:
                 gap = gaps.popleft()
                 latency.add(now - gap.seen)
-                if self._events is not None:
-                    self._event("gap", **gap.fields(self._origin), repaired=self._at(now))
+                if events is not None:  # built inline: at 250,000 gaps a second it counts
+                    self._event_dict({
+                        "event": "gap", "first": gap.start, "last": gap.stop - 1,
+                        "seen": round(gap.seen - origin, 6),
+                        "asked": None if gap.asked is None else round(gap.asked - origin, 6),
+                        "how": gap.how, "repaired": round(now - origin, 6),
+                    })  # fmt: skip
         if session.doubts:
             doubted = session.lowest_doubt()
             if doubted is not None and doubted < self.store.contiguous():
@@ -464,7 +470,19 @@ class _Follower:
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._events is not None:
-            self._events({"event": kind, **fields})
+            self._event_dict({"event": kind, **fields})
+
+    def _event_dict(self, event: dict[str, Any]) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events(event)
+        except Exception as exc:
+            # Raised here, it would be taken for a fault of the connection whose packets
+            # were being handled: the follow ends instead, and says why.
+            self._events = None
+            self._events_error = f"the events callback raised {exc!r}"
+            self._finish(self._events_error)
 
     def _hold(self) -> None:
         if not self._held:
@@ -481,6 +499,7 @@ class _Follower:
         """Return whether a subscription may be opened: the window is at most half full."""
         if self._held and self._seen - self.store.cursor <= self._window // 2:
             self._held = False
+            self._event("resume", at=self._at(time.monotonic()), sequence=self.store.cursor)
         return not self._held
 
     def _pause(self) -> None:
@@ -623,6 +642,8 @@ class _Follower:
             self.stats.seconds = time.perf_counter() - self._started
             if self._events is not None:
                 self._last_events()
+        if self._events_error is not None:
+            raise FetchError(self._events_error)
         return self.stats
 
     def _last_events(self) -> None:
