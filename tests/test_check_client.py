@@ -473,51 +473,30 @@ def test_more_bad_options_are_one_line_and_exit_2(
     assert (tmp_path / "output.json").read_text() == "my own work\n"
 
 
+def check_in_shell(suffix: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``packetcore-check ARGS`` in bash, with ``suffix`` (a pipe, a redirection)."""
+    command = [sys.executable, "-m", "packetcore", "check", *args]
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shlex.join(command) + suffix], cwd=cwd,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_a_reader_that_leaves_ends_the_run_and_the_users_file_is_back(tmp_path: Path) -> None:
     (tmp_path / "output.json").write_text("my own work\n")
-    command = [
-        sys.executable,
-        "-m",
-        "packetcore",
-        "check",
-        "client",
-        "--only",
-        "clean,tail-loss,loss",
-        "--",
-        sys.executable,
-        str(CLIENT),
-        "--port",
-        "{port}",
-    ]
-    shell = " ".join(shlex.quote(a) for a in command) + " | head -c 1"  # fmt: skip
-    process = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
+    process = check_in_shell(
+        " | head -c 1", "client", "--only", "clean,tail-loss,loss", "--", sys.executable,
+        str(CLIENT), "--port", "{port}", cwd=tmp_path,
     )  # fmt: skip
     assert process.returncode == 1 and "Traceback" not in process.stderr, process.stderr
     assert (tmp_path / "output.json").read_text() == "my own work\n"
 
 
 def test_a_closed_stdout_puts_the_table_on_stderr(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "packetcore",
-        "check",
-        "client",
-        "--only",
-        "clean",
-        "--",
-        sys.executable,
-        str(CLIENT),
-        "--port",
-        "{port}",
-        "--output",
-        "{output}",
-    ]
-    shell = " ".join(shlex.quote(a) for a in command) + " >&-"  # fmt: skip
-    process = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=120)  # fmt: skip
+    process = check_in_shell(
+        " >&-", "client", "--only", "clean", "--", sys.executable, str(CLIENT), "--port",
+        "{port}", "--output", "{output}", cwd=tmp_path,
+    )  # fmt: skip
     assert process.returncode == 0, process.stderr
     assert "Traceback" not in process.stderr
 
