@@ -35,7 +35,7 @@ debug: venv
 # as msgpack and aio-libs do), then lint and types, then the manual: what CI runs.
 test: install
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
-	PACKETCORE_NO_EXTENSIONS=1 $(PY) -m pytest tests -m "not slow and not c_extension" $(PYTEST_ARGS)
+	PACKETCORE_NO_EXTENSIONS=1 $(PY) -m pytest tests -m "not slow and not c_extension and not engine_neutral" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory docs
 
