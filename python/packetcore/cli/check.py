@@ -266,9 +266,9 @@ def _reports(args: argparse.Namespace) -> dict[str, str]:
 def _same(a: str, b: str) -> bool:
     if a == "-" or b == "-":
         return a == b
-    return os.path.abspath(a) == os.path.abspath(b) or (
-        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-    )
+    from .output import same_path
+
+    return same_path(a, b)
 
 
 def _list(kind: str) -> int:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import UserError, signals
-from .output import given_up, open_output
+from .output import given_up, open_output, same_path
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -214,11 +214,8 @@ def _refuse_events_on_the_output(events: str, output: str) -> None:
         return
     if stat.S_ISCHR(mode):
         return
-    where = os.path.realpath(events)
-    target = os.path.realpath(output)
-    if where in (target, target + ".partial") or (
-        os.path.exists(events) and os.path.exists(output) and os.path.samefile(events, output)
-    ):
+    partial = os.path.realpath(output) + ".partial"  # as the sink names it
+    if same_path(events, output) or same_path(events, partial):
         raise UserError(
             f"--events {events} is where the output goes ({output} or {output}.partial): "
             "give the events another file", 2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from ..errors import OutputError
@@ -10,7 +11,15 @@ from . import UserError, signals
 if TYPE_CHECKING:
     from ..io.sink import Output
 
-__all__ = ["given_up", "open_output"]
+__all__ = ["given_up", "open_output", "same_path"]
+
+
+def same_path(a: str, b: str) -> bool:
+    """Return whether writing ``a`` would write ``b``: one path once symlinks are followed
+    (a link to a file not there yet included), or hard links of one file."""
+    return os.path.realpath(a) == os.path.realpath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    )
 
 
 def open_output(output: str, form: str | None = None) -> Output:
