@@ -6,9 +6,10 @@ this module holds the small fixed layouts around them.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,8 @@ from .errors import ProtocolError
 
 __all__ = [
     "BASE_RESEND_MAX",
+    "CLOCK_MAGIC",
+    "CLOCK_SIZE",
     "DEFAULT_PORT",
     "EXTENSION_VERSION",
     "HELLO",
@@ -28,12 +31,16 @@ __all__ = [
     "RESEND_RANGE",
     "STREAM_ALL",
     "SUBSCRIBE",
+    "SUBSCRIBE_CLOCK",
     "SUBSCRIBE_REQUEST_SIZE",
+    "FeedClock",
     "FeedInfo",
     "Request",
     "RequestFramer",
     "ResponseFramer",
+    "decode_clock",
     "decode_info",
+    "encode_clock",
     "encode_info",
     "hello_request",
     "range_requests",
@@ -56,14 +63,22 @@ BASE_RESEND_MAX = 127
 HELLO = 3
 RESEND_RANGE = 4
 RANGE_REQUEST_SIZE = 10
-# Live feeds: subscribe [5][0][from], answered by packets as they are published.
+# Live feeds: subscribe [5][flags][from], answered by packets as they are published.
 SUBSCRIBE = 5
 SUBSCRIBE_REQUEST_SIZE = 6
+#: The subscribe flag that asks a live server for its clock frame before the packets.
+SUBSCRIBE_CLOCK = 1
 INFO_MAGIC = b"PKCI"
 INFO_SIZE = 16
 EXTENSION_VERSION = 1
+#: The clock frame: when a live server publishes each sequence.
+CLOCK_MAGIC = b"PKCT"
+CLOCK_SIZE = 32
+CLOCK_VERSION = 1
 
 _INFO = struct.Struct(">4sIII")
+_CLOCK = struct.Struct(">4sIIIQd")
+assert _CLOCK.size == CLOCK_SIZE
 _RANGE = struct.Struct(">BBII")
 _SUBSCRIBE = struct.Struct(">BBI")
 _UINT32_MAX = 2**32 - 1
@@ -104,11 +119,15 @@ def range_requests(ranges: npt.ArrayLike) -> bytes:
     return requests.tobytes()
 
 
-def subscribe_request(first: int) -> bytes:
-    """Return the callType 5 request: every packet with ``seq >= first``, as published."""
+def subscribe_request(first: int, *, clock: bool = False) -> bytes:
+    """Return the callType 5 request: every packet with ``seq >= first``, as published.
+
+    ``clock``: ask a live server for its clock frame (:class:`FeedClock`) before the
+    packets; a server that has none, or does not know the flag, sends packets only.
+    """
     if not 0 <= first <= _UINT32_MAX:
         raise ValueError(f"subscribe sequence {first} does not fit uint32")
-    return _SUBSCRIBE.pack(SUBSCRIBE, 0, first)
+    return _SUBSCRIBE.pack(SUBSCRIBE, SUBSCRIBE_CLOCK if clock else 0, first)
 
 
 class FeedInfo(NamedTuple):
@@ -144,6 +163,51 @@ def decode_info(frame: bytes) -> FeedInfo:
     return FeedInfo(first, last, version)
 
 
+class FeedClock(NamedTuple):
+    """When a live server publishes each packet: sequence ``first`` at ``epoch_ns``.
+
+    Sequence ``s`` (``first <= s <= final``) is published ``(s - first) / rate`` seconds
+    after ``epoch_ns``, nanoseconds since the Unix epoch by the server's clock.
+    """
+
+    first: int
+    final: int
+    epoch_ns: int
+    rate: float
+    version: int = CLOCK_VERSION
+
+    def published(self, sequences: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
+        """Return when ``sequences`` were published, in seconds since the Unix epoch."""
+        return self.epoch_ns / 1e9 + (sequences - self.first) / self.rate
+
+
+def encode_clock(clock: FeedClock) -> bytes:
+    """Return the 32-byte clock frame a subscription with the clock flag starts with."""
+    return _CLOCK.pack(
+        CLOCK_MAGIC, clock.version, clock.first, clock.final, clock.epoch_ns, clock.rate
+    )
+
+
+def decode_clock(frame: bytes) -> FeedClock:
+    """Parse a clock frame; raise :class:`ProtocolError` if it is not one."""
+    if len(frame) != CLOCK_SIZE:
+        raise ProtocolError(f"a clock frame is {CLOCK_SIZE} bytes, got {len(frame)}", 0, "clock")
+    magic, version, first, final, epoch_ns, rate = _CLOCK.unpack(frame)
+    if magic != CLOCK_MAGIC:
+        raise ProtocolError(f"bad clock frame magic {magic!r}", 0, "magic")
+    if (
+        version < 1
+        or not 1 <= first <= final <= _SEQUENCE_MAX
+        or not (math.isfinite(rate) and rate > 0)
+    ):
+        raise ProtocolError(
+            f"implausible clock frame: version {version}, sequences {first}..{final}, rate {rate}",
+            0,
+            "clock",
+        )
+    return FeedClock(first, final, epoch_ns, rate, version)
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One framed request.  ``start``/``count`` name the sequences it asks for."""
@@ -151,6 +215,8 @@ class Request:
     call_type: int
     start: int = 0
     count: int = 0
+    #: A subscription's flags (:data:`SUBSCRIBE_CLOCK`); 0 for every other request.
+    flags: int = 0
 
 
 class RequestFramer:
@@ -192,8 +258,8 @@ class RequestFramer:
             if call_type == SUBSCRIBE:
                 if size - at < SUBSCRIBE_REQUEST_SIZE:
                     break
-                _, _, first = _SUBSCRIBE.unpack_from(buffer, at)
-                requests.append(Request(SUBSCRIBE, first))
+                _, flags, first = _SUBSCRIBE.unpack_from(buffer, at)
+                requests.append(Request(SUBSCRIBE, first, flags=flags))
                 at += SUBSCRIBE_REQUEST_SIZE
                 continue
             if call_type == RESEND:
@@ -208,7 +274,10 @@ class RequestFramer:
 # An info frame at a packet boundary is told from a packet by its fifth byte: the
 # version's high byte is 0, which no packet's buy/sell indicator ('B'/'S') can be.
 _INFO_START = INFO_MAGIC + b"\0"
+_CLOCK_START = CLOCK_MAGIC + b"\0"
 _PACKET_SIZE = 17
+#: What a :class:`ResponseFramer` cuts a connection's bytes into.
+Frame = memoryview | FeedInfo | FeedClock
 
 
 class ResponseFramer:
@@ -218,12 +287,15 @@ class ResponseFramer:
     frame (the answer to a hello) stands at a packet boundary.  While no info frame is
     due, every chunk passes through whole and uncopied.  ``expect()`` announces one more
     due frame (a hello was sent); ``expect_late()`` says the connection's very first
-    bytes may be a late answer to a hello that was given up on.
+    bytes may be a late answer to a hello that was given up on; ``expect_clock()`` that
+    a clock frame may follow the info frames due, before any packet (a subscription
+    that asked for it: a server without a clock sends none).
     """
 
     def __init__(self) -> None:
         self.due = 0
         self._late = False
+        self._clock = False
         self._passed = 0  # packet bytes passed through, to know where boundaries are
         self._held = bytearray()
 
@@ -235,6 +307,11 @@ class ResponseFramer:
         """Let the connection's first bytes be a late info frame."""
         self._late = True
 
+    def expect_clock(self) -> None:
+        """Let a clock frame follow the info frames due, if no packet came first."""
+        if not self._passed:
+            self._clock = True
+
     def give_up(self) -> None:
         """Stop waiting for the info frame due: only the very first bytes may still be it.
 
@@ -245,10 +322,10 @@ class ResponseFramer:
             self.due -= 1
             self._late = True
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview | FeedInfo]:
-        """Return, in order, the packet byte runs and the info frames ``data`` completed.
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Return, in order, the packet byte runs and the frames ``data`` completed.
 
-        Raise :class:`ProtocolError` for a malformed info frame.
+        Raise :class:`ProtocolError` for a malformed info or clock frame.
         """
         held = self._held
         if self._late:
@@ -264,15 +341,34 @@ class ResponseFramer:
             data = bytes(held) + data
             held.clear()
         if not self.due:
+            if self._clock:
+                return self._clock_frame(bytes(data))
             return self._pass(memoryview(data)) if len(data) else []
         return self._frames(bytes(data))
 
-    def _pass(self, run: memoryview) -> list[memoryview | FeedInfo]:
+    def _pass(self, run: memoryview) -> list[Frame]:
         self._passed += len(run)
         return [run]
 
-    def _frames(self, data: bytes) -> list[memoryview | FeedInfo]:
-        out: list[memoryview | FeedInfo] = []
+    def _clock_frame(self, data: bytes) -> list[Frame]:
+        """Take the clock frame ``data`` may start with; pass on the rest."""
+        if len(data) < len(_CLOCK_START) and _CLOCK_START.startswith(data):
+            self._held += data  # could be the start of the clock frame: wait for more
+            return []
+        if data.startswith(_CLOCK_START):
+            if len(data) < CLOCK_SIZE:
+                self._held += data
+                return []
+            self._clock = False
+            out: list[Frame] = [decode_clock(data[:CLOCK_SIZE])]
+            if len(data) > CLOCK_SIZE:
+                out += self._pass(memoryview(data)[CLOCK_SIZE:])
+            return out
+        self._clock = False  # packets came first: no clock frame on this connection
+        return self._pass(memoryview(data))
+
+    def _frames(self, data: bytes) -> list[Frame]:
+        out: list[Frame] = []
         view = memoryview(data)
         at = 0
         while self.due:
@@ -308,6 +404,8 @@ class ResponseFramer:
         if at < len(data):
             if self.due:
                 self._held += view[at:]
+            elif self._clock:
+                out += self._clock_frame(data[at:])
             else:
                 out += self._pass(view[at:])
         return out

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from ..errors import FetchError, OutputError
 from . import UserError, add_verbosity, run, signals
 from .exits import EXIT_INCOMPLETE, EXIT_STRICT, EXIT_USAGE
+from .options import add_metrics, bind_metrics, check_metrics, integer, number
 from .options import check_format as _check_format
-from .options import integer, number
 from .output import given_up, open_output
 from .progress import process_age, progress_bar
 
@@ -125,6 +125,7 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "reconnect and slow-down to FILE as it happens, one JSON object a line "
         "('-': stderr)",
     )
+    add_metrics(parser, "; with --follow: the follow's packets, gaps, repairs, lag and latencies")
     add(
         "--protocol",
         choices=("auto", "base", "extended"),
@@ -241,16 +242,30 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
         for name, given in unused.items():
             if given:
                 raise UserError(f"{name} does not apply to --follow", EXIT_USAGE)
+        from ..client.follow import FollowStats
+        from ..client.follow_metrics import FollowCollector
         from .follow import follow_into
 
         form = args.format
         if form is None and args.output == "-":
             form = "ndjson"  # a follow streams: one record a line, not one endless array
-        return follow_into(options, args.output, form, verbosity=args.verbosity,
-                           started=started, progress=args.progress,
-                           events=args.events)  # fmt: skip
+        check_metrics(args, 0, "", "--port")
+        running: list[FollowStats] = []  # the follow's stats, once it runs
+        metrics = bind_metrics(
+            args, FollowCollector(lambda: running[-1] if running else FollowStats())
+        )
+        try:
+            return follow_into(options, args.output, form, verbosity=args.verbosity,
+                               started=started, progress=args.progress,
+                               events=args.events, metrics=metrics,
+                               running=running)  # fmt: skip
+        finally:
+            if metrics is not None:
+                metrics.stop()  # bound before the follow, whatever ended it
     if args.events is not None:
         raise UserError("--events applies to --follow", EXIT_USAGE)
+    if args.metrics_port is not None or args.metrics_host is not None:
+        raise UserError("--metrics-port and --metrics-host apply to --follow", EXIT_USAGE)
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started,
                       progress=args.progress)  # fmt: skip

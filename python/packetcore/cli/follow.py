@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import UserError, signals
+from .options import say_metrics
 from .output import given_up, open_output, same_path
 from .progress import progress_bar
 
@@ -36,10 +37,12 @@ if TYPE_CHECKING:
     from ..client.follow import FollowStats
     from ..client.session import FetchOptions, Progress
     from ..io.sink import Output
+    from ..net.metrics import MetricsServer
     from ..packets import Packets
 
 __all__ = ["follow_into"]
 
+_PROGRAM = "packetcore-fetch"
 # Packets waiting for the writer before the follow stops taking more from the store.
 _BACKLOG = 1 << 20
 # Seconds a stopped follow waits for a stdout reader to take the rest.
@@ -55,12 +58,16 @@ def follow_into(
     started: float | None = None,
     progress: float | None = None,
     events: str | None = None,
+    metrics: MetricsServer | None = None,
+    running: list[FollowStats] | None = None,
 ) -> int:
     """Follow into ``output``, print the summary; return the exit status (or raise UserError).
 
     ``progress``: a status line every so many seconds where stderr is no terminal;
     ``events``: a file (``-``: stderr) to write each event of the follow to as it
-    happens, one JSON object a line.
+    happens, one JSON object a line; ``metrics``: a bound metrics server, served while
+    the follow runs (stopped at the end); ``running`` gets the follow's stats as soon as
+    it starts (what the metrics read).
     """
     import asyncio
 
@@ -79,8 +86,14 @@ def follow_into(
         out.abort()
         raise
     try:
-        with progress_bar(verbosity, progress) as report, signals.in_loop():
-            stats, failure = asyncio.run(_run(options, out, report, journal))
+        with contextlib.ExitStack() as serving:
+            if metrics is not None:
+                serving.enter_context(metrics.start())
+                say_metrics(_PROGRAM, metrics, lambda line: print(line, file=sys.stderr))
+            with progress_bar(verbosity, progress) as report, signals.in_loop():
+                stats, failure = asyncio.run(
+                    _run(options, out, report, journal, [] if running is None else running)
+                )
         if journal is not None:
             failure = journal.close() or failure
         reason = stats.reason  # what the summary says ended the follow
@@ -140,9 +153,13 @@ def follow_into(
 
 
 async def _run(
-    options: FetchOptions, out: Output, progress: Progress | None, events: _EventsFile | None
+    options: FetchOptions,
+    out: Output,
+    progress: Progress | None,
+    events: _EventsFile | None,
+    holder: list[FollowStats],
 ) -> tuple[FollowStats, str | None]:
-    """Follow into ``out``; return the stats and, if it failed, why."""
+    """Follow into ``out``; return the stats and, if it failed, why (``holder`` gets them)."""
     import asyncio
 
     from ..client.follow import FollowStats, run_follow
@@ -173,7 +190,6 @@ async def _run(
     timer = None
     if options.deadline is not None:
         timer = loop.call_later(options.deadline, stop, f"{options.deadline:g} s passed")
-    holder: list[FollowStats] = []
     # The first request to stop ends the follow normally; a later one cancels this task
     # (signals.watch), raised as Interrupted once the loop has ended.
     with signals.watch(lambda signum: stop(f"stopped by {signals.name(signum)}")):

@@ -21,7 +21,7 @@ from .exits import EXIT_USAGE
 
 if TYPE_CHECKING:
     from ..faults.model import FaultPlan
-    from ..net.metrics import MetricsServer, StatsLike
+    from ..net.metrics import Collects, MetricsServer, StatsLike
 
 __all__ = [
     "LOG_FORMATS",
@@ -402,7 +402,9 @@ def _addresses(host: str) -> set[_Address]:
     return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
 
 
-def bind_metrics(args: argparse.Namespace, source: Callable[[], StatsLike]) -> MetricsServer | None:
+def bind_metrics(
+    args: argparse.Namespace, source: Callable[[], StatsLike] | Collects
+) -> MetricsServer | None:
     """Bind the metrics port if ``--metrics-port`` asks for it, serving nothing yet."""
     if args.metrics_port is None:
         return None
@@ -422,7 +424,7 @@ def bind_metrics(args: argparse.Namespace, source: Callable[[], StatsLike]) -> M
 def metrics_served(
     program: str,
     args: argparse.Namespace,
-    source: Callable[[], StatsLike],
+    source: Callable[[], StatsLike] | Collects,
     say: Callable[[str], None],
 ) -> Iterator[None]:
     """Serve metrics (if asked) while the block runs."""

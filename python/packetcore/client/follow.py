@@ -39,11 +39,11 @@ import numpy as np
 # np.unique imports numpy.ma on its first call: 8-30 ms on the loop at the first gaps.
 import numpy.ma
 import numpy.typing as npt
-from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # no type information
 
 from ..errors import FetchError
 from ..packets import Packets
-from ..protocol import FeedInfo, range_requests, subscribe_request
+from ..protocol import FeedClock, FeedInfo, range_requests, subscribe_request
+from .latency import Latencies
 from .ranges import coalesce
 from .session import FetchOptions, Link, Progress, Session, Sink
 from .settle import settle
@@ -71,34 +71,6 @@ MAX_COPIES = 64
 #: again from the first sequence still needed once they caught up halfway, so memory
 #: stays bounded and nothing is lost.
 WINDOW = 1 << 20
-#: The repair latencies' histogram (HdrHistogram): microseconds up to an hour, to 3
-#: significant digits.
-_LATENCY_HIGHEST_US = 3_600_000_000
-_LATENCY_DIGITS = 3
-
-
-class _Latencies:
-    """Durations counted in an HdrHistogram: percentiles to 0.1 %, the maximum exact."""
-
-    def __init__(self) -> None:
-        self._histogram = HdrHistogram(1, _LATENCY_HIGHEST_US, _LATENCY_DIGITS)
-        self.count = 0
-        self.max = 0.0
-
-    def add(self, seconds: float) -> None:
-        """Count one duration."""
-        self.count += 1
-        self.max = max(self.max, seconds)
-        micros = min(max(round(seconds * 1e6), 1), _LATENCY_HIGHEST_US)
-        self._histogram.record_value(micros)
-
-    def percentile(self, q: float) -> float:
-        """Return the ``q``-th percentile (0..100) in seconds; 0 when nothing was counted."""
-        if not self.count:
-            return 0.0
-        return min(float(self._histogram.get_value_at_percentile(q)) / 1e6, self.max)
-
-
 Events = Callable[[dict[str, Any]], None]
 
 #: What a follow tells an ``events`` callback, each a dict with ``event`` naming it and
@@ -144,56 +116,84 @@ class FollowStats:
 
     ``packets`` were handed on, ``delivered`` is the last sequence among them;
     ``gaps`` is how many runs of missing sequences were seen (each asked for on the
-    repair connection), ``repaired`` how many packets the repair brought; the repair
-    latency is the time from a gap seen to its last packet held.  ``published`` is the
-    highest sequence the server said it had published, ``lag`` how many packets the
-    follow was behind it at the latest hello (``max_lag`` the most).  ``reconnects``
-    counts subscriptions replaced after a failure (reset, cut, silent; not the one that
-    confirms a clean end of file); ``reason`` says why the follow stopped.
-    ``max_window`` is the widest out-of-order window held (sequences from the first not
-    handed on to the highest received or asked for), never above the follow's ``window``.
-    What the packets rest on: ``duplicates`` (identical copies received again),
-    ``conflicts`` (copies that differed, settled by a vote), ``invalid`` (packets the
-    decoder rejected) and ``single_copy`` (packets handed on that no second copy
+    repair connection), ``gaps_open`` how many of them are not repaired yet, and
+    ``repaired`` how many packets the repair brought; ``requests`` counts the ranges asked
+    for by why (``range``, ``tail``, ``again``: asked again, unanswered; ``reconnect``:
+    asked on a new repair connection).  ``published`` is the highest sequence the server
+    said it had published, ``lag`` how many packets the follow was behind it at the latest
+    hello (``max_lag`` the most).  ``reconnects`` counts subscriptions replaced after a
+    failure (reset, cut, silent; not the one that confirms a clean end of file),
+    ``repair_reconnects`` repair connections replaced; ``reason`` says why the follow
+    stopped.  ``max_window`` is the widest out-of-order window held (sequences from the
+    first not handed on to the highest received or asked for), never above the follow's
+    ``window``.  What the packets rest on: ``duplicates`` (identical copies received
+    again), ``conflicts`` (copies that differed, settled by a vote), ``invalid`` (packets
+    the decoder rejected) and ``single_copy`` (packets handed on that no second copy
     confirmed: on a follow, most of them; a corrupted one among them cannot be told).
+
+    Two latencies, each in a :class:`~packetcore.client.latency.Latencies`: ``repair``,
+    from a gap seen to its last packet held; ``publication``, from each packet's
+    publication by the server's clock (``clock``, from a live packetcore server) to its
+    hand-on, counted for every packet handed on (none without a clock).
     """
 
     packets: int = 0
     delivered: int = 0
     gaps: int = 0
+    gaps_open: int = 0
     repaired: int = 0
     duplicates: int = 0
     conflicts: int = 0
     invalid: int = 0
     single_copy: int = 0
     reconnects: int = 0
+    repair_reconnects: int = 0
     published: int = 0
     lag: int = 0
     max_lag: int = 0
     max_window: int = 0
     seconds: float = 0.0
     reason: str = ""
-    _latency: _Latencies = field(default_factory=_Latencies, repr=False, compare=False)
+    requests: dict[str, int] = field(default_factory=dict)
+    clock: FeedClock | None = None
+    repair: Latencies = field(default_factory=Latencies, repr=False, compare=False)
+    publication: Latencies = field(default_factory=Latencies, repr=False, compare=False)
 
     @property
     def repair_p50_ms(self) -> float:
         """Return the median gap-repair latency in milliseconds."""
-        return self._latency.percentile(50) * 1e3
+        return self.repair.percentile(50) * 1e3
 
     @property
     def repair_p99_ms(self) -> float:
         """Return the 99th-percentile gap-repair latency in milliseconds."""
-        return self._latency.percentile(99) * 1e3
+        return self.repair.percentile(99) * 1e3
 
     @property
     def repair_max_ms(self) -> float:
         """Return the longest gap-repair latency in milliseconds."""
-        return self._latency.max * 1e3
+        return self.repair.max * 1e3
 
     @property
     def gaps_repaired(self) -> int:
         """Return how many gaps were repaired (their latency measured)."""
-        return self._latency.count
+        return self.repair.count
+
+    def lag_seconds(self, now: float | None = None) -> float | None:
+        """Return how long ago the first packet not handed on was published (0: none).
+
+        ``now``: seconds since the Unix epoch (default: the present).  None without a
+        clock; counted to what the latest hello said was published.
+        """
+        clock = self.clock
+        if clock is None:
+            return None
+        waiting = max(self.delivered + 1, clock.first)
+        if waiting > self.published:
+            return 0.0
+        at = time.time() if now is None else now
+        published = clock.epoch_ns / 1e9 + (waiting - clock.first) / clock.rate
+        return max(at - published, 0.0)
 
     def summary(
         self, output: str | None = None, *, seconds: float | None = None, reason: str | None = None
@@ -207,8 +207,11 @@ class FollowStats:
         reason = self.reason if reason is None else reason
         line = (
             f"{self.packets} packets in order (last {self.delivered}), {self.gaps} gaps "
-            f"({self.repaired} packets repaired; repair p50 {self.repair_p50_ms:.1f} ms, "
-            f"p99 {self.repair_p99_ms:.1f} ms, max {self.repair_max_ms:.1f} ms), "
+            f"({self.repaired} packets repaired; repair {_percentiles(self.repair)}), "
+        )
+        if self.publication.count:
+            line += f"publication to hand-on {_percentiles(self.publication)}, "
+        line += (
             f"lag {self.lag} (max {self.max_lag}), {self.reconnects} reconnects, "
             f"{self.single_copy} on one copy only, {self.duplicates} duplicates, "
             f"{self.conflicts} conflicts, {self.invalid} invalid, {seconds:.2f} s"
@@ -216,6 +219,12 @@ class FollowStats:
         if output is not None:
             line += f" -> {output}"
         return line + (f" [{reason}]" if reason else "")
+
+
+def _percentiles(latencies: Latencies) -> str:
+    """Return ``p50 .. ms, p99 .. ms, p99.9 .. ms, max .. ms`` of ``latencies``."""
+    quoted = ", ".join(f"p{q:g} {latencies.percentile(q) * 1e3:.1f} ms" for q in (50, 99, 99.9))
+    return f"{quoted}, max {latencies.max * 1e3:.1f} ms"
 
 
 class _FollowSession(Session):
@@ -314,6 +323,9 @@ class _Follower:
         """Take a batch from the subscription: ask for the gaps it reveals, then store it."""
         if self._held:
             return  # the subscription is being closed: the next one brings these
+        if self.stats.clock is None and self._sub is not None and self._sub.clock is not None:
+            self.stats.clock = self._sub.clock
+            log.debug("the server publishes by its clock: %s", self._sub.clock)
         now = time.monotonic()
         self._sub_last = now
         self._sub_packets += len(batch)
@@ -392,7 +404,8 @@ class _Follower:
             starts, stops = starts[keep], np.minimum(stops[keep], until + 1)
         if not len(starts):
             return
-        self.stats.gaps += len(starts)
+        stats = self.stats
+        stats.gaps += len(starts)
         link = self._repair
         asked: float | None = None
         if link is not None and not link.lost:
@@ -401,10 +414,13 @@ class _Follower:
         else:
             how = "reconnect"  # the repair connection is being replaced: it asks for
             # everything missing once it is open again
+        if asked is not None:
+            self._count_requests(how, len(starts))
         self._gaps.extend(
             _Gap(start, stop, now, asked, how)
             for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
         )
+        stats.gaps_open = len(self._gaps)
 
     def _ask_tail(self, last: int) -> None:
         """Ask for what was published up to ``last`` beyond what arrived or was asked for."""
@@ -418,24 +434,33 @@ class _Follower:
             self.stats.max_window = max(self.stats.max_window, self._seen - self.store.cursor)
 
     def _deliver(self, batch: Packets) -> None:
-        self.stats.packets += len(batch)
-        self.stats.delivered = int(batch.sequence[-1])
+        stats = self.stats
+        stats.packets += len(batch)
+        stats.delivered = int(batch.sequence[-1])
+        if stats.clock is not None:
+            # From its publication by the server's clock to now, for every packet: a
+            # stall delays all those published during it, and each is counted (measured
+            # from when it was due, nothing is omitted).
+            now = time.time()
+            stats.publication.add_many(now - stats.clock.published(batch.sequence))
         self._sink(batch)
 
     def _advance(self) -> None:
         """Hand on the contiguous prefix; time the gaps it closed; stop at the end."""
         session = self.session
         session.advance()
+        self._tally()
         if self._gaps:
             now = time.monotonic()
             filled = self.store.contiguous()
             gaps = self._gaps
-            latency = self.stats._latency
+            latency = self.stats.repair
             while gaps and gaps[0].stop <= filled:
                 gap = gaps.popleft()
                 latency.add(now - gap.seen)
                 if self._events is not None:
                     self._event_dict(gap.event(self._origin, now))
+            self.stats.gaps_open = len(gaps)
         if session.doubts:
             doubted = session.lowest_doubt()
             if doubted is not None and doubted < self.store.contiguous():
@@ -447,6 +472,14 @@ class _Follower:
             self._finish("the feed ended")
         elif self.options.stop is not None and cursor > self.options.stop:
             self._finish("until reached")
+
+    def _tally(self) -> None:
+        """Bring the counts the session and the store keep into the stats."""
+        stats, session, store = self.stats, self.session, self.store
+        stats.repaired = session.recovered
+        stats.duplicates = store.duplicates
+        stats.conflicts = store.conflicts
+        stats.invalid = session.invalid
 
     def _reading(self) -> None:
         """Read each connection or not, as the consumer and the window allow."""
@@ -630,10 +663,7 @@ class _Follower:
             # Everything contiguous goes out, even past an output that is behind.
             session.advance(behind=True)
             self._note_lag()
-            self.stats.repaired = session.recovered
-            self.stats.duplicates = self.store.duplicates
-            self.stats.conflicts = self.store.conflicts
-            self.stats.invalid = session.invalid
+            self._tally()
             confirmed = session.copies.confirmed(self.store.cursor - 1)
             self.stats.single_copy = max(self.stats.packets - confirmed, 0)
             self.stats.seconds = time.perf_counter() - self._started
@@ -710,7 +740,12 @@ class _Follower:
             missing = self._missing(self._seen)
             if len(missing):
                 link.send(range_requests(missing))
+                self._count_requests("reconnect", len(missing))
         return link
+
+    def _count_requests(self, why: str, count: int) -> None:
+        requests = self.stats.requests
+        requests[why] = requests.get(why, 0) + count
 
     def _missing(self, stop: int) -> npt.NDArray[np.int64]:
         """Return the runs below ``stop`` not held, as ``(start, count)`` rows.
@@ -750,7 +785,8 @@ class _Follower:
             self._sub_top = start - 1
             self._pending = None
             link.hello()
-            link.send(subscribe_request(start))
+            link.framer.expect_clock()
+            link.send(subscribe_request(start, clock=True))
             before = self._sub_fresh
             self._sub_last = self._sub_fresh_at = time.monotonic()
             state = await self._watch(link)
@@ -861,7 +897,9 @@ class _Follower:
                         # the answers still ascend (a copy repeated is no doubt).
                         copies = min(2**unanswered, MAX_COPIES) - 1
                         link.send(range_requests([[lowest, 1]] * copies))
+                        self._count_requests("again", copies)
                     link.send(range_requests(missing))
+                    self._count_requests("again", len(missing))
                 self._forget_doubts()
                 self._resume()
                 self.session.advance()
@@ -877,6 +915,7 @@ class _Follower:
                 )
             why = "silent" if state == "idle" else "lost"
             log.debug("repair connection %s; reconnecting", why)
+            self.stats.repair_reconnects += 1
             self._event("reconnect", at=self._at(time.monotonic()), connection="repair", why=why)
             await retry.pause()
             link = await self._open_repair()

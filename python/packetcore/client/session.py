@@ -26,7 +26,7 @@ import numpy.typing as npt
 from ..engine import MAX_SEQUENCE, Decoder, PacketStore
 from ..errors import FetchError, OutputError, PacketcoreError
 from ..packets import Packets
-from ..protocol import DEFAULT_PORT, FeedInfo, ResponseFramer, hello_request
+from ..protocol import CLOCK_SIZE, DEFAULT_PORT, FeedClock, FeedInfo, ResponseFramer, hello_request
 from .judge import CopyCount, Judge
 from .retry import MAX_BACKOFF, Retry
 
@@ -169,6 +169,8 @@ class Link(asyncio.Protocol):
         self.new = 0
         self.highest = 0
         self.infos: list[FeedInfo] = []
+        #: The live server's clock frame, on a subscription that asked for it.
+        self.clock: FeedClock | None = None
         #: Hellos sent on this connection (each is answered by one info frame, in order).
         self.hellos = 0
         # The info frames (by count) after which the answers start again from low
@@ -202,6 +204,9 @@ class Link(asyncio.Protocol):
                     if self._restarts and self._restarts[0] <= len(self.infos):
                         self._restarts.popleft()
                         self.last_sequence = 0
+                elif isinstance(item, FeedClock):
+                    self.clock = item
+                    self._skipped += CLOCK_SIZE
                 else:
                     self._packets(item)
         except Exception as exc:

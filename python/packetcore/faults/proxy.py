@@ -27,6 +27,7 @@ from ..engine import PACKET_SIZE
 from ..net.listener import peer_name
 from ..net.service import Service
 from ..protocol import (
+    CLOCK_SIZE,
     HELLO,
     INFO_SIZE,
     RANGE_REQUEST_SIZE,
@@ -509,7 +510,8 @@ class _Connection:
         record.info_frames = shaper.info_frames
         record.counts = dict(shaper.own)
         record.writes, record.largest_write = self._delivery.writes, self._delivery.largest_write
-        packet_bytes = max(0, sent - INFO_SIZE * shaper.info_frames)
+        frames = INFO_SIZE * shaper.info_frames + CLOCK_SIZE * shaper.clock_frames
+        packet_bytes = max(0, sent - frames)
         packets = packet_bytes // PACKET_SIZE - self._packet_bytes // PACKET_SIZE
         self._packet_bytes = packet_bytes
         if self._requests.streamed:

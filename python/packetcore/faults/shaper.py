@@ -1,7 +1,8 @@
 """Shaping: one connection's byte stream as the peer gets it under its faults (no I/O).
 
 :class:`Shaper` frames the stream as the protocol writes it, 17-byte packets and 16-byte
-info frames (which pass untouched at a packet boundary after a hello), and applies the
+info frames (which pass untouched at a packet boundary after a hello; so does the clock
+frame a subscription may open with), and applies the
 faults to whole packets and to byte positions.  Its random draws come from the
 connection's stream of the seed (:mod:`packetcore.seeds`), one stream per kind of draw,
 one chunk's worth at a time: the same faults however the stream is cut.
@@ -20,12 +21,15 @@ import numpy.typing as npt
 
 from ..engine import PACKET_SIZE
 from ..protocol import (
+    CLOCK_MAGIC,
+    CLOCK_SIZE,
     INFO_MAGIC,
     INFO_SIZE,
     RESEND,
     RESEND_RANGE,
     STREAM_ALL,
     SUBSCRIBE,
+    SUBSCRIBE_CLOCK,
     Request,
 )
 from ..seeds import split
@@ -35,6 +39,7 @@ __all__ = ["REORDER_SPAN", "Shaper"]
 
 #: An info frame starts with the magic and the high byte of version 1: no packet does.
 _INFO_PREFIX = INFO_MAGIC + b"\0"
+_CLOCK_PREFIX = CLOCK_MAGIC + b"\0"
 #: How far ahead a randomly reordered packet may be swapped.
 REORDER_SPAN = 3
 #: The shaper's streams, one per kind of draw, split in this order from the connection's.
@@ -74,6 +79,7 @@ class Shaper:
         self.own: dict[str, int] = {}  # this connection's counts alone
         self.limit_hit = False
         self.info_frames = 0
+        self.clock_frames = 0
         self.swallowing = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -84,6 +90,7 @@ class Shaper:
         self._bytewise = faults.limit is not None or bool(faults.corrupt_at)
         self._hellos = 0
         self._early_hellos = 0
+        self._clock = False  # a clock frame may follow the info frames due (a subscription)
         self._phase = 0  # bytes into a packet, where chunks pass unframed
         self._buf = bytearray()
         self._index = 0  # input packets framed so far
@@ -127,6 +134,8 @@ class Shaper:
                 self.cut = True
                 self._count("close")
             return False
+        if request.call_type == SUBSCRIBE and request.flags & SUBSCRIBE_CLOCK and not self._phase:
+            self._clock = True
         if self._keyed:
             call, start = request.call_type, request.start
             if call == RESEND:
@@ -151,7 +160,7 @@ class Shaper:
     @property
     def pending(self) -> bool:
         """Return whether an info frame is due or bytes are held back."""
-        return bool(self._hellos or self._buf or self._held is not None)
+        return bool(self._hellos or self._clock or self._buf or self._held is not None)
 
     def passed(self, n: int) -> None:
         """Count ``n`` bytes that went past the shaper untouched (no fault, nothing due)."""
@@ -172,7 +181,7 @@ class Shaper:
         if self._framed:
             self._buf += data
             data = self._frame(final=False)
-        elif self._hellos or self._buf:
+        elif self._hellos or self._clock or self._buf:
             data = self._info_frames(data)
         else:
             # No packet faults and no info frame due: the chunk passes uncopied.
@@ -190,7 +199,7 @@ class Shaper:
             self._phase = (self._phase + k) % PACKET_SIZE
         self._buf += data
         out += self._frame(final=False)
-        if not self._hellos:
+        if not (self._hellos or self._clock):
             self._phase = len(self._buf) % PACKET_SIZE
             out += self._buf
             self._buf.clear()
@@ -212,6 +221,17 @@ class Shaper:
         out = bytearray()
         buf = self._buf
         while buf:
+            if self._clock and not self._hellos:
+                head = bytes(buf[: len(_CLOCK_PREFIX)])
+                if head == _CLOCK_PREFIX and len(buf) >= CLOCK_SIZE:
+                    out += self._release() + buf[:CLOCK_SIZE]
+                    self.clock_frames += 1
+                    del buf[:CLOCK_SIZE]
+                    self._clock = False
+                    continue
+                if not final and _CLOCK_PREFIX.startswith(head):
+                    break  # maybe the clock frame: wait for the rest
+                self._clock = False  # packets first: the server sent no clock frame
             if self._hellos:
                 head = bytes(buf[: len(_INFO_PREFIX)])
                 if _INFO_PREFIX.startswith(head):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import PACKET_SIZE
-from ..protocol import INFO_MAGIC, INFO_SIZE, Request
+from ..protocol import CLOCK_MAGIC, CLOCK_SIZE, INFO_MAGIC, INFO_SIZE, Request
 
 __all__ = ["MAX_EVENTS", "Trace", "TracedRequest"]
 
@@ -25,7 +25,10 @@ __all__ = ["MAX_EVENTS", "Trace", "TracedRequest"]
 MAX_EVENTS = 10_000
 #: An info frame starts with the magic and the high byte of version 1: no packet does.
 _INFO_PREFIX = INFO_MAGIC + b"\0"
-_PREFIX_ARRAY = np.frombuffer(_INFO_PREFIX, dtype=np.uint8)
+_CLOCK_PREFIX = CLOCK_MAGIC + b"\0"
+#: What the info and clock frames start with alike ("PKC"), and the byte after the magic.
+_FRAME_ARRAY = np.frombuffer(INFO_MAGIC[:3], dtype=np.uint8)
+assert CLOCK_MAGIC[:3] == INFO_MAGIC[:3]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +74,26 @@ class Trace:
         size = len(buf)
         prefix = len(_INFO_PREFIX)
         while size - used >= prefix:
-            if buf[used : used + prefix] == _INFO_PREFIX:
+            head = buf[used : used + prefix]
+            if head == _INFO_PREFIX:
                 if size - used < INFO_SIZE:
                     break
                 if len(self.info_frames) < self.cap:
                     self.info_frames.append(at)
                 used += INFO_SIZE
                 continue
+            if head == _CLOCK_PREFIX:
+                if size - used < CLOCK_SIZE:
+                    break
+                used += CLOCK_SIZE
+                continue
             whole = (size - used) // PACKET_SIZE
             if whole == 0:
                 break
             rows = np.frombuffer(buf, np.uint8, whole * PACKET_SIZE, used)
             rows = rows.reshape(whole, PACKET_SIZE)
-            # The packets up to the next info frame (never the first row: checked above).
-            found = np.flatnonzero((rows[:, :prefix] == _PREFIX_ARRAY).all(axis=1))
+            # The packets up to the next frame (never the first row: checked above).
+            found = np.flatnonzero((rows[:, :3] == _FRAME_ARRAY).all(axis=1) & (rows[:, 4] == 0))
             if found.size:
                 whole = int(found[0])
                 rows = rows[:whole]

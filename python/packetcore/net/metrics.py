@@ -23,7 +23,7 @@ import socketserver
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = [
     "CONNECTION_TIMEOUT",
     "COUNTERS",
     "MAX_SCRAPES",
+    "Collects",
     "MetricsServer",
     "StatsCollector",
     "StatsLike",
@@ -48,6 +49,13 @@ CONNECTION_TIMEOUT = 10.0
 #: Connections served at once (a thread each); more are closed on arrival.  A scraper
 #: makes one at a time: a few are plenty.
 MAX_SCRAPES = 8
+
+
+@runtime_checkable
+class Collects(Protocol):
+    """A prometheus-client collector: what a metrics server serves at each scrape."""
+
+    def collect(self) -> Iterator[Metric]: ...
 
 
 class StatsLike(Protocol):
@@ -187,14 +195,19 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
 class MetricsServer:
     """An HTTP server of ``/metrics`` on a thread; bound at creation, served after start()."""
 
-    def __init__(self, host: str, port: int, source: Callable[[], StatsLike]) -> None:
-        """Bind ``host:port`` (0 picks a free port); raise :class:`OSError` if it fails."""
+    def __init__(self, host: str, port: int, source: Callable[[], StatsLike] | Collects) -> None:
+        """Bind ``host:port`` (0 picks a free port); raise :class:`OSError` if it fails.
+
+        ``source``: a server's or proxy's stats (a callable returning them), or any
+        collector (a follow's: :class:`packetcore.client.follow_metrics.FollowCollector`).
+        """
         from prometheus_client import CollectorRegistry, make_wsgi_app
 
         # A registry of its own: two servers in one process (tests, a proxy beside a
         # server) never see each other's metrics, nor prometheus-client's process ones.
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StatsCollector(source))
+        collector = source if isinstance(source, Collects) else StatsCollector(source)
+        self.registry.register(collector)
         self._httpd = _Server(host, port)
         self._httpd.set_app(make_wsgi_app(self.registry))
         self.host = host
@@ -235,6 +248,8 @@ class MetricsServer:
         return f"<MetricsServer {self.host} port {self.port}>"
 
 
-def serve_metrics(host: str, port: int, source: Callable[[], StatsLike]) -> MetricsServer:
+def serve_metrics(
+    host: str, port: int, source: Callable[[], StatsLike] | Collects
+) -> MetricsServer:
     """Serve ``source()``'s counters as Prometheus text at ``http://host:port/metrics``."""
     return MetricsServer(host, port, source).start()

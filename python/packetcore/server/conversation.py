@@ -18,7 +18,16 @@ import numpy.typing as npt
 
 from ..engine import MAX_SEQUENCE
 from ..errors import FeedError
-from ..protocol import HELLO, RESEND, RESEND_RANGE, STREAM_ALL, SUBSCRIBE, Request, RequestFramer
+from ..protocol import (
+    HELLO,
+    RESEND,
+    RESEND_RANGE,
+    STREAM_ALL,
+    SUBSCRIBE,
+    SUBSCRIBE_CLOCK,
+    Request,
+    RequestFramer,
+)
 from .connection import Connection
 from .live import Publisher, Subscription
 from .loss import LossModel
@@ -202,7 +211,9 @@ class Conversation:
                             self.peer, request.start, MAX_SEQUENCE,
                         )  # fmt: skip
                         return False
-                    await self._subscribe(request.start)
+                    await self._subscribe(
+                        request.start, clock=bool(request.flags & SUBSCRIBE_CLOCK)
+                    )
                     return False
                 else:
                     # The reference exchange ignores an unknown callType and reads on.
@@ -248,8 +259,11 @@ class Conversation:
             self._count(sent=kept, dropped=hi - lo - kept)
         log.info("packets sent: %d of %d to %s (%d dropped)", sent, total, self.peer, total - sent)
 
-    async def _subscribe(self, start: int) -> None:
-        """Write every packet from ``start`` as it is published; return once the feed ends."""
+    async def _subscribe(self, start: int, *, clock: bool = False) -> None:
+        """Write every packet from ``start`` as it is published; return once the feed ends.
+
+        ``clock``: the subscriber asked for the live feed's clock frame first.
+        """
         number = self._stats.subscriptions
         self._stats.subscriptions += 1
         subscription = Subscription(
@@ -258,6 +272,8 @@ class Conversation:
         log.info("subscription %d from sequence %d: %s", number, start, self.peer)
         publisher = self._publisher
         try:
+            if clock and publisher is not None:
+                await self.connection.write(publisher.feed.clock_frame)
             if publisher is None:
                 # A finished feed is all backlog, paced by the reader.
                 await subscription.backlog()

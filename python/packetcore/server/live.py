@@ -36,7 +36,7 @@ from ..engine import MAX_SEQUENCE, PACKET_SIZE, decode, gather
 from ..errors import FeedError
 from ..io.feeds import SYMBOLS
 from ..packets import Packets
-from ..protocol import FeedInfo, encode_info
+from ..protocol import FeedClock, FeedInfo, encode_clock, encode_info
 from ..seeds import Kind, Streams
 from .loss import LossModel
 from .source import FeedSource
@@ -121,12 +121,17 @@ class LiveFeed:
         self.total = final - self.first + 1
         self.streams = Streams(seed)
         self.t0: float | None = None
+        #: ``t0`` in nanoseconds since the Unix epoch (the clock frame's time).
+        self.epoch_ns: int | None = None
         self._blocks: OrderedDict[int, memoryview] = OrderedDict()
 
     def start(self, t0: float | None = None) -> None:
         """Start the clock (at ``t0``, a :func:`time.monotonic` time, or now); idempotent."""
         if self.t0 is None:
-            self.t0 = time.monotonic() if t0 is None else t0
+            now, wall = time.monotonic(), time.time_ns()
+            self.t0 = now if t0 is None else t0
+            # The same moment on the wall clock, which other processes and hosts share.
+            self.epoch_ns = wall - round((now - self.t0) * 1e9)
 
     def published_rows(self, now: float | None = None) -> int:
         """Return how many packets are published at ``now`` (default: the present)."""
@@ -141,6 +146,17 @@ class LiveFeed:
         """Return the monotonic time at which row ``row`` is published."""
         assert self.t0 is not None, "the live feed is not started"
         return self.t0 + row / self.rate
+
+    @property
+    def clock(self) -> FeedClock:
+        """Return when each sequence is published, as a clock frame says it."""
+        assert self.epoch_ns is not None, "the live feed is not started"
+        return FeedClock(self.first, self.final, self.epoch_ns, self.rate)
+
+    @property
+    def clock_frame(self) -> bytes:
+        """Return the clock frame on the wire."""
+        return encode_clock(self.clock)
 
     @property
     def ended(self) -> bool:
