@@ -1,4 +1,4 @@
-"""The Grafana dashboard asks for metrics that exist, in PromQL that parses.
+"""The Grafana dashboard asks for metrics that exist, in PromQL that parses; the names lint.
 
 docs/grafana/packetcore.json is read as Grafana reads it: each query's template variables
 are put in (as Grafana does before it asks Prometheus), the query is parsed by a real
@@ -6,15 +6,19 @@ PromQL parser (promql-parser, the Rust one of GreptimeDB), and every metric and 
 names must be one that a real server, a real proxy or the follow exposes. The server's
 and the proxy's are scraped from ones running here; the follow's come from
 ``packetcore.client.follow_metrics.METRICS`` once that module exists, and until then
-from FOLLOW_METRICS below, the spec the follow is written to.
+from FOLLOW_METRICS below, the spec the follow is written to. ``promtool check metrics``
+(Prometheus's own linter of metric names) reads the same scrapes, where it is installed.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import re
+import shutil
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +32,8 @@ from packetcore.faults.proxy import Proxy
 from packetcore.net.metrics import serve_metrics
 from packetcore.protocol import stream_all_request
 from packetcore.server.server import Server
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from serverutil import TIMEOUT, recv_all
 
@@ -94,6 +100,11 @@ FOLLOW_METRICS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         (),
     ),
 )
+#: The label values the spec gives, for the follow's text that promtool reads.
+FOLLOW_LABEL_VALUES = {
+    "reason": ("range", "tail", "again", "reconnect"),
+    "connection": ("subscription", "repair"),
+}
 FOLLOW_MODULE = "packetcore.client.follow_metrics"
 
 #: Grafana's own variables, as a query of a one-hour range would have them.
@@ -501,3 +512,82 @@ def test_the_dashboard_is_one_grafana_imports() -> None:
             assert target["datasource"] == prometheus and target["expr"].strip()
     sections = [section_of(panel["title"]) for panel in board["panels"] if panel["type"] == "row"]
     assert sections == ["server", "proxy", "follow"]
+
+
+# -- promtool: Prometheus's linter of metric names ---------------------------------------------
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool is not installed (.ci/run takes it from Debian's prometheus package)",
+)
+
+
+def promtool_check(text: str) -> tuple[int, str]:
+    """Return promtool check metrics' exit status and what it said of ``text``."""
+    assert PROMTOOL is not None
+    done = subprocess.run(
+        [PROMTOOL, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+class _Families:
+    """A collector yielding fixed families (the follow's, for promtool to read)."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._families
+
+
+def follow_text(entries: Iterable[tuple[Any, ...]]) -> str:
+    """The follow's metrics as prometheus-client writes them, a sample in each."""
+    families: list[Any] = []
+    for entry in entries:
+        name, kind, text = entry[0], entry[1], entry[2]
+        labels = list(entry[3]) if len(entry) > 3 else []
+        if kind == "histogram":
+            buckets = [("0.001", 1.0), ("0.01", 3.0), ("+Inf", 4.0)]
+            families.append(HistogramMetricFamily(name, text, buckets=buckets, sum_value=0.05))
+            continue
+        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, text, labels=labels
+        )
+        if labels:
+            for values in itertools.product(
+                *(FOLLOW_LABEL_VALUES.get(label, ("x",)) for label in labels)
+            ):
+                family.add_metric(list(values), 1.0)
+        else:
+            family.add_metric([], 1.0)
+        families.append(family)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry).decode()
+
+
+@needs_promtool
+def test_promtool_finds_nothing_amiss_in_the_names(scrapes: Scrapes) -> None:
+    for who, text in (
+        ("server", scrapes.server),
+        ("proxy", scrapes.proxy),
+        ("follow", follow_text(follow_spec())),
+    ):
+        status, said = promtool_check(text)
+        assert (status, said) == (0, ""), f"promtool check metrics on the {who}'s:\n{said}"
+
+
+@needs_promtool
+def test_promtool_does_flag_a_bad_name() -> None:
+    # The check above is worth something only if promtool reads what it is given.
+    status, said = promtool_check(
+        "# HELP packetcore_things Things.\n# TYPE packetcore_things counter\npacketcore_things 1\n"
+    )
+    assert status != 0 and 'should have "_total" suffix' in said, said
