@@ -121,6 +121,23 @@ def test_synthetic_blocks_are_regenerated_identically() -> None:
     assert encode(packets) == first
 
 
+@pytest.mark.parametrize("steps", [0, 1, 3, 100])
+def test_a_block_built_ahead_step_by_step_is_the_block_made_at_once(steps: int) -> None:
+    # The publisher builds the next block a column at each wake-up; wanted before it is
+    # done (a resend, a catch-up), the rest is built at once.  Either way, the same bytes.
+    at_once, ahead = (
+        LiveFeed(1.0, seed=11, until=3 * BLOCK + 7),
+        LiveFeed(1.0, seed=11, until=3 * BLOCK + 7),
+    )
+    for row in (0, BLOCK, 2 * BLOCK + 1, 3 * BLOCK):  # the last: nothing after it to build
+        for _ in range(steps):
+            ahead.prepare(row)
+        number = row // BLOCK + 1
+        span = (number * BLOCK, min((number + 1) * BLOCK, 3 * BLOCK + 7))
+        assert bytes(ahead.rows(*span)) == bytes(at_once.rows(*span))
+    assert decode(bytes(ahead.rows(0, 3 * BLOCK + 7))).sequence[-1] == 3 * BLOCK + 7
+
+
 def test_a_feed_with_an_end_publishes_what_the_endless_feed_does() -> None:
     # The same seed, the same packets: the last block of a feed that ends (cut short)
     # holds what the endless feed's holds there.

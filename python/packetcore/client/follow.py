@@ -71,6 +71,8 @@ MAX_COPIES = 64
 #: again from the first sequence still needed once they caught up halfway, so memory
 #: stays bounded and nothing is lost.
 WINDOW = 1 << 20
+#: Batches handed on whose latencies wait to be counted (else: every POLL) at most.
+_COUNT_BATCHES = 64
 Events = Callable[[dict[str, Any]], None]
 
 #: What a follow tells an ``events`` callback, each a dict with ``event`` naming it and
@@ -302,6 +304,10 @@ class _Follower:
         self._end: int | None = None
         self._first: int | None = None  # the first sequence followed, once known
         self._done = asyncio.Event()
+        #: Latencies noted and not yet counted: gaps repaired (seconds), and the
+        #: batches handed on (when, and their sequences).
+        self._repaired: list[float] = []
+        self._handed: list[tuple[float, npt.NDArray[np.int32]]] = []
         self._paused = False
         self._started = time.perf_counter()
 
@@ -438,11 +444,13 @@ class _Follower:
         stats.packets += len(batch)
         stats.delivered = int(batch.sequence[-1])
         if stats.clock is not None:
-            # From its publication by the server's clock to now, for every packet: a
-            # stall delays all those published during it, and each is counted (measured
-            # from when it was due, nothing is omitted).
-            now = time.time()
-            stats.publication.add_many(now - stats.clock.published(batch.sequence))
+            # Timed from its publication by the server's clock, every packet: a stall
+            # delays all those published during it, and each is counted (measured from
+            # when it was due, nothing is omitted).  Counted in the histogram a few
+            # batches at a time (_count_latencies): a batch is often a hundred packets.
+            self._handed.append((time.time(), batch.sequence))
+            if len(self._handed) >= _COUNT_BATCHES:
+                self._count_latencies()
         self._sink(batch)
 
     def _advance(self) -> None:
@@ -454,10 +462,10 @@ class _Follower:
             now = time.monotonic()
             filled = self.store.contiguous()
             gaps = self._gaps
-            latency = self.stats.repair
+            repaired = self._repaired
             while gaps and gaps[0].stop <= filled:
                 gap = gaps.popleft()
-                latency.add(now - gap.seen)
+                repaired.append(now - gap.seen)
                 if self._events is not None:
                     self._event_dict(gap.event(self._origin, now))
             self.stats.gaps_open = len(gaps)
@@ -472,6 +480,20 @@ class _Follower:
             self._finish("the feed ended")
         elif self.options.stop is not None and cursor > self.options.stop:
             self._finish("until reached")
+
+    def _count_latencies(self) -> None:
+        """Count the latencies noted since the last time into the stats' histograms."""
+        stats = self.stats
+        if self._repaired:
+            stats.repair.add_many(np.array(self._repaired))
+            self._repaired.clear()
+        if self._handed and stats.clock is not None:
+            handed = self._handed
+            sequences = np.concatenate([sequence for _, sequence in handed])
+            moments = np.repeat([moment for moment, _ in handed],
+                                [len(sequence) for _, sequence in handed])  # fmt: skip
+            handed.clear()
+            stats.publication.add_many(moments - stats.clock.published(sequences))
 
     def _tally(self) -> None:
         """Bring the counts the session and the store keep into the stats."""
@@ -664,6 +686,7 @@ class _Follower:
             session.advance(behind=True)
             self._note_lag()
             self._tally()
+            self._count_latencies()
             confirmed = session.copies.confirmed(self.store.cursor - 1)
             self.stats.single_copy = max(self.stats.packets - confirmed, 0)
             self.stats.seconds = time.perf_counter() - self._started
@@ -903,6 +926,7 @@ class _Follower:
                 self._forget_doubts()
                 self._resume()
                 self.session.advance()
+                self._count_latencies()
                 await asyncio.sleep(POLL)
                 continue
             link.abort()

@@ -81,36 +81,59 @@ class _Magnitude:
     """The histogram of one column's magnitudes, and the values far above it.
 
     A value's bin is its bit length and the next five bits (32 bins an octave).  The
-    histogram is drawn from a sample of each large batch (every eighth value); the test
-    of each value is one comparison with the bound the histogram gives.
+    histogram is drawn from a sample (every eighth value of a large batch, every eighth
+    small batch whole); the test of each value is one comparison with the bound the
+    histogram gives, read again from it as it grows by 1/64.
     """
 
     def __init__(self) -> None:
         self.counts = np.zeros(_NEGATIVE + 1, dtype=np.int64)
+        self._total = 0
+        self._batches = 0
+        self._bound = 0.0  # the bound, as the histogram gave it at _measured values
+        self._measured = 0
 
     def far(self, values: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
-        sample = values[::_STRIDE] if len(values) >= 32 * _STRIDE else values
+        self._batches += 1
+        if len(values) >= 32 * _STRIDE:
+            self._sample(values[::_STRIDE])
+        elif self._total < _MAGNITUDE_WARMUP or self._batches % _STRIDE == 0:
+            # Small batches (a follow's, a hundred packets each at a high rate): every
+            # eighth is sampled whole, as every eighth value of a large one.
+            self._sample(values)
+        total = self._total
+        if total < _MAGNITUDE_WARMUP:
+            return np.zeros(len(values), dtype=bool)
+        if total - self._measured >= max(_MAGNITUDE_WARMUP, self._measured // 64):
+            # The bound moves as the histogram does, slowly: it is read again once the
+            # values grew by 1/64 (a follow hands on small batches at a high rate).
+            self._bound = self._read_bound()
+            self._measured = total
+        bound = self._bound
+        far: npt.NDArray[np.bool_] = values >= bound
+        if self.counts[_NEGATIVE] * 100 < total:
+            far |= values < 0
+        return far
+
+    def _sample(self, sample: npt.NDArray[np.int32]) -> None:
+        """Count ``sample`` into the histogram."""
         mantissa, exponent = np.frexp(sample.astype(np.float64))
         # mantissa in [0.5, 1) (0 for 0): its first five bits below the leading one.
         bins = exponent * _SUBBINS + ((mantissa * 2 - 1) * _SUBBINS).astype(np.int64)
         bins[sample <= 0] = 0
         bins[sample < 0] = _NEGATIVE
-        counts = self.counts
-        counts += np.bincount(bins, minlength=_NEGATIVE + 1)
-        total = int(counts.sum())
-        if total < _MAGNITUDE_WARMUP:
-            return np.zeros(len(values), dtype=bool)
-        # The bin that 99 % of the values do not exceed (negatives aside), and its
-        # lower edge: the 99th percentile, rounded down to 1/32 octave.
-        below = np.cumsum(counts[:_NEGATIVE])
+        np.add.at(self.counts, bins, 1)
+        self._total += len(bins)
+
+    def _read_bound(self) -> float:
+        """Return MAGNITUDE_FACTOR times the 99th percentile of the values (negatives aside)."""
+        # The bin that 99 % of the values do not exceed, and its lower edge: the 99th
+        # percentile, rounded down to 1/32 octave.
+        below = np.cumsum(self.counts[:_NEGATIVE])
         typical = int(np.searchsorted(below, 0.99 * below[-1]))
         octave, step = divmod(typical, _SUBBINS)
         percentile = (_SUBBINS + step) * 2.0 ** (octave - 1) / _SUBBINS
-        bound = min(MAGNITUDE_FACTOR * max(percentile, 1.0), 2.0**31)
-        far: npt.NDArray[np.bool_] = values >= bound
-        if counts[_NEGATIVE] * 100 < total:
-            far |= values < 0
-        return far
+        return min(MAGNITUDE_FACTOR * max(percentile, 1.0), 2.0**31)
 
 
 def _table(alphabet: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32] | None:

@@ -8,7 +8,9 @@ is chosen all publish the same packets at the same moments.  It answers the requ
 
 Without a source, the feed is synthetic and endless (or ends at ``until``): packets are
 generated in blocks of :data:`BLOCK` from ``(seed, block number)``, so an old block a
-resend asks for is generated again rather than kept.  With a source (any feed a
+resend asks for is generated again rather than kept.  The block after the one being
+published is built ahead, a column at each of the publisher's wake-ups
+(:meth:`LiveFeed.prepare`), so that no wake-up stalls for a whole block.  With a source (any feed a
 WireIndex holds, a mapped ``.bin`` included) the feed is replayed at that pace and ends
 after its last packet.
 
@@ -23,9 +25,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -60,7 +63,7 @@ log = logging.getLogger("packetcore.server")
 #: Packets generated (synthetic feed) and selected (loss masks) per block.
 BLOCK = 1 << 16
 #: Seconds between the publisher's wake-ups while anyone subscribes.
-TICK = 0.002
+TICK = 0.0005
 #: Seconds of packets a subscriber may fall behind before it is disconnected.
 DEFAULT_MAX_LAG = 2.0
 #: The smallest bound on a subscriber's unsent bytes, whatever the rate.
@@ -124,6 +127,9 @@ class LiveFeed:
         #: ``t0`` in nanoseconds since the Unix epoch (the clock frame's time).
         self.epoch_ns: int | None = None
         self._blocks: OrderedDict[int, memoryview] = OrderedDict()
+        #: The block built ahead, a step at a time: its number and its steps.
+        self._ahead: tuple[int, Generator[None, None, memoryview]] | None = None
+        self._ahead_lock = threading.Lock()
 
     def start(self, t0: float | None = None) -> None:
         """Start the clock (at ``t0``, a :func:`time.monotonic` time, or now); idempotent."""
@@ -234,6 +240,24 @@ class LiveFeed:
             return parts[0]
         return memoryview(b"".join(parts))
 
+    def prepare(self, row: int) -> None:
+        """Take one step of building the synthetic block after row ``row``'s, if not built."""
+        number = row // BLOCK + 1
+        if self.source is not None or number * BLOCK >= self.total or number in self._blocks:
+            return
+        if not self._ahead_lock.acquire(blocking=False):
+            return  # another thread steps it
+        try:
+            if self._ahead is None or self._ahead[0] != number:
+                self._ahead = (number, self._build(number))
+            try:
+                next(self._ahead[1])
+            except StopIteration as built:
+                self._ahead = None
+                self._keep(number, built.value)
+        finally:
+            self._ahead_lock.release()
+
     def _block(self, number: int) -> memoryview:
         blocks = self._blocks
         block = blocks.get(number)
@@ -242,15 +266,29 @@ class LiveFeed:
             with contextlib.suppress(KeyError):
                 blocks.move_to_end(number)
             return block
-        block = memoryview(self._generate(number))
+        with self._ahead_lock:
+            ahead, steps = self._ahead or (None, None)
+            if ahead == number and steps is not None:
+                self._ahead = None  # wanted now: its remaining steps at once
+                data = _finish(steps)
+            else:
+                data = self._generate(number)
+        self._keep(number, data)
+        return data
+
+    def _keep(self, number: int, block: memoryview) -> None:
+        blocks = self._blocks
         blocks[number] = block
         while len(blocks) > _CACHED_BLOCKS:
             with contextlib.suppress(KeyError):
                 blocks.popitem(last=False)
-        return block
 
-    def _generate(self, number: int) -> bytes:
+    def _generate(self, number: int) -> memoryview:
         """Return the wire bytes of synthetic block ``number``, drawn from (seed, number)."""
+        return _finish(self._build(number))
+
+    def _build(self, number: int) -> Generator[None, None, memoryview]:
+        """Build synthetic block ``number`` a column a step; return its wire bytes (uncopied)."""
         lo = number * BLOCK
         # Every block is drawn whole, the last of a feed with an end too, then cut: the
         # same seed publishes the same packets whether the feed ends or not.
@@ -258,17 +296,32 @@ class LiveFeed:
         rng = self.streams.for_(Kind.FEED_BLOCKS, number)
         records = np.empty(size, dtype=_WIRE)
         # Whole columns, as feeds.synthetic draws them: no Python work per packet.
-        records["symbol"] = _SYMBOL_ARRAY[rng.integers(0, len(SYMBOLS), size, dtype=np.uint8)]
+        symbols = rng.integers(0, len(SYMBOLS), size, dtype=np.uint8)
+        yield
+        records["symbol"] = _SYMBOL_ARRAY[symbols]
+        yield
         records["side"] = _SIDE_ARRAY[rng.integers(0, 2, size, dtype=np.int8)]
+        yield
         records["quantity"] = rng.integers(1, 10_000, size, dtype=np.int32, endpoint=True)
         records["price"] = rng.integers(1, 1_000_000, size, dtype=np.int32, endpoint=True)
+        yield
         start = self.first + lo
         records["sequence"] = np.arange(start, start + size, dtype=np.int64)
-        return records[: min(BLOCK, self.total - lo)].tobytes()
+        return records[: min(BLOCK, self.total - lo)].view(np.uint8).data
 
     def __repr__(self) -> str:
         what = "synthetic" if self.source is None else "replay"
         return f"<LiveFeed {what} at {self.rate:g}/s, {self.first}..{self.final}>"
+
+
+def _finish(steps: Generator[None, None, memoryview]) -> memoryview:
+    """Run the remaining ``steps`` of a block's building; return its bytes."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as built:
+            block: memoryview = built.value
+            return block
 
 
 class Subscription:
@@ -454,6 +507,7 @@ class Publisher:
         self._timer = None
         feed = self.feed
         published = feed.published_rows()
+        feed.prepare(published)
         shared: dict[tuple[int, int], memoryview] = {}
         order = list(self._subscriptions)
         self._unsent = sum(subscription.unsent for subscription in order)
