@@ -44,6 +44,7 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # no ty
 from ..errors import FetchError
 from ..packets import Packets
 from ..protocol import FeedInfo, range_requests, subscribe_request
+from .journal import Events
 from .ranges import coalesce
 from .session import FetchOptions, Link, Progress, Session, Sink
 from .settle import settle
@@ -98,8 +99,6 @@ class _Latencies:
             return 0.0
         return min(float(self._histogram.get_value_at_percentile(q)) / 1e6, self.max)
 
-
-Events = Callable[[dict[str, Any]], None]
 
 #: What a follow tells an ``events`` callback, each a dict with ``event`` naming it and
 #: times in seconds since the follow started:
