@@ -101,14 +101,6 @@ def test_an_events_file_that_cannot_be_is_one_line(
     assert not (tmp_path / "out.bin").exists() and not (tmp_path / "link").exists()
 
 
-def test_events_apply_to_a_follow_only(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "packetcore", "fetch", "--port", "1", "--events", "e.ndjson"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2 and "--events applies to --follow" in done.stderr
-
-
 def test_a_full_disk_ends_the_follow_with_what_it_handed_on(tmp_path: Path) -> None:
     with ServeProcess("--live", "20000", "--drop", "0.05", "--seed", "9") as server:
         done = follow("--port", str(server.port), "--until", "4000", "--events", "/dev/full",

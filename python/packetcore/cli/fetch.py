@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..client.session import FetchOptions, Progress
     from ..io.sink import Output
     from ..packets import Packets
+    from .events import EventsFile
 
 __all__ = ["EXIT_INCOMPLETE", "EXIT_STRICT", "build_parser", "fetch_into", "main"]
 
@@ -121,9 +122,9 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "--events",
         default=None,
         metavar="FILE",
-        help="with --follow: write each gap (first, last, seen, asked, repaired, how), "
-        "reconnect and slow-down to FILE as it happens, one JSON object a line "
-        "('-': stderr)",
+        help="write each gap (first, last, seen, asked, repaired, how), repair round, "
+        "stream-all pass, reconnect (and with --follow, slow-down) and the end to FILE as "
+        "it happens, one JSON object a line ('-': stderr)",
     )
     add_metrics(parser, "; with --follow: the follow's packets, gaps, repairs, lag and latencies")
     add(
@@ -262,13 +263,11 @@ def _fetch(args: argparse.Namespace, started: float) -> int:
         finally:
             if metrics is not None:
                 metrics.stop()  # bound before the follow, whatever ended it
-    if args.events is not None:
-        raise UserError("--events applies to --follow", EXIT_USAGE)
     if args.metrics_port is not None or args.metrics_host is not None:
         raise UserError("--metrics-port and --metrics-host apply to --follow", EXIT_USAGE)
     return fetch_into(options, args.output, args.format, strict=args.strict,
                       verbosity=args.verbosity, started=started,
-                      progress=args.progress)  # fmt: skip
+                      progress=args.progress, events=args.events)  # fmt: skip
 
 
 def fetch_into(
@@ -280,25 +279,39 @@ def fetch_into(
     verbosity: int = 0,
     started: float | None = None,
     progress: float | None = None,
+    events: str | None = None,
 ) -> int:
     """Fetch into ``output``, print the summary; return the exit status (or raise UserError).
 
     A stop signal gives the fetch up (see :mod:`packetcore.cli.signals`): the output is
     left as it was, 130 / 143; once the output is in place, signals are ignored.
 
-    ``progress``: a status line every so many seconds where stderr is no terminal.
+    ``progress``: a status line every so many seconds where stderr is no terminal;
+    ``events``: a file (``-``: stderr) to write each event of the fetch to as it
+    happens, one JSON object a line.  A file that cannot be written fails the fetch
+    (exit 1, the output left as it was), as an output that cannot be does.
     """
     from ..io.output import STDOUT
+    from .events import EventsFile, refuse_events_on_the_output
 
     if started is None:
         started = time.perf_counter()
+    if events is not None:
+        refuse_events_on_the_output(events, output)
     out = open_output(output, form)  # checks what can be checked before fetching
+    try:
+        journal = EventsFile(events) if events is not None else None
+    except BaseException:
+        out.abort()
+        raise
     import asyncio
 
     try:
         with progress_bar(verbosity, progress) as report:
             with signals.in_loop():
-                result = asyncio.run(_run(options, out, report))
+                result = asyncio.run(_run(options, out, report, journal))
+            if journal is not None and (failure := journal.close()) is not None:
+                raise UserError(failure)
             if result is None:  # the reader of stdout left (`| head`): a normal end
                 return _reader_left(out, verbosity)
             conflicting, invalid, corrupted = result.untrusted
@@ -331,9 +344,13 @@ def fetch_into(
                 where = out.place(result.complete)
     except KeyboardInterrupt as exc:
         out.abort()
+        if journal is not None:
+            journal.close()
         raise given_up(exc, output) from None
     except BaseException:
         out.abort()
+        if journal is not None:
+            journal.close()
         raise
     if verbosity >= 0:
         # The path as the user gave it; through a link, where the file really went.
@@ -356,7 +373,9 @@ def _reader_left(out: Output, verbosity: int) -> int:
     return 0
 
 
-async def _run(options: FetchOptions, out: Output, progress: Progress | None) -> FetchResult | None:
+async def _run(
+    options: FetchOptions, out: Output, progress: Progress | None, events: EventsFile | None
+) -> FetchResult | None:
     """Fetch into ``out``; return the result, or None if the reader of stdout left."""
     import asyncio
 
@@ -373,6 +392,8 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
         loop.call_soon_threadsafe(failed, reason)  # from the writer thread
 
     out.on_failure(on_failure)
+    if events is not None:
+        events.on_failure = on_failure  # a failing events file stops the fetch too
 
     def put(batch: Packets) -> None:
         # A failed output stops the fetch (on_failure, through `stopped`): what comes
@@ -386,7 +407,7 @@ async def _run(options: FetchOptions, out: Output, progress: Progress | None) ->
         try:
             result = await run_fetch(
                 options, put, progress, stopped=stopped,
-                flowing=lambda: out.backlog < _BACKLOG,
+                flowing=lambda: out.backlog < _BACKLOG, events=events,
             )  # fmt: skip
         except FetchError as exc:
             raise UserError(str(exc)) from exc

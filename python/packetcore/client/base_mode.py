@@ -35,9 +35,14 @@ buffer among all its connections, so concurrent requests could corrupt each othe
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
+import numpy as np
+import numpy.typing as npt
+
+from ..engine import PacketStore
 from ..errors import FetchError
 from ..packets import Packets
 from ..protocol import BASE_RESEND_MAX, resend_request, stream_all_request
@@ -76,11 +81,28 @@ class _Passes:
     def __init__(self) -> None:
         self.counts: list[int] = []
         self.highs: list[int] = []
+        #: The highest sequence of every pass that brought packets, clean or cut short.
+        self.reached: list[int] = []
         self.current: Link | None = None
 
     def end(self) -> int:
         """Return the inferred end: what two clean passes reached (see the module doc)."""
         return _second_highest(self.highs)
+
+    def known(self, store: PacketStore) -> tuple[npt.NDArray[np.int64], int]:
+        """Return the gaps the passes have shown (the store's runs), and below what.
+
+        Below what two passes reached; after one pass, below its highest sequence but
+        for the run right under it: a corrupted sequence in a pass's last packet (which
+        nothing after it shows out of order) would make that run a gap of the feed.
+        """
+        reach = _second_highest(self.reached)
+        if not reach:
+            return np.empty((0, 2), dtype=np.int64), 0
+        missing = store.missing_ranges(reach)
+        if len(self.reached) < 2 and len(missing) and missing[-1, 0] + missing[-1, 1] == reach:
+            return missing[:-1], int(missing[-1, 0])
+        return missing, reach
 
     def ceiling(self) -> int | None:
         """Return how far the output's prefix may go: what two passes have reached.
@@ -110,6 +132,7 @@ async def recover_base(session: Session, link: Link | None, outcome: Outcome) ->
 async def _recover(session: Session, link: Link | None, outcome: Outcome, passes: _Passes) -> bool:
     options = session.options
     store = session.store
+    journal = session.journal
     retry = options.retry()
     resends_answered = True
     while True:
@@ -128,13 +151,17 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
                 # extended one answers it first (answers come in request order).
                 link.hello(late=True)
         link.ask(stream_all_request(), repeats=len if len(store) else None)
+        journal.asking()
         passes.current = link
         state = await link.wait_closed(options.timeout)
         passes.current = None
         link.close()
         outcome.count_pass()
+        clean = state == "done" and link.clean_end
+        journal.passed(outcome.passes, link.packets, link.new, link.highest, clean)
         if link.packets:
             session.pass_ends[link.last_sequence] += 1
+            passes.reached.append(link.highest)
         if session.info is not None:
             return True
         if state == "done" and link.clean_end and not link.packets and not session.received:
@@ -147,7 +174,7 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
                     f"without answering, {retry.failures} times in a row"
                 )
             await retry.pause()
-        elif state == "done" and link.clean_end:
+        elif clean:
             passes.counts.append(link.packets)
             passes.highs.append(link.highest)
             retry.succeeded()
@@ -162,13 +189,19 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
                     # not an incomplete feed with no gap to name.
                     raise FetchError(f"{options.host}:{options.port}: {outcome.reason}")
                 return False
+            journal.reconnect("stream", "silent" if state == "idle" else "lost")
             await retry.pause()
         link = None
+        # Only up to a sequence held and trusted, never up to a doubted one (see above).
+        bound = min(BASE_RESEND_MAX, trusted_highest(session)) if resends_answered else 0
+        missing, known = passes.known(store)
+        journal.found(missing, known, "pass", resend_to=bound)
         if resends_answered:
-            # Only up to a sequence held and trusted, never up to a doubted one (see above).
-            resendable = _missing(session, min(BASE_RESEND_MAX, trusted_highest(session)))
+            resendable = _missing(session, bound)
             if resendable:
                 outcome.count_round()
+                runs = 1 + sum(b - a > 1 for a, b in itertools.pairwise(resendable))
+                journal.round(outcome.resend_rounds, "resend", runs, len(resendable), bound)
                 resends_answered = await _resend(session, resendable)
         if _settled(session, passes, outcome):
             return False

@@ -51,7 +51,7 @@ async def recover_extended(session: Session, stream: Link | None, outcome: Outco
     elif stream is not None:
         stream.ask(stream_all_request())
         outcome.count_pass()
-        streaming = asyncio.ensure_future(_pass(session, stream))
+        streaming = asyncio.ensure_future(_pass(session, stream, outcome.passes))
     try:
         await _repair(session, stream if streaming is not None else None, streaming, outcome)
     finally:
@@ -60,10 +60,12 @@ async def recover_extended(session: Session, stream: Link | None, outcome: Outco
             await asyncio.wait({streaming})
 
 
-async def _pass(session: Session, link: Link) -> None:
-    """Read one stream-all pass on ``link`` to its end."""
+async def _pass(session: Session, link: Link, number: int) -> None:
+    """Read stream-all pass ``number`` on ``link`` to its end."""
     state = await link.wait_closed(session.options.timeout)
     link.close()
+    clean = state == "done" and link.clean_end
+    session.journal.passed(number, link.packets, link.new, link.highest, clean)
     if state != "done":
         log.info("the stream-all pass ended early (%s); recovering the rest", link.why())
 
@@ -77,7 +79,8 @@ async def _extra_pass(session: Session, outcome: Outcome) -> int:
         return 0
     link.ask(stream_all_request(), repeats=len)
     outcome.count_pass()
-    await _pass(session, link)
+    session.journal.asking()
+    await _pass(session, link, outcome.passes)
     return link.new
 
 
@@ -97,30 +100,38 @@ async def _repair(
 ) -> None:  # fmt: skip
     options = session.options
     store = session.store
+    journal = session.journal
     retry = options.retry()
     link: Link | None = None
     sliced = False  # whether the first round of a slice (the fetch itself) is done
+    replaced: str | None = None  # why the repair connection went, until it is replaced
     while not store.complete:
         running = streaming is not None and not streaming.done()
         # Below the stream's position, every sequence not held was dropped by it.
         frontier = stream.last_sequence + 1 if running and stream is not None else None
         session.arrived.clear()
         missing = store.missing_ranges(frontier)
+        # A slice is fetched by range requests only: its first round is the fetch, not
+        # a recovery (its packets are not counted as recovered by resend), and it goes
+        # on a connection of its own.
+        fetching = stream is None and options.sliced and not sliced
+        if not fetching:
+            known = frontier if frontier is not None else (store.last or 0) + 1
+            journal.found(missing, known, "range")
         if not len(missing):
             if running and streaming is not None:
                 await _progress(session, streaming)
                 continue
             break  # pragma: no cover - complete, or nothing left that can be asked for
-        # A slice is fetched by range requests only: its first round is the fetch, not
-        # a recovery (its packets are not counted as recovered by resend), and it goes
-        # on a connection of its own.
-        fetching = stream is None and options.sliced and not sliced
         if link is None:
             try:
                 link = await session.open_link(recovering=not fetching)
             except FetchError as exc:
                 outcome.stop(str(exc))
                 break
+            if replaced is not None:
+                journal.reconnect("repair", replaced)
+                replaced = None
         last = store.last if store.last is not None else store.first
         ranges = _join(missing)
         link.ask(
@@ -133,6 +144,7 @@ async def _repair(
         before = link.new
         if not fetching:
             outcome.count_round()
+            journal.round(outcome.resend_rounds, "range", len(ranges), int(ranges[:, 1].sum()))
         with session.limited(_behind(link, ranges)):
             state = await link.wait_info(due, options.timeout)
         session.advance()
@@ -145,6 +157,7 @@ async def _repair(
         if state != "done":
             link.abort()
             link = None
+            replaced = "silent" if state == "idle" else "lost"
         elif fetching:
             sliced = True
             link.close()  # the next round, if any, recovers on a connection of its own

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import FetchError
 from ..packets import Packets
 from . import base_mode, extended
+from .journal import Events, Journal
 from .outcome import Mode, Outcome
 from .ranges import format_ranges, inclusive, merge
 from .session import FetchOptions, Link, Progress, Session
@@ -76,6 +77,9 @@ class FetchResult:
     #: Packets of the output that rest on one copy only: no second copy confirmed
     #: them (see :mod:`packetcore.client.judge` for what a single copy is judged by).
     single_copy: int = 0
+    #: Gaps found: runs of sequences the passes left missing, each counted once however
+    #: many rounds asked for it (see :mod:`packetcore.client.journal`).
+    gaps: int = 0
 
     @property
     def snapshot(self) -> bool:
@@ -108,6 +112,7 @@ class FetchResult:
     def summary(self, output: str | None = None, seconds: float | None = None) -> str:
         """Return the one-line account of the fetch (``seconds``: the wall time to quote)."""
         passes = f"{self.passes} pass" + ("" if self.passes == 1 else "es")
+        rounds = f"{self.resend_rounds} repair round" + ("" if self.resend_rounds == 1 else "s")
         parts = [
             f"{self.count} packets ({self.recovered} recovered by resend, "
             f"{self.single_copy} on one copy only)",
@@ -118,7 +123,8 @@ class FetchResult:
             parts.append(f"{self.invalid} invalid")
         if self.corrupt:
             parts.append(f"{self.corrupt} corrupted left out")
-        parts += [passes, f"{self.seconds if seconds is None else seconds:.2f} s"]
+        parts += [f"{self.gaps} gap" + ("" if self.gaps == 1 else "s"), passes, rounds,
+                  f"{self.seconds if seconds is None else seconds:.2f} s"]  # fmt: skip
         line = ", ".join(parts)
         if output is not None:
             line += f" -> {output}"
@@ -138,6 +144,7 @@ async def fetch_async(
     *,
     progress: Progress | None = None,
     strict: bool = False,
+    events: Events | None = None,
     **options: Any,
 ) -> FetchResult:
     """Fetch the feed from ``host:port`` and recover every missing packet.
@@ -147,7 +154,10 @@ async def fetch_async(
     ``stop``, ...), which holds their defaults.  ``progress`` is called with
     ``(packets in order so far, packets expected or None)``.  ``strict``, as the
     command's ``--strict``: raise :class:`FetchError` if the server sent conflicting,
-    invalid or corrupted packets (:attr:`FetchResult.untrusted`).
+    invalid or corrupted packets (:attr:`FetchResult.untrusted`).  ``events`` is called
+    with each gap, repair round, pass, reconnect and the end as they happen
+    (:data:`~packetcore.client.journal.EVENTS`), on the event loop: it must not block;
+    one that raises ends the fetch with a :class:`FetchError` that says so.
 
     Raise :class:`FetchError` if no packet could be fetched at all (no server, or
     ``protocol="extended"`` against one without the extension); any other shortfall
@@ -155,7 +165,7 @@ async def fetch_async(
     """
     settings = FetchOptions(host=host, port=port, **options)
     batches: list[Packets] = []
-    result = await run_fetch(settings, batches.append, progress)
+    result = await run_fetch(settings, batches.append, progress, events=events)
     if strict and any(result.untrusted):
         conflicting, invalid, corrupted = result.untrusted
         raise FetchError(
@@ -171,6 +181,7 @@ def fetch(
     *,
     progress: Progress | None = None,
     strict: bool = False,
+    events: Events | None = None,
     **options: Any,
 ) -> FetchResult:
     """Fetch the feed from ``host:port`` (see :func:`fetch_async`), in a new event loop.
@@ -179,7 +190,9 @@ def fetch(
     :func:`fetch_async` instead.
     """
     _no_running_loop("packetcore.fetch()", "await packetcore.fetch_async(...)")
-    return asyncio.run(fetch_async(host, port, progress=progress, strict=strict, **options))
+    return asyncio.run(
+        fetch_async(host, port, progress=progress, strict=strict, events=events, **options)
+    )
 
 
 def _no_running_loop(call: str, instead: str) -> None:
@@ -201,13 +214,16 @@ async def run_fetch(
     *,
     stopped: asyncio.Future[str] | None = None,
     flowing: Callable[[], bool] | None = None,
+    events: Events | None = None,
 ) -> FetchResult:
     """Fetch with ``options``, passing the packets to ``sink`` in sequence order.
 
     ``sink`` gets the settled prefix as it grows, then, if the fetch ends incomplete,
     every other packet held (gaps and all).  If ``stopped`` completes (with a reason)
     the fetch stops there and ends as incomplete.  While ``flowing()`` is false the
-    prefix stays in the store (the output is behind).
+    prefix stays in the store (the output is behind).  ``events`` is called with each
+    event of the fetch as it happens (:data:`~packetcore.client.journal.EVENTS`), on the
+    event loop; one that raises ends the fetch with a :class:`FetchError` saying so.
     """
     started = time.perf_counter()
 
@@ -216,8 +232,21 @@ async def run_fetch(
 
     session = Session(options, sink, progress, flowing=flowing)
     outcome = Outcome("base" if options.protocol == "base" else "extended")
+    waits: set[asyncio.Future[Any]] = set()
+    halted: asyncio.Future[str] | None = None
+    if events is not None:
+        halted = asyncio.get_running_loop().create_future()
+        waits.add(halted)
+
+        def halt(reason: str) -> None:
+            if halted is not None and not halted.done():
+                halted.set_result(reason)
+
+        session.journal = Journal(session.store, events, on_error=halt)
+        session.on_new = session.journal.check
+    journal = session.journal
     recovery = asyncio.ensure_future(_recover(session, outcome))
-    waits: set[asyncio.Future[Any]] = {recovery}
+    waits.add(recovery)
     if stopped is not None:
         waits.add(stopped)
     try:
@@ -230,6 +259,8 @@ async def run_fetch(
         else:
             recovery.cancel()
             await asyncio.wait({recovery})
+            if halted is not None and halted in done:
+                raise FetchError(halted.result())
             if stopped is not None and stopped in done:
                 outcome.stop(stopped.result())
             else:
@@ -239,6 +270,9 @@ async def run_fetch(
                 raise FetchError(
                     f"{options.host}:{options.port}: {outcome.reason} before any packet came"
                 )
+    except FetchError as exc:
+        _failed(session, outcome, exc)
+        raise
     finally:
         if not recovery.done():
             recovery.cancel()
@@ -247,7 +281,28 @@ async def run_fetch(
     give_up_at = None
     if options.deadline is not None:
         give_up_at = time.monotonic() + max(options.deadline - elapsed(), 0.0) + DEADLINE_GRACE
-    return await _finish(session, outcome, started, give_up_at)
+    journal.close()  # before the end's flush passes the gaps left open
+    try:
+        result = await _finish(session, outcome, started, give_up_at)
+    except FetchError as exc:
+        _failed(session, outcome, exc)
+        raise
+    journal.end(reason=result.reason or "complete", complete=result.complete,
+                mode=result.mode, packets=result.count, last=result.last,
+                rounds=result.resend_rounds, passes=result.passes)  # fmt: skip
+    if journal.error is not None:
+        raise FetchError(journal.error)
+    return result
+
+
+def _failed(session: Session, outcome: Outcome, exc: FetchError) -> None:
+    """Tell the end of a fetch that failed (if events are told)."""
+    journal = session.journal
+    if journal.telling:
+        journal.close()
+        journal.end(reason=str(exc), complete=False, mode=outcome.mode,
+                    packets=session.written, last=None, rounds=outcome.resend_rounds,
+                    passes=outcome.passes)  # fmt: skip
 
 
 async def _recover(session: Session, outcome: Outcome) -> None:
@@ -375,4 +430,5 @@ async def _finish(
         published=session.published,
         announced=session.info.last if session.info is not None else None,
         single_copy=max(session.written - session.copies.confirmed(end), 0),
+        gaps=session.journal.gaps,
     )

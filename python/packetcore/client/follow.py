@@ -43,6 +43,7 @@ import numpy.typing as npt
 from ..errors import FetchError
 from ..packets import Packets
 from ..protocol import FeedClock, FeedInfo, range_requests, subscribe_request
+from .journal import Events
 from .latency import Latencies
 from .ranges import coalesce
 from .session import FetchOptions, Link, Progress, Session, Sink
@@ -73,7 +74,6 @@ MAX_COPIES = 64
 WINDOW = 1 << 20
 #: Batches handed on whose latencies wait to be counted (else: every POLL) at most.
 _COUNT_BATCHES = 64
-Events = Callable[[dict[str, Any]], None]
 
 #: What a follow tells an ``events`` callback, each a dict with ``event`` naming it and
 #: times in seconds since the follow started:

@@ -27,6 +27,7 @@ from ..engine import MAX_SEQUENCE, Decoder, PacketStore
 from ..errors import FetchError, OutputError, PacketcoreError
 from ..packets import Packets
 from ..protocol import CLOCK_SIZE, DEFAULT_PORT, FeedClock, FeedInfo, ResponseFramer, hello_request
+from .journal import Journal
 from .judge import CopyCount, Judge
 from .retry import MAX_BACKOFF, Retry
 
@@ -434,6 +435,10 @@ class Session:
         #: The highest last sequence any hello named: above the fetch's last, the feed
         #: grew while it ran (a live server).
         self.published: int | None = None
+        #: What the fetch found missing and did about it (run_fetch gives it events).
+        self.journal = Journal(self.store)
+        #: Called after a batch brought new packets (None: nothing to call, the usual).
+        self.on_new: Callable[[], None] | None = None
 
     def flowing(self) -> bool:
         """Return whether the output takes the prefix now (False: it is behind)."""
@@ -528,6 +533,8 @@ class Session:
             ):
                 self._advanced = now
                 self.advance()
+            if self.on_new is not None:
+                self.on_new()
         return new
 
     def _doubt_conflicts(self, count: int) -> None:

@@ -1,0 +1,253 @@
+"""``packetcore-fetch --events FILE``: every gap, repair round and pass of a fetch, as it happens.
+
+The gaps a fetch must name are computed here independently of the fetch and of the
+server's loss code: stream-all number N of a server seeded S drops each packet whose
+16-bit draw from ``SeedSequence(S, spawn_key=(0, N))`` (PCG64) is below ``drop * 2**16``
+(the table of streams in ``packetcore.seeds``; one chunk of draws for a feed of fewer
+than 65,536 packets).  A gap is a run of sequences a stream left missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from fakes import FlakyProxy
+from packetcore.cli.fetch import main as fetch_main
+from packetcore.client.fetch import FetchError, fetch
+from packetcore.io.feeds import synthetic
+from packetcore.server.server import Server
+
+FEED = synthetic(30_000, seed=5)
+DROP, SEED = 0.05, 21
+
+
+def dropped_by(stream: int, size: int, drop: float, seed: int) -> npt.NDArray[np.int64]:
+    """Return the sequences (1..size) stream-all number ``stream`` drops."""
+    sequence = np.random.SeedSequence(seed, spawn_key=(0, stream))
+    generator = np.random.PCG64(sequence)
+    draws = generator.random_raw((size + 3) // 4).view(np.uint16)[:size]
+    return np.flatnonzero(draws < round(drop * 65536)).astype(np.int64) + 1
+
+
+def runs(sequences: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+    """Return ascending ``sequences`` as inclusive runs ``(first, last)``."""
+    if not len(sequences):
+        return []
+    breaks = np.flatnonzero(np.diff(sequences) > 1)
+    firsts = sequences[np.concatenate(([0], breaks + 1))]
+    lasts = sequences[np.concatenate((breaks, [len(sequences) - 1]))]
+    return list(zip(firsts.tolist(), lasts.tolist(), strict=True))
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def kind(said: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in said if e["event"] == name]
+
+
+def test_the_events_name_every_gap_the_stream_left_and_its_repair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, output = tmp_path / "events.ndjson", tmp_path / "out.bin"
+    with Server(FEED, host="127.0.0.1", port=0, drop=DROP, seed=SEED) as server:
+        status = fetch_main(["--port", str(server.port), "--events", str(path), "-o", str(output)])
+        quiet = fetch("127.0.0.1", server.port)  # stream-all number 1, no events
+    err = capsys.readouterr().err
+    assert status == 0, err
+    dropped = dropped_by(0, len(FEED), DROP, SEED)
+    expected = runs(dropped)
+    assert len(expected) > 500, "the seeded loss left few gaps: the test proves little"
+
+    said = read_events(path)
+    gaps = kind(said, "gap")
+    assert sorted((g["first"], g["last"]) for g in gaps) == expected  # each, and only them
+    for gap in gaps:  # each asked for by ranges, and repaired after it was seen and asked
+        assert gap["how"] == "range"
+        assert gap["repaired"] is not None
+        assert 0 <= gap["seen"] <= gap["asked"] <= gap["repaired"]
+    assert [g["repaired"] for g in gaps] == sorted(g["repaired"] for g in gaps)
+
+    rounds = kind(said, "round")
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1)) and rounds
+    assert all(r["how"] == "range" and 1 <= r["ranges"] <= r["sequences"] for r in rounds)
+    assert sum(r["sequences"] for r in rounds) >= len(dropped)  # all asked for, some again
+    [stream] = kind(said, "pass")
+    kept = np.setdiff1d(np.arange(1, len(FEED) + 1), dropped)
+    assert (stream["pass"], stream["packets"], stream["highest"], stream["clean"]) == (
+        1, len(kept), int(kept[-1]), True,
+    )  # fmt: skip
+
+    end = said[-1]
+    assert end["event"] == "end" and end["complete"] and end["reason"] == "complete"
+    assert (end["packets"], end["last"], end["mode"]) == (len(FEED), len(FEED), "extended")
+    assert (end["gaps"], end["rounds"], end["passes"]) == (len(expected), len(rounds), 1)
+    # The summary counts the same gaps and rounds.
+    summary = err.strip().splitlines()[-1]
+    rounds_said = f"{len(rounds)} repair round" + ("" if len(rounds) == 1 else "s")
+    assert f", {len(expected)} gaps, 1 pass, {rounds_said}, " in summary, summary
+    # Without events, the count is the same: the gaps of stream-all number 1.
+    assert quiet.complete and quiet.gaps == len(runs(dropped_by(1, len(FEED), DROP, SEED)))
+
+
+def test_a_base_server_gives_a_line_per_pass_and_its_gaps() -> None:
+    size, drop, seed = 2_000, 0.2, 4
+    feed = synthetic(size, seed=6)
+    said: list[dict[str, Any]] = []
+    with Server(feed, host="127.0.0.1", port=0, drop=drop, seed=seed) as server:
+        result = fetch("127.0.0.1", server.port, protocol="base", events=said.append)
+    assert result.complete and result.mode == "base" and result.passes >= 2
+
+    passes = kind(said, "pass")
+    assert [p["pass"] for p in passes] == list(range(1, result.passes + 1))
+    for done in passes:  # pass N is the server's stream-all number N - 1
+        kept = np.setdiff1d(np.arange(1, size + 1), dropped_by(done["pass"] - 1, size, drop, seed))
+        assert (done["packets"], done["highest"], done["clean"]) == (len(kept), int(kept[-1]), True)
+
+    # The gaps after the first pass: the runs it dropped below its highest sequence, but
+    # the run right under it (a pass's last packet is not trusted alone).
+    dropped = dropped_by(0, size, drop, seed)
+    highest = passes[0]["highest"]
+    expected = runs(dropped[dropped < highest])
+    if expected and expected[-1][1] == highest - 1:
+        expected.pop()
+    gaps = kind(said, "gap")
+    first = [(g["first"], g["last"]) for g in gaps if g["seen"] < passes[1]["at"]]
+    assert sorted(first) == expected and len(expected) > 100
+    named = sorted((g["first"], g["last"]) for g in gaps)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(named))  # each found once
+    # Every gap, found after any pass, is of packets the first pass dropped.
+    assert {s for a, b in named for s in range(a, b + 1)} <= set(dropped.tolist())
+    for gap in gaps:  # resent up to 127 (the reference's limit), left to passes above
+        assert gap["how"] == ("resend" if gap["last"] <= 127 else "pass")
+        assert gap["repaired"] is not None and gap["seen"] <= gap["asked"] <= gap["repaired"]
+        if gap["how"] == "resend":  # repaired as the resends came, before the next pass
+            assert gap["repaired"] < passes[1]["at"]
+    resent = kind(said, "round")[0]
+    assert (resent["round"], resent["how"]) == (1, "resend")
+    assert resent["sequences"] == int((dropped <= 127).sum())
+    assert resent["ranges"] == len(runs(dropped[dropped <= 127]))
+
+    end = said[-1]
+    assert end["event"] == "end" and end["complete"] and end["mode"] == "base"
+    assert end["passes"] == result.passes and end["gaps"] == len(gaps) == result.gaps
+
+
+def test_the_events_go_to_stderr_with_a_dash(tmp_path: Path) -> None:
+    with Server(synthetic(5_000, seed=1), host="127.0.0.1", port=0, drop=0.1, seed=2) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "packetcore", "fetch", "--port", str(server.port),
+             "--events", "-", "-o", "out.bin"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    said = [json.loads(line) for line in lines if line.startswith("{")]
+    gaps = kind(said, "gap")
+    assert gaps and said[-1]["event"] == "end" and said[-1]["gaps"] == len(gaps)
+    # Every event is written before the summary, the last line.
+    assert lines[-1].startswith("5000 packets (") and f", {len(gaps)} gaps, " in lines[-1]
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["--events", "out.bin", "-o", "out.bin"], "--events out.bin is where the output goes"),
+     (["--events", "./out.bin.partial", "-o", "out.bin"], "--events ./out.bin.partial is where"),
+     (["--events", "link", "-o", "out.bin"], "--events link is where the output goes"),
+     (["--events", "/dev/stdout", "-o", "-"], "--events /dev/stdout is stdout")],
+)  # fmt: skip
+def test_an_events_file_on_the_output_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+    args: list[str], words: str,
+) -> None:  # fmt: skip
+    # With capfd, stdout (fd 1) is a file: /dev/stdout is that file.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to("out.bin")  # the output, not there yet
+    assert fetch_main(["--port", "1", *args]) == 2
+    err = capfd.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out.bin").exists() and not (tmp_path / "link").exists()
+
+
+def test_an_events_file_that_cannot_be_written_fails_the_fetch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out.json"
+    output.write_text("before\n")
+    with Server(host="127.0.0.1", port=0, seed=1) as server:
+        status = fetch_main(
+            ["--port", str(server.port), "--events", "/dev/full", "-o", str(output)]
+        )
+    err = capsys.readouterr().err
+    assert status == 1 and "cannot write the events file /dev/full: No space left" in err, err
+    assert output.read_text() == "before\n" and "Traceback" not in err
+
+
+@pytest.mark.parametrize("raising", ["gap", "round", "pass", "end"])
+def test_an_events_callback_that_raises_ends_the_fetch_saying_so(raising: str) -> None:
+    seen: list[str] = []
+
+    def boom(event: dict[str, Any]) -> None:
+        seen.append(event["event"])
+        if event["event"] == raising:
+            raise RuntimeError("callback boom")
+
+    with (
+        Server(synthetic(5_000, seed=1), host="127.0.0.1", port=0, drop=0.1, seed=2) as server,
+        pytest.raises(FetchError, match=r"the events callback raised RuntimeError"),
+    ):
+        fetch("127.0.0.1", server.port, events=boom)
+    assert seen[-1] == raising  # nothing told after it
+
+
+@pytest.mark.parametrize("protocol", ["extended", "base"])
+def test_a_stream_cut_short_is_told(protocol: str) -> None:
+    # The proxy resets the first connection (the first stream) 5,000 packets in, and
+    # refuses connections for 0.3 s, as a server that died and came back would.
+    feed = synthetic(20_000, seed=2)
+    said: list[dict[str, Any]] = []
+    with (
+        Server(feed, host="127.0.0.1", port=0, drop=0.25, seed=4) as server,
+        FlakyProxy(server.port, cut_after=17 * 5000 + 16 + 5, down_for=0.3) as proxy,
+    ):
+        result = fetch(port=proxy.port, protocol=protocol, timeout=2.0, backoff=0.05,
+                       events=said.append)  # fmt: skip
+        assert proxy.cut == 1
+    assert result.complete
+    cut = kind(said, "pass")[0]
+    assert not cut["clean"] and cut["highest"] < 10_000
+    reconnects = kind(said, "reconnect")
+    if protocol == "base":  # the next pass is on a new connection
+        assert [(r["connection"], r["why"]) for r in reconnects] == [("stream", "lost")]
+        assert reconnects[0]["at"] >= cut["at"]
+    else:  # the rest of the feed comes by ranges: the stream is not replaced (the
+        # repair connection is, if the proxy's death took it too)
+        assert {r["connection"] for r in reconnects} <= {"repair"}
+        assert len(kind(said, "pass")) == 1
+        tail = max(kind(said, "gap"), key=lambda g: g["last"])
+        assert (tail["first"], tail["last"]) == (cut["highest"] + 1, 20_000)
+    assert all(g["repaired"] is not None for g in kind(said, "gap"))
+    assert said[-1]["event"] == "end" and said[-1]["reconnects"] == len(reconnects)
+
+
+def test_a_fetch_that_fails_ends_its_events_saying_why() -> None:
+    with socket.socket() as sock:  # bound and closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    said: list[dict[str, Any]] = []
+    with pytest.raises(FetchError, match="cannot connect"):
+        fetch("127.0.0.1", port, retries=0, events=said.append)
+    [end] = said
+    assert end["event"] == "end" and not end["complete"] and end["packets"] == 0
+    assert end["reason"].startswith(f"cannot connect to 127.0.0.1:{port}")
