@@ -63,7 +63,7 @@ def test_a_clock_frame_says_when_each_sequence_is_published() -> None:
      FeedClock(1, 5, 0, 0.0), FeedClock(1, 5, 0, float("nan")), FeedClock(1, 5, 0, 1.0, 0)],
 )  # fmt: skip
 def test_an_implausible_clock_frame_is_refused(clock: FeedClock) -> None:
-    with pytest.raises(ProtocolError, match="implausible clock frame"):
+    with pytest.raises(ProtocolError, match="implausible clock frame|version 0 is not"):
         decode_clock(encode_clock(clock))
 
 
@@ -311,3 +311,51 @@ def test_a_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert f"cannot serve metrics on 127.0.0.1 port {port}" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+# A clock that cannot be trusted
+
+
+@pytest.mark.parametrize(
+    ("clock", "why"),
+    [(FeedClock(1, 5, 0, 0.0), "implausible clock frame"),
+     (FeedClock(1, 5, 0, float("nan")), "implausible clock frame"),
+     (FeedClock(6, 5, 0, 1.0), "implausible clock frame"),
+     (FeedClock(1, 5, 0, 1.0, 9), "clock frame version 9 is not understood")],
+)  # fmt: skip
+def test_a_clock_frame_that_cannot_be_trusted_is_passed_over(clock: FeedClock, why: str) -> None:
+    # Its 32 bytes skipped, the packets after it whole: the follow goes on without a clock.
+    framer = ResponseFramer()
+    framer.expect()
+    framer.expect_clock()
+    stream = encode_info(FeedInfo(1, 9)) + encode_clock(clock) + _packets(1, 4)
+    items = []
+    for at in range(0, len(stream), 9):
+        items += framer.feed(stream[at : at + 9])
+    assert [item for item in items if not isinstance(item, memoryview)] == [FeedInfo(1, 9)]
+    assert b"".join(bytes(i) for i in items if isinstance(i, memoryview)) == _packets(1, 4)
+    assert framer.clock_refused is not None and why in framer.clock_refused
+
+
+def test_a_server_clock_ahead_of_ours_is_said_and_counts_as_zero(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with live(20_000.0) as server:
+        feed = server.live
+        assert feed is not None and feed.epoch_ns is not None
+        feed.epoch_ns += 3_600 * 10**9  # its clock an hour ahead of this machine's
+        start = published_edge(server.port) + 1
+        with caplog.at_level("WARNING", logger="packetcore.follow"):
+            stats, _ = follow_with_metrics(server.port, start, start + 1_000)
+    assert stats.publication.count == 1_001 and stats.publication.max == 0.0
+    warned = [r.getMessage() for r in caplog.records if "ahead of this machine" in r.getMessage()]
+    assert len(warned) == 1 and "3600" in warned[0]
+
+
+def test_a_feed_followed_long_after_its_start_is_timed_truly() -> None:
+    # Percentiles up to 2**42 microseconds (51 days), not capped at an hour.
+    from packetcore.client.latency import Latencies
+
+    latencies = Latencies()
+    latencies.add_many(np.full(10, 86_400.0 * 3))  # three days late
+    assert latencies.percentile(50) == pytest.approx(86_400.0 * 3, rel=1e-3)

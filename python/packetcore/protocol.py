@@ -195,13 +195,11 @@ def decode_clock(frame: bytes) -> FeedClock:
     magic, version, first, final, epoch_ns, rate = _CLOCK.unpack(frame)
     if magic != CLOCK_MAGIC:
         raise ProtocolError(f"bad clock frame magic {magic!r}", 0, "magic")
-    if (
-        version < 1
-        or not 1 <= first <= final <= _SEQUENCE_MAX
-        or not (math.isfinite(rate) and rate > 0)
-    ):
+    if version != CLOCK_VERSION:
+        raise ProtocolError(f"clock frame version {version} is not understood", 0, "clock")
+    if not 1 <= first <= final <= _SEQUENCE_MAX or not (math.isfinite(rate) and rate > 0):
         raise ProtocolError(
-            f"implausible clock frame: version {version}, sequences {first}..{final}, rate {rate}",
+            f"implausible clock frame: sequences {first}..{final}, rate {rate}",
             0,
             "clock",
         )
@@ -296,6 +294,9 @@ class ResponseFramer:
         self.due = 0
         self._late = False
         self._clock = False
+        #: Why a clock frame was passed over (malformed, a version not understood): the
+        #: connection goes on without a clock.
+        self.clock_refused: str | None = None
         self._passed = 0  # packet bytes passed through, to know where boundaries are
         self._held = bytearray()
 
@@ -325,7 +326,8 @@ class ResponseFramer:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Return, in order, the packet byte runs and the frames ``data`` completed.
 
-        Raise :class:`ProtocolError` for a malformed info or clock frame.
+        Raise :class:`ProtocolError` for a malformed info frame; a malformed clock frame
+        is passed over (``clock_refused`` says why).
         """
         held = self._held
         if self._late:
@@ -360,7 +362,11 @@ class ResponseFramer:
                 self._held += data
                 return []
             self._clock = False
-            out: list[Frame] = [decode_clock(data[:CLOCK_SIZE])]
+            out: list[Frame] = []
+            try:
+                out.append(decode_clock(data[:CLOCK_SIZE]))
+            except ProtocolError as exc:
+                self.clock_refused = str(exc)  # its 32 bytes are skipped all the same
             if len(data) > CLOCK_SIZE:
                 out += self._pass(memoryview(data)[CLOCK_SIZE:])
             return out

@@ -74,6 +74,9 @@ MAX_COPIES = 64
 WINDOW = 1 << 20
 #: Batches handed on whose latencies wait to be counted (else: every POLL) at most.
 _COUNT_BATCHES = 64
+#: Seconds a packet may seem handed on before its publication (the two clocks apart)
+#: before the follow says the server's clock is ahead.
+_SKEW = 0.001
 
 #: What a follow tells an ``events`` callback, each a dict with ``event`` naming it and
 #: times in seconds since the follow started:
@@ -134,9 +137,10 @@ class FollowStats:
     confirmed: on a follow, most of them; a corrupted one among them cannot be told).
 
     Two latencies, each in a :class:`~packetcore.client.latency.Latencies`: ``repair``,
-    from a gap seen to its last packet held; ``publication``, from each packet's
-    publication by the server's clock (``clock``, from a live packetcore server) to its
-    hand-on, counted for every packet handed on (none without a clock).
+    from a gap seen until it and every sequence before it are held; ``publication``,
+    from each packet's publication by the server's clock (``clock``, from a live
+    packetcore server) to its hand-on, counted for every packet handed on (none
+    without a clock).
     """
 
     packets: int = 0
@@ -307,6 +311,9 @@ class _Follower:
         #: Latencies noted and not yet counted: gaps repaired (seconds), and the
         #: batches handed on (when, and their sequences).
         self._repaired: list[float] = []
+        self._clock_seen = False  # the subscriptions' clock frame looked at
+        self._skew_told = False  # the server's clock said to be ahead
+        self._info: FeedInfo | None = None  # the first hello's answer
         self._handed: list[tuple[float, npt.NDArray[np.int32]]] = []
         self._paused = False
         self._started = time.perf_counter()
@@ -329,9 +336,8 @@ class _Follower:
         """Take a batch from the subscription: ask for the gaps it reveals, then store it."""
         if self._held:
             return  # the subscription is being closed: the next one brings these
-        if self.stats.clock is None and self._sub is not None and self._sub.clock is not None:
-            self.stats.clock = self._sub.clock
-            log.debug("the server publishes by its clock: %s", self._sub.clock)
+        if self._sub is not None and self._sub.clock is not None and not self._clock_seen:
+            self._adopt(self._sub.clock)
         now = time.monotonic()
         self._sub_last = now
         self._sub_packets += len(batch)
@@ -481,6 +487,20 @@ class _Follower:
         elif self.options.stop is not None and cursor > self.options.stop:
             self._finish("until reached")
 
+    def _adopt(self, clock: FeedClock) -> None:
+        """Time packets by ``clock`` if it agrees with the feed the hello described."""
+        self._clock_seen = True
+        info = self._info
+        if info is not None and (clock.first != info.first or clock.final < info.last):
+            log.warning(
+                "the server's clock frame (sequences %d..%d) disagrees with its hello "
+                "(%d..%d): no publication latency", clock.first, clock.final, info.first,
+                info.last,
+            )  # fmt: skip
+            return
+        self.stats.clock = clock
+        log.debug("the server publishes by its clock: %s", clock)
+
     def _count_latencies(self) -> None:
         """Count the latencies noted since the last time into the stats' histograms."""
         stats = self.stats
@@ -493,7 +513,16 @@ class _Follower:
             moments = np.repeat([moment for moment, _ in handed],
                                 [len(sequence) for _, sequence in handed])  # fmt: skip
             handed.clear()
-            stats.publication.add_many(moments - stats.clock.published(sequences))
+            latencies = moments - stats.clock.published(sequences)
+            early = float(latencies.min())
+            if early < -_SKEW and not self._skew_told:
+                self._skew_told = True
+                log.warning(
+                    "the server's clock is %.3f s ahead of this machine's (a packet handed "
+                    "on before its publication): publication latencies below 0 count as 0",
+                    -early,
+                )  # fmt: skip
+            stats.publication.add_many(latencies)
 
     def _tally(self) -> None:
         """Bring the counts the session and the store keep into the stats."""
@@ -743,7 +772,7 @@ class _Follower:
                     f"{options.host}:{options.port} {what} the extension hello: following "
                     f"needs a packetcore server"
                 )
-            info = link.infos[0]
+            info = self._info = link.infos[0]
             start = max(options.start or info.first, info.first)
             if options.stop is not None and options.stop < start:
                 raise FetchError(f"until {options.stop} lies before the first sequence {start}")
@@ -902,7 +931,10 @@ class _Follower:
                 # Every answer to what was asked before the hello came before its answer.
                 missing = self._missing(seen)
                 lowest = int(missing[0, 0]) if len(missing) else -1
-                unanswered = unanswered + 1 if lowest >= 0 and lowest == stuck else 0
+                # Unanswered only if the server says it has it: one restarted behind (its
+                # clock started again) publishes it in time, and is waited for.
+                held_there = 0 <= lowest <= last
+                unanswered = unanswered + 1 if held_there and lowest == stuck else 0
                 stuck = lowest
                 if unanswered > options.retries:
                     raise FetchError(

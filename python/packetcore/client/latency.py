@@ -20,8 +20,9 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # no ty
 
 __all__ = ["BOUNDS", "HIGHEST_US", "Latencies"]
 
-#: Microseconds counted up to an hour (above: counted as an hour), to 3 significant digits.
-HIGHEST_US = 3_600_000_000
+#: Microseconds counted up to 2**42 (about 51 days; above: counted as that), to 3
+#: significant digits: a feed followed from its start, long after, is timed truly.
+HIGHEST_US = 2**42
 _DIGITS = 3
 #: The Prometheus buckets' upper bounds, in seconds (the last bucket, +Inf, takes the rest).
 BOUNDS = (

@@ -197,7 +197,8 @@ class Link(asyncio.Protocol):
         if self.broken:
             return  # dropped already: nothing more from it is trusted
         try:
-            for item in self.framer.feed(data):
+            framer = self.framer
+            for item in framer.feed(data):
                 if isinstance(item, FeedInfo):
                     self.session.note_info(item)  # first: a frame it refuses is not counted
                     self.infos.append(item)
@@ -210,6 +211,11 @@ class Link(asyncio.Protocol):
                     self._skipped += CLOCK_SIZE
                 else:
                     self._packets(item)
+            if framer.clock_refused is not None and self.clock is None:
+                log.warning("connection %d: %s: no publication latency", self.number,
+                            framer.clock_refused)  # fmt: skip
+                framer.clock_refused = None
+                self._skipped += CLOCK_SIZE
         except Exception as exc:
             # Nothing may escape into asyncio (it would only log "Fatal error:
             # protocol.data_received() call failed" and leave the fetch waiting): a
