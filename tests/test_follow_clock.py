@@ -63,7 +63,7 @@ def test_a_clock_frame_says_when_each_sequence_is_published() -> None:
      FeedClock(1, 5, 0, 0.0), FeedClock(1, 5, 0, float("nan")), FeedClock(1, 5, 0, 1.0, 0)],
 )  # fmt: skip
 def test_an_implausible_clock_frame_is_refused(clock: FeedClock) -> None:
-    with pytest.raises(ProtocolError, match="implausible clock frame|version 0 is not"):
+    with pytest.raises(ProtocolError, match=r"implausible clock frame|version 0 is not"):
         decode_clock(encode_clock(clock))
 
 
