@@ -136,6 +136,50 @@ def test_follow_latency_at_1m_per_second(benchmark: Any) -> None:
     assert stats.publication.count == until
 
 
+@pytest.mark.benchmark(group=GROUP)
+def test_bare_subscriber_latency_at_200k(benchmark: Any) -> None:
+    """What the server's delivery alone costs: a raw socket, no follow, packets timed."""
+    import socket
+
+    from packetcore.protocol import decode_clock, decode_info, hello_request, subscribe_request
+
+    rate, seconds = 200_000, 4.0
+    server = _LiveServe(rate, 10**9, 0.0)
+    latencies: list[np.ndarray] = []
+
+    def read() -> None:
+        with socket.create_connection(("127.0.0.1", server.port)) as hello:
+            hello.sendall(hello_request())
+            last = decode_info(hello.recv(16)).last
+        with socket.create_connection(("127.0.0.1", server.port)) as sub:
+            sub.sendall(subscribe_request(last + 1, clock=True))
+            head = b""
+            while len(head) < 32:
+                head += sub.recv(32 - len(head))
+            clock = decode_clock(head)
+            pending, end = b"", time.monotonic() + seconds
+            while time.monotonic() < end:
+                data = sub.recv(1 << 20)
+                now = time.time()
+                pending += data
+                whole = len(pending) // 17
+                rows = np.frombuffer(pending, np.uint8, whole * 17).reshape(whole, 17)
+                sequences = rows[:, 13:17].copy().view(">u4").ravel().astype(np.int64)
+                pending = pending[whole * 17 :]
+                latencies.append(now - clock.published(sequences))
+
+    try:
+        benchmark.pedantic(read, rounds=1)
+    finally:
+        server.stop()
+    measured = np.concatenate(latencies) * 1e3
+    figures = {f"p{q:g}_ms": round(float(np.percentile(measured, q)), 2) for q in (50, 99, 99.9)}
+    figures["max_ms"] = round(float(measured.max()), 2)
+    benchmark.extra_info.update({"rate": rate, "packets": len(measured), **figures})
+    print(f"\nbare subscriber at 200k/s, publication to arrival: {figures}")
+    assert len(measured) > rate * seconds * 0.9
+
+
 #: The rates tried, in order, each for a couple of seconds of feed.
 RATES = (200_000, 500_000, 1_000_000, 1_500_000, 2_000_000, 2_500_000, 3_000_000, 4_000_000)
 SECONDS_EACH = 2.0
