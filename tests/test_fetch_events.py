@@ -9,11 +9,15 @@ than 65,536 packets).  A gap is a run of sequences a stream left missing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from fakes import FlakyProxy
+from packetcore.cli.events import EventsFile
 from packetcore.cli.fetch import main as fetch_main
 from packetcore.client.fetch import FetchError, fetch
 from packetcore.io.feeds import synthetic
 from packetcore.server.server import Server
+from serverutil import ServeProcess
 
 FEED = synthetic(30_000, seed=5)
 DROP, SEED = 0.05, 21
@@ -251,3 +257,111 @@ def test_a_fetch_that_fails_ends_its_events_saying_why() -> None:
     [end] = said
     assert end["event"] == "end" and not end["complete"] and end["packets"] == 0
     assert end["reason"].startswith(f"cannot connect to 127.0.0.1:{port}")
+
+
+def test_a_large_fetch_waits_for_its_events_file_rather_than_failing(tmp_path: Path) -> None:
+    # Some 375,000 gaps: more events than the backlog holds, come faster than they are
+    # written.  A file on a working disk takes them all, however slowly: the fetch
+    # waits for it, and completes.
+    size = 2_000_000
+    with ServeProcess("--feed", f"synthetic:{size}", "--drop", "0.25", "--seed", "8") as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "packetcore", "fetch", "--port", str(server.port),
+             "--events", "big.ndjson", "-o", "big.bin"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "big.bin").stat().st_size == 17 * size
+    gaps, end = 0, None
+    with open(tmp_path / "big.ndjson") as lines:
+        for line in lines:
+            if line.startswith('{"event":"gap"'):
+                gaps += 1
+            else:
+                end = json.loads(line)
+    assert end is not None and end["event"] == "end" and end["complete"], end
+    assert end["gaps"] == gaps > EventsFile.BACKLOG
+    assert f", {gaps} gaps, " in done.stderr.splitlines()[-1]
+
+
+def _events_to_a_fifo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: int, every: float
+) -> tuple[int, float, bytes]:
+    """Fetch with --events into a FIFO whose reader takes ``read`` bytes every ``every`` s.
+
+    With a backlog of 2,000 events, 256 lines a write, and a stall of 1 s.  Return the
+    status, the seconds it took and what the reader got (the rest too, once the fetch
+    ended).
+    """
+    monkeypatch.setattr(EventsFile, "BACKLOG", 2_000)
+    monkeypatch.setattr(EventsFile, "STALL_SECONDS", 1.0)
+    monkeypatch.setattr(EventsFile, "LINES", 256)
+    fifo, output = tmp_path / "events.fifo", tmp_path / "out.bin"
+    output.write_bytes(b"before")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    got = bytearray()
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(BlockingIOError):
+                got.extend(os.read(reader, read))
+
+    thread = threading.Thread(target=drain, daemon=True)
+    if read:
+        thread.start()
+    try:
+        with Server(FEED, host="127.0.0.1", port=0, drop=0.25, seed=SEED) as server:
+            began = time.monotonic()
+            status = fetch_main(
+                ["--port", str(server.port), "--events", str(fifo), "-o", str(output)]
+            )
+            took = time.monotonic() - began
+    finally:
+        stop.set()
+        if read:
+            thread.join(5)
+            with contextlib.suppress(BlockingIOError):  # to the end: the writer closed it
+                while chunk := os.read(reader, 1 << 16):
+                    got.extend(chunk)
+        os.close(reader)  # a writer still stuck in a write gets EPIPE, and returns
+    return status, took, bytes(got)
+
+
+def test_a_slow_events_reader_holds_the_fetch_back_without_failing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    waits: list[bool] = []
+    wait_for_room = EventsFile._wait_for_room
+
+    def counted(self: EventsFile) -> bool:
+        waits.append(wait_for_room(self))
+        return waits[-1]
+
+    monkeypatch.setattr(EventsFile, "_wait_for_room", counted)
+    # 16 KiB every 20 ms: some 800 KB/s, slower than the gaps come, never stalled.
+    status, _took, got = _events_to_a_fifo(tmp_path, monkeypatch, 1 << 14, 0.02)
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert waits and all(waits)  # the backlog filled, and the fetch waited
+    said = [json.loads(line) for line in got.decode().splitlines()]
+    assert said[-1]["event"] == "end" and said[-1]["complete"]
+    assert said[-1]["gaps"] == len(kind(said, "gap"))
+
+
+def test_an_events_reader_that_stalls_fails_the_fetch_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The reader opens the FIFO and never reads: the pipe fills, then the backlog,
+    # then nothing is written for a second.
+    status, took, _got = _events_to_a_fifo(tmp_path, monkeypatch, 0, 0.0)
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert (
+        f"cannot write the events file {tmp_path / 'events.fifo'}: 2,000 events waiting, "
+        "and nothing written for 1 s (its reader stalled)"
+    ) in err
+    assert took < 15, took  # the stall, and the output given up: not for ever
+    assert (tmp_path / "out.bin").read_bytes() == b"before"
