@@ -9,15 +9,19 @@ than 65,536 packets).  A gap is a run of sequences a stream left missing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -435,3 +439,86 @@ def test_an_events_reader_that_stalls_fails_the_fetch_in_one_line(
     ) in err
     assert took < 15, took  # the stall, and the output given up: not for ever
     assert (tmp_path / "out.bin").read_bytes() == b"before"
+
+
+@pytest.fixture(scope="module")
+def large() -> Iterator[ServeProcess]:
+    """A server of 5,000,000 packets at loss 0.25: a fetch of some seconds, with events."""
+    with ServeProcess("--feed", "synthetic:5000000", "--drop", "0.25", "--seed", "8") as server:
+        yield server
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_fetch_stopped_by_a_signal_ends_its_events(
+    tmp_path: Path, large: ServeProcess, signum: signal.Signals
+) -> None:
+    # The output is left as it was (130 / 143); the events end, saying why.
+    (tmp_path / "out.bin").write_bytes(b"previous\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "packetcore", "fetch", "--port", str(large.port),
+         "--events", "events.ndjson", "-o", "out.bin"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        path, deadline = tmp_path / "events.ndjson", time.monotonic() + 60
+        while not (path.exists() and '"event":"gap"' in path.read_text()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.01)
+        process.send_signal(signum)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum, err
+    said_err = f"packetcore-fetch: error: interrupted by {signum.name}; out.bin left as it was"
+    assert err.strip() == said_err
+    assert (tmp_path / "out.bin").read_bytes() == b"previous\n"
+    said = read_events(path)
+    end = said[-1]
+    assert end["event"] == "end" and end["reason"] == f"stopped by {signum.name}"
+    assert not end["complete"] and end["gaps"] >= len(kind(said, "gap")) > 0
+    assert kind(said[:-1], "end") == []
+
+
+def test_the_end_counts_what_stdout_took_before_its_reader_left(
+    tmp_path: Path, large: ServeProcess
+) -> None:
+    # The reader takes 100,000 bytes and leaves (`| head -c 100000`): the end counts
+    # the packets written to stdout, as the last line does, not those the fetch had
+    # handed to the output by then.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "packetcore", "fetch", "--port", str(large.port),
+         "--events", "events.ndjson", "-o", "-", "--format", "bin"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        got = process.stdout.buffer.read(100_000)
+        process.stdout.close()
+        err = process.stderr.read()
+        process.wait(60)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and len(got) == 100_000, err
+    match = re.search(r"(\d+) packet\(s\) written to stdout, then the reader closed it", err)
+    assert match is not None, err
+    end = read_events(tmp_path / "events.ndjson")[-1]
+    assert end["event"] == "end" and not end["complete"]
+    assert end["packets"] == int(match.group(1)) < 5_000_000
+
+
+def test_a_cancelled_fetch_ends_its_events_saying_so(large: ServeProcess) -> None:
+    from packetcore.client.fetch import fetch_async
+
+    said: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        task = asyncio.ensure_future(fetch_async(port=large.port, events=said.append))
+        while not kind(said, "gap"):
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    end = said[-1]
+    assert end["event"] == "end" and end["reason"] == "cancelled" and not end["complete"]
