@@ -155,3 +155,36 @@ def test_an_events_callback_that_raises_ends_the_follow_saying_so() -> None:
         options = FetchOptions(port=server.port, stop=5000)
         with pytest.raises(FetchError, match=r"the events callback raised RuntimeError"):
             asyncio.run(run_follow(options, lambda batch: None, events=boom))
+
+
+def test_an_events_reader_that_stalls_ends_the_follow_in_one_line(tmp_path: Path) -> None:
+    # The follow waits for a lagging events file (backpressure), but not for one whose
+    # reader opened it and took nothing: the pipe fills, then the backlog (500 events
+    # here), then nothing is written for a second.
+    os.mkfifo(tmp_path / "events.fifo")
+    reader = os.open(tmp_path / "events.fifo", os.O_RDONLY | os.O_NONBLOCK)
+    script = (
+        "import sys\n"
+        "from packetcore.cli.events import EventsFile\n"
+        "EventsFile.BACKLOG, EventsFile.STALL_SECONDS, EventsFile.LINES = 500, 1.0, 64\n"
+        "from packetcore.cli.fetch import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    try:
+        with ServeProcess("--live", "20000", "--drop", "0.1", "--seed", "9") as server:
+            began = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-c", script, "--follow", "--port", str(server.port),
+                 "--deadline", "60", "--events", "events.fifo", "-o", "out.bin"],
+                cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            took = time.monotonic() - began
+    finally:
+        os.close(reader)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert (
+        "cannot write the events file events.fifo: 500 events waiting, and nothing "
+        "written for 1 s (its reader stalled); "
+    ) in done.stderr
+    assert took < 40, took  # long before the deadline

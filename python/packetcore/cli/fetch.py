@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FetchError, OutputError
 from . import UserError, add_verbosity, run, signals
@@ -300,7 +300,7 @@ def fetch_into(
         refuse_events_on_the_output(events, output)
     out = open_output(output, form)  # checks what can be checked before fetching
     try:
-        journal = EventsFile(events) if events is not None else None
+        journal = _Events(EventsFile(events), out) if events is not None else None
     except BaseException:
         out.abort()
         raise
@@ -310,10 +310,8 @@ def fetch_into(
         with progress_bar(verbosity, progress) as report:
             with signals.in_loop():
                 result = asyncio.run(_run(options, out, report, journal))
-            if journal is not None and (failure := journal.close()) is not None:
-                raise UserError(failure)
             if result is None:  # the reader of stdout left (`| head`): a normal end
-                return _reader_left(out, verbosity)
+                return _reader_left(out, verbosity, journal)
             conflicting, invalid, corrupted = result.untrusted
             if strict and (conflicting or invalid or corrupted):
                 # stdout got the records as they came: it cannot be taken back.
@@ -338,19 +336,21 @@ def fetch_into(
                 out.finish(wait)
             except OutputError as exc:
                 if output == STDOUT and isinstance(exc.__cause__, BrokenPipeError):
-                    return _reader_left(out, verbosity)
+                    return _reader_left(out, verbosity, journal)
                 raise
+            if journal is not None:  # before the output is in place: it fails the fetch
+                journal.close()
             with signals.placing():  # in place: the fetch has succeeded, signals are moot
                 where = out.place(result.complete)
     except KeyboardInterrupt as exc:
-        out.abort()
         if journal is not None:
-            journal.close()
+            journal.close(f"stopped by {signals.stopped_by(exc).name}", check=False)
+        out.abort()
         raise given_up(exc, output) from None
-    except BaseException:
-        out.abort()
+    except BaseException as exc:
         if journal is not None:
-            journal.close()
+            journal.close(str(exc) if isinstance(exc, Exception) else None, check=False)
+        out.abort()
         raise
     if verbosity >= 0:
         # The path as the user gave it; through a link, where the file really went.
@@ -363,18 +363,55 @@ def fetch_into(
     return 0
 
 
-def _reader_left(out: Output, verbosity: int) -> int:
+def _reader_left(out: Output, verbosity: int, events: _Events | None) -> int:
     """The reader of stdout left (``| head``): a normal end, as for ``yes | head``."""
     out.abort()
     signals.settle()
+    if events is not None:
+        events.close()
     if verbosity >= 0:
         print(f"{PROGRAM}: {out.written} packet(s) written to stdout, then the reader "
               "closed it: stopped", file=sys.stderr)  # fmt: skip
     return 0
 
 
+class _Events:
+    """The events file of a fetch, its end held back until the output is done with.
+
+    So that the end counts the packets the output took (``packets``), as the command's
+    last line does: with ``-o -`` and a reader that left, fewer than the fetch handed it.
+    """
+
+    def __init__(self, file: EventsFile, out: Output) -> None:
+        self.file = file
+        self.out = out
+        self._end: dict[str, Any] | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "end":
+            self._end = event
+        else:
+            self.file(event)
+
+    def close(self, stopped: str | None = None, *, check: bool = True) -> None:
+        """Tell the end, then close the file; raise UserError if it failed (``check``).
+
+        ``stopped``: why the command stopped after all (a signal, an error): the end says
+        so, incomplete.
+        """
+        end, self._end = self._end, None
+        if end is not None:
+            end["packets"] = self.out.written
+            if stopped is not None:
+                end.update(reason=stopped, complete=False)
+            self.file(end)
+        failure = self.file.close()
+        if check and failure is not None:
+            raise UserError(failure)
+
+
 async def _run(
-    options: FetchOptions, out: Output, progress: Progress | None, events: EventsFile | None
+    options: FetchOptions, out: Output, progress: Progress | None, events: _Events | None
 ) -> FetchResult | None:
     """Fetch into ``out``; return the result, or None if the reader of stdout left."""
     import asyncio
@@ -393,7 +430,7 @@ async def _run(
 
     out.on_failure(on_failure)
     if events is not None:
-        events.on_failure = on_failure  # a failing events file stops the fetch too
+        events.file.on_failure = on_failure  # a failing events file stops the fetch too
 
     def put(batch: Packets) -> None:
         # A failed output stops the fetch (on_failure, through `stopped`): what comes

@@ -89,20 +89,20 @@ class _Passes:
         """Return the inferred end: what two clean passes reached (see the module doc)."""
         return _second_highest(self.highs)
 
-    def known(self, store: PacketStore) -> tuple[npt.NDArray[np.int64], int]:
-        """Return the gaps the passes have shown (the store's runs), and below what.
+    def known(self, store: PacketStore) -> tuple[npt.NDArray[np.int64], int, bool]:
+        """Return the gaps the passes have shown (the store's runs), below what, and a doubt.
 
-        Below what two passes reached; after one pass, below its highest sequence but
-        for the run right under it: a corrupted sequence in a pass's last packet (which
-        nothing after it shows out of order) would make that run a gap of the feed.
+        Below what two passes reached; after one pass, below its highest sequence, the
+        run right under it in doubt (True): a corrupted sequence in a pass's last packet
+        (which nothing after it shows out of order) would make that run a gap of the
+        feed.  It is counted all the same (later passes fill it, and no later look at
+        the store would show it), and taken back if the feed ends below it
+        (:meth:`~packetcore.client.journal.Journal.found`).
         """
         reach = _second_highest(self.reached)
         if not reach:
-            return np.empty((0, 2), dtype=np.int64), 0
-        missing = store.missing_ranges(reach)
-        if len(self.reached) < 2 and len(missing) and missing[-1, 0] + missing[-1, 1] == reach:
-            return missing[:-1], int(missing[-1, 0])
-        return missing, reach
+            return np.empty((0, 2), dtype=np.int64), 0, False
+        return store.missing_ranges(reach), reach, len(self.reached) < 2
 
     def ceiling(self) -> int | None:
         """Return how far the output's prefix may go: what two passes have reached.
@@ -194,8 +194,8 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
         link = None
         # Only up to a sequence held and trusted, never up to a doubted one (see above).
         bound = min(BASE_RESEND_MAX, trusted_highest(session)) if resends_answered else 0
-        missing, known = passes.known(store)
-        journal.found(missing, known, "pass", resend_to=bound)
+        missing, known, doubtful = passes.known(store)
+        journal.found(missing, known, "pass", resend_to=bound, doubtful=doubtful)
         if resends_answered:
             resendable = _missing(session, bound)
             if resendable:

@@ -224,6 +224,7 @@ async def run_fetch(
     prefix stays in the store (the output is behind).  ``events`` is called with each
     event of the fetch as it happens (:data:`~packetcore.client.journal.EVENTS`), on the
     event loop; one that raises ends the fetch with a :class:`FetchError` saying so.
+    Cancelled, the fetch tells its end (``reason`` ``cancelled``) before it stops.
     """
     started = time.perf_counter()
 
@@ -271,7 +272,10 @@ async def run_fetch(
                     f"{options.host}:{options.port}: {outcome.reason} before any packet came"
                 )
     except FetchError as exc:
-        _failed(session, outcome, exc)
+        _failed(session, outcome, str(exc))
+        raise
+    except asyncio.CancelledError:
+        _failed(session, outcome, "cancelled")
         raise
     finally:
         if not recovery.done():
@@ -285,7 +289,10 @@ async def run_fetch(
     try:
         result = await _finish(session, outcome, started, give_up_at)
     except FetchError as exc:
-        _failed(session, outcome, exc)
+        _failed(session, outcome, str(exc))
+        raise
+    except asyncio.CancelledError:
+        _failed(session, outcome, "cancelled")
         raise
     journal.end(reason=result.reason or "complete", complete=result.complete,
                 mode=result.mode, packets=result.count, last=result.last,
@@ -295,12 +302,12 @@ async def run_fetch(
     return result
 
 
-def _failed(session: Session, outcome: Outcome, exc: FetchError) -> None:
-    """Tell the end of a fetch that failed (if events are told)."""
+def _failed(session: Session, outcome: Outcome, reason: str) -> None:
+    """Tell the end of a fetch that failed, or was cancelled (if events are told)."""
     journal = session.journal
     if journal.telling:
         journal.close()
-        journal.end(reason=str(exc), complete=False, mode=outcome.mode,
+        journal.end(reason=reason, complete=False, mode=outcome.mode,
                     packets=session.written, last=None, rounds=outcome.resend_rounds,
                     passes=outcome.passes)  # fmt: skip
 

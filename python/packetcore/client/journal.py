@@ -113,6 +113,9 @@ class Journal:
         self.error: str | None = None
         # Below it, every sequence missing is in a gap found already (held stays held).
         self._covered = 0
+        # The first sequence of a gap found that the feed's end may yet put beyond it
+        # (``found(doubtful=True)``), or None.
+        self._doubtful: int | None = None
         # The gaps not yet repaired (the first looks' first), and those among them
         # not yet asked for.
         self._open: deque[_Found] = deque()
@@ -130,12 +133,22 @@ class Journal:
     # what the strategies report
 
     def found(
-        self, missing: npt.NDArray[np.int64], stop: int, how: str, *, resend_to: int = 0
+        self,
+        missing: npt.NDArray[np.int64],
+        stop: int,
+        how: str,
+        *,
+        resend_to: int = 0,
+        doubtful: bool = False,
     ) -> None:
         """Count the gaps among ``missing`` (the store's runs below ``stop``) not yet found.
 
         Everything below ``stop`` is known from now on.  ``how``: how they are asked for;
         ``resend_to``: those ending at or below it are resent instead (a base server).
+        ``doubtful``: the last gap, if it ends at ``stop - 1``, ends under a sequence that
+        may be corrupted (a base server's pass's highest, which only that pass showed):
+        counted and told as any other, but taken back, or cut, at :meth:`close` if the
+        feed's end, known by then, is below it.
         """
         covered = self._covered
         if stop <= covered:
@@ -149,6 +162,8 @@ class Journal:
         if not fresh.all():
             starts, stops = starts[fresh], stops[fresh]
         self.gaps += len(starts)
+        if doubtful and len(starts) and stops[-1] == stop:
+            self._doubtful = max(int(starts[-1]), covered)
         if self._events is None or not len(starts):
             return
         lasts = stops - 1
@@ -215,7 +230,12 @@ class Journal:
             opened.popleft()
 
     def close(self) -> None:
-        """The recovery is over: tell the gaps repaired, then those left open."""
+        """The recovery is over: tell the gaps repaired, then those left open.
+
+        A doubtful gap (see :meth:`found`) beyond the feed's end, now known, was none:
+        it is taken back; one that runs past the end is cut there.
+        """
+        self._beyond_the_end()
         self.check()
         while self._open and self._events is not None:
             found = self._open.popleft()
@@ -228,6 +248,32 @@ class Journal:
         if self._events is not None:
             self._tell({"event": "end", "at": self.at(), **fields, "gaps": self.gaps,
                         "reconnects": self.reconnects})  # fmt: skip
+
+    def _beyond_the_end(self) -> None:
+        first, self._doubtful = self._doubtful, None
+        store = self._store
+        if first is None or not store.last_known or store.last is None:
+            return
+        end = store.last
+        told = None  # the gap's entry among those found, if events are told
+        for found in self._open:
+            if found.first[-1] == first and found.done < len(found.first):
+                told = found
+        if told is None and self._events is not None:
+            return  # told already (repaired): it was a gap of the feed
+        if first > end:
+            self.gaps -= 1
+            if told is not None:
+                told.first, told.last = told.first[:-1], told.last[:-1]
+                told.asked = told.asked[:-1]
+                told.resent = min(told.resent, len(told.first))
+                told.unasked = min(told.unasked, len(told.first))
+                if told.done == len(told.first):  # every other gap of its look told
+                    self._open.remove(told)
+                if told in self._unasked and told.unasked == len(told.first):
+                    self._unasked.remove(told)
+        elif told is not None and told.last[-1] > end:
+            told.last[-1] = end
 
     # telling
 
