@@ -23,6 +23,7 @@ from packetcore.faults.scenario import load_scenario
 from packetcore.faults.shaper import Shaper
 from packetcore.io.feeds import synthetic
 from packetcore.protocol import (
+    decode_info,
     hello_request,
     resend_request,
     stream_all_request,
@@ -390,6 +391,104 @@ def test_server_ends_connections_where_the_faults_say(kind: str, after: int) -> 
                 assert kind == "close"
         assert bytes(got) == WIRE[:after]
         assert server.stats.faults == {kind: 1}
+
+
+# -- latency on a live feed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["proxy", "server"])
+def test_latency_on_a_live_feed_of_small_chunks_does_not_add_up(where: str) -> None:
+    """Every packet of a live subscription arrives the latency after its publication.
+
+    The publisher writes every 0.5 ms: a delivery that held 64 chunks (32 ms of them)
+    made its reader wait, and a 100 ms latency through the proxy grew by the second (p50
+    370 ms, max 726 ms after 4.5 s at 100,000 packets/s).
+    """
+    import asyncio
+
+    from packetcore.client.follow import run_follow
+    from packetcore.client.session import FetchOptions
+
+    delay, rate, seconds = 0.1, 20_000, 3.0
+    on_server = FaultPlan(Faults(latency=delay)) if where == "server" else None
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(
+            Server(None, host="127.0.0.1", port=0, live=rate, drop=0.0, seed=3, faults=on_server)
+        )
+        port = live.port
+        if where == "proxy":
+            proxy = stack.enter_context(Proxy(("127.0.0.1", port), Faults(latency=delay)))
+            port = proxy.port
+        with connect(live.port) as sock:
+            sock.sendall(hello_request())
+            edge = decode_info(read_exact(sock, 16)).last
+        # Published 0.5 s after the follow starts: its hello and subscription, however
+        # late the faults answer them, are in place before the first packet.
+        start = edge + rate // 2
+        until = start + int(rate * seconds)
+        options = FetchOptions(host="127.0.0.1", port=port, start=start, stop=until, timeout=2.0)
+        stats = asyncio.run(asyncio.wait_for(run_follow(options, lambda batch: None), 30))
+        if where == "proxy":
+            assert proxy.wait_idle()
+            writes = max(record.writes for record in proxy.records)
+            # The 0.5 ms chunks went out a millisecond's worth at a time, not one by one.
+            assert writes < (until - start) // 10, writes
+    latency = stats.publication
+    assert latency.count == until - start + 1
+    low, median, high = latency.percentile(0), latency.percentile(50), latency.max
+    # Flat over the seconds: no packet later than the latency and a little.
+    assert delay <= low and median < delay + 0.01 and high < delay + 0.05, (low, median, high)
+
+
+def test_a_delivery_holds_back_many_chunks_within_a_bound_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More than the old 64 chunks are held back at once; past the bytes bound, a sender
+    waits until the writer takes the first."""
+    import asyncio
+
+    import packetcore.faults.delivery
+    from packetcore.faults.delivery import Delivery
+
+    monkeypatch.setattr(packetcore.faults.delivery, "_QUEUE_BYTES", 100_000, raising=False)
+    delay = 0.5
+
+    class Writer:
+        def __init__(self) -> None:
+            self.data = bytearray()
+            self.first: float | None = None
+
+        def write(self, data: bytes) -> None:
+            self.first = self.first or time.monotonic()
+            self.data += data
+
+        async def drain(self) -> None:
+            pass
+
+        def can_write_eof(self) -> bool:
+            return False
+
+    async def run() -> tuple[float, float, float, bytes]:
+        writer = Writer()
+        delivery = Delivery(writer, Shaper(Faults(latency=delay)))  # type: ignore[arg-type]
+        started = time.monotonic()
+        slowest = 0.0
+        for at in range(0, 170 * 100, 170):  # 100 chunks, each due 2 ms after the last
+            sent = time.monotonic()
+            await delivery.send(WIRE[at : at + 170])
+            slowest = max(slowest, time.monotonic() - sent)
+            await asyncio.sleep(0.002)
+        assert writer.first is None
+        await delivery.send(WIRE[170 * 100 : 170 * 700])  # the bound is reached
+        await delivery.send(WIRE[170 * 700 : 170 * 710])  # this waits for the writer
+        waited = time.monotonic() - started
+        await delivery.finish("close")
+        assert writer.first is not None
+        return slowest, waited, writer.first - started, bytes(writer.data)
+
+    slowest, waited, first, data = asyncio.run(run())
+    assert slowest < 0.1 and delay <= first and delay - 0.05 <= waited
+    assert data == WIRE[: 170 * 710]
 
 
 # -- the command lines ----------------------------------------------------------------------

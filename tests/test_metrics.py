@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -423,6 +424,54 @@ def test_connections_beyond_the_cap_are_closed_and_scrapes_come_back(
             wait_until(lambda: _scrapes(metrics.port))
         finally:
             for sock in held:
+                sock.close()
+
+
+def test_a_slowloris_holds_a_slot_no_longer_than_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Clients that sent a header line every 3 s (the timeout restarted with each byte)
+    # held every slot forever: 0 of 236 scrapes got through.  Now the timeout counts
+    # from the accept, for the whole request and answer.
+    import packetcore.net.metrics
+
+    limit = 0.6
+    monkeypatch.setattr(packetcore.net.metrics, "MAX_SCRAPES", 2, raising=False)
+    monkeypatch.setattr(packetcore.net.metrics, "CONNECTION_TIMEOUT", limit, raising=False)
+    with serve_metrics("127.0.0.1", 0, ServerStats) as metrics:
+        slow = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(2)]
+        opened = time.monotonic()
+        closed: dict[int, float] = {}
+        try:
+            for sock in slow:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+                sock.setblocking(False)
+            # Both slots are taken: a scrape now is closed on arrival.
+            with socket.create_connection(("127.0.0.1", metrics.port), timeout=TIMEOUT) as extra:
+                assert closed_by_the_server(extra)
+            # A byte every 50 ms, far inside any gap a per-read timeout would allow.
+            while len(closed) < len(slow) and time.monotonic() - opened < TIMEOUT:
+                for index, sock in enumerate(slow):
+                    if index in closed:
+                        continue
+                    try:
+                        sock.sendall(b"X")
+                        if sock.recv(1) == b"":
+                            closed[index] = time.monotonic() - opened
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        closed[index] = time.monotonic() - opened
+                time.sleep(0.05)
+            assert len(closed) == len(slow)
+            # Cut at the deadline (give or take the serving thread's 0.1 s poll).
+            for held in closed.values():
+                assert limit - 0.05 <= held <= limit + 0.5, closed
+            # The slots are free again: scrapes get through.
+            wait_until(lambda: _scrapes(metrics.port))
+            assert scrape(metrics.port)["packetcore_connections_total"] == 0
+        finally:
+            for sock in slow:
                 sock.close()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,17 @@ from .shaper import Shaper
 
 __all__ = ["Delivery", "end_connection", "unsent_bytes"]
 
-#: Chunks a delivery holds back for latency before its writer waits.
-_QUEUE_CHUNKS = 64
+#: Bytes a delivery holds back at most (per connection) before its writer waits: what a
+#: latency fault holds back is what arrives during the latency, up to this.
+_QUEUE_BYTES = 32 << 20
+#: Bytes already due but not yet written (pacing, a slow reader) before the writer waits:
+#: pacing slows the stream's source instead of buffering what it cannot send yet.
+_BEHIND_BYTES = 1 << 20
+#: What each held-back chunk counts against the bounds besides its bytes (its keep).
+_CHUNK_COST = 256
+#: A chunk due within this many seconds of the first of the chunk held before it joins
+#: that one: one write for many small ones, held back at most this much longer.
+_MERGE = 0.001
 #: Pacing slices per second at a bandwidth limit.
 _SLICES_PER_SECOND = 50
 
@@ -60,7 +70,9 @@ class Delivery:
     """Write a shaped stream to ``writer``: on time, in pieces, paced, ended as the faults say.
 
     Without latency, jitter, bandwidth or split the bytes are written at once;
-    otherwise a task sends them when due, so latency does not add up over chunks.
+    otherwise a task sends them when due, so latency does not add up over chunks: what
+    arrives during the latency is held back, however many chunks it comes in, up to
+    ``_QUEUE_BYTES`` (and ``_BEHIND_BYTES`` of what is due but not yet written).
     """
 
     def __init__(
@@ -86,7 +98,11 @@ class Delivery:
         self._rng = rng if rng is not None else np.random.default_rng()
         self._due = 0.0
         self._next_send = 0.0
-        self._queue: asyncio.Queue[tuple[float, bytes | str]] | None = None
+        # Chunks held back until due: [first due, due, bytes or how the stream ends].
+        self._held: deque[list[Any]] = deque()
+        self._held_bytes = 0
+        self._ready = asyncio.Event()  # something is held
+        self._room = asyncio.Event()  # the writer took something
         self._task: asyncio.Task[None] | None = None
         self._streamed = False
         self.error: BaseException | None = None
@@ -151,7 +167,7 @@ class Delivery:
                 self.writer.write(out)
                 await self.writer.drain()
             else:
-                await self._enqueue(bytes(out))
+                await self._enqueue(out)
         if self.shaper.limit_hit and not self.ended:
             await self._put_end(self.faults.limit_kind)
 
@@ -172,11 +188,10 @@ class Delivery:
         if self._tap is not None:
             self._tap(data)
 
-    async def _enqueue(self, item: bytes | str) -> None:
+    async def _enqueue(self, item: bytes | bytearray | memoryview | str) -> None:
         if self.error is not None:
             raise self.error
-        if self._queue is None:
-            self._queue = asyncio.Queue(_QUEUE_CHUNKS)
+        if self._task is None:
             self._task = asyncio.ensure_future(self._run())
         faults = self.faults
         due = time.monotonic() + faults.latency
@@ -184,13 +199,43 @@ class Delivery:
             due += float(self._rng.uniform(-faults.jitter, faults.jitter))
         # A byte stream cannot overtake itself: jitter never moves a chunk before the last.
         self._due = max(self._due, due)
-        await self._queue.put((self._due, item))
+        due = self._due
+        held = self._held
+        # Bounded in bytes, not chunks: a feed of many small chunks fills the latency.
+        while self._held_bytes >= _QUEUE_BYTES or (
+            self._held_bytes >= _BEHIND_BYTES and held[0][1] <= time.monotonic()
+        ):
+            self._room.clear()
+            await self._room.wait()
+            if self.error is not None:
+                raise self.error
+            if self._task.done():
+                return  # cancelled: the connection is going away
+        last = held[-1] if held else None
+        if (
+            last is not None
+            and not isinstance(item, str)
+            and not isinstance(last[2], str)
+            and due - last[0] <= _MERGE
+        ):
+            last[1] = due
+            last[2] += item
+            self._held_bytes += len(item)
+            return
+        held.append([due, due, item if isinstance(item, str) else bytearray(item)])
+        self._held_bytes += _CHUNK_COST + (0 if isinstance(item, str) else len(item))
+        self._ready.set()
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        held = self._held
         try:
             while True:
-                due, item = await self._queue.get()
+                while not held:
+                    self._ready.clear()
+                    await self._ready.wait()
+                _, due, item = held.popleft()
+                self._held_bytes -= _CHUNK_COST + (0 if isinstance(item, str) else len(item))
+                self._room.set()
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -201,15 +246,17 @@ class Delivery:
         except (ConnectionError, OSError) as exc:
             self.error = exc
             self.ended = True
+        finally:
+            self._room.set()  # a sender waiting for room learns of the end
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytearray) -> None:
         faults, writer = self.faults, self.writer
         step = faults.split or len(data)
         rate = faults.bandwidth
         if rate is not None:
             step = max(1, min(step, int(rate / _SLICES_PER_SECOND)))
         for at in range(0, len(data), step):
-            piece = data[at : at + step]
+            piece = data if step >= len(data) else data[at : at + step]
             if rate is not None:
                 self._next_send = max(self._next_send, time.monotonic())
             self._note(piece)

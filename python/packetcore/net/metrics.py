@@ -18,10 +18,12 @@ gauge ``packetcore_active_connections``, and, where the stats have them,
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -43,8 +45,9 @@ __all__ = [
 
 #: How often the serving thread looks for stop(): what stop() may wait.
 _POLL_SECONDS = 0.1
-#: Seconds a connection may leave the server waiting for its next bytes before it is
-#: closed: an idle or slowloris client must not keep a thread forever.
+#: Seconds a connection may last, from its accept to the end of its answer, before it is
+#: closed: an idle client, or a slowloris one that drips a byte now and then, must not
+#: keep a thread (and a slot) longer.
 CONNECTION_TIMEOUT = 10.0
 #: Connections served at once (a thread each); more are closed on arrival.  A scraper
 #: makes one at a time: a few are plenty.
@@ -148,7 +151,8 @@ class _QuietHandler(WSGIRequestHandler):
     """A request handler that logs nothing: a scrape every few seconds is not news."""
 
     def setup(self) -> None:
-        # Read at each connection (not a class attribute): a test can lower it.
+        # No single read or write waits past the deadline; the serving thread shuts the
+        # socket at the deadline however the bytes trickle in (_Server.service_actions).
         self.request.settimeout(CONNECTION_TIMEOUT)
         super().setup()
 
@@ -166,6 +170,10 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         family, _, _, _, address = infos[0]
         self.address_family = family
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        # The connections being served, and when each must be done (monotonic seconds);
+        # the lock keeps a socket from being shut as its thread closes it.
+        self._deadlines: dict[Any, float] = {}
+        self._deadlines_lock = threading.Lock()
         super().__init__((str(address[0]), *address[1:]), _QuietHandler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -173,11 +181,33 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
+        with self._deadlines_lock:
+            # Read at each connection (not a class attribute): a test can lower it.
+            self._deadlines[request] = time.monotonic() + CONNECTION_TIMEOUT
         try:
             super().process_request(request, client_address)
         except BaseException:
+            with self._deadlines_lock:
+                self._deadlines.pop(request, None)
             self._slots.release()
             raise
+
+    def service_actions(self) -> None:
+        # On the serving thread, at least every _POLL_SECONDS: a connection past its
+        # deadline is shut, which ends its thread's read or write at once.
+        super().service_actions()
+        now = time.monotonic()
+        with self._deadlines_lock:
+            late = [request for request, due in self._deadlines.items() if due <= now]
+            for request in late:
+                del self._deadlines[request]
+                with contextlib.suppress(OSError):  # already gone
+                    request.shutdown(socket.SHUT_RDWR)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(request, None)
+        super().shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
