@@ -37,6 +37,12 @@ ROOT = str(Path(packetcore.__file__).resolve().parent.parent)
 #: Tries of each racy case.
 TRIES = 3
 
+# The rule is cli.signals' own, whichever engine decodes: a follow's tests run once, on
+# the compiled engine (the twin's follow is tested in test_follow).  A fetch given up and
+# a signal at start run on both: a request acted on mid-fetch, and the hold that spans
+# the engine's import, meet each engine's own code.
+NEUTRAL = pytest.mark.engine_neutral
+
 
 def command(name: str, *args: str) -> list[str]:
     """Return the command line of console script ``name`` (its module if not installed)."""
@@ -121,6 +127,7 @@ def read_json(path: Path) -> list[int]:
 # -- a follow: signals that arrive together are one request ----------------------------------
 
 
+@NEUTRAL
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("how", ["twice", "group", "both"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -159,6 +166,7 @@ def test_signals_arriving_together_end_a_follow_normally(
         assert [p.name for p in directory.iterdir()] == ["out.json"]
 
 
+@NEUTRAL
 @pytest.mark.timeout(120)
 def test_a_second_signal_soon_after_the_first_still_ends_a_parquet_follow(tmp_path: Path) -> None:
     # A second SIGINT 0.3 s after the first once crashed a parquet follow (SIGSEGV) after
@@ -186,6 +194,7 @@ def test_a_second_signal_soon_after_the_first_still_ends_a_parquet_follow(tmp_pa
 # -- a later, separate request gives up; signals after the output is in place are ignored -----
 
 
+@NEUTRAL
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("form", ["ndjson", "parquet"])
 def test_a_later_signal_while_a_follow_finishes_gives_up(live: Server, form: str) -> None:
@@ -217,6 +226,7 @@ def test_a_later_signal_while_a_follow_finishes_gives_up(live: Server, form: str
     assert "interrupted by SIGINT while finishing; stdout has what was written" in err
 
 
+@NEUTRAL
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signals_once_the_output_is_in_place_are_ignored(
@@ -339,6 +349,7 @@ def test_signals_together_give_a_fetch_up_in_one_line(
 # -- the rule, in-process --------------------------------------------------------------------
 
 
+@NEUTRAL
 def test_a_signal_as_a_loop_ends_is_no_runtime_error() -> None:
     # The root cause of "RuntimeError: Event loop stopped before Future completed": a
     # handler that raises between the main task's end and the loop's own callback for
@@ -357,6 +368,7 @@ def test_a_signal_as_a_loop_ends_is_no_runtime_error() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+@NEUTRAL
 def test_signals_together_are_one_request_and_a_later_one_gives_up() -> None:
     with signals.handled():
         signals.graceful()  # a follow: the first request is a normal end
@@ -369,6 +381,7 @@ def test_signals_together_are_one_request_and_a_later_one_gives_up() -> None:
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@NEUTRAL
 def test_signals_once_in_place_are_ignored() -> None:
     with signals.handled():
         with signals.placing():
