@@ -575,6 +575,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+@pytest.mark.engine_neutral
 def test_cli_help_explains_every_option() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -585,6 +586,7 @@ def test_cli_help_explains_every_option() -> None:
         assert option in result.stdout
 
 
+@pytest.mark.engine_neutral
 @pytest.mark.parametrize(
     ("args", "message"),
     [
