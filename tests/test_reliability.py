@@ -586,6 +586,10 @@ def _range_ok(port: int, expected: bytes) -> bool:
     return bytes(data[INFO:]) == expected
 
 
+# Once, on the compiled engine (engine_neutral): at --drop 0 the server's engine only
+# encodes the feed as it starts (3.7 s of 10,000,000 packets on the twin); the clients
+# meet its connections, the same Python on both.
+@pytest.mark.engine_neutral
 @pytest.mark.timeout(90)
 def test_hostile_clients_memory_bounded_and_others_served() -> None:
     feed = synthetic(HOSTILE_FEED, seed=9)
