@@ -238,14 +238,21 @@ def test_one_signal_stops_the_fetch(signum: int, tmp_path: Path) -> None:
             _command(server.port, "-o", str(output), "--protocol", "base"),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
         )  # fmt: skip
-        # The signal goes once the fetch is taking packets (it has read more than the
-        # sockets can buffer) into its temporary output; only the signal can end it then:
-        # a hang is caught by the timeout.
-        assert taken.wait(30), "the fetch never read the stream"
-        assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-        assert proc.poll() is None
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
+        try:
+            # The signal goes once the fetch is taking packets (it has read more than the
+            # sockets can buffer) into its temporary output; only the signal can end it
+            # then: a hang is caught by the timeout.
+            assert taken.wait(30), "the fetch never read the stream"
+            assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+            assert proc.poll() is None
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            # A fetch left running by a failure would take the endless stream, and grow,
+            # for the rest of the session: the server's thread ends with its connection.
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 128 + signum
     _one_line_error(err)
     assert "interrupted" in err
