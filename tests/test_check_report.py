@@ -29,6 +29,9 @@ from packetcore.check.report import (
 )
 from packetcore.errors import OutputError
 
+# The reports are written from a run's results: no engine is under them.
+pytestmark = pytest.mark.engine_neutral
+
 STDERR = "Traceback: <script>alert('x')</script> & \x1b[31mred\x1b[0m \x00 done"
 
 

@@ -590,6 +590,7 @@ def test_a_reader_that_leaves_stdout_is_a_normal_end(follow: bool) -> None:
     assert err.strip().count("\n") == 0, err
 
 
+@pytest.mark.engine_neutral
 @pytest.mark.parametrize(
     ("output", "form"),
     [("x.json", "csv"), ("x.csv", "parquet"), ("x.jsonl", "json"), ("x.bin.partial", "csv")],

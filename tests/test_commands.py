@@ -62,6 +62,7 @@ def files(gappy: packetcore.Packets, tmp_path_factory: pytest.TempPathFactory) -
 # -- --version and the packetcore command -------------------------------------------------------
 
 
+@pytest.mark.engine_neutral
 @pytest.mark.parametrize(
     "argv",
     [
@@ -78,6 +79,7 @@ def test_every_command_says_its_version(argv: list[str]) -> None:
     assert packetcore.__version__ == VERSION
 
 
+@pytest.mark.engine_neutral
 def test_python_m_packetcore_says_its_version() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "packetcore", "--version"], capture_output=True, text=True,
@@ -86,6 +88,7 @@ def test_python_m_packetcore_says_its_version() -> None:
     assert (result.returncode, result.stdout) == (0, f"python -m packetcore {VERSION}\n")
 
 
+@pytest.mark.engine_neutral
 def test_packetcore_runs_each_command_under_its_own_name() -> None:
     listing = command("packetcore", "--help")
     assert listing.returncode == 0

@@ -542,6 +542,7 @@ BAD = [
 ]
 
 
+@pytest.mark.engine_neutral
 def test_bad_fault_values_are_refused_with_one_line() -> None:
     # All at once: each is a process start, and none waits on another.
     processes = []

@@ -634,7 +634,7 @@ def test_first_connections_reset_past_retries_say_so_in_one_line() -> None:
 
 
 def test_cli_follow_to_stdout_ends_normally_when_the_reader_leaves() -> None:
-    with _live(10_000_000, 100_000, 0.0) as server:
+    with _live(1_000_000, 100_000, 0.0) as server:
         process = _fetch("--port", str(server.port), "--follow", "-o", "-")
         assert process.stdout is not None and process.stderr is not None
         assert json.loads(process.stdout.readline())["packetSequence"] == 1

@@ -59,25 +59,25 @@ def _one_line_error(err: str) -> None:
     assert len(lines) == 1, err
 
 
-def _endless(conn: socket.socket, taken: threading.Event | None = None) -> None:
-    # Valid, increasing packets, about a million a second, and the connection is never
-    # closed.  ``taken`` is set once more was sent than the sockets' buffers can hold:
-    # the client is reading.
+def _endless(conn: socket.socket, taken: threading.Event | None = None, batch: int = 1000) -> None:
+    # Valid, increasing packets, about a million a second (``batch`` a millisecond), and
+    # the connection is never closed.  ``taken`` is set once more was sent than the
+    # sockets' buffers can hold: the client is reading.
     conn.recv(64)
     sequence = 1
     sent = 0
     while True:
         time.sleep(0.001)
-        batch = b"".join(
+        data = b"".join(
             struct.pack(">4s1siii", b"ENDL", b"B", 1, 2, s)
-            for s in range(sequence, sequence + 1000)
+            for s in range(sequence, sequence + batch)
         )
-        conn.sendall(batch)
-        sent += len(batch)
+        conn.sendall(data)
+        sent += len(data)
         if taken is not None and sent > 32 << 20:
             taken.set()
-        sequence += 1000
-        if sequence > 2**31 - 2000:
+        sequence += batch
+        if sequence > 2**31 - 2 * batch:
             sequence = 1
 
 
@@ -231,19 +231,28 @@ def test_one_signal_stops_the_fetch(signum: int, tmp_path: Path) -> None:
     output = tmp_path / "output.json"
     output.write_bytes(b"previous\n")
     taken = threading.Event()
-    with RawServer(functools.partial(_endless, taken=taken)) as server:
+    # Eight times the pace: the fetch sets how soon the sockets' buffers are passed, not
+    # the making of the packets (2.5 s of the test at 1000 a millisecond).
+    with RawServer(functools.partial(_endless, taken=taken, batch=8000)) as server:
         proc = subprocess.Popen(
             _command(server.port, "-o", str(output), "--protocol", "base"),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
         )  # fmt: skip
-        # The signal goes once the fetch is taking packets (it has read more than the
-        # sockets can buffer) into its temporary output; only the signal can end it then:
-        # a hang is caught by the timeout.
-        assert taken.wait(30), "the fetch never read the stream"
-        assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-        assert proc.poll() is None
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
+        try:
+            # The signal goes once the fetch is taking packets (it has read more than the
+            # sockets can buffer) into its temporary output; only the signal can end it
+            # then: a hang is caught by the timeout.
+            assert taken.wait(30), "the fetch never read the stream"
+            assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+            assert proc.poll() is None
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            # A fetch left running by a failure would take the endless stream, and grow,
+            # for the rest of the session: the server's thread ends with its connection.
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 128 + signum
     _one_line_error(err)
     assert "interrupted" in err
@@ -454,7 +463,7 @@ def _wait_until_full(pipe: IO[bytes], deadline: float) -> float:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("deadline", [None, 2])
+@pytest.mark.parametrize("deadline", [None, 1])
 def test_a_reader_that_stops_reading_cannot_hold_the_fetch(
     deadline: int | None, big: Server
 ) -> None:
@@ -592,16 +601,29 @@ def test_write_takes_packets_only(tmp_path: Path) -> None:
         write(tmp_path / "x.json", [1, 2])  # type: ignore[arg-type]
 
 
+# The command with a grace past the deadline of GRACE s instead of DEADLINE_GRACE's 5 s:
+# the same bound, tested in a fifth of the wait.
+GRACE = 1.0
+_SHORT_GRACE = (
+    "import runpy, sys\n"
+    "import packetcore.client.fetch\n"
+    f"packetcore.client.fetch.DEADLINE_GRACE = {GRACE}\n"
+    "sys.argv = ['packetcore'] + sys.argv[1:]\n"
+    "runpy.run_module('packetcore', run_name='__main__')\n"
+)
+
+
 @pytest.mark.timeout(60)
 def test_a_deadline_holds_against_a_reader_that_stops_reading(big: Server) -> None:
     # stdout is a pipe nobody reads, nobody closes: past the deadline, saving what
     # arrived may wait on it, but only for a while.
+    command = [sys.executable, "-c", _SHORT_GRACE, *_command(big.port, "-o", "-")[3:]]
     proc = subprocess.Popen(
-        _command(big.port, "-o", "-", "--deadline", "1"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=_env(),
+        [*command, "--deadline", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env(),
     )  # fmt: skip
     try:
-        code = proc.wait(timeout=1 + 5 + 30)  # deadline + grace; the rest catches a hang
+        code = proc.wait(timeout=1 + GRACE + 30)  # deadline + grace; the rest catches a hang
     finally:
         proc.kill()
     assert code == 1  # it gave up by itself (the message below), not by the timeout

@@ -84,6 +84,7 @@ def stopped_at_end() -> Iterator[list[subprocess.Popen[bytes]]]:
 # -- a log stream nobody reads ------------------------------------------------------------
 
 
+@pytest.mark.engine_neutral
 def test_unread_stderr_does_not_freeze_the_server(
     stopped_at_end: list[subprocess.Popen[bytes]],
 ) -> None:
@@ -360,6 +361,7 @@ def test_sigint_stops_every_worker(stopped_at_end: list[subprocess.Popen[bytes]]
             os.kill(pid, 0)
 
 
+@pytest.mark.engine_neutral
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_whole_group_stops_every_worker_as_asked(
     signum: int, stopped_at_end: list[subprocess.Popen[bytes]]
@@ -507,6 +509,7 @@ def test_uvloop_serves_byte_exact(mapped: bool, tmp_path: Path) -> None:
     assert ranged == wire[99 * PACKET : 299 * PACKET]
 
 
+@pytest.mark.engine_neutral
 def test_a_full_log_queue_on_an_unread_pipe_never_holds_the_exit() -> None:
     # The queue fills and the writer blocks on the pipe: leaving gives up on it, and the
     # process's own last writes to stderr (error lines, the final flush) must not block.

@@ -425,7 +425,9 @@ def stream_sequences(running: Server) -> list[int]:
 
 
 def test_seeded_loss_is_reproducible() -> None:
-    feed = synthetic(200_000, seed=5)
+    # 50,000 packets: a loss within 0.01 of 0.25 is 5 standard deviations wide at this
+    # size (the twin decodes the nine streams in Python: 200,000 took it 3.6 s).
+    feed = synthetic(50_000, seed=5)
 
     def three_streams(seed: int) -> list[list[int]]:
         with Server(feed, host="127.0.0.1", port=0, drop=0.25, seed=seed) as running:
@@ -575,6 +577,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+@pytest.mark.engine_neutral
 def test_cli_help_explains_every_option() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -585,6 +588,7 @@ def test_cli_help_explains_every_option() -> None:
         assert option in result.stdout
 
 
+@pytest.mark.engine_neutral
 @pytest.mark.parametrize(
     ("args", "message"),
     [
