@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 from types import ModuleType
 
 import pytest
@@ -18,6 +19,14 @@ ENGINES = [
     pytest.param("packetcore.engine._engine", id="c", marks=pytest.mark.c_extension),
     *([pytest.param("packetcore.engine._pure", id="py")] if NO_EXTENSIONS else []),
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a shell without job control (`make test &`)
+    # inherits SIGINT ignored, and so would every process it starts: the signal tests
+    # would fail for that alone.  Python's own handler again, which children reset.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", params=ENGINES)
