@@ -397,6 +397,7 @@ def test_server_ends_connections_where_the_faults_say(kind: str, after: int) -> 
 
 
 @pytest.mark.parametrize("where", ["proxy", "server"])
+@pytest.mark.engine_neutral
 def test_latency_on_a_live_feed_of_small_chunks_does_not_add_up(where: str) -> None:
     """Every packet of a live subscription arrives the latency after its publication.
 

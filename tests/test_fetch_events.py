@@ -333,6 +333,7 @@ def test_a_fetch_that_fails_ends_its_events_saying_why() -> None:
     assert end["reason"].startswith(f"cannot connect to 127.0.0.1:{port}")
 
 
+@pytest.mark.engine_neutral
 def test_a_large_fetch_waits_for_its_events_file_rather_than_failing(tmp_path: Path) -> None:
     # Some 375,000 gaps: more events than the backlog holds, come faster than they are
     # written.  A file on a working disk takes them all, however slowly: the fetch
@@ -403,6 +404,7 @@ def _events_to_a_fifo(
     return status, took, bytes(got)
 
 
+@pytest.mark.engine_neutral
 def test_a_slow_events_reader_holds_the_fetch_back_without_failing_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -424,6 +426,7 @@ def test_a_slow_events_reader_holds_the_fetch_back_without_failing_it(
     assert said[-1]["gaps"] == len(kind(said, "gap"))
 
 
+@pytest.mark.engine_neutral
 def test_an_events_reader_that_stalls_fails_the_fetch_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -449,6 +452,7 @@ def large() -> Iterator[ServeProcess]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.engine_neutral
 def test_a_fetch_stopped_by_a_signal_ends_its_events(
     tmp_path: Path, large: ServeProcess, signum: signal.Signals
 ) -> None:
@@ -479,6 +483,7 @@ def test_a_fetch_stopped_by_a_signal_ends_its_events(
     assert kind(said[:-1], "end") == []
 
 
+@pytest.mark.engine_neutral
 def test_the_end_counts_what_stdout_took_before_its_reader_left(
     tmp_path: Path, large: ServeProcess
 ) -> None:
@@ -506,6 +511,7 @@ def test_the_end_counts_what_stdout_took_before_its_reader_left(
     assert end["packets"] == int(match.group(1)) < 5_000_000
 
 
+@pytest.mark.engine_neutral
 def test_a_cancelled_fetch_ends_its_events_saying_so(large: ServeProcess) -> None:
     from packetcore.client.fetch import fetch_async
 

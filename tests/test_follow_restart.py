@@ -15,9 +15,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from packetcore.client.follow import run_follow
 from packetcore.client.session import FetchOptions
 from packetcore.packets import Packets
+
+# Run once, on the compiled engine: the follow's waiting on a restarted server: no engine path.
+pytestmark = pytest.mark.engine_neutral
 
 RATE, UNTIL = 20_000, 30_000
 

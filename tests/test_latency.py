@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from packetcore.client.latency import BOUNDS, HIGHEST_US, Latencies
 
+# Run once, on the compiled engine: numpy and HdrHistogram, no engine.
+pytestmark = pytest.mark.engine_neutral
+
 
 def test_the_percentiles_are_close_to_exact() -> None:
     latencies = Latencies()
