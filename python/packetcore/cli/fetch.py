@@ -126,7 +126,9 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         "stream-all pass, reconnect (and with --follow, slow-down) and the end to FILE as "
         "it happens, one JSON object a line ('-': stderr)",
     )
-    add_metrics(parser, "; only with --follow: the follow's packets, gaps, repairs, lag and latencies")
+    add_metrics(
+        parser, "; only with --follow: the follow's packets, gaps, repairs, lag and latencies"
+    )
     add(
         "--protocol",
         choices=("auto", "base", "extended"),
