@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -651,6 +651,15 @@ KILL_FEED = synthetic(300_000 if implementation == "cython" else 100_000, seed=2
 
 
 @pytest.mark.timeout(90)
+def _written(paths: Iterable[Path]) -> bool:
+    """Return whether any of ``paths`` holds bytes (one may vanish as it is looked at)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > 0:
+                return True
+    return False
+
+
 def test_sigkill_never_tears_the_output(tmp_path: Path) -> None:
     output = tmp_path / "output.json"
     document = to_json(KILL_FEED)
@@ -675,11 +684,12 @@ def test_sigkill_never_tears_the_output(tmp_path: Path) -> None:
                 stray.unlink()
             proc = subprocess.Popen(command, env=env)
             if attempt % 2:
-                # Aim at the write itself: kill as soon as the temporary file appears.
+                # Aim at the write itself: kill once the temporary file holds bytes (it
+                # is made before the fetch connects, and grows as packets come).
                 # (Another process's file: there is no event to await, so poll.)
                 deadline = time.monotonic() + 4 * duration + 5
                 while proc.poll() is None and time.monotonic() < deadline:
-                    if any(tmp_path.glob(".output.json.*")):
+                    if _written(tmp_path.glob(".output.json.*")):
                         proc.send_signal(signal.SIGKILL)
                         mid_write += 1
                         break
