@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from packetcore.client.follow import run_follow
+from packetcore.client.follow import FollowStats, run_follow
 from packetcore.client.session import FetchOptions
 from packetcore.packets import Packets
 
@@ -36,11 +36,11 @@ def serve(port: int) -> subprocess.Popen[str]:
     return server
 
 
-def follow(port: int) -> Packets:
+def follow(port: int) -> tuple[Packets, FollowStats]:
     batches: list[Packets] = []
     options = FetchOptions(host="127.0.0.1", port=port, stop=UNTIL, timeout=1.0, retries=5)
-    asyncio.run(asyncio.wait_for(run_follow(options, batches.append), 60))
-    return Packets.concat(batches)
+    stats = asyncio.run(asyncio.wait_for(run_follow(options, batches.append), 60))
+    return Packets.concat(batches), stats
 
 
 def test_a_follow_waits_for_a_server_started_again_to_publish_again() -> None:
@@ -48,7 +48,7 @@ def test_a_follow_waits_for_a_server_started_again_to_publish_again() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = serve(port)
-    got: list[Packets] = []
+    got: list[tuple[Packets, FollowStats]] = []
     follower = threading.Thread(target=lambda: got.append(follow(port)))
     try:
         follower.start()
@@ -62,15 +62,20 @@ def test_a_follow_waits_for_a_server_started_again_to_publish_again() -> None:
         server.kill()
         server.wait()
     assert got, "the follow failed (its error is above)"
-    sequence = got[0].sequence
-    assert sequence.tolist() == list(range(1, UNTIL + 1))
+    packets, stats = got[0]
+    assert packets.sequence.tolist() == list(range(1, UNTIL + 1))
+    # Timed by the clock of the server that published them: the restarted server's new
+    # clock once it published them again (by the first one's, p50 was the restart's
+    # delay and more).
+    assert stats.publication.count == UNTIL
+    assert stats.publication.percentile(50) < 0.2
     # The same seed publishes the same packets: what came before the kill and after agree
     # with a follow of the new run alone.
     server = serve(port)
     try:
-        again = follow(port)
+        again, _ = follow(port)
     finally:
         server.kill()
         server.wait()
-    assert np.array_equal(again.price, got[0].price)
-    assert np.array_equal(again.symbol, got[0].symbol)
+    assert np.array_equal(again.price, packets.price)
+    assert np.array_equal(again.symbol, packets.symbol)

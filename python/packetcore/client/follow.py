@@ -311,7 +311,7 @@ class _Follower:
         #: Latencies noted and not yet counted: gaps repaired (seconds), and the
         #: batches handed on (when, and their sequences).
         self._repaired: list[float] = []
-        self._clock_seen = False  # the subscriptions' clock frame looked at
+        self._clock_link: Link | None = None  # the subscription whose clock was looked at
         self._skew_told = False  # the server's clock said to be ahead
         self._info: FeedInfo | None = None  # the first hello's answer
         self._handed: list[tuple[float, npt.NDArray[np.int32]]] = []
@@ -336,8 +336,10 @@ class _Follower:
         """Take a batch from the subscription: ask for the gaps it reveals, then store it."""
         if self._held:
             return  # the subscription is being closed: the next one brings these
-        if self._sub is not None and self._sub.clock is not None and not self._clock_seen:
-            self._adopt(self._sub.clock)
+        sub = self._sub
+        if sub is not None and sub.clock is not None and sub is not self._clock_link:
+            self._clock_link = sub
+            self._adopt(sub.clock)
         now = time.monotonic()
         self._sub_last = now
         self._sub_packets += len(batch)
@@ -488,8 +490,14 @@ class _Follower:
             self._finish("until reached")
 
     def _adopt(self, clock: FeedClock) -> None:
-        """Time packets by ``clock`` if it agrees with the feed the hello described."""
-        self._clock_seen = True
+        """Time packets by ``clock`` if it agrees with the feed the hello described.
+
+        Each subscription brings the clock frame again: one that moved says the server
+        was started again, and is taken from then on.
+        """
+        current = self.stats.clock
+        if clock == current:
+            return
         info = self._info
         if info is not None and (clock.first != info.first or clock.final < info.last):
             log.warning(
@@ -498,6 +506,13 @@ class _Follower:
                 info.last,
             )  # fmt: skip
             return
+        if current is not None:
+            self._count_latencies()  # what was handed on, by the clock it was published by
+            log.warning(
+                "the server's clock moved by %+.3f s: it was started again (packets are "
+                "timed by its new clock; a server started on another feed cannot be told "
+                "from it by the protocol)", (clock.epoch_ns - current.epoch_ns) / 1e9,
+            )  # fmt: skip
         self.stats.clock = clock
         log.debug("the server publishes by its clock: %s", clock)
 
