@@ -271,11 +271,8 @@ async def run_fetch(
                 raise FetchError(
                     f"{options.host}:{options.port}: {outcome.reason} before any packet came"
                 )
-    except FetchError as exc:
-        _failed(session, outcome, str(exc))
-        raise
-    except asyncio.CancelledError:
-        _failed(session, outcome, "cancelled")
+    except (FetchError, asyncio.CancelledError) as exc:
+        _failed(session, outcome, exc)
         raise
     finally:
         if not recovery.done():
@@ -288,11 +285,8 @@ async def run_fetch(
     journal.close()  # before the end's flush passes the gaps left open
     try:
         result = await _finish(session, outcome, started, give_up_at)
-    except FetchError as exc:
-        _failed(session, outcome, str(exc))
-        raise
-    except asyncio.CancelledError:
-        _failed(session, outcome, "cancelled")
+    except (FetchError, asyncio.CancelledError) as exc:
+        _failed(session, outcome, exc)
         raise
     journal.end(reason=result.reason or "complete", complete=result.complete,
                 mode=result.mode, packets=result.count, last=result.last,
@@ -302,8 +296,9 @@ async def run_fetch(
     return result
 
 
-def _failed(session: Session, outcome: Outcome, reason: str) -> None:
+def _failed(session: Session, outcome: Outcome, error: BaseException) -> None:
     """Tell the end of a fetch that failed, or was cancelled (if events are told)."""
+    reason = "cancelled" if isinstance(error, asyncio.CancelledError) else str(error)
     journal = session.journal
     if journal.telling:
         journal.close()
