@@ -32,7 +32,7 @@ from fakes import FlakyProxy
 from packetcore.cli.events import EventsFile
 from packetcore.cli.fetch import main as fetch_main
 from packetcore.client.fetch import FetchError, fetch
-from packetcore.faults.model import Faults
+from packetcore.faults.model import FaultPlan, Faults
 from packetcore.faults.proxy import Proxy
 from packetcore.io.feeds import book, synthetic
 from packetcore.server.server import Server
@@ -528,3 +528,25 @@ def test_a_cancelled_fetch_ends_its_events_saying_so(large: ServeProcess) -> Non
     asyncio.run(main())
     end = said[-1]
     assert end["event"] == "end" and end["reason"] == "cancelled" and not end["complete"]
+
+
+def test_a_pass_the_ranges_overtook_is_told() -> None:
+    # The stream-all connection drops 11 packets, then stalls, open, after its last
+    # packet: the range repairs them and the fetch is complete before the stream's end
+    # comes.  The pass is cut, and told all the same (CI once saw it missing).
+    def stall_the_stream(number: int) -> Faults | None:
+        if number:
+            return None
+        return Faults(drop_sequences=frozenset(range(100, 111)), stall_after=16 + 17 * 4989)
+
+    said: list[dict[str, Any]] = []
+    plan = FaultPlan(script=stall_the_stream)
+    with Server(synthetic(5_000, seed=1), host="127.0.0.1", port=0, drop=0.0,
+                faults=plan) as server:  # fmt: skip
+        result = fetch("127.0.0.1", server.port, timeout=5.0, events=said.append)
+    assert result.complete and result.passes == 1
+    passes = kind(said, "pass")
+    assert [(p["pass"], p["packets"], p["highest"], p["clean"]) for p in passes] == [
+        (1, 4989, 5000, False)
+    ]
+    assert said[-1]["event"] == "end" and said[-1]["passes"] == 1

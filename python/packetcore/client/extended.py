@@ -25,7 +25,7 @@ from ..packets import Packets
 from ..protocol import range_requests, stream_all_request
 from .outcome import Outcome
 from .ranges import asked_for_again
-from .session import Link, Session
+from .session import Link, Session, Wait
 
 __all__ = ["copies", "recover_extended"]
 
@@ -61,11 +61,18 @@ async def recover_extended(session: Session, stream: Link | None, outcome: Outco
 
 
 async def _pass(session: Session, link: Link, number: int) -> None:
-    """Read stream-all pass ``number`` on ``link`` to its end."""
-    state = await link.wait_closed(session.options.timeout)
-    link.close()
-    clean = state == "done" and link.clean_end
-    session.journal.passed(number, link.packets, link.new, link.highest, clean)
+    """Read stream-all pass ``number`` on ``link`` to its end.
+
+    The pass is told however it ends: cancelled too (the ranges held everything before
+    the stream's end came), so every pass counted has its event.
+    """
+    state: Wait | None = None  # None: cancelled
+    try:
+        state = await link.wait_closed(session.options.timeout)
+    finally:
+        link.close()
+        clean = state == "done" and link.clean_end
+        session.journal.passed(number, link.packets, link.new, link.highest, clean)
     if state != "done":
         log.info("the stream-all pass ended early (%s); recovering the rest", link.why())
 

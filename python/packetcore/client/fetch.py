@@ -272,6 +272,9 @@ async def run_fetch(
                     f"{options.host}:{options.port}: {outcome.reason} before any packet came"
                 )
     except (FetchError, asyncio.CancelledError) as exc:
+        if not recovery.done():  # its pass is told before the end
+            recovery.cancel()
+            await asyncio.wait({recovery})
         _failed(session, outcome, exc)
         raise
     finally:

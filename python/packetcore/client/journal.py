@@ -42,7 +42,8 @@ Events = Callable[[dict[str, Any]], None]
 #: * ``round``: ``round`` (its number), ``how`` (``range`` or ``resend``), ``ranges``
 #:   and ``sequences`` asked for, ``at``;
 #: * ``pass``: ``pass`` (its number), ``packets`` it brought, ``new`` among them,
-#:   ``highest`` sequence, ``clean`` (read to the server's end of stream), ``at``;
+#:   ``highest`` sequence, ``clean`` (read to the server's end of stream; false for a
+#:   pass cut short, by the server or because the ranges held everything first), ``at``;
 #: * ``reconnect``: ``connection`` (``repair`` or ``stream``), ``why``, ``at``;
 #: * ``end``: ``at``, ``reason``, ``complete``, ``mode``, ``packets``, ``last``,
 #:   ``gaps``, ``rounds``, ``passes``, ``reconnects``.
@@ -244,10 +245,11 @@ class Journal:
         self._unasked.clear()
 
     def end(self, **fields: Any) -> None:
-        """Tell the end (the last event): ``fields`` as :data:`EVENTS` lists them."""
+        """Tell the end, the last event told: ``fields`` as :data:`EVENTS` lists them."""
         if self._events is not None:
             self._tell({"event": "end", "at": self.at(), **fields, "gaps": self.gaps,
                         "reconnects": self.reconnects})  # fmt: skip
+        self._events = None
 
     def _beyond_the_end(self) -> None:
         first, self._doubtful = self._doubtful, None
