@@ -37,6 +37,14 @@ class FetchError(PacketcoreError):
     """A fetch that could not get anything: no connection, or a server that is not one."""
 
 
+class PastTheEnd(FetchError):
+    """A fetch asked to start after the feed's last sequence, ``last``."""
+
+    def __init__(self, message: str, last: int) -> None:
+        super().__init__(message)
+        self.last = last
+
+
 class FeedError(PacketcoreError, ValueError):
     """A feed that cannot be served or read: a bad spec, or a file that fails validation.
 

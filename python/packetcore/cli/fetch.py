@@ -21,12 +21,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FetchError, OutputError
+from ..errors import FetchError, OutputError, PastTheEnd
 from . import UserError, add_verbosity, run, signals
 from .exits import EXIT_INCOMPLETE, EXIT_STRICT, EXIT_USAGE
 from .options import add_metrics, bind_metrics, check_metrics, integer, number
 from .options import check_format as _check_format
-from .output import given_up, open_output
+from .output import given_up, open_output, resumed
 from .progress import process_age, progress_bar
 
 # The fetch machinery (numpy, the engine) is imported once the command runs, so that a
@@ -300,7 +300,18 @@ def fetch_into(
         started = time.perf_counter()
     if events is not None:
         refuse_events_on_the_output(events, output)
-    out = open_output(output, form)  # checks what can be checked before fetching
+    out = open_output(output, form, options)  # checks what can be checked before fetching
+    later = resumed(options, out)  # a stream: after what it holds
+    if later is None:
+        out.abort()
+        if verbosity >= 0:
+            print(f"{PROGRAM}: {output} holds the feed to {options.stop} already: "
+                  "nothing to fetch", file=sys.stderr)  # fmt: skip
+        return 0
+    if later is not options and verbosity >= 0:
+        print(f"{PROGRAM}: {output} holds the feed to {getattr(out, 'resume_after', None)}; "
+              f"fetching from {later.start}", file=sys.stderr)  # fmt: skip
+    options = later
     try:
         journal = _Events(EventsFile(events), out) if events is not None else None
     except BaseException:
@@ -344,6 +355,14 @@ def fetch_into(
                 journal.close()
             with signals.placing():  # in place: the fetch has succeeded, signals are moot
                 where = out.place(result.complete)
+    except _Held as held:
+        if journal is not None:
+            journal.close("nothing to fetch", check=False)
+        out.abort()
+        if verbosity >= 0:
+            print(f"{PROGRAM}: {output} holds the whole feed already (to {held.last}, its "
+                  "last): nothing to fetch", file=sys.stderr)  # fmt: skip
+        return 0
     except KeyboardInterrupt as exc:
         if journal is not None:
             journal.close(f"stopped by {signals.stopped_by(exc).name}", check=False)
@@ -449,12 +468,22 @@ async def _run(
                 flowing=lambda: out.backlog < _BACKLOG, events=events,
             )  # fmt: skip
         except FetchError as exc:
+            if isinstance(exc, PastTheEnd) and exc.last == getattr(out, "resume_after", None):
+                raise _Held(exc.last) from None  # a stream that holds the whole feed
             raise UserError(str(exc)) from exc
     if stopped.done():
         if out.name == "stdout" and isinstance(out.error, BrokenPipeError):
             return None
         raise UserError(stopped.result())
     return result
+
+
+class _Held(Exception):
+    """The stream written holds the whole feed already, to ``last``."""
+
+    def __init__(self, last: int) -> None:
+        super().__init__(last)
+        self.last = last
 
 
 def _warn_conflicts(result: FetchResult) -> None:
@@ -478,6 +507,8 @@ def _incomplete(result: FetchResult, output: str, where: str) -> None:
         missing = "no known gap"
     if output == STDOUT:
         saved = "written to stdout as they are"
+    elif output.startswith("nats://"):
+        saved = f"{output} holds those in order up to the first gap"
     elif os.path.realpath(where) == os.path.realpath(output):
         saved = f"written into {output} as they are (no regular file: no .partial beside it)"
     else:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from . import UserError, signals
 from .events import EventsFile, refuse_events_on_the_output
 from .options import say_metrics
-from .output import given_up, open_output
+from .output import given_up, open_output, resumed
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -73,7 +73,18 @@ def follow_into(
     signals.graceful()  # a request to stop is a follow's normal end
     if events is not None:
         refuse_events_on_the_output(events, output)
-    out = open_output(output, form)  # checks what can be checked before connecting
+    out = open_output(output, form, options)  # checks what can be checked before connecting
+    later = resumed(options, out)  # a stream: after what it holds
+    if later is None:
+        out.abort()
+        if verbosity >= 0:
+            print(f"{_PROGRAM}: {output} holds the feed to {options.stop} already: "
+                  "nothing to follow", file=sys.stderr)  # fmt: skip
+        return 0
+    if later is not options and verbosity >= 0:
+        print(f"{_PROGRAM}: {output} holds the feed to {getattr(out, 'resume_after', None)}; "
+              f"following from {later.start}", file=sys.stderr)  # fmt: skip
+    options = later
     to_stdout = output == "-"
     try:
         journal = EventsFile(events) if events is not None else None

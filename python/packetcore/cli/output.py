@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import OutputError
 from . import UserError, signals
 
 if TYPE_CHECKING:
+    from ..client.session import FetchOptions
     from ..io.sink import Output
 
-__all__ = ["given_up", "open_output", "same_path"]
+__all__ = ["given_up", "open_output", "resumed", "same_path"]
 
 
 def same_path(a: str, b: str) -> bool:
@@ -22,11 +23,31 @@ def same_path(a: str, b: str) -> bool:
     )
 
 
-def open_output(output: str, form: str | None = None) -> Output:
-    """Open ``output`` in ``form`` (default: from its name); a failure is one UserError."""
+def open_output(output: str, form: str | None = None, options: FetchOptions | None = None
+                ) -> Output:  # fmt: skip
+    """Open ``output`` in ``form`` (default: from its name); a failure is one UserError.
+
+    A JetStream stream (``nats://...``) is connected to and read: its output's
+    ``resume_after`` says where the fetch starts again; ``options`` give it the fetch's
+    retries, backoff and timeout.
+    """
+    from ..errors import MissingDependencyError
     from ..io.formats import format_for
     from ..io.sink import Output
 
+    if output.startswith("nats://"):
+        from ..client.session import FetchOptions
+        from ..io.nats import NatsOutput
+
+        if form not in (None, "bin"):
+            raise UserError(f"--format {form}: a stream holds raw packets (bin) blocks", 2)
+        options = options or FetchOptions()
+        try:
+            nats = NatsOutput(output, retries=options.retries, backoff=options.backoff,
+                              timeout=options.timeout)  # fmt: skip
+        except (OutputError, MissingDependencyError) as exc:
+            raise UserError(str(exc)) from exc
+        return cast("Output", nats)
     try:
         return Output(output, format_for(output, form))
     except OSError as exc:
@@ -43,5 +64,24 @@ def given_up(exc: KeyboardInterrupt, output: str, when: str = "") -> UserError:
     from ..io.output import STDOUT
 
     interrupted = signals.stopped_by(exc)
-    fate = "stdout has what was written" if output == STDOUT else f"{output} left as it was"
+    if output == STDOUT:
+        fate = "stdout has what was written"
+    elif output.startswith("nats://"):
+        fate = f"{output} holds what it acknowledged"
+    else:
+        fate = f"{output} left as it was"
     return UserError(f"interrupted by {interrupted.name}{when}; {fate}", interrupted.status)
+
+
+def resumed(options: FetchOptions, out: Output) -> FetchOptions | None:
+    """Return ``options`` starting after what a stream ``out`` holds already (``--from``
+    kept if later); None if it holds everything up to ``--until``."""
+    import dataclasses
+
+    after = getattr(out, "resume_after", None)
+    if after is None:
+        return options
+    if options.stop is not None and after >= options.stop:
+        return None
+    start = max(options.start or 1, after + 1)
+    return dataclasses.replace(options, start=start)

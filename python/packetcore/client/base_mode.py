@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..engine import PacketStore
-from ..errors import FetchError
+from ..errors import FetchError, PastTheEnd
 from ..packets import Packets
 from ..protocol import BASE_RESEND_MAX, resend_request, stream_all_request
 from .outcome import Outcome
@@ -238,8 +238,9 @@ def _settled(session: Session, passes: _Passes, outcome: Outcome) -> bool:
         return False
     if end < store.first:
         # The feed ends before the slice starts (what the extension's hello says at once).
-        raise FetchError(
-            f"the slice {store.first}..{stop or 'end'} starts past the feed's last sequence, {end}"
+        raise PastTheEnd(
+            f"the slice {store.first}..{stop or 'end'} starts past the feed's last sequence, {end}",
+            end,
         )
     if suspects:
         before = len(store)

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..engine import MAX_SEQUENCE, Decoder, PacketStore
-from ..errors import FetchError, OutputError, PacketcoreError
+from ..errors import FetchError, OutputError, PacketcoreError, PastTheEnd
 from ..packets import Packets
 from ..protocol import CLOCK_SIZE, DEFAULT_PORT, FeedClock, FeedInfo, ResponseFramer, hello_request
 from .journal import Journal
@@ -486,10 +486,11 @@ class Session:
         last = min(info.last, options.stop or info.last)
         if last < first:
             if options.start is not None and options.start > info.last:
-                raise FetchError(
+                raise PastTheEnd(
                     f"the slice {options.start}..{options.stop or 'end'} starts past the "
                     f"feed's last sequence, {info.last} (if the feed is live, --follow "
-                    "waits for it)"
+                    "waits for it)",
+                    info.last,
                 )
             raise FetchError(
                 f"the slice {options.start or 1}..{options.stop or 'end'} lies outside "

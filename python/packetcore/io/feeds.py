@@ -94,12 +94,17 @@ def synthetic_count(spec: str) -> int:
 
 
 def load_feed(spec: str, seed: int | None = None) -> Packets:
-    """Return the feed ``spec`` names: ``book``, ``synthetic:N`` or a file in any format."""
+    """Return the feed ``spec`` names: ``book``, ``synthetic:N``, a file in any format, or a
+    JetStream stream (``nats://HOST:PORT/STREAM``, :mod:`packetcore.io.nats`)."""
     if spec == "book":
         return book()
     if spec.startswith("synthetic:"):
         count = synthetic_count(spec)
         return synthetic(count, seed)
+    if spec.startswith("nats://"):
+        from .nats import read_stream
+
+        return read_stream(spec)
     path = Path(spec)
     source = f"feed file {os.fspath(path)!r}"
     try:
@@ -118,6 +123,8 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
 
 def open_feed(spec: str, seed: int | None = None) -> Packets | MappedFeed:
     """Return the feed ``spec`` names, a ``.bin`` file mapped rather than read."""
+    if spec.startswith("nats://"):
+        return load_feed(spec, seed)
     if spec != "book" and not spec.startswith("synthetic:") and format_for(spec) == "bin":
         return MappedFeed(spec)
     return load_feed(spec, seed)

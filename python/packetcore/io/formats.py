@@ -323,9 +323,17 @@ def write(path: str | os.PathLike[str], packets: Packets, format: str | None = N
     Packets that break the protocol (a symbol outside
     :data:`~packetcore.packets.SYMBOL_RULE`, among others) raise ValueError naming the
     file and the first such record; ``path`` is then left as it was.
+    ``nats://HOST:PORT/STREAM``: published after what the stream holds (docs/nats.md).
     """
     if not isinstance(packets, Packets):
         raise TypeError(f"write() takes Packets, not {type(packets).__name__}")
+    if isinstance(path, str) and path.startswith("nats://"):
+        from .nats import write_stream
+
+        if format not in (None, "bin"):
+            raise ValueError(f"a stream holds raw packets (bin), not {format}")
+        write_stream(path, in_sequence_order(packets))
+        return
     form = format_for(path, format)
     packets = in_sequence_order(packets)
     repeated = np.flatnonzero(np.diff(packets.sequence) == 0)
@@ -503,5 +511,12 @@ def _bad_value(index: int, key: str, expected: str) -> None:
 
 
 def read(path: str | os.PathLike[str], format: str | None = None) -> Packets:
-    """Return the packets of the file at ``path``, its format named or by extension."""
+    """Return the packets of the file at ``path``, its format named or by extension.
+
+    ``nats://HOST:PORT/STREAM``: the packets a JetStream stream holds (docs/nats.md).
+    """
+    if isinstance(path, str) and path.startswith("nats://"):
+        from .nats import read_stream
+
+        return read_stream(path)
     return Packets.concat(iter_packets(path, format))  # blocks not kept: see concat

