@@ -345,7 +345,7 @@ class _Loop:
 
 def _pause(backoff: float, attempt: int) -> float:
     """Return the pause before retry ``attempt`` (1, 2, ...): doubled each time, to 5 s."""
-    return min(backoff * 2 ** (attempt - 1), 5.0)
+    return min(backoff * 2.0 ** (attempt - 1), 5.0)
 
 
 async def _awaited(coro: Awaitable[T]) -> T:
