@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,3 +99,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
         terminalreporter.section("engine speed-up (time of rival / time of c, one run)")
         for row in rows:
             terminalreporter.write_line(row)
+
+
+# The tests' helpers that start real servers (nats-servers among them) serve the
+# benchmarks too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

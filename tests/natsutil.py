@@ -176,7 +176,9 @@ def jetstream_ready(nodes: list[NatsNode]) -> None:
     import nats
 
     async def main() -> None:
-        nc = await nats.connect(servers=[f"nats://{n.url}" for n in nodes])
+        nc = await nats.connect(
+            servers=[f"nats://{n.url}" for n in nodes], max_reconnect_attempts=2
+        )
         try:
             deadline = time.monotonic() + STARTUP
             while True:

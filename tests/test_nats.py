@@ -30,6 +30,7 @@ from packetcore.io.nats import (
     NatsOutput,
     NatsTarget,
     read_stream,
+    stored_to,
 )
 from packetcore.packets import Packets
 from packetcore.server.server import Server
@@ -45,7 +46,7 @@ def messages(url: str) -> list[Any]:
     target = NatsTarget.parse(url)
 
     async def main() -> list[Any]:
-        nc = await nats.connect(servers=list(target.servers))
+        nc = await nats.connect(servers=list(target.servers), max_reconnect_attempts=2)
         try:
             js = nc.jetstream()
             info = await js.stream_info(target.stream)
@@ -65,7 +66,7 @@ def publish_raw(url: str, payload: bytes, headers: dict[str, str] | None,
     target = NatsTarget.parse(url)
 
     async def main() -> None:
-        nc = await nats.connect(servers=list(target.servers))
+        nc = await nats.connect(servers=list(target.servers), max_reconnect_attempts=2)
         try:
             js = nc.jetstream()
             try:
@@ -345,7 +346,7 @@ def test_a_foreign_message_after_the_blocks_is_refused(tmp_path: Path) -> None:
             read_stream(url)
         publish = f"nats://{node.url}/MIXED2"  # a stream made elsewhere, for more subjects
         publish_raw(publish, b"x", None, subject="other.thing")
-        with pytest.raises(ForeignStream, match=r"none on packetcore\.MIXED2"):
+        with pytest.raises(ForeignStream, match=r"is on 'other\.thing', not 'packetcore\.MIXED2'"):
             NatsOutput(publish)
 
 
@@ -410,3 +411,112 @@ def test_a_capture_that_would_leave_a_gap_is_refused(
         assert status == 1 and "Traceback" not in err
         assert f"{url}: holds the feed to 100, but the packets go on from 500" in err
         assert read_stream(url) == feed[:100]
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_follow_holds_a_bounded_backlog_while_the_broker_is_away(tmp_path: Path) -> None:
+    # At 500,000 packets/s the broker answers nothing (SIGSTOP) for 5 s: 2,500,000
+    # packets published meanwhile.  The follow holds at most 1,048,576 for it
+    # (docs/nats.md): its memory levels off once they wait (about 2 s), then stays;
+    # after the pause the capture completes, exactly once.
+    total = 4_000_000
+    with (
+        nats_server(tmp_path) as node,
+        ServeProcess("--feed", f"synthetic:{total}", "--seed", "5", "--live", "500000") as server,
+    ):
+        url = f"nats://{node.url}/AWAY"
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
+             "-o", url, "--retries", "20", "--timeout", "1", "-q"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.0)
+        before = _rss_mib(follow.pid)
+        node.pause()
+        samples = []
+        for _ in range(50):
+            time.sleep(0.1)
+            samples.append(_rss_mib(follow.pid))
+        node.resume()
+        _, err = follow.communicate(timeout=60)
+        assert follow.returncode == 0, err
+        assert_exactly_once(url, synthetic(total, seed=5))
+    settled, end = max(samples[:30]), max(samples)
+    # Unbounded, it would grow by at least 17 B a packet: 8.5 MB a second.
+    assert end - settled < 4, (before, samples)
+    assert end - before < 48, (before, samples)
+
+
+def test_serve_live_follows_the_stream_as_it_grows(tmp_path: Path) -> None:
+    # origin -> follow -> stream -> packetcore-serve --live (the stream as it grows)
+    # -> a second follow: every packet, in order, as the origin published them.
+    total = 300_000
+    feed = synthetic(total, seed=13)
+    with (
+        nats_server(tmp_path) as node,
+        ServeProcess("--feed", f"synthetic:{total}", "--seed", "13", "--live", "100000") as origin,
+    ):
+        url = f"nats://{node.url}/GROWING"
+        capture = subprocess.Popen(
+            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(origin.port),
+             "-o", url, "-q"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not _holds_packets(url):
+            assert time.monotonic() < deadline and capture.poll() is None
+            time.sleep(0.05)
+        out = tmp_path / "relayed.bin"
+        with ServeProcess("--feed", url, "--live", "100000", "--drop", "0.1") as relay:
+            assert "as it grows" in "".join(relay.log)
+            status = fetch_main(["--port", str(relay.port), "--follow", "--until", str(total),
+                                 "-o", str(out), "-q"])  # fmt: skip
+            assert status == 0
+            assert stored_to(url) is not None
+        _, err = capture.communicate(timeout=60)
+        assert capture.returncode == 0, err
+    assert out.read_bytes() == write_bytes(feed)
+
+
+def test_serve_live_from_a_stream_refuses_workers_and_an_empty_stream(tmp_path: Path) -> None:
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/EMPTYISH"
+        write(url, synthetic(10, seed=1)[4:])  # sequences 5..10
+        for args, says, status in (
+            (["--workers", "2"], "a stream followed as it grows is served by one process", 2),
+            (["--until", "3"], "--until: until must be 5 or above (the first), not 3", 2),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "packetcore", "serve", "--port", "0", "--feed", url,
+                 "--live", "1000", *args],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == status and says in done.stderr, done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1
+        empty = f"nats://{node.url}/EMPTY"
+        publish_raw(empty, b"", None, subject="other.x")  # a stream with no blocks
+        done = subprocess.run(
+            [sys.executable, "-m", "packetcore", "serve", "--port", "0", "--feed", empty,
+             "--live", "1000"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"packetcore-serve: error: {empty}: stream sequence 1 is on 'other.x', not "
+            "'packetcore.EMPTY': the stream holds something else"
+        ]
+
+
+def _holds_packets(url: str) -> bool:
+    try:
+        return stored_to(url) is not None
+    except NatsError:
+        return False  # no stream yet

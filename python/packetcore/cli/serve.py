@@ -168,7 +168,9 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
         help="publish the feed at RATE packets a second from start-up, as a live exchange "
         "does (callType 5 subscribes; a hello's last is the highest sequence published): "
         "without --feed, an endless synthetic feed drawn from --seed; with --feed, that "
-        f"feed replayed at this pace, ending after its last packet.  RATE is "
+        "feed replayed at this pace, ending after its last packet; with --feed "
+        "nats://..., the stream followed as it grows (RATE: the rate it is expected to "
+        f"grow at, which sizes --max-lag).  RATE is "
         f"{MIN_RATE:g}..{MAX_RATE:g}; 0 (or no --live) serves a finished feed",
     )  # fmt: skip
     parser.add_argument(
@@ -238,6 +240,8 @@ def _live_feed(args: argparse.Namespace) -> FeedSource:
             if value is not None:
                 raise UserError(f"{option} needs --live RATE (a rate above 0)", EXIT_USAGE)
         return WireIndex(open_feed(args.feed or "book", args.seed))
+    if args.feed is not None and args.feed.startswith("nats://"):
+        return _growing_feed(args)
     source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
     try:
         return LiveFeed(args.live, source, seed=args.seed, until=args.until)
@@ -247,10 +251,29 @@ def _live_feed(args: argparse.Namespace) -> FeedSource:
         ) from None
 
 
+def _growing_feed(args: argparse.Namespace) -> FeedSource:
+    """Return a JetStream stream followed as it grows (``--feed nats://... --live RATE``)."""
+    from ..io.nats import NatsError
+    from ..server.growing import GrowingFeed
+
+    if args.workers > 1:
+        raise UserError(
+            "--workers: a stream followed as it grows is served by one process", EXIT_USAGE
+        )
+    try:
+        return GrowingFeed(args.feed, args.live, until=args.until)
+    except NatsError:
+        raise
+    except ValueError as exc:
+        raise UserError(f"--until: {exc}", EXIT_USAGE) from None
+
+
 def _live_note(feed: FeedSource) -> str:
     """Return what the start-up line says of a live feed ('' for a finished one)."""
     if feed.rate is None:
         return ""
+    if not getattr(feed, "clocked", True):  # a stream followed as it grows
+        return f"; {feed.describe()}"
     what = "endless synthetic feed" if feed.endless else f"sequences {feed.first}..{feed.final}"
     return f"; live at {feed.rate:g} packets/s ({what})"
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import threading
 from collections import deque
@@ -51,11 +52,14 @@ __all__ = [
     "NatsError",
     "NatsOutput",
     "NatsTarget",
+    "StreamTail",
     "is_nats",
     "read_stream",
     "stored_to",
     "write_stream",
 ]
+
+log = logging.getLogger("packetcore.nats")
 
 #: The version of the layout the headers name.
 LAYOUT = "1"
@@ -261,7 +265,11 @@ class _Broker:
         return info
 
     async def tail(self) -> tuple[int, int | None]:
-        """Return the stream's last message sequence and the last packet sequence stored."""
+        """Return the stream's last message sequence and the last packet sequence stored.
+
+        The message at that sequence is read by its sequence (a writer may append more
+        meanwhile: the pair stays consistent); it must be a block.
+        """
         from nats.js.errors import NotFoundError
 
         assert self.js is not None
@@ -269,19 +277,18 @@ class _Broker:
         last_seq = int(info.state.last_seq)
         if not info.state.messages:
             return last_seq, None
+        where = f"{self.target.url}: stream sequence {last_seq}"
         try:
-            msg = await self.js.get_last_msg(self.target.stream, self.target.subject)
-        except NotFoundError:
-            raise ForeignStream(
-                f"{self.target.url}: holds {info.state.messages} message(s), none on "
-                f"{self.target.subject}: it holds something else"
-            ) from None
-        if msg.seq != last_seq:
-            raise ForeignStream(
-                f"{self.target.url}: its last message (stream sequence {last_seq}) is not "
-                f"on {self.target.subject}: it holds something else"
+            msg = await self.js.get_msg(
+                self.target.stream, last_seq, direct=bool(info.config.allow_direct)
             )
-        where = f"{self.target.url}: stream sequence {msg.seq}"
+        except NotFoundError:
+            raise NatsError(f"{where}: its last message is gone (deleted?)") from None
+        if msg.subject != self.target.subject:
+            raise ForeignStream(
+                f"{where} is on {msg.subject!r}, not {self.target.subject!r}: the stream "
+                "holds something else"
+            )
         _, last = _block_range(msg.headers, len(msg.data or b""), where)
         return last_seq, last
 
@@ -334,8 +341,12 @@ class _Loop:
         self.loop.call_soon_threadsafe(fn, *args)
 
     def stop(self) -> None:
+        """Cancel what runs on the loop (the client's own tasks too), then end it."""
         if self.loop.is_closed():
             return
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            with contextlib.suppress(Exception):
+                self.run(_cancel_the_rest(), 2.0)
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self.thread is not threading.current_thread():
             self.thread.join(2.0)
@@ -346,6 +357,15 @@ class _Loop:
 def _pause(backoff: float, attempt: int) -> float:
     """Return the pause before retry ``attempt`` (1, 2, ...): doubled each time, to 5 s."""
     return min(backoff * 2.0 ** (attempt - 1), 5.0)
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task of the running loop, and wait (a second) for them to end."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=1.0)
 
 
 async def _awaited(coro: Awaitable[T]) -> T:
@@ -736,3 +756,139 @@ def write_stream(url: str, packets: Packets, *, timeout: float = TIMEOUT) -> Non
         output.finish()
     finally:
         output.abort()
+
+
+class StreamTail:
+    """Follow a stream as it grows, on a thread of its own: every block, in order.
+
+    :meth:`start` connects and reads what the stream holds (a NatsError, nothing
+    taken, if it cannot, or if what it holds is no feed); from then on ``on_block`` is
+    called, on the tail's thread, with each block's first sequence and wire bytes, the
+    ones held first, then each as it is stored.  A block that breaks the layout, or
+    does not continue the one before, stops the tail: ``on_stop`` gets why.  A broker
+    that goes away is waited for (the client reconnects by itself, for ever).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        on_block: Callable[[int, bytes], None],
+        on_stop: Callable[[str], None],
+        *,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.target = _target(url, NatsError)
+        self._on_block = on_block
+        self._on_stop = on_stop
+        self._broker = _Broker(self.target, timeout, retries=2)
+        self._loop = _Loop("packetcore-nats-tail")
+        self._task: asyncio.Future[None] | None = None
+        #: The sequence the next block must start at (None before the first).
+        self.following: int | None = None
+        self._stream_seq = 0  # the stream sequence of the last block taken
+
+    def start(self) -> None:
+        """Connect and take every block the stream holds now; then follow it."""
+        try:
+            self._loop.run(self._start())
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _start(self) -> None:
+        try:
+            await self._take_held()
+        except NatsError:
+            raise
+        except Exception as exc:
+            raise NatsError(f"{self.target.url}: {_why(exc)}") from exc
+
+    async def _take_held(self) -> None:
+        await self._broker.connect()
+        last_seq, last = await self._broker.tail()  # its last message is a block
+        if last is None:
+            raise NatsError(f"{self.target.url}: the stream holds no packets")
+        assert self._broker.js is not None
+        subscription = await self._broker.js.subscribe(
+            self.target.subject, stream=self.target.stream, ordered_consumer=True
+        )
+        try:
+            # What the stream holds now is taken before start() returns: a foreign
+            # message among it fails the start, and the feed starts whole.
+            while True:
+                msg = await subscription.next_msg(timeout=self._broker.timeout)
+                self._take(msg)
+                if msg.metadata.sequence.stream >= last_seq:
+                    break
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+            raise
+        self._task = asyncio.ensure_future(self._follow(subscription))
+
+    def _take(self, msg: Any) -> None:
+        """Check one stored message as a block that continues the feed; hand it on."""
+        where = f"{self.target.url}: stream sequence {msg.metadata.sequence.stream}"
+        if msg.subject != self.target.subject:
+            raise ForeignStream(f"{where} is on {msg.subject!r}, not {self.target.subject!r}")
+        data = msg.data or b""
+        first, last = _block_range(msg.headers, len(data), where)
+        if self.following is not None and first != self.following:
+            raise ForeignStream(
+                f"{where}: block {first}..{last} does not follow {self.following - 1}"
+            )
+        self.following = last + 1
+        self._stream_seq = int(msg.metadata.sequence.stream)
+        self._on_block(first, data)
+
+    async def _follow(self, subscription: Any) -> None:
+        """Take each block as it is stored; after a lost broker, subscribe again."""
+        from nats.errors import TimeoutError as NatsTimeout
+
+        while True:
+            try:
+                while True:
+                    try:
+                        msg = await subscription.next_msg(timeout=None)
+                    except NatsTimeout:
+                        continue
+                    self._take(msg)
+            except asyncio.CancelledError:
+                raise
+            except ForeignStream as exc:
+                with contextlib.suppress(Exception):
+                    self._on_stop(str(exc))
+                return
+            except Exception as exc:
+                log.warning("%s: %s; subscribing again", self.target.url, _why(exc))
+                subscription = await self._subscribe_again()
+
+    async def _subscribe_again(self) -> Any:
+        """Subscribe from the stream sequence after the last one taken, until it works."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(_pause(0.2, min(attempt, 6)))
+            try:
+                if not self._broker.connected:
+                    await self._broker.connect()
+                assert self._broker.js is not None
+                return await self._broker.js.subscribe(
+                    self.target.subject, stream=self.target.stream, ordered_consumer=True,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                          opt_start_seq=self._stream_seq + 1),
+                )  # fmt: skip
+            except Exception as exc:
+                log.debug("%s: subscribing again: %s", self.target.url, _why(exc))
+
+    def stop(self) -> None:
+        """Stop following; close the connection."""
+        if self._loop.loop.is_closed():
+            return
+        if self._task is not None:
+            self._loop.call(self._task.cancel)
+        with contextlib.suppress(Exception):
+            self._loop.run(self._broker.close(), self._broker.timeout * 2)
+        self._loop.stop()

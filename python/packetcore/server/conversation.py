@@ -272,7 +272,7 @@ class Conversation:
         log.info("subscription %d from sequence %d: %s", number, start, self.peer)
         publisher = self._publisher
         try:
-            if clock and publisher is not None:
+            if clock and publisher is not None and publisher.feed.clocked:
                 await self.connection.write(publisher.feed.clock_frame)
             if publisher is None:
                 # A finished feed is all backlog, paced by the reader.

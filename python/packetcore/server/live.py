@@ -91,6 +91,9 @@ _SIDE_ARRAY = np.array(["B", "S"], dtype="S1")
 class LiveFeed:
     """A feed published at ``rate`` packets a second: a :class:`~.source.FeedSource` that grows."""
 
+    #: Whether publication follows the clock (a subscription may ask for its frame).
+    clocked = True
+
     def __init__(
         self,
         rate: float,
