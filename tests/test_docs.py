@@ -5,7 +5,8 @@ command by command with bash, ``python`` blocks as scripts, in a temporary direc
 shared by the blocks of one page, with the venv's ``bin`` first on the PATH; a command
 ending in ``&`` is a background service, awaited until it listens and stopped with
 SIGINT after its block; an HTML comment before a block (``<!-- docs-test: ... -->``)
-starts a server for it, writes it as a file, checks it as the output of the block
+starts a server for it (``server ARGS``) or a NATS JetStream broker (``nats PORT``, its
+store shared by the page's blocks), writes it as a file, checks it as the output of the block
 before, or skips it for a stated reason.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from natsutil import NatsNode
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -30,7 +32,7 @@ BIN = Path(sys.executable).parent
 
 # The blocks that cannot run here, by page; each says why in its comment. A new skip
 # must be added here too, so none is added silently.
-SKIPS = {"README.md": 2, "docs/check.md": 2, "docs/development.md": 1}
+SKIPS = {"README.md": 2, "docs/check.md": 2, "docs/development.md": 1, "docs/nats.md": 2}
 
 RUN = {"sh", "python"}
 INERT = {"text", "toml"}
@@ -186,11 +188,15 @@ def run(argv: list[str], cwd: Path, where: Block, shown: str) -> str:
 def run_block(block: Block, cwd: Path) -> str:
     """Run one block; return the stdout of its last command."""
     services: list[Service] = []
+    nats: list[NatsNode] = []
     stdout = ""
     try:
         if block.kind == "server":
             assert "--port" in block.arg, f"{block}: a docs-test server names its --port"
             services.append(Service("packetcore-serve " + block.arg, cwd, block))
+        if block.kind == "nats":  # a JetStream broker, its store shared by the page's blocks
+            broker = NatsNode(cwd / "nats-store", int(block.arg)).start()
+            nats.append(broker)
         if block.lang == "python":
             script = cwd / f"block_{block.line}.py"
             script.write_text(block.text, encoding="utf-8")
@@ -209,6 +215,8 @@ def run_block(block: Block, cwd: Path) -> str:
                 service.stop()
             except BaseException as error:  # stop every one, then report
                 errors.append(error)
+        for broker in nats:
+            broker.stop()
         if errors:
             raise errors[0]
 
@@ -231,7 +239,9 @@ def test_skips_stay_as_listed() -> None:
     skips = {}
     for path in PAGES:
         for block in blocks(path):
-            assert block.kind in ("", "server", "file", "output", "skip"), f"{block}: {block.kind}?"
+            assert block.kind in ("", "server", "nats", "file", "output", "skip"), (
+                f"{block}: {block.kind}?"
+            )
             if block.kind == "skip":
                 assert block.arg, f"{block}: a skip says why"
                 skips[block.page] = skips.get(block.page, 0) + 1
