@@ -80,6 +80,15 @@ def publish_raw(url: str, payload: bytes, headers: dict[str, str] | None,
     asyncio.run(main())
 
 
+def follow_into_stream(port: int, url: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``packetcore-fetch --follow`` from ``port`` into the stream ``url``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(port),
+         "-o", url, *args],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def assert_exactly_once(url: str, feed: Packets) -> None:
     """The stream holds ``feed``, each sequence once, in blocks of the documented layout."""
     held = messages(url)
@@ -180,7 +189,7 @@ def test_a_fetch_captures_the_feed_in_blocks_exactly_once_and_resumes(
         assert fetch_main([*port, "-o", url]) == 0  # nothing new: nothing published
         assert "holds the whole feed already (to 30000, its last)" in capsys.readouterr().err
         assert fetch_main([*port, "--to", "20000", "-o", url]) == 0
-        assert "holds the feed to 20000 already: nothing to fetch" in capsys.readouterr().err
+        assert "holds the feed to 20000 already: nothing to do" in capsys.readouterr().err
         assert len(messages(url)) == count
         assert read(url) == feed  # packetcore.read
 
@@ -225,11 +234,9 @@ def test_a_follow_captures_a_live_feed_and_resumes_after_a_kill(tmp_path: Path) 
         ) as server,  # fmt: skip
     ):
         url = f"nats://{node.url}/FOLLOW"
-        command = [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port",
-                   str(server.port), "-o", url, "-q"]  # fmt: skip
         kills = 0
         for _ in range(20):
-            follow = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            follow = follow_into_stream(server.port, url, "-q")
             if kills < 4:
                 time.sleep(rng.uniform(0.3, 0.9))
                 if follow.poll() is None:
@@ -252,11 +259,7 @@ def test_a_broker_restarted_mid_capture_costs_nothing(tmp_path: Path) -> None:
         ServeProcess("--feed", f"synthetic:{total}", "--seed", "8", "--live", "150000") as server,
     ):
         url = f"nats://{node.url}/RESTART"
-        follow = subprocess.Popen(
-            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
-             "-o", url, "--retries", "10", "-q"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        follow = follow_into_stream(server.port, url, "--retries", "10", "-q")
         time.sleep(0.6)
         node.kill()
         time.sleep(0.5)
@@ -271,11 +274,9 @@ def test_a_broker_gone_for_good_fails_in_one_line_naming_what_it_holds(tmp_path:
     with nats_server(tmp_path) as node, ServeProcess("--feed", "synthetic:2000000", "--seed",
                                                    "9", "--live", "200000") as server:  # fmt: skip
         url = f"nats://{node.url}/GONE"
-        follow = subprocess.Popen(
-            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
-             "-o", url, "--retries", "2", "--backoff", "0.05", "--timeout", "1"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        follow = follow_into_stream(
+            server.port, url, "--retries", "2", "--backoff", "0.05", "--timeout", "1"
+        )
         time.sleep(0.5)
         node.kill()
         _, err = follow.communicate(timeout=60)
@@ -284,6 +285,7 @@ def test_a_broker_gone_for_good_fails_in_one_line_naming_what_it_holds(tmp_path:
         assert follow.returncode == 1, err
         assert len(lines) == 1 and lines[0].startswith("packetcore-fetch: error: "), err
         assert "2 retries spent; the stream holds the feed to" in lines[0]
+        assert lines[0].count(url) == 1, lines[0]
         stored = int(lines[0].split("holds the feed to ")[1].split(";")[0].split()[0])
         held = read_stream(url)
         assert held == feed[:stored]
@@ -380,11 +382,7 @@ def test_a_cluster_capture_survives_a_node_killed_and_restarted(tmp_path: Path) 
         "--feed", f"synthetic:{total}", "--seed", "12", "--live", "100000"
     ) as server:  # fmt: skip
         url = servers_url(nodes, "CLUSTER", replicas=3)
-        follow = subprocess.Popen(
-            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
-             "-o", url, "--retries", "12", "--timeout", "2", "-q"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        follow = follow_into_stream(server.port, url, "--retries", "12", "--timeout", "2", "-q")
         time.sleep(1.0)
         victim = nodes[0]
         victim.kill()
@@ -433,11 +431,7 @@ def test_a_follow_holds_a_bounded_backlog_while_the_broker_is_away(tmp_path: Pat
         ServeProcess("--feed", f"synthetic:{total}", "--seed", "5", "--live", "500000") as server,
     ):
         url = f"nats://{node.url}/AWAY"
-        follow = subprocess.Popen(
-            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(server.port),
-             "-o", url, "--retries", "20", "--timeout", "1", "-q"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        follow = follow_into_stream(server.port, url, "--retries", "20", "--timeout", "1", "-q")
         time.sleep(1.0)
         before = _rss_mib(follow.pid)
         node.pause()
@@ -465,11 +459,7 @@ def test_serve_live_follows_the_stream_as_it_grows(tmp_path: Path) -> None:
         ServeProcess("--feed", f"synthetic:{total}", "--seed", "13", "--live", "100000") as origin,
     ):
         url = f"nats://{node.url}/GROWING"
-        capture = subprocess.Popen(
-            [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port", str(origin.port),
-             "-o", url, "-q"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        capture = follow_into_stream(origin.port, url, "-q")
         deadline = time.monotonic() + 30
         while not _holds_packets(url):
             assert time.monotonic() < deadline and capture.poll() is None

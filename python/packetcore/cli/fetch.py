@@ -301,16 +301,9 @@ def fetch_into(
     if events is not None:
         refuse_events_on_the_output(events, output)
     out = open_output(output, form, options)  # checks what can be checked before fetching
-    later = resumed(options, out)  # a stream: after what it holds
+    later = resumed(options, out, program=PROGRAM, doing="fetching", verbosity=verbosity)
     if later is None:
-        out.abort()
-        if verbosity >= 0:
-            print(f"{PROGRAM}: {output} holds the feed to {options.stop} already: "
-                  "nothing to fetch", file=sys.stderr)  # fmt: skip
-        return 0
-    if later is not options and verbosity >= 0:
-        print(f"{PROGRAM}: {output} holds the feed to {getattr(out, 'resume_after', None)}; "
-              f"fetching from {later.start}", file=sys.stderr)  # fmt: skip
+        return 0  # a stream that holds everything asked for
     options = later
     try:
         journal = _Events(EventsFile(events), out) if events is not None else None

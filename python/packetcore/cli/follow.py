@@ -74,16 +74,9 @@ def follow_into(
     if events is not None:
         refuse_events_on_the_output(events, output)
     out = open_output(output, form, options)  # checks what can be checked before connecting
-    later = resumed(options, out)  # a stream: after what it holds
+    later = resumed(options, out, program=_PROGRAM, doing="following", verbosity=verbosity)
     if later is None:
-        out.abort()
-        if verbosity >= 0:
-            print(f"{_PROGRAM}: {output} holds the feed to {options.stop} already: "
-                  "nothing to follow", file=sys.stderr)  # fmt: skip
-        return 0
-    if later is not options and verbosity >= 0:
-        print(f"{_PROGRAM}: {output} holds the feed to {getattr(out, 'resume_after', None)}; "
-              f"following from {later.start}", file=sys.stderr)  # fmt: skip
+        return 0  # a stream that holds everything asked for
     options = later
     to_stdout = output == "-"
     try:

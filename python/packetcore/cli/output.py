@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING, cast
 
 from ..errors import OutputError
@@ -73,15 +74,24 @@ def given_up(exc: KeyboardInterrupt, output: str, when: str = "") -> UserError:
     return UserError(f"interrupted by {interrupted.name}{when}; {fate}", interrupted.status)
 
 
-def resumed(options: FetchOptions, out: Output) -> FetchOptions | None:
-    """Return ``options`` starting after what a stream ``out`` holds already (``--from``
-    kept if later); None if it holds everything up to ``--until``."""
+def resumed(
+    options: FetchOptions, out: Output, *, program: str, doing: str, verbosity: int = 0
+) -> FetchOptions | None:
+    """Return ``options`` starting after what a stream ``out`` holds (``--from`` kept if
+    later), saying so on stderr as ``program`` ``doing`` ("fetching").  None: it holds
+    everything up to ``--until`` (``out`` is dropped, and that is said instead)."""
     import dataclasses
 
     after = getattr(out, "resume_after", None)
     if after is None:
         return options
+    say = (lambda line: print(f"{program}: {line}", file=sys.stderr)) if verbosity >= 0 else None
     if options.stop is not None and after >= options.stop:
+        out.abort()
+        if say is not None:
+            say(f"{out.name} holds the feed to {options.stop} already: nothing to do")
         return None
     start = max(options.start or 1, after + 1)
+    if say is not None:
+        say(f"{out.name} holds the feed to {after}; {doing} from {start}")
     return dataclasses.replace(options, start=start)

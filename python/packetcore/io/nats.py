@@ -312,6 +312,8 @@ def _why(exc: BaseException) -> str:
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import NoStreamResponseError
 
+    if isinstance(exc, NatsError):
+        return str(exc)
     if isinstance(exc, (NoServersError, ConnectionRefusedError)):
         return "no broker answered (is nats-server running?)"
     if isinstance(exc, (NatsTimeout, TimeoutError, asyncio.TimeoutError)):
@@ -581,8 +583,11 @@ class NatsOutput:
         while True:
             if attempts > self.retries:
                 stored = self.stored
+                why = _why(exc)
+                if isinstance(exc, NatsError):
+                    why = why.removeprefix(f"{self.name}: ")
                 raise NatsError(
-                    f"{self.name}: {_why(exc)}, {self.retries} retries spent; the stream "
+                    f"{self.name}: {why}, {self.retries} retries spent; the stream "
                     + (
                         "holds nothing of this capture"
                         if stored is None
