@@ -26,6 +26,7 @@ import random
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -769,3 +770,48 @@ def test_a_server_that_closes_without_answering_is_named(protocol: str) -> None:
                       backoff=0.02)  # fmt: skip
             connections = proxy.stats.connections
     assert connections <= RETRIES + 2
+
+
+@contextlib.contextmanager
+def _resetting_server() -> Iterator[tuple[int, list[int]]]:
+    """A server that takes each connection's first bytes and resets it (RST), answering
+    nothing; yields its port and the count of connections it reset."""
+    reset: list[int] = [0]
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                with contextlib.suppress(OSError):
+                    conn.recv(1)  # the hello (or stream-all) arrived: leave the rest unread
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            reset[0] += 1
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], reset
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol", ["auto", "base", "extended"])
+def test_a_server_that_resets_without_answering_is_named_as_one_that_closes(
+    protocol: str,
+) -> None:
+    # The proxy above resets, rather than closes, when the hello is still unread: the
+    # fetch said "ended early (Connection reset by peer)" then.  Both are one failure.
+    with _resetting_server() as (port, reset):
+        with pytest.raises(packetcore.FetchError, match="closed the connection without"):
+            fetch(port=port, protocol=protocol, timeout=TIMEOUT, retries=RETRIES, backoff=0.02)
+    assert 1 <= reset[0] <= RETRIES + 2

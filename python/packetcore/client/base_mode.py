@@ -164,9 +164,15 @@ async def _recover(session: Session, link: Link | None, outcome: Outcome, passes
             passes.reached.append(link.highest)
         if session.info is not None:
             return True
-        if state == "done" and link.clean_end and not link.packets and not session.received:
-            # Closed with nothing sent, and nothing ever came: no server of the feed
-            # answers so (a proxy whose upstream is gone does); a failure, not a pass.
+        if (
+            state != "idle"
+            and not link.packets
+            and not session.received
+            and not (link.decoder.pending)
+        ):
+            # Closed (or reset) with nothing sent, and nothing ever came: no server of
+            # the feed answers so (a proxy whose upstream is gone does, with a reset if
+            # the hello was still unread); a failure, not a pass.
             log.debug("pass %d: the server closed the connection without answering", outcome.passes)
             if not retry.fail():
                 raise FetchError(

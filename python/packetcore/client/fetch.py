@@ -299,6 +299,10 @@ async def run_fetch(
     return result
 
 
+def _reset(error: BaseException) -> bool:
+    return isinstance(error, ConnectionResetError)
+
+
 def _failed(session: Session, outcome: Outcome, error: BaseException) -> None:
     """Tell the end of a fetch that failed, or was cancelled (if events are told)."""
     reason = "cancelled" if isinstance(error, asyncio.CancelledError) else str(error)
@@ -350,9 +354,9 @@ async def _probe(session: Session) -> Link | None:
         return link
     if options.protocol == "extended":
         link.close()
-        if link.error is not None:
+        if link.error is not None and not (state == "lost" and _reset(link.error)):
             raise FetchError(f"{options.host}:{options.port}: {link.why()}")
-        if state == "lost":
+        if state == "lost":  # closed, or reset (the hello still unread), answering nothing
             raise FetchError(
                 f"{options.host}:{options.port}: the server closed the connection without "
                 "answering the extension hello"
