@@ -811,7 +811,9 @@ def test_a_server_that_resets_without_answering_is_named_as_one_that_closes(
 ) -> None:
     # The proxy above resets, rather than closes, when the hello is still unread: the
     # fetch said "ended early (Connection reset by peer)" then.  Both are one failure.
-    with _resetting_server() as (port, reset):
-        with pytest.raises(packetcore.FetchError, match="closed the connection without"):
-            fetch(port=port, protocol=protocol, timeout=TIMEOUT, retries=RETRIES, backoff=0.02)
+    with (
+        _resetting_server() as (port, reset),
+        pytest.raises(packetcore.FetchError, match="closed the connection without"),
+    ):
+        fetch(port=port, protocol=protocol, timeout=TIMEOUT, retries=RETRIES, backoff=0.02)
     assert 1 <= reset[0] <= RETRIES + 2
