@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -150,7 +151,20 @@ def test_without_the_extra_one_line_names_it(monkeypatch: pytest.MonkeyPatch) ->
         NatsOutput("nats://127.0.0.1:1/FEED")
 
 
-def test_without_the_extra_the_command_says_so_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "program"),
+    [
+        (["fetch", "--port", "1", "-o", "nats://127.0.0.1:1/F"], "packetcore-fetch"),
+        (["serve", "--port", "0", "--feed", "nats://127.0.0.1:1/F"], "packetcore-serve"),
+        (
+            ["serve", "--port", "0", "--feed", "nats://127.0.0.1:1/F", "--live", "10"],
+            "packetcore-serve",
+        ),
+    ],
+)
+def test_without_the_extra_the_commands_say_so_in_one_line(
+    tmp_path: Path, command: list[str], program: str
+) -> None:
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "nats.py").write_text("raise ImportError('hidden by the test')\n")
@@ -158,13 +172,19 @@ def test_without_the_extra_the_command_says_so_in_one_line(tmp_path: Path) -> No
         os.environ, PYTHONPATH=os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])
     )
     done = subprocess.run(
-        [sys.executable, "-m", "packetcore", "fetch", "--port", "1", "-o", "nats://127.0.0.1:1/F"],
+        [sys.executable, "-m", "packetcore", *command],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "packetcore-fetch: error: nats:// needs the 'nats' extra: pip install 'packetcore[nats]'"
+        f"{program}: error: nats:// needs the 'nats' extra: pip install 'packetcore[nats]'"
     ]
+
+
+def test_without_the_extra_read_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nats", None)
+    with pytest.raises(MissingDependencyError, match=r"packetcore\[nats\]"):
+        read("nats://127.0.0.1:1/FEED")
 
 
 # capture
@@ -407,8 +427,134 @@ def test_a_capture_that_would_leave_a_gap_is_refused(
         status = fetch_main(["--port", str(server.port), "--from", "500", "-o", url])
         err = capsys.readouterr().err
         assert status == 1 and "Traceback" not in err
-        assert f"{url}: holds the feed to 100, but the packets go on from 500" in err
+        assert f"--from 500: {url} holds the feed to 100; what it would publish" in err
         assert read_stream(url) == feed[:100]
+    # An exchange whose feed goes on later than the stream (another feed) is refused
+    # once its first packets arrive: nothing is published.
+    later = synthetic(5_000, seed=6)[1_000:]
+    with nats_server(tmp_path / "again") as node, Server(later, host="127.0.0.1",
+                                                         port=0) as server:  # fmt: skip
+        url = f"nats://{node.url}/HOLE"
+        write(url, feed[:100])
+        status = fetch_main(["--port", str(server.port), "-o", url])
+        err = capsys.readouterr().err
+        assert status == 1 and "Traceback" not in err
+        assert f"{url}: holds the feed to 100, but the packets go on from 1001" in err
+        assert read_stream(url) == feed[:100]
+
+
+def test_two_captures_into_one_stream_never_interleave(tmp_path: Path) -> None:
+    # Two fetches of one feed into one stream, started a moment apart: each block
+    # lands right after the one its writer published before it, or not at all (the
+    # window of 16 in flight included).  The stream stays one run, whatever exits 1.
+    feed = synthetic(1_000_000, seed=14)
+    with (
+        nats_server(tmp_path) as node,
+        ServeProcess("--feed", "synthetic:1000000", "--seed", "14", "--drop", "0.01") as server,
+    ):
+        for number, delay in enumerate((0.0, 0.05, 0.15, 0.25)):
+            url = f"nats://{node.url}/TWO{number}"
+            command = [sys.executable, "-m", "packetcore", "fetch", "--port", str(server.port),
+                       "-o", url, "-q"]  # fmt: skip
+            first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            time.sleep(delay)
+            second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            errors = [p.communicate(timeout=120)[1] for p in (first, second)]
+            for process, err in zip((first, second), errors, strict=True):
+                assert (
+                    process.returncode == 0 or "another writer" in err or ("wrong last" in err)
+                ), err
+            held = read_stream(url)  # one run from 1, or ForeignStream
+            assert held == feed[: len(held)]
+            assert fetch_main(["--port", str(server.port), "-o", url, "-q"]) == 0
+            assert_exactly_once(url, feed)
+
+
+def test_a_capture_after_a_purge_is_stored_not_taken_for_duplicates(tmp_path: Path) -> None:
+    feed = synthetic(100_000, seed=15)
+    with nats_server(tmp_path) as node, Server(feed, host="127.0.0.1", port=0) as server:
+        url = f"nats://{node.url}/PURGED"
+        assert fetch_main(["--port", str(server.port), "-o", url, "-q"]) == 0
+        target = NatsTarget.parse(url)
+
+        async def purge() -> None:
+            nc = await nats.connect(servers=list(target.servers), max_reconnect_attempts=2)
+            try:
+                await nc.jetstream().purge_stream(target.stream)
+            finally:
+                await nc.close()
+
+        asyncio.run(purge())
+        # Within the broker's de-duplication window: the same blocks again, each stored.
+        assert fetch_main(["--port", str(server.port), "-o", url, "-q"]) == 0
+        assert_exactly_once(url, feed)
+
+
+def test_a_stream_that_holds_the_last_sequence_there_is_resumed_as_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    top = 2**31 - 1
+    tail = Packets.from_records(
+        {"symbol": "MSFT", "buysellindicator": "B", "quantity": 1, "price": 1,
+         "packetSequence": sequence}
+        for sequence in range(top - 9, top + 1)
+    )  # fmt: skip
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/TOP"
+        write(url, tail)
+        assert fetch_main(["--port", "1", "-o", url]) == 0  # no exchange needed
+        assert f"{url} holds the feed to {top} already: nothing to do" in capsys.readouterr().err
+
+
+def test_connecting_to_a_silent_broker_ends_on_a_stop_request_or_the_deadline(
+    tmp_path: Path,
+) -> None:
+    # A listener that accepts and never speaks: the follow waits for the broker's
+    # greeting, but a stop request (or --deadline) ends the wait within a moment.
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    url = f"nats://127.0.0.1:{port}/SILENT"
+    try:
+        with ServeProcess("--live", "1000") as server:
+            base = [sys.executable, "-m", "packetcore", "fetch", "--follow", "--port",
+                    str(server.port), "-o", url]  # fmt: skip
+            started = time.monotonic()
+            follow = subprocess.Popen(base, stderr=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+            follow.send_signal(signal.SIGTERM)
+            _, err = follow.communicate(timeout=30)
+            assert time.monotonic() - started < 4, err
+            assert follow.returncode == 1
+            assert err.strip().splitlines() == [
+                f"packetcore-fetch: error: stopped by SIGTERM while connecting to {url}; "
+                "nothing written"
+            ]
+            started = time.monotonic()
+            done = subprocess.run([*base, "--deadline", "1"], capture_output=True, text=True,
+                                  timeout=30)  # fmt: skip
+            assert time.monotonic() - started < 4 and done.returncode == 1
+            assert "the deadline of 1 s passed while connecting" in done.stderr
+    finally:
+        silent.close()
+
+
+def test_serve_live_refuses_a_block_whose_packets_are_not_its_headers(tmp_path: Path) -> None:
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/LIAR"
+        packets = synthetic(4, seed=1)
+        # Headers say 1..2; the payload holds packets 3 and 4.
+        headers = {"Packetcore-Layout": "1", "Packetcore-First": "1", "Packetcore-Last": "2"}
+        publish_raw(url, write_bytes(packets[2:]), headers)
+        for extra in ([], ["--live", "100"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "packetcore", "serve", "--port", "0", "--feed", url,
+                 *extra],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 1, done.stderr
+            assert done.stderr.strip().splitlines() == [
+                f"packetcore-serve: error: {url}: stream sequence 1: its packets are not 1..2"
+            ]
 
 
 def _rss_mib(pid: int) -> float:

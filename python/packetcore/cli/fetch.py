@@ -368,7 +368,9 @@ def fetch_into(
         raise
     if verbosity >= 0:
         # The path as the user gave it; through a link, where the file really went.
-        shown = (where if os.path.islink(output) else output) if result.complete else None
+        # A stream as out names it: without the URL's credentials.
+        named = os.path.islink(output) or output.startswith("nats://")
+        shown = (where if named else output) if result.complete else None
         if shown == "-":
             shown = "stdout"
         print(result.summary(shown, time.perf_counter() - started), file=sys.stderr)

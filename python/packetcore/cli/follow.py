@@ -138,7 +138,7 @@ def follow_into(
         if journal is not None:
             journal.close()
         raise
-    shown = "stdout" if to_stdout else output
+    shown = "stdout" if to_stdout else out.name if output.startswith("nats://") else output
     if not stats.packets and not to_stdout:
         shown = where
     if failure is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, cast
 
 from ..errors import OutputError
@@ -38,14 +39,26 @@ def open_output(output: str, form: str | None = None, options: FetchOptions | No
 
     if output.startswith("nats://"):
         from ..client.session import FetchOptions
-        from ..io.nats import NatsOutput
+        from ..io.nats import NatsOutput, Stopped
 
         if form not in (None, "bin"):
             raise UserError(f"--format {form}: a stream holds raw packets (bin) blocks", 2)
         options = options or FetchOptions()
+        deadline = None if options.deadline is None else time.monotonic() + options.deadline
+
+        def stop() -> str | None:  # connecting waits for neither a request to stop nor --deadline
+            signum = signals.requested()
+            if signum is not None:
+                return f"stopped by {signals.name(signum)}"
+            if deadline is not None and time.monotonic() > deadline:
+                return f"the deadline of {options.deadline:g} s passed"
+            return None
+
         try:
             nats = NatsOutput(output, retries=options.retries, backoff=options.backoff,
-                              timeout=options.timeout)  # fmt: skip
+                              timeout=options.timeout, stop=stop)  # fmt: skip
+        except Stopped as exc:
+            raise UserError(f"{exc} while connecting to {output}; nothing written") from exc
         except (OutputError, MissingDependencyError) as exc:
             raise UserError(str(exc)) from exc
         return cast("Output", nats)
@@ -85,12 +98,21 @@ def resumed(
     after = getattr(out, "resume_after", None)
     if after is None:
         return options
+    from ..engine import MAX_SEQUENCE
+
     say = (lambda line: print(f"{program}: {line}", file=sys.stderr)) if verbosity >= 0 else None
-    if options.stop is not None and after >= options.stop:
+    stop = MAX_SEQUENCE if options.stop is None else options.stop
+    if after >= stop:
         out.abort()
         if say is not None:
-            say(f"{out.name} holds the feed to {options.stop} already: nothing to do")
+            say(f"{out.name} holds the feed to {stop} already: nothing to do")
         return None
+    if options.start is not None and options.start > after + 1:
+        out.abort()
+        raise UserError(
+            f"--from {options.start}: {out.name} holds the feed to {after}; what it "
+            f"would publish must follow on at {after + 1} (a stream holds no gap)"
+        )
     start = max(options.start or 1, after + 1)
     if say is not None:
         say(f"{out.name} holds the feed to {after}; {doing} from {start}")

@@ -324,6 +324,13 @@ def abandoned() -> Interrupted | None:
     return None if _stops.abandon is None else _interrupted(_stops.abandon)
 
 
+def requested() -> int | None:
+    """Return the signal of the first request to stop received, if any (and not settled)."""
+    if _stops.settled or not _stops.requests:
+        return None
+    return _stops.requests[0]
+
+
 def check() -> None:
     """Raise :class:`Interrupted` for a request that gave up and was not acted on yet."""
     if _stops.abandon is not None and not _stops.settled:

@@ -9,11 +9,12 @@ Blocks follow each other without gap or overlap: the stream holds the feed from 
 first sequence to the last block's ``Packetcore-Last``, exactly once.
 
 A capture (:class:`NatsOutput`) resumes after what the stream holds.  Each block is
-published with ``Nats-Msg-Id`` (its first and last sequence: a block published again
-after a lost acknowledgement is dropped by the broker) and
-``Nats-Expected-Last-Sequence`` (the stream sequence the block before it got: a
-publish that would land after anything else, a second writer's or a block the broker
-had stored unacknowledged, is refused).  A refusal, a timeout or a lost broker stops
+published with ``Nats-Expected-Last-Sequence`` (the stream sequence the block before
+it got) and, but for the first after a look at the stream, ``Nats-Expected-Last-Msg-Id``
+(the id of the block before it): a publish that would land after anything else, a
+second writer's block or one the broker had stored unacknowledged, is refused.  Its
+``Nats-Msg-Id`` (first and last sequence, and the stream sequence it follows) makes the
+same publish sent twice land once.  A refusal, a timeout or a lost broker stops
 the publishing; what the stream holds is read again and the blocks after it are
 published again, per the fetch's ``--retries``; past them, the capture fails naming
 the last sequence stored.
@@ -28,6 +29,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -37,8 +39,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from ..engine import PACKET_SIZE, decode, encode
-from ..errors import FeedError, MissingDependencyError, OutputError
+from ..engine import MAX_SEQUENCE, PACKET_SIZE, decode, encode
+from ..errors import FeedError, MissingDependencyError, OutputError, PacketcoreError
 from ..packets import Packets
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ __all__ = [
     "NatsError",
     "NatsOutput",
     "NatsTarget",
+    "Stopped",
     "StreamTail",
     "is_nats",
     "read_stream",
@@ -72,6 +75,9 @@ TIMEOUT = 5.0
 #: Blocks asked for at once when the stream is read.
 READ_BATCH = 64
 
+#: JetStream's refusals of a publish whose expected last sequence or message id is not
+#: the stream's: wrong last sequence, wrong last message id.
+_WRONG_LAST = (10071, 10070)
 _FIRST = "Packetcore-First"
 _LAST = "Packetcore-Last"
 _LAYOUT = "Packetcore-Layout"
@@ -83,6 +89,10 @@ T = TypeVar("T")
 
 class NatsError(OutputError, FeedError):
     """A stream that cannot be reached, written or read as a feed: one line."""
+
+
+class Stopped(NatsError):
+    """A wait given up because the command was asked to stop (the message says why)."""
 
 
 class ForeignStream(NatsError):
@@ -107,25 +117,28 @@ class NatsTarget:
         """Read ``nats://HOST:PORT[,HOST:PORT...]/STREAM[?replicas=N]``; ValueError if not."""
         parts = urlsplit(url)
         if parts.scheme != "nats" or not parts.netloc:
-            raise ValueError(f"{url!r}: expected nats://HOST:PORT/STREAM")
+            raise ValueError(f"{_shown(url)!r}: expected nats://HOST:PORT/STREAM")
         servers = []
         for where in parts.netloc.split(","):
-            host, _, port = where.rpartition(":")
-            if not host or not port.isdigit() or not 1 <= int(port) <= 0xFFFF:
-                raise ValueError(f"{url!r}: {where!r} is no HOST:PORT (port in 1..65535)")
+            host, _, port = where.rpartition("@")[2].rpartition(":")
+            if not host or not _digits(port) or not 1 <= int(port) <= 0xFFFF:
+                raise ValueError(
+                    f"{_shown(url)!r}: {_shown(where)!r} is no HOST:PORT (port in 1..65535)"
+                )
             servers.append(f"nats://{where}")
         stream = parts.path.lstrip("/")
         if not _STREAM_NAME.fullmatch(stream):
             raise ValueError(
-                f"{url!r}: the stream name {stream!r} must be 1-200 letters, digits, '-' or '_'"
+                f"{_shown(url)!r}: the stream name {stream!r} must be 1-200 letters, digits, "
+                "'-' or '_'"
             )
         query = parse_qs(parts.query, keep_blank_values=True)
         replicas = 1
         for key, values in query.items():
             if key != "replicas":
-                raise ValueError(f"{url!r}: unknown option {key!r} (known: replicas)")
-            if not values[-1].isdigit() or not 1 <= int(values[-1]) <= 5:
-                raise ValueError(f"{url!r}: replicas must be 1..5, not {values[-1]!r}")
+                raise ValueError(f"{_shown(url)!r}: unknown option {key!r} (known: replicas)")
+            if not _digits(values[-1]) or not 1 <= int(values[-1]) <= 5:
+                raise ValueError(f"{_shown(url)!r}: replicas must be 1..5, not {values[-1]!r}")
             replicas = int(values[-1])
         return cls(tuple(servers), stream, replicas)
 
@@ -136,9 +149,18 @@ class NatsTarget:
 
     @property
     def url(self) -> str:
-        """The URL, as one line names it."""
-        hosts = ",".join(s.removeprefix("nats://") for s in self.servers)
+        """The URL, as one line names it (no credentials)."""
+        hosts = ",".join(s.removeprefix("nats://").rpartition("@")[2] for s in self.servers)
         return f"nats://{hosts}/{self.stream}"
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _shown(text: str) -> str:
+    """Return ``text`` (a URL or a host) with any password replaced."""
+    return re.sub(r"(//|^|,)([^:@/,]*):[^@/,]*@", r"\1\2:***@", text)
 
 
 def _target(url: str, error: type[Exception]) -> NatsTarget:
@@ -156,15 +178,27 @@ def _client() -> Any:
     return nats
 
 
-def block_headers(first: int, last: int, expected: int) -> dict[str, str]:
-    """Return the headers of the block ``first..last`` after stream sequence ``expected``."""
-    return {
+def block_id(first: int, last: int, expected: int) -> str:
+    """Return the message id of block ``first..last`` published after stream sequence
+    ``expected``: the same publish again has the same id (the broker keeps one), while
+    a capture after a purge, whose blocks land later, does not collide with ids the
+    broker still remembers."""
+    return f"{first}-{last}@{expected}"
+
+
+def block_headers(first: int, last: int, expected: int, after: str | None) -> dict[str, str]:
+    """Return the headers of block ``first..last``, to land after stream sequence
+    ``expected`` and, if ``after`` is given, right after the message of that id."""
+    headers = {
         _LAYOUT: LAYOUT,
         _FIRST: str(first),
         _LAST: str(last),
-        "Nats-Msg-Id": f"{first}-{last}",
+        "Nats-Msg-Id": block_id(first, last, expected),
         "Nats-Expected-Last-Sequence": str(expected),
     }
+    if after is not None:
+        headers["Nats-Expected-Last-Msg-Id"] = after
+    return headers
 
 
 def _block_range(headers: dict[str, str] | None, payload: int, where: str) -> tuple[int, int]:
@@ -186,12 +220,31 @@ def _block_range(headers: dict[str, str] | None, payload: int, where: str) -> tu
         raise ForeignStream(
             f"{where}: its first and last sequence headers are missing or bad"
         ) from None
-    if not 1 <= first <= last or payload != (last - first + 1) * PACKET_SIZE:
+    if not 1 <= first <= last <= MAX_SEQUENCE or payload != (last - first + 1) * PACKET_SIZE:
         raise ForeignStream(
             f"{where}: {payload} bytes do not hold packets {first}..{last} "
             f"({PACKET_SIZE} bytes each)"
         )
     return first, last
+
+
+def _stored_block(msg: Any, target: NatsTarget, following: int | None, where: str) -> Packets:
+    """Check a stored message as the block that continues at ``following`` (None: any);
+    return its packets.  ForeignStream if it is none."""
+    if msg.subject != target.subject:
+        raise ForeignStream(f"{where} is on {msg.subject!r}, not {target.subject!r}")
+    data = msg.data or b""
+    first, last = _block_range(msg.headers, len(data), where)
+    if following is not None and first != following:
+        raise ForeignStream(f"{where}: block {first}..{last} does not follow {following - 1}")
+    try:
+        packets = decode(data, strict=True)
+    except ValueError as exc:
+        raise ForeignStream(f"{where}: {exc}") from None
+    seq = packets.sequence.astype(np.int64)
+    if seq[0] != first or seq[-1] != last or not bool(np.all(np.diff(seq) == 1)):
+        raise ForeignStream(f"{where}: its packets are not {first}..{last}")
+    return packets
 
 
 class _Broker:
@@ -308,12 +361,14 @@ async def _nothing() -> None:
 
 def _why(exc: BaseException) -> str:
     """Return a client error as a few words."""
+    if isinstance(exc, PacketcoreError):
+        return str(exc)
     from nats.errors import NoRespondersError, NoServersError
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import NoStreamResponseError
 
-    if isinstance(exc, NatsError):
-        return str(exc)
+    if getattr(exc, "err_code", None) in _WRONG_LAST:
+        return "another writer publishes into the stream (a block did not land where it was due)"
     if isinstance(exc, (NoServersError, ConnectionRefusedError)):
         return "no broker answered (is nats-server running?)"
     if isinstance(exc, (NatsTimeout, TimeoutError, asyncio.TimeoutError)):
@@ -331,10 +386,26 @@ class _Loop:
         self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self.thread.start()
 
-    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+    def run(self, coro: Awaitable[T], timeout: float | None = None,
+            stop: Callable[[], str | None] | None = None) -> T:  # fmt: skip
+        """Run ``coro`` on the loop and return its result, waiting at most ``timeout``.
+
+        ``stop``, asked every 0.1 s, gives up the wait with :class:`Stopped` when it
+        says why (a request to stop the command, a deadline).
+        """
         future = asyncio.run_coroutine_threadsafe(_awaited(coro), self.loop)
+        ends = None if timeout is None else time.monotonic() + timeout
         try:
-            return future.result(timeout)
+            while True:
+                left = None if ends is None else max(ends - time.monotonic(), 0.0)
+                try:
+                    return future.result(left if stop is None else min(left or 0.1, 0.1))
+                except FutureTimeout:
+                    if ends is not None and time.monotonic() >= ends:
+                        raise
+                    why = None if stop is None else stop()
+                    if why is not None:
+                        raise Stopped(why) from None
         except BaseException:
             future.cancel()
             raise
@@ -397,7 +468,8 @@ class NatsOutput:
     """
 
     def __init__(self, url: str, *, retries: int = 5, backoff: float = 0.2,
-                 timeout: float = TIMEOUT) -> None:  # fmt: skip
+                 timeout: float = TIMEOUT,
+                 stop: Callable[[], str | None] | None = None) -> None:  # fmt: skip
         self.target = _target(url, NatsError)
         self.name = self.target.url
         self.form = "bin"
@@ -417,11 +489,12 @@ class NatsOutput:
         self._next: int | None = None  # the sequence the next packet must have
         self._gap: int | None = None  # the first sequence missing: nothing after it goes
         self._wake: asyncio.Event | None = None  # set when a batch arrives (on the loop)
+        self._last_id: str | None = None  # the id of the block published last in this run
         self._closing = False
         self._done: asyncio.Future[None] | None = None
         self._pump: asyncio.Future[None] | None = None
         try:
-            self._stream_seq, self.resume_after = self._loop.run(self._open())
+            self._stream_seq, self.resume_after = self._loop.run(self._open(), stop=stop)
         except BaseException:
             self._close()
             raise
@@ -567,15 +640,22 @@ class NatsOutput:
             self.stored = block.last
 
     async def _publish(self, block: _Block) -> None:
+        """Publish ``block`` after the one published before it, and nothing else.
+
+        Blocks are in flight a window at a time, so an expected stream sequence alone
+        would not do: were the first refused (another writer's message took its place),
+        the second would find the sequence it expects.  Each block after the first of a
+        run therefore also names the id of the block before it.
+        """
         assert self._broker.js is not None
-        expected = self._stream_seq
+        expected, after = self._stream_seq, self._last_id
         self._stream_seq += 1
-        # A duplicate (stored before, its acknowledgement lost) is kept once by the
-        # broker; the next block's expected sequence is then off by one, refused, and
-        # recovered from as any refusal is.
+        self._last_id = block_id(block.first, block.last, expected)
+        # A duplicate (this very publish stored before, its acknowledgement lost) is
+        # kept once by the broker: it is where it should be.
         await self._broker.js.publish(
             self.target.subject, block.payload, timeout=self.timeout,
-            headers=block_headers(block.first, block.last, expected),
+            headers=block_headers(block.first, block.last, expected, after),
         )  # fmt: skip
 
     async def _recover(self, blocks: list[_Block], exc: Exception, attempts: int) -> list[_Block]:
@@ -599,6 +679,7 @@ class NatsOutput:
                 if not self._broker.connected:
                     await self._broker.connect()
                 self._stream_seq, last = await self._broker.tail()
+                self._last_id = None  # a new run: its first block follows the sequence
             except ForeignStream:
                 raise
             except Exception as failure:  # the broker is still away
@@ -618,6 +699,11 @@ class NatsOutput:
                 )
             else:
                 due.append(block)
+        if last is not None and self._next is not None and last >= self._next:
+            # Another writer stored beyond what was cut here: what comes next is
+            # published after it, never under it (the packets it holds are dropped).
+            self._next = last + 1
+            self.stored = last
         if due and last is not None and due[0].first != last + 1:
             raise NatsError(
                 f"{self.name}: the stream holds the feed to {last}, but the next block "
@@ -716,24 +802,11 @@ async def _read(target: NatsTarget, timeout: float) -> Packets:
             )
             for msg in msgs:
                 where = f"{target.url}: stream sequence {msg.seq}"
-                if msg.subject != target.subject:
-                    raise ForeignStream(f"{where} is on {msg.subject!r}, not {target.subject!r}")
-                data = msg.data or b""
-                first, last = _block_range(msg.headers, len(data), where)
-                if following is not None and first != following:
-                    raise ForeignStream(
-                        f"{where}: block {first}..{last} does not follow {following - 1}"
-                    )
-                try:
-                    packets = decode(data, strict=True)
-                except ValueError as exc:
-                    raise ForeignStream(f"{where}: {exc}") from None
-                if packets.sequence[0] != first or packets.sequence[-1] != last:
-                    raise ForeignStream(f"{where}: its packets are not {first}..{last}")
+                packets = _stored_block(msg, target, following, where)
+                following = int(packets.sequence[-1]) + 1
                 batches.append(packets)
-                following = last + 1
         return Packets.concat(batches)
-    except NatsError:
+    except (NatsError, MissingDependencyError):
         raise
     except Exception as exc:
         raise NatsError(f"{target.url}: {_why(exc)}") from exc
@@ -803,7 +876,7 @@ class StreamTail:
     async def _start(self) -> None:
         try:
             await self._take_held()
-        except NatsError:
+        except (NatsError, MissingDependencyError):
             raise
         except Exception as exc:
             raise NatsError(f"{self.target.url}: {_why(exc)}") from exc
@@ -834,17 +907,11 @@ class StreamTail:
     def _take(self, msg: Any) -> None:
         """Check one stored message as a block that continues the feed; hand it on."""
         where = f"{self.target.url}: stream sequence {msg.metadata.sequence.stream}"
-        if msg.subject != self.target.subject:
-            raise ForeignStream(f"{where} is on {msg.subject!r}, not {self.target.subject!r}")
-        data = msg.data or b""
-        first, last = _block_range(msg.headers, len(data), where)
-        if self.following is not None and first != self.following:
-            raise ForeignStream(
-                f"{where}: block {first}..{last} does not follow {self.following - 1}"
-            )
-        self.following = last + 1
+        packets = _stored_block(msg, self.target, self.following, where)
+        first = int(packets.sequence[0])
+        self.following = int(packets.sequence[-1]) + 1
         self._stream_seq = int(msg.metadata.sequence.stream)
-        self._on_block(first, data)
+        self._on_block(first, msg.data)
 
     async def _follow(self, subscription: Any) -> None:
         """Take each block as it is stored; after a lost broker, subscribe again."""
