@@ -359,6 +359,24 @@ def test_a_stream_that_holds_something_else_is_refused(
         assert says in served.stderr and len(served.stderr.strip().splitlines()) == 1
 
 
+def test_a_stream_with_a_hole_is_refused_naming_it(tmp_path: Path) -> None:
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/HOLED"
+        write(url, synthetic(3 * BLOCK_PACKETS, seed=1))  # three blocks
+        target = NatsTarget.parse(url)
+
+        async def delete() -> None:
+            nc = await nats.connect(servers=list(target.servers), max_reconnect_attempts=2)
+            try:
+                await nc.jetstream().delete_msg(target.stream, 2)
+            finally:
+                await nc.close()
+
+        asyncio.run(delete())
+        with pytest.raises(ForeignStream, match="stream sequence 2 is gone"):
+            read_stream(url)
+
+
 def test_a_foreign_message_after_the_blocks_is_refused(tmp_path: Path) -> None:
     with nats_server(tmp_path) as node:
         url = f"nats://{node.url}/MIXED"
@@ -463,9 +481,39 @@ def test_two_captures_into_one_stream_never_interleave(tmp_path: Path) -> None:
             for process, err in zip((first, second), errors, strict=True):
                 assert process.returncode == 0 or "another writer" in err, err
             held = read_stream(url)  # one run from 1, or ForeignStream
+            if 0 in (first.returncode, second.returncode):
+                assert held == feed  # a writer that says done stored the whole feed
             assert held == feed[: len(held)]
             assert fetch_main(["--port", str(server.port), "-o", url, "-q"]) == 0
             assert_exactly_once(url, feed)
+
+
+def test_captures_of_two_feeds_into_one_stream_say_which_lost(tmp_path: Path) -> None:
+    # Two exchanges serving different feeds (seeds 1 and 2), captured into one stream at
+    # once: a writer that exits 0 has its whole feed in the stream; the other names
+    # another writer.  (A block's id says nothing of its packets: only the order of the
+    # stream's blocks tells whose they are.)
+    feeds = [synthetic(1_000_000, seed=seed) for seed in (1, 2)]
+    with (
+        nats_server(tmp_path) as node,
+        ServeProcess("--feed", "synthetic:1000000", "--seed", "1", "--drop", "0.01") as one,
+        ServeProcess("--feed", "synthetic:1000000", "--seed", "2", "--drop", "0.01") as two,
+    ):
+        for attempt in range(3):
+            url = f"nats://{node.url}/DIFF{attempt}"
+            command = [sys.executable, "-m", "packetcore", "fetch", "-o", url, "-q", "--port"]
+            writers = [
+                subprocess.Popen([*command, str(server.port)], stderr=subprocess.PIPE, text=True)
+                for server in (one, two)
+            ]
+            errors = [writer.communicate(timeout=120)[1] for writer in writers]
+            held = read_stream(url)
+            for writer, err, feed in zip(writers, errors, feeds, strict=True):
+                if writer.returncode == 0:
+                    assert held == feed, err
+                else:
+                    assert "another writer publishes into the stream" in err, err
+            assert any(held == feed[: len(held)] for feed in feeds)
 
 
 def test_a_capture_after_a_purge_is_stored_not_taken_for_duplicates(tmp_path: Path) -> None:

@@ -33,8 +33,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -247,6 +247,15 @@ def _stored_block(msg: Any, target: NatsTarget, following: int | None, where: st
     return packets
 
 
+class Tail(NamedTuple):
+    """A stream's end: its last message's stream sequence, the last packet sequence that
+    block holds (None: no block) and its message id (None: none)."""
+
+    seq: int
+    last: int | None
+    msg_id: str | None
+
+
 class _Broker:
     """One connection to a stream's brokers, on the loop that made it."""
 
@@ -317,11 +326,12 @@ class _Broker:
             )
         return info
 
-    async def tail(self) -> tuple[int, int | None]:
-        """Return the stream's last message sequence and the last packet sequence stored.
+    async def tail(self) -> Tail:
+        """Return the stream's last message sequence, the last packet sequence stored and
+        that block's message id.
 
         The message at that sequence is read by its sequence (a writer may append more
-        meanwhile: the pair stays consistent); it must be a block.
+        meanwhile: the three stay consistent); it must be a block.
         """
         from nats.js.errors import NotFoundError
 
@@ -329,7 +339,7 @@ class _Broker:
         info = await self.ensure_stream(create=False)
         last_seq = int(info.state.last_seq)
         if not info.state.messages:
-            return last_seq, None
+            return Tail(last_seq, None, None)
         where = f"{self.target.url}: stream sequence {last_seq}"
         try:
             msg = await self.js.get_msg(
@@ -343,7 +353,7 @@ class _Broker:
                 "holds something else"
             )
         _, last = _block_range(msg.headers, len(msg.data or b""), where)
-        return last_seq, last
+        return Tail(last_seq, last, (msg.headers or {}).get("Nats-Msg-Id"))
 
     async def close(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
@@ -450,6 +460,8 @@ class _Block:
     first: int
     last: int
     payload: bytes
+    msg_id: str | None = None  # once published: its latest id
+    ids: list[str] = field(default_factory=list)  # every id it was published with
 
     @property
     def count(self) -> int:
@@ -494,15 +506,21 @@ class NatsOutput:
         self._done: asyncio.Future[None] | None = None
         self._pump: asyncio.Future[None] | None = None
         try:
-            self._stream_seq, self.resume_after = self._loop.run(self._open(), stop=stop)
+            tail = self._loop.run(self._open(), stop=stop)
         except BaseException:
             self._close()
             raise
+        self._stream_seq = tail.seq
+        #: The last sequence the stream held when opened (None: nothing).
+        self.resume_after = tail.last
         self._next = None if self.resume_after is None else self.resume_after + 1
         #: The last sequence the stream holds, acknowledged (None: nothing yet).
         self.stored = self.resume_after
+        # The id of the stream's last block, as far as this capture knows: its own
+        # last one acknowledged, or the one it resumed after.
+        self._after_id = tail.msg_id
 
-    async def _open(self) -> tuple[int, int | None]:
+    async def _open(self) -> Tail:
         await self._broker.connect()
         attempts = 0
         while True:
@@ -638,6 +656,7 @@ class NatsOutput:
             attempts = 0
             self.written += block.count
             self.stored = block.last
+            self._after_id = block.msg_id
 
     async def _publish(self, block: _Block) -> None:
         """Publish ``block`` after the one published before it, and nothing else.
@@ -650,7 +669,8 @@ class NatsOutput:
         assert self._broker.js is not None
         expected, after = self._stream_seq, self._last_id
         self._stream_seq += 1
-        self._last_id = block_id(block.first, block.last, expected)
+        block.msg_id = self._last_id = block_id(block.first, block.last, expected)
+        block.ids.append(block.msg_id)
         # A duplicate (this very publish stored before, its acknowledgement lost) is
         # kept once by the broker: it is where it should be.
         await self._broker.js.publish(
@@ -678,8 +698,7 @@ class NatsOutput:
             try:
                 if not self._broker.connected:
                     await self._broker.connect()
-                self._stream_seq, last = await self._broker.tail()
-                self._last_id = None  # a new run: its first block follows the sequence
+                tail = await self._broker.tail()
             except ForeignStream:
                 raise
             except Exception as failure:  # the broker is still away
@@ -687,29 +706,30 @@ class NatsOutput:
                 attempts += 1
                 continue
             break
-        due = []
-        for block in blocks:
-            if last is not None and block.last <= last:
-                self.written += block.count  # stored, its acknowledgement lost
-                self.stored = block.last
-            elif last is not None and block.first <= last:
-                raise NatsError(
-                    f"{self.name}: the stream's last block ends at {last}, inside "
-                    f"{block.first}..{block.last}: another writer?"
-                )
-            else:
-                due.append(block)
-        if last is not None and self._next is not None and last >= self._next:
-            # Another writer stored beyond what was cut here: what comes next is
-            # published after it, never under it (the packets it holds are dropped).
-            self._next = last + 1
-            self.stored = last
-        if due and last is not None and due[0].first != last + 1:
+        self._stream_seq = tail.seq
+        self._last_id = None  # a new run: its first block follows the sequence
+        # The stream ends with the block this capture knows it ends with, or with one it
+        # published since (stored, its acknowledgement lost): anything else is another
+        # writer's (or the stream was purged), and nothing is published after it.
+        mine = [i for i, block in enumerate(blocks) if tail.msg_id in block.ids]
+        if tail.msg_id is not None and tail.msg_id == self._after_id:
+            stored = 0
+        elif tail.msg_id is not None and mine:
+            stored = mine[0] + 1  # a copy published before a retry may be the one stored
+        elif tail.last is None and self.stored is None:
+            stored = 0  # empty, and this capture stored nothing yet
+        else:
+            held = "holds nothing" if tail.last is None else f"ends at {tail.last}"
             raise NatsError(
-                f"{self.name}: the stream holds the feed to {last}, but the next block "
-                f"starts at {due[0].first}: another writer?"
+                f"{self.name}: another writer publishes into the stream (it {held}, in a "
+                f"block not of this capture); this capture stored the feed to {self.stored}"
             )
-        return due
+        for block in blocks[:stored]:
+            self.written += block.count  # stored, its acknowledgement lost
+            self.stored = block.last
+        if stored:
+            self._after_id = tail.msg_id
+        return blocks[stored:]
 
     async def _finish(self) -> None:
         self._closing = True
@@ -767,7 +787,7 @@ def stored_to(url: str, *, timeout: float = TIMEOUT) -> int | None:
         broker = _Broker(target, timeout)
         try:
             await broker.connect()
-            return (await broker.tail())[1]
+            return (await broker.tail()).last
         finally:
             await broker.close()
 
@@ -785,6 +805,9 @@ def read_stream(url: str, *, timeout: float = TIMEOUT) -> Packets:
 
 
 async def _read(target: NatsTarget, timeout: float) -> Packets:
+    _client()  # MissingDependencyError, naming the extra, before anything of it is used
+    from nats.js.errors import NotFoundError
+
     broker = _Broker(target, timeout)
     try:
         js = await broker.connect()
@@ -798,10 +821,18 @@ async def _read(target: NatsTarget, timeout: float) -> Packets:
         for start in range(first_seq, last_seq + 1, READ_BATCH):
             stop = min(start + READ_BATCH, last_seq + 1)
             msgs = await asyncio.gather(
-                *(js.get_msg(target.stream, seq, direct=direct) for seq in range(start, stop))
+                *(js.get_msg(target.stream, seq, direct=direct) for seq in range(start, stop)),
+                return_exceptions=True,
             )
-            for msg in msgs:
-                where = f"{target.url}: stream sequence {msg.seq}"
+            for seq, msg in enumerate(msgs, start):
+                if isinstance(msg, NotFoundError):
+                    raise ForeignStream(
+                        f"{target.url}: stream sequence {seq} is gone (deleted?): the "
+                        "stream has a hole"
+                    )
+                if isinstance(msg, BaseException):
+                    raise msg
+                where = f"{target.url}: stream sequence {seq}"
                 packets = _stored_block(msg, target, following, where)
                 following = int(packets.sequence[-1]) + 1
                 batches.append(packets)
@@ -883,7 +914,7 @@ class StreamTail:
 
     async def _take_held(self) -> None:
         await self._broker.connect()
-        last_seq, last = await self._broker.tail()  # its last message is a block
+        last_seq, last, _ = await self._broker.tail()  # its last message is a block
         if last is None:
             raise NatsError(f"{self.target.url}: the stream holds no packets")
         assert self._broker.js is not None

@@ -64,7 +64,7 @@ class GrowingFeed(LiveFeed):
 
     def _stopped(self, reason: str) -> None:
         """The tail stopped: the feed ends at what it holds."""
-        log.error("%s: %s; the feed ends at what it holds", self.url, reason)
+        log.error("%s; the feed ends at what it holds", reason)  # the reason names the stream
         with self._lock:
             self.total = min(self.total, self._held)
             self.final = self.first + self.total - 1
