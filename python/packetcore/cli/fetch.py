@@ -34,7 +34,7 @@ from .progress import process_age, progress_bar
 if TYPE_CHECKING:
     from ..client.fetch import FetchResult
     from ..client.session import FetchOptions, Progress
-    from ..io.sink import Output
+    from ..io.sink import Sink
     from ..packets import Packets
     from .events import EventsFile
 
@@ -379,7 +379,7 @@ def fetch_into(
     return 0
 
 
-def _reader_left(out: Output, verbosity: int, events: _Events | None) -> int:
+def _reader_left(out: Sink, verbosity: int, events: _Events | None) -> int:
     """The reader of stdout left (``| head``): a normal end, as for ``yes | head``."""
     out.abort()
     signals.settle()
@@ -398,7 +398,7 @@ class _Events:
     last line does: with ``-o -`` and a reader that left, fewer than the fetch handed it.
     """
 
-    def __init__(self, file: EventsFile, out: Output) -> None:
+    def __init__(self, file: EventsFile, out: Sink) -> None:
         self.file = file
         self.out = out
         self._end: dict[str, Any] | None = None
@@ -427,7 +427,7 @@ class _Events:
 
 
 async def _run(
-    options: FetchOptions, out: Output, progress: Progress | None, events: _Events | None
+    options: FetchOptions, out: Sink, progress: Progress | None, events: _Events | None
 ) -> FetchResult | None:
     """Fetch into ``out``; return the result, or None if the reader of stdout left."""
     import asyncio
@@ -463,7 +463,7 @@ async def _run(
                 flowing=lambda: out.backlog < _BACKLOG, events=events,
             )  # fmt: skip
         except FetchError as exc:
-            if isinstance(exc, PastTheEnd) and exc.last == getattr(out, "resume_after", None):
+            if isinstance(exc, PastTheEnd) and exc.last == out.resume_after:
                 raise _Held(exc.last) from None  # a stream that holds the whole feed
             raise UserError(str(exc)) from exc
     if stopped.done():

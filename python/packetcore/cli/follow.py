@@ -31,7 +31,7 @@ from .progress import progress_bar
 if TYPE_CHECKING:
     from ..client.follow import FollowStats
     from ..client.session import FetchOptions, Progress
-    from ..io.sink import Output
+    from ..io.sink import Sink
     from ..net.metrics import MetricsServer
     from ..packets import Packets
 
@@ -153,7 +153,7 @@ def follow_into(
 
 async def _run(
     options: FetchOptions,
-    out: Output,
+    out: Sink,
     progress: Progress | None,
     events: EventsFile | None,
     holder: list[FollowStats],

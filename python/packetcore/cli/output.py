@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from ..errors import OutputError
 from . import UserError, signals
 
 if TYPE_CHECKING:
     from ..client.session import FetchOptions
-    from ..io.sink import Output
+    from ..io.sink import Sink
 
 __all__ = ["given_up", "open_output", "resumed", "same_path"]
 
@@ -26,7 +26,7 @@ def same_path(a: str, b: str) -> bool:
 
 
 def open_output(output: str, form: str | None = None, options: FetchOptions | None = None
-                ) -> Output:  # fmt: skip
+                ) -> Sink:  # fmt: skip
     """Open ``output`` in ``form`` (default: from its name); a failure is one UserError.
 
     A JetStream stream (``nats://...``) is connected to and read: its output's
@@ -61,7 +61,7 @@ def open_output(output: str, form: str | None = None, options: FetchOptions | No
             raise UserError(f"{exc} while connecting to {output}; nothing written") from exc
         except (OutputError, MissingDependencyError) as exc:
             raise UserError(str(exc)) from exc
-        return cast("Output", nats)
+        return nats
     try:
         return Output(output, format_for(output, form))
     except OSError as exc:
@@ -88,14 +88,14 @@ def given_up(exc: KeyboardInterrupt, output: str, when: str = "") -> UserError:
 
 
 def resumed(
-    options: FetchOptions, out: Output, *, program: str, doing: str, verbosity: int = 0
+    options: FetchOptions, out: Sink, *, program: str, doing: str, verbosity: int = 0
 ) -> FetchOptions | None:
     """Return ``options`` starting after what a stream ``out`` holds (``--from`` kept if
     later), saying so on stderr as ``program`` ``doing`` ("fetching").  None: it holds
     everything up to ``--until`` (``out`` is dropped, and that is said instead)."""
     import dataclasses
 
-    after = getattr(out, "resume_after", None)
+    after = out.resume_after
     if after is None:
         return options
     from ..engine import MAX_SEQUENCE

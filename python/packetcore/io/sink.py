@@ -14,14 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from ..errors import OutputError
 from ..packets import Packets
 from .formats import FormatWriter, open_writer
 from .output import STDOUT, AtomicFile, partial_path
 
-__all__ = ["ABORT_WAIT", "Output"]
+__all__ = ["ABORT_WAIT", "Output", "Sink"]
 
 #: How long :meth:`Output.abort` waits for the writer to leave the batch it writes.
 ABORT_WAIT = 5.0
@@ -79,6 +79,28 @@ def _check_target(path: str) -> None:
             raise OutputError(f"{partial}, where an incomplete fetch is saved, is a directory")
 
 
+class Sink(Protocol):
+    """What a fetch or a follow writes into: a file or stdout (:class:`Output`), or a
+    JetStream stream (:class:`~packetcore.io.nats.NatsOutput`)."""
+
+    name: str
+    written: int
+    error: BaseException | None
+    #: The last sequence the output held before this fetch (a stream resumes after it);
+    #: None for a file, which is written whole.
+    resume_after: int | None
+
+    @property
+    def backlog(self) -> int: ...
+    def on_failure(self, callback: Callable[[str], None]) -> None: ...
+    def put(self, packets: Packets) -> None: ...
+    def describe(self, exc: BaseException) -> str: ...
+    def finish(self, timeout: float | None = None) -> None: ...
+    def place(self, complete: bool) -> str: ...
+    def close(self, complete: bool, timeout: float | None = None) -> str: ...
+    def abort(self) -> None: ...
+
+
 class Output:
     """Where a fetch's packets go, in order: formatted and written on a thread of its own.
 
@@ -93,6 +115,7 @@ class Output:
 
     def __init__(self, path: str, form: str) -> None:
         self.form = form
+        self.resume_after: int | None = None  # a file is written whole
         self._file: AtomicFile | None = None
         self._aborted = threading.Event()
         self._writer: FormatWriter | None = None
