@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FetchError, OutputError, PastTheEnd
+from ..io import is_nats
 from . import UserError, add_verbosity, run, signals
 from .exits import EXIT_INCOMPLETE, EXIT_STRICT, EXIT_USAGE
 from .options import add_metrics, bind_metrics, check_metrics, integer, number
@@ -369,7 +370,7 @@ def fetch_into(
     if verbosity >= 0:
         # The path as the user gave it; through a link, where the file really went.
         # A stream as out names it: without the URL's credentials.
-        named = os.path.islink(output) or output.startswith("nats://")
+        named = os.path.islink(output) or is_nats(output)
         shown = (where if named else output) if result.complete else None
         if shown == "-":
             shown = "stdout"
@@ -502,7 +503,7 @@ def _incomplete(result: FetchResult, output: str, where: str) -> None:
         missing = "no known gap"
     if output == STDOUT:
         saved = "written to stdout as they are"
-    elif output.startswith("nats://"):
+    elif is_nats(output):
         saved = f"{output} holds those in order up to the first gap"
     elif os.path.realpath(where) == os.path.realpath(output):
         saved = f"written into {output} as they are (no regular file: no .partial beside it)"

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from ..io import is_nats
 from . import UserError, signals
 from .events import EventsFile, refuse_events_on_the_output
 from .options import say_metrics
@@ -138,7 +139,7 @@ def follow_into(
         if journal is not None:
             journal.close()
         raise
-    shown = "stdout" if to_stdout else out.name if output.startswith("nats://") else output
+    shown = "stdout" if to_stdout else out.name if is_nats(output) else output
     if not stats.packets and not to_stdout:
         shown = where
     if failure is not None:

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import OutputError
+from ..io import is_nats
 from . import UserError, signals
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def open_output(output: str, form: str | None = None, options: FetchOptions | No
     from ..io.formats import format_for
     from ..io.sink import Output
 
-    if output.startswith("nats://"):
+    if is_nats(output):
         from ..client.session import FetchOptions
         from ..io.nats import NatsOutput, Stopped
 
@@ -80,7 +81,7 @@ def given_up(exc: KeyboardInterrupt, output: str, when: str = "") -> UserError:
     interrupted = signals.stopped_by(exc)
     if output == STDOUT:
         fate = "stdout has what was written"
-    elif output.startswith("nats://"):
+    elif is_nats(output):
         fate = f"{output} holds what it acknowledged"
     else:
         fate = f"{output} left as it was"

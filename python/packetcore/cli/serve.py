@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..engine import MAX_SEQUENCE
+from ..io import is_nats
 from ..io.feeds import open_feed
 from ..protocol import DEFAULT_PORT
 from ..server.live import DEFAULT_MAX_BUFFER, DEFAULT_MAX_LAG, LiveFeed
@@ -240,7 +241,7 @@ def _live_feed(args: argparse.Namespace) -> FeedSource:
             if value is not None:
                 raise UserError(f"{option} needs --live RATE (a rate above 0)", EXIT_USAGE)
         return WireIndex(open_feed(args.feed or "book", args.seed))
-    if args.feed is not None and args.feed.startswith("nats://"):
+    if is_nats(args.feed):
         return _growing_feed(args)
     source = None if args.feed is None else WireIndex(open_feed(args.feed, args.seed))
     try:

@@ -28,6 +28,7 @@ from ..packets import (
     valid_symbol,
 )
 from ..seeds import Streams
+from . import is_nats
 from .formats import FORMATS, check_symbols, format_for, iter_packets
 
 __all__ = [
@@ -101,7 +102,7 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
     if spec.startswith("synthetic:"):
         count = synthetic_count(spec)
         return synthetic(count, seed)
-    if spec.startswith("nats://"):
+    if is_nats(spec):
         from .nats import read_stream
 
         return read_stream(spec)
@@ -123,7 +124,7 @@ def load_feed(spec: str, seed: int | None = None) -> Packets:
 
 def open_feed(spec: str, seed: int | None = None) -> Packets | MappedFeed:
     """Return the feed ``spec`` names, a ``.bin`` file mapped rather than read."""
-    if spec.startswith("nats://"):
+    if is_nats(spec):
         return load_feed(spec, seed)
     if spec != "book" and not spec.startswith("synthetic:") and format_for(spec) == "bin":
         return MappedFeed(spec)

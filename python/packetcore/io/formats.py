@@ -28,6 +28,7 @@ from ..packets import (
     shown_symbol,
     symbol_error,
 )
+from . import is_nats
 from .output import PARTIAL_SUFFIX, STDOUT, AtomicFile
 
 __all__ = [
@@ -327,7 +328,7 @@ def write(path: str | os.PathLike[str], packets: Packets, format: str | None = N
     """
     if not isinstance(packets, Packets):
         raise TypeError(f"write() takes Packets, not {type(packets).__name__}")
-    if isinstance(path, str) and path.startswith("nats://"):
+    if is_nats(path):
         from .nats import write_stream
 
         if format not in (None, "bin"):
@@ -515,7 +516,7 @@ def read(path: str | os.PathLike[str], format: str | None = None) -> Packets:
 
     ``nats://HOST:PORT/STREAM``: the packets a JetStream stream holds (docs/nats.md).
     """
-    if isinstance(path, str) and path.startswith("nats://"):
+    if is_nats(path):
         from .nats import read_stream
 
         return read_stream(path)

@@ -56,7 +56,6 @@ __all__ = [
     "NatsTarget",
     "Stopped",
     "StreamTail",
-    "is_nats",
     "read_stream",
     "stored_to",
     "write_stream",
@@ -97,11 +96,6 @@ class Stopped(NatsError):
 
 class ForeignStream(NatsError):
     """A stream that holds something other than packetcore blocks, or not in order."""
-
-
-def is_nats(spec: object) -> bool:
-    """Return whether ``spec`` names a JetStream stream (``nats://...``)."""
-    return isinstance(spec, str) and spec.startswith("nats://")
 
 
 @dataclass(frozen=True)
