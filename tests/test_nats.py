@@ -21,7 +21,7 @@ import pytest
 from fakes import FakeBaseServer
 from natsutil import nats_cluster, nats_server, servers_url
 from packetcore.cli.fetch import main as fetch_main
-from packetcore.errors import MissingDependencyError
+from packetcore.errors import MissingDependencyError, OutputError
 from packetcore.io.feeds import book, synthetic
 from packetcore.io.formats import read, write
 from packetcore.io.nats import (
@@ -491,8 +491,8 @@ def test_two_captures_into_one_stream_never_interleave(tmp_path: Path) -> None:
 def test_captures_of_two_feeds_into_one_stream_say_which_lost(tmp_path: Path) -> None:
     # Two exchanges serving different feeds (seeds 1 and 2), captured into one stream at
     # once: a writer that exits 0 has its whole feed in the stream; the other names
-    # another writer.  (A block's id says nothing of its packets: only the order of the
-    # stream's blocks tells whose they are.)
+    # another writer.  (Both cut alike, so their blocks hold the same sequences: only a
+    # block id of each capture's own keeps the broker from taking one for the other.)
     feeds = [synthetic(1_000_000, seed=seed) for seed in (1, 2)]
     with (
         nats_server(tmp_path) as node,
@@ -514,6 +514,26 @@ def test_captures_of_two_feeds_into_one_stream_say_which_lost(tmp_path: Path) ->
                 else:
                     assert "another writer publishes into the stream" in err, err
             assert any(held == feed[: len(held)] for feed in feeds)
+
+
+def test_two_captures_that_cut_the_same_blocks_are_not_taken_for_one(tmp_path: Path) -> None:
+    # Two writers open an empty stream and publish different packets in the same block
+    # (same sequences, same place in the stream): the broker must not take the second
+    # for a copy of the first, the second writer must not count it stored.
+    ours, theirs = synthetic(1_000, seed=21), synthetic(1_000, seed=22)
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/SAMECUT"
+        first, second = NatsOutput(url), NatsOutput(url)
+        try:
+            first.put(ours)
+            first.finish()
+            second.put(theirs)
+            with pytest.raises(OutputError, match="another writer publishes into the stream"):
+                second.finish()
+        finally:
+            first.abort()
+            second.abort()
+        assert read_stream(url) == ours
 
 
 def test_a_capture_after_a_purge_is_stored_not_taken_for_duplicates(tmp_path: Path) -> None:

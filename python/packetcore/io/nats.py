@@ -13,8 +13,9 @@ published with ``Nats-Expected-Last-Sequence`` (the stream sequence the block be
 it got) and, but for the first after a look at the stream, ``Nats-Expected-Last-Msg-Id``
 (the id of the block before it): a publish that would land after anything else, a
 second writer's block or one the broker had stored unacknowledged, is refused.  Its
-``Nats-Msg-Id`` (first and last sequence, and the stream sequence it follows) makes the
-same publish sent twice land once.  A refusal, a timeout or a lost broker stops
+``Nats-Msg-Id`` (first and last sequence, the stream sequence it follows and a token of
+the capture's own) makes the same publish sent twice land once, and never takes another
+capture's block for one of its own.  A refusal, a timeout or a lost broker stops
 the publishing; what the stream holds is read again and the blocks after it are
 published again, per the fetch's ``--retries``; past them, the capture fails naming
 the last sequence stored.
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -172,22 +174,30 @@ def _client() -> Any:
     return nats
 
 
-def block_id(first: int, last: int, expected: int) -> str:
-    """Return the message id of block ``first..last`` published after stream sequence
-    ``expected``: the same publish again has the same id (the broker keeps one), while
-    a capture after a purge, whose blocks land later, does not collide with ids the
-    broker still remembers."""
-    return f"{first}-{last}@{expected}"
+def block_id(first: int, last: int, expected: int, writer: str) -> str:
+    """Return the message id of block ``first..last`` published by capture ``writer``
+    after stream sequence ``expected``.
+
+    The same publish again has the same id, so the broker keeps one.  Another capture's
+    block never has it, though it may hold the same sequences at the same place (two
+    captures of different feeds racing into one stream): taken for a copy, it would be
+    acknowledged as stored where nothing of this capture is.  Nor does a capture after a
+    purge collide with ids the broker still remembers.
+    """
+    return f"{first}-{last}@{expected}/{writer}"
 
 
-def block_headers(first: int, last: int, expected: int, after: str | None) -> dict[str, str]:
-    """Return the headers of block ``first..last``, to land after stream sequence
-    ``expected`` and, if ``after`` is given, right after the message of that id."""
+def block_headers(
+    first: int, last: int, expected: int, writer: str, after: str | None
+) -> dict[str, str]:
+    """Return the headers of capture ``writer``'s block ``first..last``, to land after
+    stream sequence ``expected`` and, if ``after`` is given, right after the message of
+    that id."""
     headers = {
         _LAYOUT: LAYOUT,
         _FIRST: str(first),
         _LAST: str(last),
-        "Nats-Msg-Id": block_id(first, last, expected),
+        "Nats-Msg-Id": block_id(first, last, expected, writer),
         "Nats-Expected-Last-Sequence": str(expected),
     }
     if after is not None:
@@ -496,6 +506,7 @@ class NatsOutput:
         self._gap: int | None = None  # the first sequence missing: nothing after it goes
         self._wake: asyncio.Event | None = None  # set when a batch arrives (on the loop)
         self._last_id: str | None = None  # the id of the block published last in this run
+        self._writer = secrets.token_hex(8)  # this capture's part of its blocks' ids
         self._closing = False
         self._done: asyncio.Future[None] | None = None
         self._pump: asyncio.Future[None] | None = None
@@ -663,13 +674,13 @@ class NatsOutput:
         assert self._broker.js is not None
         expected, after = self._stream_seq, self._last_id
         self._stream_seq += 1
-        block.msg_id = self._last_id = block_id(block.first, block.last, expected)
+        block.msg_id = self._last_id = block_id(block.first, block.last, expected, self._writer)
         block.ids.append(block.msg_id)
         # A duplicate (this very publish stored before, its acknowledgement lost) is
         # kept once by the broker: it is where it should be.
         await self._broker.js.publish(
             self.target.subject, block.payload, timeout=self.timeout,
-            headers=block_headers(block.first, block.last, expected, after),
+            headers=block_headers(block.first, block.last, expected, self._writer, after),
         )  # fmt: skip
 
     async def _recover(self, blocks: list[_Block], exc: Exception, attempts: int) -> list[_Block]:
