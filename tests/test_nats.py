@@ -207,7 +207,9 @@ def test_a_fetch_captures_the_feed_in_blocks_exactly_once_and_resumes(
         assert_exactly_once(url, feed)
         count = len(messages(url))
         assert fetch_main([*port, "-o", url]) == 0  # nothing new: nothing published
-        assert "holds the whole feed already (to 30000, its last)" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "fetching from 30001 (30000 again first, to check that the exchange" in err
+        assert "holds the whole feed already (to 30000, the exchange's last, the same)" in err
         assert fetch_main([*port, "--to", "20000", "-o", url]) == 0
         assert "holds the feed to 20000 already: nothing to do" in capsys.readouterr().err
         assert len(messages(url)) == count
@@ -511,8 +513,10 @@ def test_captures_of_two_feeds_into_one_stream_say_which_lost(tmp_path: Path) ->
             for writer, err, feed in zip(writers, errors, feeds, strict=True):
                 if writer.returncode == 0:
                     assert held == feed, err
-                else:
-                    assert "another writer publishes into the stream" in err, err
+                else:  # found publishing, or when it resumed after the other
+                    assert "another writer publishes into the stream" in err or (
+                        "holds another feed" in err
+                    ), err
             assert any(held == feed[: len(held)] for feed in feeds)
 
 
@@ -534,6 +538,63 @@ def test_two_captures_that_cut_the_same_blocks_are_not_taken_for_one(tmp_path: P
             first.abort()
             second.abort()
         assert read_stream(url) == ours
+
+
+def test_a_capture_resumed_from_an_exchange_of_another_feed_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The stream ends at 3000 of one feed; exchanges serving another feed (as long, longer,
+    # shorter) are refused before anything is published, as is the API writing it.
+    whole = synthetic(6_000, seed=31)
+    ours = whole[:3_000]
+    for length, says in (
+        (3_000, "holds another feed: its packet 3000 is "),
+        (6_000, "holds another feed: its packet 3000 is "),
+        (2_000, "holds the feed to 3000, past the exchange's last sequence, 2000: it holds "
+                "another feed"),
+    ):  # fmt: skip
+        theirs = synthetic(length, seed=32)
+        with nats_server(tmp_path / str(length)) as node, Server(theirs, host="127.0.0.1",
+                                                                port=0) as server:  # fmt: skip
+            url = f"nats://{node.url}/OTHER"
+            write(url, ours)
+            capsys.readouterr()
+            assert fetch_main(["--port", str(server.port), "-o", url]) == 1, length
+            err = capsys.readouterr().err
+            assert says in err and "Traceback" not in err, err
+            assert "nothing published" in err, err
+            assert_exactly_once(url, ours)
+            if length >= len(ours):  # what a stream holds is skipped: nothing to compare
+                with pytest.raises(OutputError, match="holds another feed: its packet 3000 is "):
+                    write(url, theirs)
+            assert_exactly_once(url, ours)
+    # The same feed, from an exchange that serves it: resumed.
+    with nats_server(tmp_path / "same") as node, Server(whole, host="127.0.0.1",
+                                                        port=0) as server:  # fmt: skip
+        url = f"nats://{node.url}/SAME"
+        write(url, ours)
+        assert fetch_main(["--port", str(server.port), "-o", url, "-q"]) == 0
+        assert_exactly_once(url, whole)
+
+
+def test_a_verified_resume_publishes_nothing_without_the_packet_it_ends_with(
+    tmp_path: Path,
+) -> None:
+    # What a fetch that never got the stream's last packet again hands over is refused:
+    # it could be another feed's.
+    feed = synthetic(3_000, seed=33)
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/UNCHECKED"
+        write(url, feed[:1_000])
+        output = NatsOutput(url, verify=True)
+        try:
+            output.put(feed[1_000:])
+            with pytest.raises(OutputError, match="go on from 1001, without 1000 to compare"):
+                output.finish()
+        finally:
+            output.abort()
+        assert output.written == 0
+        assert_exactly_once(url, feed[:1_000])
 
 
 def test_a_capture_after_a_purge_is_stored_not_taken_for_duplicates(tmp_path: Path) -> None:

@@ -349,14 +349,6 @@ def fetch_into(
                 journal.close()
             with signals.placing():  # in place: the fetch has succeeded, signals are moot
                 where = out.place(result.complete)
-    except _Held as held:
-        if journal is not None:
-            journal.close("nothing to fetch", check=False)
-        out.abort()
-        if verbosity >= 0:
-            print(f"{PROGRAM}: {output} holds the whole feed already (to {held.last}, its "
-                  "last): nothing to fetch", file=sys.stderr)  # fmt: skip
-        return 0
     except KeyboardInterrupt as exc:
         if journal is not None:
             journal.close(f"stopped by {signals.stopped_by(exc).name}", check=False)
@@ -367,6 +359,12 @@ def fetch_into(
             journal.close(str(exc) if isinstance(exc, Exception) else None, check=False)
         out.abort()
         raise
+    held = out.resume_after
+    if held is not None and result.complete and result.last == held and not out.written:
+        if verbosity >= 0:  # the packet fetched again to check the feed, and no other
+            line = f"holds the whole feed already (to {held}, the exchange's last, the same)"
+            print(f"{PROGRAM}: {where} {line}: nothing to fetch", file=sys.stderr)
+        return 0
     if verbosity >= 0:
         # The path as the user gave it; through a link, where the file really went.
         # A stream as out names it: without the URL's credentials.
@@ -464,22 +462,19 @@ async def _run(
                 flowing=lambda: out.backlog < _BACKLOG, events=events,
             )  # fmt: skip
         except FetchError as exc:
-            if isinstance(exc, PastTheEnd) and exc.last == out.resume_after:
-                raise _Held(exc.last) from None  # a stream that holds the whole feed
+            after = out.resume_after
+            if isinstance(exc, PastTheEnd) and after is not None and exc.last < after:
+                raise UserError(
+                    f"{out.name} holds the feed to {after}, past the exchange's last "
+                    f"sequence, {exc.last}: it holds another feed (or more of it than the "
+                    "exchange serves); nothing published"
+                ) from exc
             raise UserError(str(exc)) from exc
     if stopped.done():
         if out.name == "stdout" and isinstance(out.error, BrokenPipeError):
             return None
         raise UserError(stopped.result())
     return result
-
-
-class _Held(Exception):
-    """The stream written holds the whole feed already, to ``last``."""
-
-    def __init__(self, last: int) -> None:
-        super().__init__(last)
-        self.last = last
 
 
 def _warn_conflicts(result: FetchResult) -> None:

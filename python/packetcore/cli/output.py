@@ -57,7 +57,7 @@ def open_output(output: str, form: str | None = None, options: FetchOptions | No
 
         try:
             nats = NatsOutput(output, retries=options.retries, backoff=options.backoff,
-                              timeout=options.timeout, stop=stop)  # fmt: skip
+                              timeout=options.timeout, verify=True, stop=stop)  # fmt: skip
         except Stopped as exc:
             raise UserError(f"{exc} while connecting to {output}; nothing written") from exc
         except (OutputError, MissingDependencyError) as exc:
@@ -93,7 +93,11 @@ def resumed(
 ) -> FetchOptions | None:
     """Return ``options`` starting after what a stream ``out`` holds (``--from`` kept if
     later), saying so on stderr as ``program`` ``doing`` ("fetching").  None: it holds
-    everything up to ``--until`` (``out`` is dropped, and that is said instead)."""
+    everything up to ``--until`` (``out`` is dropped, and that is said instead).
+
+    The fetch starts one packet earlier, at the one the stream ends with: ``out`` checks
+    that the exchange's is the same (that the exchange serves the stream's feed).
+    """
     import dataclasses
 
     after = out.resume_after
@@ -114,7 +118,7 @@ def resumed(
             f"--from {options.start}: {out.name} holds the feed to {after}; what it "
             f"would publish must follow on at {after + 1} (a stream holds no gap)"
         )
-    start = max(options.start or 1, after + 1)
     if say is not None:
-        say(f"{out.name} holds the feed to {after}; {doing} from {start}")
-    return dataclasses.replace(options, start=start)
+        say(f"{out.name} holds the feed to {after}; {doing} from {after + 1} ({after} "
+            "again first, to check that the exchange serves that feed)")  # fmt: skip
+    return dataclasses.replace(options, start=after)

@@ -251,13 +251,21 @@ def _stored_block(msg: Any, target: NatsTarget, following: int | None, where: st
     return packets
 
 
+def _packet(packets: Packets) -> str:
+    """Return the first of ``packets`` as ``SYMBOL SIDE QUANTITY @ PRICE``."""
+    symbol, side, quantity, price, _ = next(packets.rows())
+    return f"{symbol.decode(errors='replace')} {side.decode(errors='replace')} {quantity} @ {price}"
+
+
 class Tail(NamedTuple):
     """A stream's end: its last message's stream sequence, the last packet sequence that
-    block holds (None: no block) and its message id (None: none)."""
+    block holds (None: no block), its message id (None: none) and that last packet, as
+    17 bytes (None: no block)."""
 
     seq: int
     last: int | None
     msg_id: str | None
+    packet: bytes | None = None
 
 
 class _Broker:
@@ -356,8 +364,9 @@ class _Broker:
                 f"{where} is on {msg.subject!r}, not {self.target.subject!r}: the stream "
                 "holds something else"
             )
-        _, last = _block_range(msg.headers, len(msg.data or b""), where)
-        return Tail(last_seq, last, (msg.headers or {}).get("Nats-Msg-Id"))
+        data = msg.data or b""
+        _, last = _block_range(msg.headers, len(data), where)
+        return Tail(last_seq, last, (msg.headers or {}).get("Nats-Msg-Id"), data[-PACKET_SIZE:])
 
     async def close(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
@@ -481,10 +490,16 @@ class NatsOutput:
     most :data:`WINDOW` unacknowledged; :attr:`written` counts the packets acknowledged.
     Only a contiguous run is published: at a batch that skips a sequence (an incomplete
     fetch's last flush), publishing stops, so that the stream never holds a gap.
+
+    A packet handed over again that the stream holds (the one it ends with) must be the
+    stream's, byte for byte: else the packets are another feed's, and nothing is
+    published.  ``verify``: the packets must hold that one (a fetch asks for it again to
+    check that the exchange serves the stream's feed); ones that go on without it are
+    refused.
     """
 
     def __init__(self, url: str, *, retries: int = 5, backoff: float = 0.2,
-                 timeout: float = TIMEOUT,
+                 timeout: float = TIMEOUT, verify: bool = False,
                  stop: Callable[[], str | None] | None = None) -> None:  # fmt: skip
         self.target = _target(url, NatsError)
         self.name = self.target.url
@@ -519,6 +534,9 @@ class NatsOutput:
         #: The last sequence the stream held when opened (None: nothing).
         self.resume_after = tail.last
         self._next = None if self.resume_after is None else self.resume_after + 1
+        # The stream's last packet, until one handed over again is compared with it.
+        self._ends_with = tail.packet
+        self._verify = verify and tail.packet is not None
         #: The last sequence the stream holds, acknowledged (None: nothing yet).
         self.stored = self.resume_after
         # The id of the stream's last block, as far as this capture knows: its own
@@ -582,6 +600,8 @@ class NatsOutput:
         while self._pending and self._gap is None:
             batch = self._pending.popleft()
             seq = batch.sequence
+            if self._ends_with is not None and self._same_feed(batch):
+                continue  # all of it before the stream's end
             if self._next is None:
                 self._next = int(seq[0])
             elif seq[0] < self._next:  # already stored (a resumed capture's overlap)
@@ -612,6 +632,33 @@ class NatsOutput:
                 first = self._next
                 self._next += len(part)
                 yield _Block(first, self._next - 1, encode(part))
+
+    def _same_feed(self, batch: Packets) -> bool:
+        """Compare the stream's last packet with the one in ``batch``, if there; return
+        whether the whole batch comes before it.  NatsError if it differs, or (``verify``)
+        if the batch goes on after it without it."""
+        assert self.resume_after is not None and self._ends_with is not None
+        after, seq = self.resume_after, batch.sequence
+        if int(seq[-1]) < after:
+            return True
+        at = int(np.searchsorted(seq, after))
+        if int(seq[at]) == after:
+            given = batch[at : at + 1]
+            if encode(given) != self._ends_with:
+                raise NatsError(
+                    f"{self.name}: holds another feed: its packet {after} is "
+                    f"{_packet(decode(self._ends_with))}, not {_packet(given)}; nothing published"
+                )
+            self._ends_with = None
+            self._verify = False
+        elif self._verify:  # the packet to compare never came: nothing can follow it
+            raise NatsError(
+                f"{self.name}: holds the feed to {after}, but the packets go on from "
+                f"{int(seq[at])}, without {after} to compare with its own; nothing published"
+            )
+        else:
+            self._ends_with = None  # past it: nothing to compare with
+        return False
 
     async def _run(self) -> None:
         assert self._done is not None
@@ -853,7 +900,8 @@ async def _read(target: NatsTarget, timeout: float) -> Packets:
 def write_stream(url: str, packets: Packets, *, timeout: float = TIMEOUT) -> None:
     """Publish ``packets`` (in sequence order, contiguous) after what the stream holds.
 
-    Those the stream holds already are skipped; a first packet after a gap is refused.
+    Those the stream holds already are skipped, but the one it ends with, if given, must
+    be the stream's (NatsError: another feed); a first packet after a gap is refused.
     """
     output = NatsOutput(url, retries=0, timeout=timeout)
     try:
@@ -919,7 +967,8 @@ class StreamTail:
 
     async def _take_held(self) -> None:
         await self._broker.connect()
-        last_seq, last, _ = await self._broker.tail()  # its last message is a block
+        tail = await self._broker.tail()
+        last_seq, last = tail.seq, tail.last  # its last message is a block
         if last is None:
             raise NatsError(f"{self.target.url}: the stream holds no packets")
         assert self._broker.js is not None
