@@ -22,6 +22,7 @@ from fakes import FakeBaseServer
 from natsutil import nats_cluster, nats_server, servers_url
 from packetcore.cli.fetch import main as fetch_main
 from packetcore.errors import MissingDependencyError, OutputError
+from packetcore.io import hide_credentials
 from packetcore.io.feeds import book, synthetic
 from packetcore.io.formats import read, write
 from packetcore.io.nats import (
@@ -79,6 +80,30 @@ def publish_raw(url: str, payload: bytes, headers: dict[str, str] | None,
             await nc.close()
 
     asyncio.run(main())
+
+
+def on_stream(url: str, act: Any) -> Any:
+    """Run ``await act(js, stream)`` on the stream of ``url`` as another program would."""
+    target = NatsTarget.parse(url)
+
+    async def main() -> Any:
+        nc = await nats.connect(servers=list(target.servers), max_reconnect_attempts=2)
+        try:
+            return await act(nc.jetstream(), target.stream)
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+def published(output: NatsOutput, packets: Packets) -> None:
+    """Hand ``packets`` to ``output`` and wait until the broker acknowledged them."""
+    before = output.written
+    output.put(packets)
+    deadline = time.monotonic() + 30
+    while output.written < before + len(packets):
+        assert output.error is None and time.monotonic() < deadline, output.error
+        time.sleep(0.01)
 
 
 def follow_into_stream(port: int, url: str, *args: str) -> subprocess.Popen[str]:
@@ -595,6 +620,112 @@ def test_a_verified_resume_publishes_nothing_without_the_packet_it_ends_with(
             output.abort()
         assert output.written == 0
         assert_exactly_once(url, feed[:1_000])
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("purge", "3 of this capture's 5 blocks are gone from its start"),
+        ("delete", "1 of its messages were deleted"),
+        ("recreate", "the stream was deleted and made again"),
+    ],
+)
+def test_a_capture_whose_blocks_are_taken_meanwhile_fails_saying_so(
+    tmp_path: Path, damage: str, says: str
+) -> None:
+    # Blocks taken from the stream after they were acknowledged (a purge, a deleted
+    # message, the stream deleted and made again) fail the capture at its end.
+    feed = synthetic(5 * BLOCK_PACKETS, seed=41)
+    with nats_server(tmp_path) as node:
+        url = f"nats://{node.url}/TAKEN"
+        output = NatsOutput(url)
+        try:
+            published(output, feed[: 3 * BLOCK_PACKETS])
+
+            async def act(js: Any, stream: str) -> None:
+                if damage == "purge":
+                    await js.purge_stream(stream)
+                elif damage == "delete":
+                    await js.delete_msg(stream, 2)
+                else:
+                    await js.delete_stream(stream)
+                    await js.add_stream(name=stream, subjects=[f"packetcore.{stream}"])
+
+            on_stream(url, act)
+            if damage != "recreate":  # the next blocks land after the damage
+                output.put(feed[3 * BLOCK_PACKETS :])
+            with pytest.raises(OutputError, match="does not hold the feed whole: " + says):
+                output.finish()
+        finally:
+            output.abort()
+
+
+def test_a_stream_that_removes_blocks_by_its_limits_is_named_and_fails_the_capture(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = synthetic(5 * BLOCK_PACKETS, seed=42)
+    with nats_server(tmp_path) as node, Server(feed, host="127.0.0.1", port=0) as server:
+        url = f"nats://{node.url}/LIMITED"
+
+        async def limited(js: Any, stream: str) -> None:
+            await js.add_stream(name=stream, subjects=[f"packetcore.{stream}"], max_msgs=2)
+
+        on_stream(url, limited)
+        with caplog.at_level("WARNING", logger="packetcore"):
+            assert fetch_main(["--port", str(server.port), "-o", url, "-q"]) == 1
+        assert "removes messages by itself (max_msgs 2)" in caplog.text
+        assert len(messages(url)) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("nats://user:sekret@h:1/S", "nats://***@h:1/S"),
+        ("at nats://sekret@h:1,h2:2/S?replicas=3 held", "at nats://***@h:1,h2:2/S?replicas=3 held"),
+        ("NATS://u:pa/sekret@h:1/S", "NATS://***@h:1/S"),
+        ("nats://u:p@sekret@h:1/S;", "nats://***@h:1/S;"),
+        ("nats://h:1/S and nats://u:sekret@h:2/T", "nats://h:1/S and nats://***@h:2/T"),
+    ],
+)
+def test_credentials_are_hidden_wherever_a_url_is_shown(text: str, shown: str) -> None:
+    assert hide_credentials(text) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://sekret@127.0.0.1:99999/S",
+        "nats://user:pa/sekret@127.0.0.1:4/S",
+        "nats://user:p@sekret@127.0.0.1:99999/S",
+        "nats://user:sekret@127.0.0.1:4/bad.name",
+    ],
+)
+def test_a_bad_url_never_shows_its_credentials(url: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        NatsTarget.parse(url)
+    assert "sekret" not in str(raised.value)
+
+
+def test_a_fetch_never_prints_the_credentials_of_its_stream(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A broker without authorization takes any credentials: every line a fetch prints,
+    # done, nothing to do, incomplete or stopped at its deadline, hides them.
+    feed = synthetic(10_000, seed=43)
+    with nats_server(tmp_path) as node, Server(feed, host="127.0.0.1", port=0) as server:
+        url = f"nats://user:sekret@{node.url}/SECRET"
+        port = ["--port", str(server.port)]
+        assert fetch_main([*port, "--to", "5000", "-o", url]) == 0
+        assert fetch_main([*port, "-o", url]) == 0
+        assert fetch_main([*port, "-o", url]) == 0
+        out = capfd.readouterr()
+        assert "holds the whole feed already" in out.err
+        with FakeBaseServer(drop=0.5, pause=0.0, seed=1) as gappy:
+            status = fetch_main(["--port", str(gappy.port), "-o", url.replace("SECRET", "GAPS"),
+                                 "--max-passes", "1", "--timeout", "0.3", "-v"])  # fmt: skip
+            assert status == 3
+    err = out.err + capfd.readouterr().err
+    assert "sekret" not in err and "nats://***@" in err, err
 
 
 def test_a_capture_after_a_purge_is_stored_not_taken_for_duplicates(tmp_path: Path) -> None:

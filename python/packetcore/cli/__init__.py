@@ -23,6 +23,7 @@ from .exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    import logging
 
 __all__ = [
     "EXIT_FAILURE",
@@ -102,12 +103,23 @@ def setup_logging(verbosity: int, form: str = "text") -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
-    if form == "json":
-        from .options import JsonFormatter
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            handler.addFilter(_hide_credentials)
+            if form == "json":
+                from .options import JsonFormatter
 
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
                 handler.setFormatter(JsonFormatter())
+
+
+def _hide_credentials(record: logging.LogRecord) -> bool:
+    """Hide the credentials of a stream's URL in a record's message (a logging filter)."""
+    from ..io import hide_credentials
+
+    message = record.getMessage()
+    if "nats://" in message.lower():
+        record.msg, record.args = hide_credentials(message), None
+    return True
 
 
 def run(
@@ -154,5 +166,7 @@ def _report(program: str, exc: BaseException, verbosity: int) -> None:
         import logging
 
         logging.getLogger("packetcore").exception("%s failed", program)
-    message = str(exc) or type(exc).__name__
+    from ..io import hide_credentials
+
+    message = hide_credentials(str(exc) or type(exc).__name__)
     print(f"{program}: error: {message}", file=sys.stderr)

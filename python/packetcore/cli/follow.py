@@ -22,7 +22,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..io import is_nats
+from ..io import hide_credentials, is_nats
 from . import UserError, signals
 from .events import EventsFile, refuse_events_on_the_output
 from .options import say_metrics
@@ -106,12 +106,13 @@ def follow_into(
             out.abort()  # nothing came: the output stays as it was
             if failure is not None:
                 raise UserError(failure)
+            shown = hide_credentials(output)
             if not stats.published:  # stopped (a signal, the deadline) before it connected
                 raise UserError(
                     f"{reason}: no connection to {options.host}:{options.port} was made; "
-                    f"{output} left as it was"
+                    f"{shown} left as it was"
                 )
-            where = f"nothing ({output} left as it was)"
+            where = f"nothing ({shown} left as it was)"
         else:
             signalled = stats.reason.startswith("stopped by ")
             try:

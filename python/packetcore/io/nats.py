@@ -44,6 +44,7 @@ import numpy as np
 from ..engine import MAX_SEQUENCE, PACKET_SIZE, decode, encode
 from ..errors import FeedError, MissingDependencyError, OutputError, PacketcoreError
 from ..packets import Packets
+from . import hide_credentials
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -118,9 +119,9 @@ class NatsTarget:
         for where in parts.netloc.split(","):
             host, _, port = where.rpartition("@")[2].rpartition(":")
             if not host or not _digits(port) or not 1 <= int(port) <= 0xFFFF:
-                raise ValueError(
-                    f"{_shown(url)!r}: {_shown(where)!r} is no HOST:PORT (port in 1..65535)"
-                )
+                # Credentials that hold a '/' end the hosts early: no part of them is shown.
+                what = "a host" if "@" in url and "@" not in where else repr(_shown(where))
+                raise ValueError(f"{_shown(url)!r}: {what} is no HOST:PORT (port in 1..65535)")
             servers.append(f"nats://{where}")
         stream = parts.path.lstrip("/")
         if not _STREAM_NAME.fullmatch(stream):
@@ -155,8 +156,10 @@ def _digits(text: str) -> bool:
 
 
 def _shown(text: str) -> str:
-    """Return ``text`` (a URL or a host) with any password replaced."""
-    return re.sub(r"(//|^|,)([^:@/,]*):[^@/,]*@", r"\1\2:***@", text)
+    """Return ``text`` (a URL, or one host of it) with any credentials hidden."""
+    if "://" in text:
+        return hide_credentials(text)
+    return f"***@{text.rpartition('@')[2]}" if "@" in text else text
 
 
 def _target(url: str, error: type[Exception]) -> NatsTarget:
@@ -255,6 +258,21 @@ def _packet(packets: Packets) -> str:
     """Return the first of ``packets`` as ``SYMBOL SIDE QUANTITY @ PRICE``."""
     symbol, side, quantity, price, _ = next(packets.rows())
     return f"{symbol.decode(errors='replace')} {side.decode(errors='replace')} {quantity} @ {price}"
+
+
+def _discarding(config: Any) -> str:
+    """Return the limits by which a stream removes messages by itself ('' if none).
+
+    With ``discard: new`` a limit refuses a publish instead: the capture fails saying so.
+    """
+    retention = str(getattr(config.retention, "value", config.retention) or "limits")
+    limits = [] if retention == "limits" else [f"retention {retention}"]
+    if str(getattr(config.discard, "value", config.discard) or "old") == "old":
+        for name in ("max_msgs", "max_bytes", "max_age", "max_msgs_per_subject"):
+            value = getattr(config, name, None)
+            if value is not None and value > 0:
+                limits.append(f"{name} {value:g}")
+    return ", ".join(limits)
 
 
 class Tail(NamedTuple):
@@ -531,6 +549,7 @@ class NatsOutput:
             self._close()
             raise
         self._stream_seq = tail.seq
+        self._blocks = 0  # blocks this capture stored: the stream's last ones, in a run
         #: The last sequence the stream held when opened (None: nothing).
         self.resume_after = tail.last
         self._next = None if self.resume_after is None else self.resume_after + 1
@@ -548,7 +567,7 @@ class NatsOutput:
         attempts = 0
         while True:
             try:
-                await self._broker.ensure_stream(create=True)
+                info = await self._broker.ensure_stream(create=True)
                 tail = await self._broker.tail()
                 break
             except ForeignStream:
@@ -558,6 +577,13 @@ class NatsOutput:
                 if attempts > self.retries:
                     raise
                 await asyncio.sleep(_pause(self.backoff, attempts))
+        limits = _discarding(info.config)
+        if limits:
+            log.warning(
+                "%s removes messages by itself (%s): a capture checks at its end that "
+                "the stream still holds every block it published, and fails if not",
+                self.name, limits,
+            )  # fmt: skip
         self._wake = asyncio.Event()
         self._done = asyncio.get_running_loop().create_future()
         self._pump = asyncio.ensure_future(self._run())
@@ -708,6 +734,7 @@ class NatsOutput:
             attempts = 0
             self.written += block.count
             self.stored = block.last
+            self._blocks += 1
             self._after_id = block.msg_id
 
     async def _publish(self, block: _Block) -> None:
@@ -771,14 +798,24 @@ class NatsOutput:
         elif tail.last is None and self.stored is None:
             stored = 0  # empty, and this capture stored nothing yet
         else:
-            held = "holds nothing" if tail.last is None else f"ends at {tail.last}"
+            ours = (
+                f"this capture stored the feed to {self.stored}"
+                if self.written
+                else "this capture stored nothing"
+            )
+            if tail.last is None:
+                raise NatsError(
+                    f"{self.name}: the stream was emptied (purged, or deleted and made "
+                    f"again) while this capture published; {ours}"
+                )
             raise NatsError(
-                f"{self.name}: another writer publishes into the stream (it {held}, in a "
-                f"block not of this capture); this capture stored the feed to {self.stored}"
+                f"{self.name}: another writer publishes into the stream (it ends at "
+                f"{tail.last}, in a block not of this capture); {ours}"
             )
         for block in blocks[:stored]:
             self.written += block.count  # stored, its acknowledgement lost
             self.stored = block.last
+            self._blocks += 1
         if stored:
             self._after_id = tail.msg_id
         return blocks[stored:]
@@ -789,6 +826,47 @@ class NatsOutput:
         self._wake.set()
         assert self._done is not None
         await self._done
+        if self.error is None and self._blocks:
+            try:
+                await self._check_kept()
+            except Exception as exc:
+                self.error = exc
+
+    async def _check_kept(self) -> None:
+        """NatsError unless the stream still holds every block this capture stored: a
+        purge, a deleted message or the stream's own limits may have taken some since."""
+        attempts = 0
+        while True:
+            try:
+                if not self._broker.connected:
+                    await self._broker.connect()
+                state = (await self._broker.ensure_stream(create=False)).state
+                break
+            except ForeignStream:
+                raise
+            except Exception as exc:
+                attempts += 1
+                if attempts > self.retries:
+                    raise NatsError(
+                        f"{self.name}: every block was acknowledged, but whether the stream "
+                        f"still holds them could not be read: {_why(exc)}"
+                    ) from exc
+                await asyncio.sleep(_pause(self.backoff, attempts))
+        first = self._stream_seq - self._blocks + 1  # this capture's first block
+        holes = state.last_seq - state.first_seq + 1 - state.messages if state.messages else 0
+        if state.last_seq < self._stream_seq:
+            why = "the stream was deleted and made again"
+        elif state.first_seq > first:
+            gone = min(state.first_seq, self._stream_seq + 1) - first
+            why = (
+                f"{gone} of this capture's {self._blocks} blocks are gone from its start "
+                "(purged, or removed by the stream's limits)"
+            )
+        elif holes:
+            why = f"{holes} of its messages were deleted"
+        else:
+            return
+        raise NatsError(f"{self.name}: the stream does not hold the feed whole: {why}")
 
     # ending
 

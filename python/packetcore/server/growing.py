@@ -19,6 +19,7 @@ import threading
 import time
 
 from ..engine import MAX_SEQUENCE, PACKET_SIZE
+from ..io import hide_credentials
 from ..io.nats import StreamTail
 from .live import LiveFeed
 
@@ -85,7 +86,7 @@ class GrowingFeed(LiveFeed):
         """Return what it is, for the server's start-up line."""
         final = "(endless)" if self.endless else str(self.final)
         return (
-            f"live from {self.url} as it grows (sequences {self.first}..{final}; "
+            f"live from {hide_credentials(self.url)} as it grows (sequences {self.first}..{final}; "
             f"{self._held} held now)"
         )
 
