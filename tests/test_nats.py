@@ -7,6 +7,7 @@ free loopback port with its store in the test's directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -851,6 +852,40 @@ def test_a_follow_holds_a_bounded_backlog_while_the_broker_is_away(tmp_path: Pat
     # Unbounded, it would grow by at least 17 B a packet: 8.5 MB a second.
     assert end - settled < 4, (before, samples)
     assert end - before < 48, (before, samples)
+
+
+def test_a_follow_stopped_while_the_broker_is_away_ends_within_twice_its_timeout(
+    tmp_path: Path,
+) -> None:
+    # SIGTERM with 20 retries left and nothing acknowledged: the follow waits twice
+    # --timeout for the broker, then says what the stream holds (one line, exit 1).
+    with (
+        nats_server(tmp_path) as node,
+        ServeProcess("--feed", "synthetic:4000000", "--seed", "5", "--live", "500000") as server,
+    ):
+        url = f"nats://{node.url}/STOPPED"
+        follow = follow_into_stream(server.port, url, "--retries", "20", "--timeout", "1", "-q")
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline and follow.poll() is None
+            time.sleep(0.1)
+            with contextlib.suppress(NatsError):  # until the follow made the stream
+                if stored_to(url) is not None:
+                    break
+        node.pause()
+        try:
+            time.sleep(0.5)
+            follow.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
+            _, err = follow.communicate(timeout=30)
+            waited = time.monotonic() - asked
+        finally:
+            node.resume()
+        assert follow.returncode == 1, err
+        assert "the broker did not acknowledge the rest in time (2 s more); gave up: the " in err
+        assert waited < 6, waited
+        held = int(err.rsplit("holds the feed to ", 1)[1].split()[0])
+        assert read_stream(url)[:held] == synthetic(4_000_000, seed=5)[:held]
 
 
 def test_serve_live_follows_the_stream_as_it_grows(tmp_path: Path) -> None:

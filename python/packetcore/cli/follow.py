@@ -115,8 +115,11 @@ def follow_into(
             where = f"nothing ({shown} left as it was)"
         else:
             signalled = stats.reason.startswith("stopped by ")
+            wait = None  # a stop request bounds the wait for what cannot be written
+            if signalled:
+                wait = _DRAIN if to_stdout else 2 * options.timeout if is_nats(output) else None
             try:
-                out.finish(_DRAIN if to_stdout and signalled else None)
+                out.finish(wait)
                 with signals.placing():  # in place: the follow has ended, signals are moot
                     where = out.place(failure is None)
             except OutputError as exc:

@@ -876,9 +876,10 @@ class NatsOutput:
             self._loop.run(self._finish(), timeout)
         except FutureTimeout:
             self.abort()
+            held = "nothing" if self.stored is None else f"the feed to {self.stored}"
             raise OutputError(
-                f"{self.name} acknowledged nothing for long past the deadline; gave up "
-                f"(the stream holds the feed to {self.stored})"
+                f"{self.name}: the broker did not acknowledge the rest in time "
+                f"({timeout:g} s more); gave up: the stream holds {held}"
             ) from None
         if self.error is not None:
             error = self.error
