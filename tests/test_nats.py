@@ -7,7 +7,6 @@ free loopback port with its store in the test's directory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -163,6 +162,16 @@ def test_a_url_names_brokers_a_stream_and_its_copies(
 def test_a_bad_url_is_one_line(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=re_escape(says)):
         NatsTarget.parse(url)
+
+
+def test_a_bad_output_url_is_a_usage_error_and_any_case_of_the_scheme_is_a_stream(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert fetch_main(["--port", "1", "-o", "nats://127.0.0.1:99999/S"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # NATS:// is the same scheme (a URL's scheme is case-insensitive): no file named so.
+    assert fetch_main(["--port", "1", "-o", "NATS://127.0.0.1:1/S", "--retries", "0"]) == 1
+    assert "no broker answered" in capsys.readouterr().err
 
 
 def re_escape(text: str) -> str:
@@ -325,7 +334,10 @@ def test_a_broker_gone_for_good_fails_in_one_line_naming_what_it_holds(tmp_path:
         follow = follow_into_stream(
             server.port, url, "--retries", "2", "--backoff", "0.05", "--timeout", "1"
         )
-        time.sleep(0.5)
+        deadline = time.monotonic() + 20
+        while not _holds_packets(url):  # once something is stored, however slow the start
+            assert time.monotonic() < deadline and follow.poll() is None
+            time.sleep(0.05)
         node.kill()
         _, err = follow.communicate(timeout=60)
         node.start()
@@ -363,6 +375,10 @@ def test_no_broker_is_one_line_at_once(tmp_path: Path) -> None:
         (None, "no layout header"),
         ({"Packetcore-Layout": "2"}, "layout '2', not '1'"),
         ({"Packetcore-Layout": "1", "Packetcore-First": "1"}, "sequence headers are missing"),
+        (
+            {"Packetcore-Layout": "1", "Packetcore-First": " 1", "Packetcore-Last": "1_0"},
+            "sequence headers are missing or bad",
+        ),
         (
             {"Packetcore-Layout": "1", "Packetcore-First": "1", "Packetcore-Last": "3"},
             "do not hold packets 1..3",
@@ -866,12 +882,9 @@ def test_a_follow_stopped_while_the_broker_is_away_ends_within_twice_its_timeout
         url = f"nats://{node.url}/STOPPED"
         follow = follow_into_stream(server.port, url, "--retries", "20", "--timeout", "1", "-q")
         deadline = time.monotonic() + 20
-        while True:
+        while not _holds_packets(url):
             assert time.monotonic() < deadline and follow.poll() is None
-            time.sleep(0.1)
-            with contextlib.suppress(NatsError):  # until the follow made the stream
-                if stored_to(url) is not None:
-                    break
+            time.sleep(0.05)
         node.pause()
         try:
             time.sleep(0.5)

@@ -40,10 +40,14 @@ def open_output(output: str, form: str | None = None, options: FetchOptions | No
 
     if is_nats(output):
         from ..client.session import FetchOptions
-        from ..io.nats import NatsOutput, Stopped
+        from ..io.nats import NatsOutput, NatsTarget, Stopped
 
         if form not in (None, "bin"):
             raise UserError(f"--format {form}: a stream holds raw packets (bin) blocks", 2)
+        try:
+            NatsTarget.parse(output)
+        except ValueError as exc:  # a bad -o, as a bad option
+            raise UserError(str(exc), 2) from None
         options = options or FetchOptions()
         deadline = None if options.deadline is None else time.monotonic() + options.deadline
 

@@ -16,7 +16,7 @@ def is_nats(spec: object) -> TypeGuard[str]:
 
     Here, where it costs nothing to import: commands ask it before they load anything.
     """
-    return isinstance(spec, str) and spec.startswith("nats://")
+    return isinstance(spec, str) and spec[:7].lower() == "nats://"
 
 
 def hide_credentials(text: str) -> str:

@@ -223,6 +223,8 @@ def _block_range(headers: dict[str, str] | None, payload: int, where: str) -> tu
         )
     try:
         first, last = int(headers[_FIRST]), int(headers[_LAST])
+        if not (_digits(headers[_FIRST]) and _digits(headers[_LAST])):
+            raise ValueError("not plain digits")
     except (KeyError, ValueError):
         raise ForeignStream(
             f"{where}: its first and last sequence headers are missing or bad"
