@@ -23,7 +23,14 @@ from packetcore.protocol import (
     subscribe_request,
 )
 from packetcore.server.connection import Connection
-from packetcore.server.live import BLOCK, DEFAULT_MAX_LAG, LiveFeed, Publisher, Subscription
+from packetcore.server.live import (
+    BLOCK,
+    DEFAULT_MAX_LAG,
+    TICK,
+    LiveFeed,
+    Publisher,
+    Subscription,
+)
 from packetcore.server.loss import LossModel
 from packetcore.server.server import Server, feed_source
 from packetcore.server.stats import ServerStats
@@ -704,3 +711,40 @@ def test_stopping_with_many_stalled_subscribers_is_prompt() -> None:
         with sock, pytest.raises(ConnectionResetError):
             while sock.recv(1 << 16):
                 pass
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_publisher_wakes_at_most_every_tick_on_either_loop(
+    monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    # uvloop rounds a wait down to whole milliseconds: a half-millisecond tick was no
+    # wait at all there, and the publisher spun a core (tens of thousands of wake-ups a
+    # second).  On either loop it wakes at most 1 / TICK times a second.
+    from packetcore.server.workers import run_loop
+
+    ticks = 0
+    tick = Publisher._tick
+
+    def counted(self: Publisher) -> None:
+        nonlocal ticks
+        ticks += 1
+        tick(self)
+
+    monkeypatch.setattr(Publisher, "_tick", counted)
+
+    async def main() -> tuple[int, float]:
+        server = live_server(200_000.0)
+        await server.start_async()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(subscribe_request(server.published + 1))
+            started = time.monotonic()
+            while time.monotonic() - started < 1.0:
+                assert await reader.read(1 << 16)  # it publishes all along
+            writer.close()
+            return ticks, time.monotonic() - started
+        finally:
+            await server.stop_async()
+
+    woken, seconds = run_loop(loop, main())
+    assert 0 < woken <= seconds / TICK * 1.1, (woken, seconds)

@@ -56,6 +56,7 @@ __all__ = [
     "LiveFeed",
     "Publisher",
     "Subscription",
+    "shortest_wait",
 ]
 
 log = logging.getLogger("packetcore.server")
@@ -455,6 +456,17 @@ class Subscription:
         self.end()
 
 
+def shortest_wait(loop: asyncio.AbstractEventLoop) -> float:
+    """Return the shortest wait between wake-ups on ``loop``: :data:`TICK`, or a whole
+    millisecond on a loop that is not asyncio's own.
+
+    asyncio's loop rounds a timer up to its clock's resolution; uvloop (libuv) rounds it
+    down to whole milliseconds, so that a TICK of half of one would be no wait at all,
+    and the publisher would spin a core.
+    """
+    return TICK if isinstance(loop, asyncio.BaseEventLoop) else max(TICK, 0.001)
+
+
 class Publisher:
     """Write what a :class:`LiveFeed` publishes to its subscribers, on a timer."""
 
@@ -480,6 +492,7 @@ class Publisher:
         self._subscriptions: dict[Subscription, None] = {}
         self._timer: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick_wait = TICK  # the loop's shortest wait (see shortest_wait)
         self._turn = 0  # where the next wake-up starts its round
         self._unsent = 0  # all subscribers' unsent bytes, kept up to date within a wake-up
         # Rows written to one subscriber at one wake-up at most.
@@ -490,6 +503,7 @@ class Publisher:
         self._subscriptions[subscription] = None
         if self._timer is None:
             self._loop = asyncio.get_running_loop()
+            self._tick_wait = shortest_wait(self._loop)
             self._timer = self._loop.call_soon(self._tick)
 
     def discard(self, subscription: Subscription) -> None:
@@ -541,7 +555,8 @@ class Publisher:
             self._timer = self._loop.call_soon(self._tick)  # the rest, once the loop breathes
             return
         now = time.monotonic()
-        delay = max(TICK, feed.due(published) - now) if published < feed.total else TICK
+        wait = self._tick_wait
+        delay = max(wait, feed.due(published) - now) if published < feed.total else wait
         self._timer = self._loop.call_later(delay, self._tick)
 
     def _serve(
@@ -640,6 +655,7 @@ class Publisher:
         """
         feed = self.feed
         behind = self.bound // PACKET_SIZE
+        wait = shortest_wait(asyncio.get_running_loop())
         while True:
             await self.backlog(subscription, every=True)
             if subscription.cut:
@@ -651,7 +667,7 @@ class Publisher:
             if feed.count - subscription.next > behind:
                 self._too_slow(subscription)
                 return
-            await asyncio.sleep(max(TICK, feed.due(subscription.next) - time.monotonic()))
+            await asyncio.sleep(max(wait, feed.due(subscription.next) - time.monotonic()))
 
     def _drop(self, subscription: Subscription) -> None:
         self._subscriptions.pop(subscription, None)
