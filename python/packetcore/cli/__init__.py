@@ -119,6 +119,11 @@ def _hide_credentials(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     if "nats://" in message.lower():
         record.msg, record.args = hide_credentials(message), None
+    if record.exc_info:  # a traceback (-v) names URLs too: formatted here, hidden
+        import logging
+
+        trace = logging.Formatter().formatException(record.exc_info)
+        record.exc_info, record.exc_text = None, hide_credentials(trace)
     return True
 
 

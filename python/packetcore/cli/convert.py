@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import UserError, add_verbosity, naming, reader_left, run
+from . import EXIT_USAGE, UserError, add_verbosity, naming, reader_left, run
 from .info import readable
 from .options import check_format
 
@@ -93,7 +93,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from ..errors import FeedError
+    from ..io import is_nats
 
+    for path in (args.source, args.target):
+        if is_nats(path):
+            raise UserError(
+                f"{path} is a stream: convert reads and writes feed files (packetcore.read "
+                "and packetcore.write take a stream)",
+                EXIT_USAGE,
+            )
     check_format(args.target, args.format)
     try:
         count = convert(args.source, args.target, args.format, args.input_format)

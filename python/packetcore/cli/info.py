@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import UserError, add_verbosity, naming, reader_left, run
+from . import EXIT_USAGE, UserError, add_verbosity, naming, reader_left, run
 
 __all__ = ["FeedSummary", "build_parser", "main", "readable", "summarize"]
 
@@ -176,7 +176,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROGRAM) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from ..errors import FeedError
+    from ..io import is_nats
 
+    if is_nats(args.file):
+        raise UserError(
+            f"{args.file} is a stream: info reads feed files (packetcore.read reads a stream)",
+            EXIT_USAGE,
+        )
     readable(args.file)
     try:
         summary = summarize(args.file, args.format)

@@ -100,6 +100,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted already (credentials hidden: cli.setup_logging)
+            entry["exception"] = record.exc_text
         # ensure_ascii: one line whatever the message holds, newlines included.
         return json.dumps(entry, ensure_ascii=True)
 

@@ -232,6 +232,13 @@ def _live_feed(args: argparse.Namespace) -> FeedSource:
     Encoded here, so that no frame of the command holds the loaded columns: the wire
     bytes are all a server keeps.
     """
+    if is_nats(args.feed):
+        from ..io.nats import NatsTarget
+
+        try:
+            NatsTarget.parse(args.feed)
+        except ValueError as exc:  # a bad --feed, as a bad option
+            raise UserError(f"--feed: {exc}", EXIT_USAGE) from None
     if not args.live:
         for option, value in (
             ("--until", args.until),

@@ -84,6 +84,8 @@ _FIRST = "Packetcore-First"
 _LAST = "Packetcore-Last"
 _LAYOUT = "Packetcore-Layout"
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
+# A host name, an IPv4 address or an IPv6 one in brackets: no blank, ':' or '@'.
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[^\s:@\[\]/?#,]+")
 _EXTRA = "nats:// needs the 'nats' extra: pip install 'packetcore[nats]'"
 
 T = TypeVar("T")
@@ -111,18 +113,24 @@ class NatsTarget:
 
     @classmethod
     def parse(cls, url: str) -> NatsTarget:
-        """Read ``nats://HOST:PORT[,HOST:PORT...]/STREAM[?replicas=N]``; ValueError if not."""
-        parts = urlsplit(url)
-        if parts.scheme != "nats" or not parts.netloc:
+        """Read ``nats://[CREDENTIALS@]HOST:PORT[,HOST:PORT...]/STREAM[?replicas=N]``;
+        ValueError if not.
+
+        The credentials (``USER:PASSWORD`` or a token) come once, before the hosts, and
+        go to each: everything up to the URL's last ``@``, whatever it holds (``,``,
+        ``/``, ``@``), since a stream's name and options hold none.
+        """
+        scheme, rest = url[:7], url[7:]
+        credentials, at, rest = rest.rpartition("@")
+        parts = urlsplit(f"nats://{rest}")
+        if scheme.lower() != "nats://" or not parts.netloc or parts.fragment:
             raise ValueError(f"{_shown(url)!r}: expected nats://HOST:PORT/STREAM")
         servers = []
         for where in parts.netloc.split(","):
-            host, _, port = where.rpartition("@")[2].rpartition(":")
-            if not host or not _digits(port) or not 1 <= int(port) <= 0xFFFF:
-                # Credentials that hold a '/' end the hosts early: no part of them is shown.
-                what = "a host" if "@" in url and "@" not in where else repr(_shown(where))
-                raise ValueError(f"{_shown(url)!r}: {what} is no HOST:PORT (port in 1..65535)")
-            servers.append(f"nats://{where}")
+            host, _, port = where.rpartition(":")
+            if not _HOST.fullmatch(host) or not _digits(port) or not 1 <= int(port) <= 0xFFFF:
+                raise ValueError(f"{_shown(url)!r}: {where!r} is no HOST:PORT (port in 1..65535)")
+            servers.append(f"nats://{credentials}{at}{where}")
         stream = parts.path.lstrip("/")
         if not _STREAM_NAME.fullmatch(stream):
             raise ValueError(
@@ -545,6 +553,7 @@ class NatsOutput:
         self._closing = False
         self._done: asyncio.Future[None] | None = None
         self._pump: asyncio.Future[None] | None = None
+        self._kept_from: int | None = None  # the stream's first sequence when opened
         try:
             tail = self._loop.run(self._open(), stop=stop)
         except BaseException:
@@ -579,6 +588,8 @@ class NatsOutput:
                 if attempts > self.retries:
                     raise
                 await asyncio.sleep(_pause(self.backoff, attempts))
+        # Where the stream started: nothing before this capture's blocks may go either.
+        self._kept_from = int(info.state.first_seq) if info.state.messages else None
         limits = _discarding(info.config)
         if limits:
             log.warning(
@@ -675,7 +686,9 @@ class NatsOutput:
             if encode(given) != self._ends_with:
                 raise NatsError(
                     f"{self.name}: holds another feed: its packet {after} is "
-                    f"{_packet(decode(self._ends_with))}, not {_packet(given)}; nothing published"
+                    f"{_packet(decode(self._ends_with))}, not {_packet(given)}; nothing "
+                    "published (a packet corrupted on its way would differ too: a run again "
+                    "tells)"
                 )
             self._ends_with = None
             self._verify = False
@@ -763,17 +776,11 @@ class NatsOutput:
         """After a failed publish: read what the stream holds; return the blocks still due."""
         while True:
             if attempts > self.retries:
-                stored = self.stored
                 why = _why(exc)
                 if isinstance(exc, NatsError):
                     why = why.removeprefix(f"{self.name}: ")
                 raise NatsError(
-                    f"{self.name}: {why}, {self.retries} retries spent; the stream "
-                    + (
-                        "holds nothing of this capture"
-                        if stored is None
-                        else f"holds the feed to {stored}"
-                    )
+                    f"{self.name}: {why}, {self.retries} retries spent; {self._held()}"
                 ) from exc
             await asyncio.sleep(_pause(self.backoff, attempts))
             try:
@@ -822,6 +829,13 @@ class NatsOutput:
             self._after_id = tail.msg_id
         return blocks[stored:]
 
+    def _held(self) -> str:
+        """Return what the stream holds as far as this capture knows, given up on: what
+        was acknowledged, and maybe more (blocks in flight may still be stored)."""
+        if self.stored is None:
+            return "the stream holds nothing acknowledged to this capture"
+        return f"the stream holds the feed to at least {self.stored}"
+
     async def _finish(self) -> None:
         self._closing = True
         assert self._wake is not None
@@ -855,6 +869,7 @@ class NatsOutput:
                     ) from exc
                 await asyncio.sleep(_pause(self.backoff, attempts))
         first = self._stream_seq - self._blocks + 1  # this capture's first block
+        held_from = first if self._kept_from is None else min(first, self._kept_from)
         holes = state.last_seq - state.first_seq + 1 - state.messages if state.messages else 0
         if state.last_seq < self._stream_seq:
             why = "the stream was deleted and made again"
@@ -863,6 +878,11 @@ class NatsOutput:
             why = (
                 f"{gone} of this capture's {self._blocks} blocks are gone from its start "
                 "(purged, or removed by the stream's limits)"
+            )
+        elif state.first_seq > held_from:
+            why = (
+                f"{state.first_seq - held_from} message(s) stored before this capture are "
+                "gone from its start (purged, deleted, or removed by the stream's limits)"
             )
         elif holes:
             why = f"{holes} of its messages were deleted"
@@ -878,10 +898,9 @@ class NatsOutput:
             self._loop.run(self._finish(), timeout)
         except FutureTimeout:
             self.abort()
-            held = "nothing" if self.stored is None else f"the feed to {self.stored}"
             raise OutputError(
                 f"{self.name}: the broker did not acknowledge the rest in time "
-                f"({timeout:g} s more); gave up: the stream holds {held}"
+                f"({timeout:g} s more); gave up: {self._held()}"
             ) from None
         if self.error is not None:
             error = self.error
