@@ -612,6 +612,14 @@ def test_a_capture_resumed_from_an_exchange_of_another_feed_is_refused(
             if length >= len(ours):  # what a stream holds is skipped: nothing to compare
                 with pytest.raises(OutputError, match="holds another feed: its packet 3000 is "):
                     write(url, theirs)
+            else:
+                output = NatsOutput(url)
+                try:
+                    output.put(theirs)
+                    output.finish()  # all of it before the stream's end: skipped, none due
+                    assert output.dropped == length and output.backlog == 0
+                finally:
+                    output.abort()
             assert_exactly_once(url, ours)
     # The same feed, from an exchange that serves it: resumed.
     with nats_server(tmp_path / "same") as node, Server(whole, host="127.0.0.1",

@@ -640,7 +640,8 @@ class NatsOutput:
             batch = self._pending.popleft()
             seq = batch.sequence
             if self._ends_with is not None and self._same_feed(batch):
-                continue  # all of it before the stream's end
+                self.dropped += len(batch)  # all of it before the stream's end
+                continue
             if self._next is None:
                 self._next = int(seq[0])
             elif seq[0] < self._next:  # already stored (a resumed capture's overlap)
