@@ -388,6 +388,34 @@ def test_a_signal_to_the_whole_group_stops_every_worker_as_asked(
         assert len(text.splitlines()) == 1, text
 
 
+@pytest.mark.engine_neutral
+def test_workers_of_a_killed_parent_stop_and_free_the_port(
+    stopped_at_end: list[subprocess.Popen[bytes]],
+) -> None:
+    # SIGKILL to the parent: nobody would ever ask its workers to stop, and they held
+    # the port for ever.  A worker sees its parent's end of the request pipe close.
+    process, port, pids = start_workers()
+    stopped_at_end.append(process)
+    assert fetch_book(port) == reference_bytes()
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, [_running(pid) for pid in pids]
+        time.sleep(0.05)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def _running(pid: int) -> bool:
+    """Return whether ``pid`` runs (a zombie nobody reaped yet has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_killed_worker_is_reported_and_the_other_serves_on(
     stopped_at_end: list[subprocess.Popen[bytes]],
 ) -> None:

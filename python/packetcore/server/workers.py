@@ -196,8 +196,12 @@ class StatsAnswer:
             asked = len(os.read(self._ask, 256))
         except BlockingIOError:
             return
-        if not asked:  # the parent is gone: it asks nothing more
+        if not asked:
+            # The parent is gone (it closes its end only once this worker has ended):
+            # killed, it never asked its workers to stop.  Nobody would ever ask this
+            # one, which holds the port: it stops as if asked.
             asyncio.get_running_loop().remove_reader(self._ask)
+            signal.raise_signal(signal.SIGTERM)
             return
         # One line per byte: the parent pairs answers with requests in order.
         try:
