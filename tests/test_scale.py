@@ -280,6 +280,8 @@ def start_workers(
     process = serve("--workers", "2", "-q", *args, session=session)
     assert process.stderr is not None
     line = process.stderr.readline()
+    while line.startswith(b"packetcore-serve: metrics on port"):  # said first, if asked
+        line = process.stderr.readline()
     found = WORKERS_LINE.search(line)
     if found is None:
         process.kill()
@@ -389,6 +391,26 @@ def test_a_signal_to_the_whole_group_stops_every_worker_as_asked(
 
 
 @pytest.mark.engine_neutral
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_workers_stop_as_asked_on_either_loop(
+    loop: str, stopped_at_end: list[subprocess.Popen[bytes]]
+) -> None:
+    # On uvloop every worker died of its own stop (exit 1, three tracebacks each): the
+    # parent's signal wake-up fd, closed in the child, was still the interpreter's, and
+    # uvloop, given that fd number again for its own use, could not put it back.
+    process, port, _ = start_workers("--loop", loop)
+    stopped_at_end.append(process)
+    assert fetch_book(port) == reference_bytes()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    text = stderr.decode()
+    assert process.returncode == 128 + signal.SIGTERM, text
+    assert "Traceback" not in text and "died" not in text, text
+    line, per_worker = summary_of(stderr)
+    assert "stopped by SIGTERM: 2 workers" in line and min(per_worker) >= 0, line
+
+
+@pytest.mark.engine_neutral
 def test_workers_of_a_killed_parent_stop_and_free_the_port(
     stopped_at_end: list[subprocess.Popen[bytes]],
 ) -> None:
@@ -405,6 +427,34 @@ def test_workers_of_a_killed_parent_stop_and_free_the_port(
         time.sleep(0.05)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+@pytest.mark.engine_neutral
+def test_a_worker_whose_answer_finds_its_parent_gone_stops_too(
+    stopped_at_end: list[subprocess.Popen[bytes]],
+) -> None:
+    # A scrape asks every worker for its counts; the parent killed before worker 0
+    # answered: its answer finds the pipe broken, and it stopped listening to the pipe,
+    # serving for ever.  (SIGSTOP holds it in that moment.)
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics = probe.getsockname()[1]
+    process, _, pids = start_workers("--metrics-port", str(metrics))
+    stopped_at_end.append(process)
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        with contextlib.suppress(OSError):  # the parent waits for worker 0, then is gone
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=0.5)
+        process.kill()
+        process.wait()
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, [_running(pid) for pid in pids]
+        time.sleep(0.05)
 
 
 def _running(pid: int) -> bool:

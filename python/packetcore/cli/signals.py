@@ -163,7 +163,15 @@ class _Stops:
 
     def forked(self) -> None:
         """Start afresh in a forked child: none of the parent's requests, its own wake-up."""
-        owner = self.owner
+        owner, wake = self.owner, self.wake
+        if wake is not None:
+            # The interpreter's wake-up fd is the parent's socket, closed here: a number
+            # the child's next file reuses (uvloop's own, which it then fails to put
+            # back).  None until the child installs its own.
+            with contextlib.suppress(ValueError):  # forked from another thread
+                signal.set_wakeup_fd(-1)
+            for sock in wake:
+                sock.close()
         self.__init__()  # type: ignore[misc]
         self.owner = owner
 

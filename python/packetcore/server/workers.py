@@ -196,18 +196,20 @@ class StatsAnswer:
             asked = len(os.read(self._ask, 256))
         except BlockingIOError:
             return
-        if not asked:
-            # The parent is gone (it closes its end only once this worker has ended):
-            # killed, it never asked its workers to stop.  Nobody would ever ask this
-            # one, which holds the port: it stops as if asked.
-            asyncio.get_running_loop().remove_reader(self._ask)
-            signal.raise_signal(signal.SIGTERM)
+        if not asked:  # the parent closes its end only once this worker has ended
+            self._orphaned()
             return
         # One line per byte: the parent pairs answers with requests in order.
         try:
             _write_all(self._reply, _stats_line(stats, final=False) * asked)
-        except BrokenPipeError:  # the parent is gone
-            asyncio.get_running_loop().remove_reader(self._ask)
+        except BrokenPipeError:  # the parent is gone, a request unanswered
+            self._orphaned()
+
+    def _orphaned(self) -> None:
+        """The parent is gone: killed, it never asked its workers to stop.  Nobody would
+        ever ask this one, which holds the port: it stops as if asked."""
+        asyncio.get_running_loop().remove_reader(self._ask)
+        signal.raise_signal(signal.SIGTERM)
 
 
 def _stats_line(stats: ServerStats, *, final: bool) -> bytes:
