@@ -26,6 +26,10 @@ from pathlib import Path
 import pytest
 from natsutil import NatsNode
 
+# The manual's examples run once, on the compiled engine: the twin's pass tests the
+# engine's paths, not the prose again (about 35 s saved there).
+pytestmark = pytest.mark.engine_neutral
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
