@@ -337,10 +337,7 @@ def test_a_broker_gone_for_good_fails_in_one_line_naming_what_it_holds(tmp_path:
         follow = follow_into_stream(
             server.port, url, "--retries", "2", "--backoff", "0.05", "--timeout", "1"
         )
-        deadline = time.monotonic() + 20
-        while not _holds_packets(url):  # once something is stored, however slow the start
-            assert time.monotonic() < deadline and follow.poll() is None
-            time.sleep(0.05)
+        wait_until_stored(url, follow)  # however slow the start
         node.kill()
         _, err = follow.communicate(timeout=60)
         node.start()
@@ -925,10 +922,7 @@ def test_a_follow_stopped_while_the_broker_is_away_ends_within_twice_its_timeout
     ):
         url = f"nats://{node.url}/STOPPED"
         follow = follow_into_stream(server.port, url, "--retries", "20", "--timeout", "1", "-q")
-        deadline = time.monotonic() + 20
-        while not _holds_packets(url):
-            assert time.monotonic() < deadline and follow.poll() is None
-            time.sleep(0.05)
+        wait_until_stored(url, follow)
         node.pause()
         try:
             time.sleep(0.5)
@@ -957,10 +951,7 @@ def test_serve_live_follows_the_stream_as_it_grows(tmp_path: Path) -> None:
     ):
         url = f"nats://{node.url}/GROWING"
         capture = follow_into_stream(origin.port, url, "-q")
-        deadline = time.monotonic() + 30
-        while not _holds_packets(url):
-            assert time.monotonic() < deadline and capture.poll() is None
-            time.sleep(0.05)
+        wait_until_stored(url, capture, seconds=30)
         out = tmp_path / "relayed.bin"
         with ServeProcess("--feed", url, "--live", "100000", "--drop", "0.1") as relay:
             assert "as it grows" in "".join(relay.log)
@@ -1000,6 +991,14 @@ def test_serve_live_from_a_stream_refuses_workers_and_an_empty_stream(tmp_path: 
             f"packetcore-serve: error: {empty}: stream sequence 1 is on 'other.x', not "
             "'packetcore.EMPTY': the stream holds something else"
         ]
+
+
+def wait_until_stored(url: str, follow: subprocess.Popen[str], seconds: float = 20) -> None:
+    """Wait until ``follow`` stored packets in the stream ``url`` (it must still run)."""
+    deadline = time.monotonic() + seconds
+    while not _holds_packets(url):
+        assert time.monotonic() < deadline and follow.poll() is None
+        time.sleep(0.05)
 
 
 def _holds_packets(url: str) -> bool:

@@ -421,10 +421,7 @@ def test_workers_of_a_killed_parent_stop_and_free_the_port(
     assert fetch_book(port) == reference_bytes()
     process.kill()
     process.wait()
-    deadline = time.monotonic() + 20
-    while any(_running(pid) for pid in pids):
-        assert time.monotonic() < deadline, [_running(pid) for pid in pids]
-        time.sleep(0.05)
+    _wait_ended(pids)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
@@ -451,7 +448,12 @@ def test_a_worker_whose_answer_finds_its_parent_gone_stops_too(
         process.wait()
     finally:
         os.kill(pids[0], signal.SIGCONT)
-    deadline = time.monotonic() + 20
+    _wait_ended(pids)
+
+
+def _wait_ended(pids: list[int], seconds: float = 20) -> None:
+    """Wait until every process of ``pids`` has ended."""
+    deadline = time.monotonic() + seconds
     while any(_running(pid) for pid in pids):
         assert time.monotonic() < deadline, [_running(pid) for pid in pids]
         time.sleep(0.05)
